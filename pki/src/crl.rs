@@ -4,14 +4,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::SystemTime;
 
-use std::sync::Arc;
-
-use webpki::{CertRevocationList, OwnedCertRevocationList};
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::ca::{CaCertificate, from_unix, pem_encode};
-use crate::types::Serial;
+use crate::types::{Fingerprint, Serial};
 
 /// A revoked certificate, as the CA records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +55,7 @@ pub struct Crl {
     this_update: SystemTime,
     next_update: SystemTime,
     revoked: BTreeMap<Serial, SystemTime>,
-    pub(crate) webpki: Arc<CertRevocationList<'static>>,
+    issuer: Fingerprint,
 }
 
 impl Crl {
@@ -89,16 +86,13 @@ impl Crl {
                 )
             })
             .collect();
-        let webpki = Arc::new(CertRevocationList::Owned(
-            OwnedCertRevocationList::from_der(der).map_err(|_| CrlError::Malformed)?,
-        ));
         Ok(Self {
             der: der.to_vec(),
             number,
             this_update: from_unix(crl.last_update().timestamp()),
             next_update: from_unix(next_update.timestamp()),
             revoked,
-            webpki,
+            issuer: ca.fingerprint(),
         })
     }
 
@@ -135,6 +129,11 @@ impl Crl {
     /// [`crate::VerifyError::CrlExpired`] until a fresh CRL is installed.
     pub fn next_update(&self) -> SystemTime {
         self.next_update
+    }
+
+    /// Fingerprint of the CA whose signature on this CRL was checked.
+    pub fn issuer(&self) -> Fingerprint {
+        self.issuer
     }
 
     /// Whether `serial` is listed.

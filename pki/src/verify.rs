@@ -6,10 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::VerifyingKey;
 use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm, UnixTime};
-use webpki::{
-    CertRevocationList, EndEntityCert, ExpirationPolicy, KeyUsage, RevocationOptionsBuilder,
-    UnknownStatusPolicy,
-};
+use webpki::{EndEntityCert, KeyUsage};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -83,7 +80,8 @@ pub enum VerifyError {
 }
 
 /// Verifies a peer's certificate `chain` (leaf first) at time `now` against `ca` and, when given,
-/// `crl` (which must come from the same CA; a CRL past its `nextUpdate` fails closed).
+/// `crl` (a [`Crl`] is only ever built after its signature checked out against a CA; it must be
+/// this `ca`'s, and one past its `nextUpdate` fails closed).
 pub fn verify(
     chain: &[CertificateDer<'_>],
     ca: &CaCertificate,
@@ -95,31 +93,31 @@ pub fn verify(
     let anchor =
         webpki::anchor_from_trusted_cert(ca.der()).map_err(|_| VerifyError::UnknownIssuer)?;
     let time = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or_default());
-    let crls: [&CertRevocationList<'_>; 1];
-    let revocation = match crl {
-        Some(crl) => {
-            crls = [crl.webpki.as_ref()];
-            Some(
-                RevocationOptionsBuilder::new(&crls)
-                    .map_err(|_| VerifyError::Invalid("no CRL".into()))?
-                    .with_status_policy(UnknownStatusPolicy::Deny)
-                    .with_expiration_policy(ExpirationPolicy::Enforce)
-                    .build(),
-            )
-        }
-        None => None,
-    };
     leaf.verify_for_usage(
         ALGORITHMS,
         &[anchor],
         intermediates,
         time,
         KeyUsage::client_auth(),
-        revocation,
+        None,
         None,
     )
     .map_err(map_webpki)?;
-    peer_identity(leaf_der)
+    let peer = peer_identity(leaf_der)?;
+    // The CRL's signature was checked against this same CA when the `Crl` was built, so a lookup
+    // is all that is left (webpki would verify the CRL signature again on every handshake).
+    if let Some(crl) = crl {
+        if crl.issuer() != ca.fingerprint() {
+            return Err(VerifyError::Invalid("the CRL belongs to another CA".into()));
+        }
+        if now > crl.next_update() {
+            return Err(VerifyError::CrlExpired);
+        }
+        if crl.is_revoked(&peer.serial) {
+            return Err(VerifyError::Revoked);
+        }
+    }
+    Ok(peer)
 }
 
 /// Reads the peer fields of a certificate whose chain has already been verified.

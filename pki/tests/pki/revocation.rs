@@ -150,3 +150,20 @@ fn the_trust_store_swaps_crls_and_refuses_rollback() {
         "rollback must change nothing"
     );
 }
+
+#[test]
+fn a_crl_of_another_ca_is_not_used_for_this_one() {
+    let ca = new_ca(t0());
+    let other = new_ca(t0());
+    let (_, alice) = identity(&ca, "alice", t0());
+    let crl = other.sign_crl(&[], 1, t0(), t0() + days(7)).unwrap();
+    assert!(matches!(
+        verify(
+            std::slice::from_ref(&alice.der),
+            ca.certificate(),
+            Some(&crl),
+            t0()
+        ),
+        Err(VerifyError::Invalid(_))
+    ));
+}
