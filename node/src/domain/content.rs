@@ -1,0 +1,168 @@
+//! The plaintext inside the ratchet: a versioned `Content`, padded so that the ciphertext length
+//! reveals only a bucket, not the exact length of a text.
+//!
+//! Encoding: `version (1) ‖ postcard(Content) ‖ 0x80 ‖ 0x00…` up to a multiple of
+//! [`PADDING_BLOCK`] bytes. New kinds are appended to [`Content`] (postcard numbers variants in
+//! declaration order), so the envelope and older kinds never change.
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::MessageId;
+
+/// Version of the content encoding.
+pub const CONTENT_VERSION: u8 = 1;
+/// Encoded content is padded to a multiple of this many bytes.
+pub const PADDING_BLOCK: usize = 64;
+/// Longest text a message may carry, in bytes of UTF-8.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+/// Most message ids one receipt may acknowledge.
+pub const MAX_RECEIPT_IDS: usize = 256;
+
+/// What a message says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Content {
+    /// A chat message.
+    Text {
+        /// The sender's id for it (authenticated here, inside the ciphertext).
+        id: MessageId,
+        /// Milliseconds since the Unix epoch on the sender's clock.
+        sent_at_ms: u64,
+        /// The text.
+        body: String,
+    },
+    /// The listed messages were stored by the receiver.
+    DeliveryReceipt {
+        /// The messages acknowledged.
+        ids: Vec<MessageId>,
+    },
+    /// The listed messages were shown to the receiver.
+    ReadReceipt {
+        /// The messages acknowledged.
+        ids: Vec<MessageId>,
+    },
+}
+
+/// Why content could not be built or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContentError {
+    /// Text longer than [`MAX_TEXT_BYTES`].
+    #[error("the text is longer than {MAX_TEXT_BYTES} bytes")]
+    TextTooLong,
+    /// A receipt for more than [`MAX_RECEIPT_IDS`] messages.
+    #[error("a receipt covers at most {MAX_RECEIPT_IDS} messages")]
+    TooManyIds,
+    /// An encoding version this node does not know.
+    #[error("unsupported content version {0}")]
+    UnsupportedVersion(u8),
+    /// Bad padding, an unknown kind, or a malformed body.
+    #[error("malformed content")]
+    Malformed,
+}
+
+impl Content {
+    /// Checks the bounds of the content.
+    pub fn validate(&self) -> Result<(), ContentError> {
+        match self {
+            Content::Text { body, .. } if body.len() > MAX_TEXT_BYTES => {
+                Err(ContentError::TextTooLong)
+            }
+            Content::DeliveryReceipt { ids } | Content::ReadReceipt { ids }
+                if ids.len() > MAX_RECEIPT_IDS =>
+            {
+                Err(ContentError::TooManyIds)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Encodes and pads.
+    pub fn encode(&self) -> Result<Vec<u8>, ContentError> {
+        self.validate()?;
+        let mut out = vec![CONTENT_VERSION];
+        out = postcard::to_extend(self, out).map_err(|_| ContentError::Malformed)?;
+        out.push(0x80);
+        let padded = out.len().div_ceil(PADDING_BLOCK) * PADDING_BLOCK;
+        out.resize(padded, 0);
+        Ok(out)
+    }
+
+    /// Strips the padding and decodes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ContentError> {
+        let end = bytes
+            .iter()
+            .rposition(|b| *b != 0)
+            .ok_or(ContentError::Malformed)?;
+        if bytes[end] != 0x80 {
+            return Err(ContentError::Malformed);
+        }
+        let (&version, body) = bytes[..end].split_first().ok_or(ContentError::Malformed)?;
+        if version != CONTENT_VERSION {
+            return Err(ContentError::UnsupportedVersion(version));
+        }
+        let content: Content = postcard::from_bytes(body).map_err(|_| ContentError::Malformed)?;
+        content.validate().map_err(|_| ContentError::Malformed)?;
+        Ok(content)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(body: &str) -> Content {
+        Content::Text {
+            id: MessageId::from_bytes([7; 16]),
+            sent_at_ms: 1_700_000_000_000,
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn round_trips_every_kind() {
+        for c in [
+            text("hello"),
+            text(""),
+            text(&"é".repeat(1000)),
+            Content::DeliveryReceipt {
+                ids: vec![MessageId::from_bytes([1; 16])],
+            },
+            Content::ReadReceipt { ids: vec![] },
+        ] {
+            let bytes = c.encode().unwrap();
+            assert_eq!(bytes.len() % PADDING_BLOCK, 0);
+            assert_eq!(Content::decode(&bytes).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn padding_hides_exact_lengths() {
+        assert_eq!(
+            text("hi").encode().unwrap().len(),
+            text("hello there").encode().unwrap().len()
+        );
+    }
+
+    #[test]
+    fn bounds_and_bad_input_are_refused() {
+        assert_eq!(
+            text(&"a".repeat(MAX_TEXT_BYTES + 1)).encode(),
+            Err(ContentError::TextTooLong)
+        );
+        let ids = vec![MessageId::from_bytes([0; 16]); MAX_RECEIPT_IDS + 1];
+        assert_eq!(
+            Content::ReadReceipt { ids }.encode(),
+            Err(ContentError::TooManyIds)
+        );
+        assert_eq!(Content::decode(&[]), Err(ContentError::Malformed));
+        assert_eq!(Content::decode(&[0; 64]), Err(ContentError::Malformed));
+        let mut future = text("x").encode().unwrap();
+        future[0] = 9;
+        assert_eq!(
+            Content::decode(&future),
+            Err(ContentError::UnsupportedVersion(9))
+        );
+        let mut unknown_kind = text("x").encode().unwrap();
+        unknown_kind[1] = 200;
+        assert_eq!(Content::decode(&unknown_kind), Err(ContentError::Malformed));
+    }
+}

@@ -1,0 +1,21 @@
+//! The pure core of the node. Time and randomness are parameters; nothing here performs IO.
+
+pub mod content;
+pub mod ids;
+pub mod kdf;
+pub mod keys;
+pub mod message;
+pub mod ratchet;
+pub mod safety_number;
+pub mod x3dh;
+
+pub use content::{Content, ContentError};
+pub use ids::MessageId;
+pub use keys::{
+    IdentityKey, IdentityKeyPair, InvalidKey, OneTimePreKey, OneTimePreKeyPair, PreKeyBundle,
+    PreKeyId, SignedPreKey, SignedPreKeyPair,
+};
+pub use message::{Message, MessageDecodeError, PreKeyHeader};
+pub use ratchet::{DecryptError, EncryptError, Responded, Session, SessionError};
+pub use safety_number::SafetyNumber;
+pub use x3dh::X3dhError;
