@@ -130,3 +130,60 @@ pub(crate) fn associated_data(initiator: &IdentityKey, responder: &IdentityKey) 
     ad[32..].copy_from_slice(&responder.to_bytes());
     ad
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+    use crate::domain::keys::PreKeyId;
+
+    fn parties(
+        rng: &mut StdRng,
+    ) -> (
+        IdentityKeyPair,
+        IdentityKeyPair,
+        SignedPreKeyPair,
+        OneTimePreKeyPair,
+    ) {
+        let alice = IdentityKeyPair::generate(rng);
+        let bob = IdentityKeyPair::generate(rng);
+        let spk = SignedPreKeyPair::generate(PreKeyId(1), &bob, rng);
+        let opk = OneTimePreKeyPair::generate(PreKeyId(9), rng);
+        (alice, bob, spk, opk)
+    }
+
+    #[test]
+    fn both_sides_derive_the_same_secret_with_and_without_a_one_time_prekey() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let (alice, bob, spk, opk) = parties(&mut rng);
+        for with_opk in [true, false] {
+            let bundle = PreKeyBundle {
+                identity: *bob.public(),
+                signed_prekey: spk.public(),
+                one_time_prekey: with_opk.then(|| opk.public()),
+            };
+            let init = initiate(&alice, &bundle, &mut rng).unwrap();
+            let secret = respond(&bob, &spk, Some(&opk), &init.header).unwrap();
+            assert_eq!(*init.secret, *secret);
+            assert_eq!(init.header.one_time_prekey_id.is_some(), with_opk);
+        }
+    }
+
+    #[test]
+    fn the_one_time_prekey_changes_the_secret() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let (alice, bob, spk, opk) = parties(&mut rng);
+        let bundle = PreKeyBundle {
+            identity: *bob.public(),
+            signed_prekey: spk.public(),
+            one_time_prekey: Some(opk.public()),
+        };
+        let init = initiate(&alice, &bundle, &mut rng).unwrap();
+        let mut without = init.header;
+        without.one_time_prekey_id = None;
+        let secret = respond(&bob, &spk, None, &without).unwrap();
+        assert_ne!(*init.secret, *secret);
+    }
+}

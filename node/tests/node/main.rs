@@ -1,0 +1,8 @@
+//! Integration tests of the node crate, by layer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod e2ee_properties;
+mod e2ee_ratchet;
+mod e2ee_x3dh;
+mod support;
