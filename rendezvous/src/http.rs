@@ -1,0 +1,532 @@
+//! The HTTPS API: routes, extractors, metrics, and the TLS server loop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, RawQuery, Request, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use peerchat_pki::{Username, VerifiedPeer};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::api;
+use crate::error::ApiError;
+use crate::service::{Caller, Rendezvous};
+use crate::store::Store;
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections served at once; further ones wait in the accept queue.
+const MAX_CONNECTIONS: usize = 4096;
+/// How long shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What the TLS layer learnt about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// The client certificate's identity, if one was presented.
+    pub peer: Option<VerifiedPeer>,
+    /// The client's address.
+    pub remote: SocketAddr,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    route: String,
+    method: String,
+}
+
+struct Metrics {
+    registry: Registry,
+    requests: Family<RouteLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram>,
+    users: Gauge,
+    envelopes: Gauge,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("peerchat_rendezvous");
+        let requests = Family::<RouteLabels, Counter>::default();
+        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        let users = Gauge::default();
+        let envelopes = Gauge::default();
+        registry.register("http_requests", "HTTP requests answered", requests.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer a request",
+            latency.clone(),
+        );
+        registry.register("registered_users", "Accounts", users.clone());
+        registry.register(
+            "mailbox_envelopes",
+            "Envelopes waiting in mailboxes",
+            envelopes.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            users,
+            envelopes,
+        }
+    }
+}
+
+/// Shared state of the handlers (not `Debug`: it holds the metrics registry).
+struct AppState<S: Store> {
+    service: Arc<Rendezvous<S>>,
+    metrics: Metrics,
+}
+
+type Shared<S> = Arc<AppState<S>>;
+
+/// The authenticated caller of a protected route.
+struct Authenticated(Caller);
+
+impl<S: Store> FromRequestParts<Shared<S>> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared<S>) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectionInfo>()
+            .and_then(|c| c.peer.as_ref());
+        state.service.authenticate(peer).map(Authenticated)
+    }
+}
+
+/// A JSON body read within the size limit; every failure is a JSON error.
+struct ApiJson<T>(T);
+
+impl<S: Store, T: DeserializeOwned> FromRequest<Shared<S>> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &Shared<S>) -> Result<Self, ApiError> {
+        let limit = state.service.limits().max_body_bytes;
+        let bytes = axum::body::to_bytes(request.into_body(), limit)
+            .await
+            .map_err(|_| ApiError::too_large(format!("a request body is at most {limit} bytes")))?;
+        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
+            ApiError::bad_request(
+                "malformed_json",
+                format!("the request body is not valid: {e}"),
+            )
+        })
+    }
+}
+
+fn client_ip(info: Option<&ConnectionInfo>) -> std::net::IpAddr {
+    info.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.remote.ip())
+}
+
+fn username(raw: &str) -> Result<Username, ApiError> {
+    Username::new(raw).map_err(|e| ApiError::bad_request("bad_username", e.to_string()))
+}
+
+/// The API router over `service`.
+pub fn router<S: Store>(service: Arc<Rendezvous<S>>) -> Router {
+    let state = Arc::new(AppState {
+        service,
+        metrics: Metrics::new(),
+    });
+    Router::new()
+        .route("/v1/healthz", get(health))
+        .route("/v1/metrics", get(metrics::<S>))
+        .route("/v1/ca", get(ca::<S>))
+        .route("/v1/crl", get(crl::<S>))
+        .route("/v1/accounts", post(register::<S>))
+        .route("/v1/sessions", post(login::<S>))
+        .route("/v1/totp", post(totp_enrol::<S>))
+        .route("/v1/totp/confirm", post(totp_confirm::<S>))
+        .route("/v1/certificates/renew", post(renew::<S>))
+        .route("/v1/certificates/current", delete(revoke::<S>))
+        .route("/v1/prekeys", get(prekey_status::<S>))
+        .route("/v1/prekeys/signed", put(upload_signed_prekey::<S>))
+        .route("/v1/prekeys/one-time", post(upload_one_time_prekeys::<S>))
+        .route("/v1/users/{username}", get(lookup::<S>))
+        .route("/v1/users/{username}/bundle", post(bundle::<S>))
+        .route("/v1/presence", put(announce::<S>))
+        .route("/v1/mailbox/{username}", get(fetch::<S>).post(deposit::<S>))
+        .route("/v1/mailbox/{username}/{id}", delete(ack::<S>))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), observe::<S>))
+        .with_state(state)
+}
+
+async fn observe<S: Store>(
+    State(state): State<Shared<S>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let span = tracing::info_span!("http", %method, %route);
+    let started = Instant::now();
+    let response = tracing::Instrument::instrument(next.run(request), span).await;
+    state
+        .metrics
+        .latency
+        .get_or_create(&LatencyLabels {
+            route: route.clone(),
+            method: method.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .requests
+        .get_or_create(&RouteLabels {
+            route,
+            method,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no_such_route", "no such route")
+}
+
+async fn health() -> Json<api::Health> {
+    Json(api::Health {
+        status: "ok".into(),
+    })
+}
+
+async fn metrics<S: Store>(
+    State(state): State<Shared<S>>,
+    Authenticated(_): Authenticated,
+) -> Result<Response, ApiError> {
+    let store = state.service.store();
+    state.metrics.users.set(store.count_accounts()? as i64);
+    state.metrics.envelopes.set(store.count_envelopes()? as i64);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry)
+        .map_err(|_| ApiError::internal())?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn ca<S: Store>(State(state): State<Shared<S>>) -> Json<api::CaResponse> {
+    let ca = state.service.ca().certificate();
+    Json(api::CaResponse {
+        certificate: ca.to_pem(),
+        fingerprint: ca.fingerprint().to_string(),
+    })
+}
+
+async fn crl<S: Store>(State(state): State<Shared<S>>) -> Result<Response, ApiError> {
+    let crl = state.service.crl(SystemTime::now())?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/pkix-crl")],
+        Bytes::from(crl.der().to_vec()),
+    )
+        .into_response())
+}
+
+async fn register<S: Store>(
+    State(state): State<Shared<S>>,
+    info: Option<axum::Extension<ConnectionInfo>>,
+    ApiJson(request): ApiJson<api::RegisterRequest>,
+) -> Result<(StatusCode, Json<api::CertificateResponse>), ApiError> {
+    let ip = client_ip(info.as_deref());
+    let issued = state
+        .service
+        .register(ip, request, SystemTime::now())
+        .await?;
+    Ok((StatusCode::CREATED, Json(issued)))
+}
+
+async fn login<S: Store>(
+    State(state): State<Shared<S>>,
+    info: Option<axum::Extension<ConnectionInfo>>,
+    ApiJson(request): ApiJson<api::LoginRequest>,
+) -> Result<Json<api::CertificateResponse>, ApiError> {
+    let ip = client_ip(info.as_deref());
+    Ok(Json(
+        state.service.login(ip, request, SystemTime::now()).await?,
+    ))
+}
+
+async fn totp_enrol<S: Store>(
+    State(state): State<Shared<S>>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<api::TotpEnrolment>, ApiError> {
+    Ok(Json(state.service.totp_enrol(&caller).await?))
+}
+
+async fn totp_confirm<S: Store>(
+    State(state): State<Shared<S>>,
+    Authenticated(caller): Authenticated,
+    ApiJson(request): ApiJson<api::TotpConfirm>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .service
+        .totp_confirm(&caller, request, SystemTime::now())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn renew<S: Store>(
+    State(state): State<Shared<S>>,
+    Authenticated(caller): Authenticated,
+    ApiJson(request): ApiJson<api::RenewRequest>,
+) -> Result<Json<api::CertificateResponse>, ApiError> {
+    Ok(Json(
+        state
+            .service
+            .renew(&caller, request, SystemTime::now())
+            .await?,
+    ))
+}
+
+async fn revoke<S: Store>(
+    State(state): State<Shared<S>>,
+    Authenticated(caller): Authenticated,
+) -> Result<StatusCode, ApiError> {
+    state.service.revoke(&caller, SystemTime::now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn prekey_status<S: Store>(
+    State(state): State<Shared<S>>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<api::PreKeyStatus>, ApiError> {
+    Ok(Json(state.service.prekey_status(&caller)?))
+}
+
+async fn upload_signed_prekey<S: Store>(
+    State(state): State<Shared<S>>,
+    Authenticated(caller): Authenticated,
+    ApiJson(request): ApiJson<api::SignedPreKeyWire>,
+) -> Result<Json<api::PreKeyStatus>, ApiError> {
+    Ok(Json(
+        state.service.upload_signed_prekey(&caller, request).await?,
+    ))
+}
+
+async fn upload_one_time_prekeys<S: Store>(
+    State(state): State<Shared<S>>,
+    Authenticated(caller): Authenticated,
+    ApiJson(request): ApiJson<api::OneTimePreKeysUpload>,
+) -> Result<Json<api::PreKeyStatus>, ApiError> {
+    Ok(Json(
+        state
+            .service
+            .upload_one_time_prekeys(&caller, request)
+            .await?,
+    ))
+}
+
+async fn lookup<S: Store>(
+    State(state): State<Shared<S>>,
+    Authenticated(caller): Authenticated,
+    Path(target): Path<String>,
+) -> Result<Json<api::LookupResponse>, ApiError> {
+    Ok(Json(state.service.lookup(
+        &caller,
+        &username(&target)?,
+        SystemTime::now(),
+    )?))
+}
+
+async fn bundle<S: Store>(
+    State(state): State<Shared<S>>,
+    Authenticated(caller): Authenticated,
+    Path(target): Path<String>,
+) -> Result<Json<api::BundleResponse>, ApiError> {
+    Ok(Json(
+        state.service.bundle(&caller, &username(&target)?).await?,
+    ))
+}
+
+async fn announce<S: Store>(
+    State(state): State<Shared<S>>,
+    Authenticated(caller): Authenticated,
+    ApiJson(request): ApiJson<api::PresenceRequest>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .service
+        .announce(&caller, request, SystemTime::now())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn deposit<S: Store>(
+    State(state): State<Shared<S>>,
+    Authenticated(caller): Authenticated,
+    Path(recipient): Path<String>,
+    ApiJson(request): ApiJson<api::DepositRequest>,
+) -> Result<(StatusCode, Json<api::DepositResponse>), ApiError> {
+    let response = state
+        .service
+        .deposit(&caller, &username(&recipient)?, request, SystemTime::now())
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(response)))
+}
+
+async fn fetch<S: Store>(
+    State(state): State<Shared<S>>,
+    Authenticated(caller): Authenticated,
+    Path(owner): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<api::MailboxResponse>, ApiError> {
+    let mut wait = Duration::ZERO;
+    for pair in query
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("wait", secs)) => {
+                let secs: u64 = secs.parse().map_err(|_| {
+                    ApiError::bad_request("bad_query", "`wait` is a number of seconds")
+                })?;
+                wait = Duration::from_secs(secs);
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "bad_query",
+                    "the only parameter is `wait`",
+                ));
+            }
+        }
+    }
+    Ok(Json(
+        state
+            .service
+            .fetch(&caller, &username(&owner)?, wait)
+            .await?,
+    ))
+}
+
+async fn ack<S: Store>(
+    State(state): State<Shared<S>>,
+    Authenticated(caller): Authenticated,
+    Path((owner, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state.service.ack(&caller, &username(&owner)?, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Serves `app` over TLS on `listener` until `shutdown` completes, then lets requests in flight
+/// finish (up to a grace period).
+pub async fn serve<S: Store>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    service: Arc<Rendezvous<S>>,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let trust = service.trust();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let peer = tls.get_ref().1.peer_certificates().and_then(|certs| {
+                peerchat_pki::tls::verified_peer(Some(certs), &trust, SystemTime::now()).ok()
+            });
+            let info = ConnectionInfo { peer, remote };
+            let service = app.map_request(
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(info.clone());
+                    request.map(Body::new)
+                },
+            );
+            let connection = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(
+                    TokioIo::new(tls),
+                    TowerToHyperService::new(service),
+                )
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after the grace period were dropped");
+    }
+    Ok(())
+}

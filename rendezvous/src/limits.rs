@@ -1,0 +1,93 @@
+//! Every bound the server enforces, in one place.
+
+use std::time::Duration;
+
+/// Sizes, quotas, lifetimes and rates. [`Limits::default`] is what the binary uses.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Largest mailbox envelope.
+    pub max_envelope_bytes: usize,
+    /// Most envelopes waiting for one recipient.
+    pub mailbox_max_envelopes: u32,
+    /// Most bytes waiting for one recipient.
+    pub mailbox_max_bytes: u64,
+    /// How long an envelope waits before it is dropped unread.
+    pub mailbox_expiry: Duration,
+    /// Longest long-poll on the mailbox.
+    pub max_mailbox_wait: Duration,
+    /// Most one-time prekeys stored per user (extra uploads are ignored).
+    pub max_one_time_prekeys: u32,
+    /// Most one-time prekeys in one upload.
+    pub max_prekey_batch: usize,
+    /// Below this many one-time prekeys a user's supply is "low".
+    pub low_prekey_threshold: u32,
+    /// Most addresses one presence announcement may carry.
+    pub max_addresses: usize,
+    /// Longest address.
+    pub max_address_len: usize,
+    /// Longest presence TTL.
+    pub max_presence_ttl: Duration,
+    /// Lifetime of issued peer certificates.
+    pub certificate_validity: Duration,
+    /// Lifetime of each CRL (a new one is signed well before).
+    pub crl_validity: Duration,
+    /// Registrations and logins per client IP: burst and refill period per request.
+    pub auth_per_ip: Rate,
+    /// Login attempts per account.
+    pub login_per_account: Rate,
+    /// Lookups and bundle fetches per caller.
+    pub lookups_per_user: Rate,
+    /// Deposits per caller.
+    pub deposits_per_user: Rate,
+    /// Argon2id memory cost in KiB (time cost 2, one lane).
+    pub argon2_memory_kib: u32,
+}
+
+/// A token bucket: `burst` requests at once, then one per `period`.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    /// Requests allowed at once.
+    pub burst: u32,
+    /// Time to earn one more.
+    pub period: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 256 * 1024,
+            max_envelope_bytes: 128 * 1024,
+            mailbox_max_envelopes: 1000,
+            mailbox_max_bytes: 16 * 1024 * 1024,
+            mailbox_expiry: Duration::from_secs(30 * 24 * 3600),
+            max_mailbox_wait: Duration::from_secs(30),
+            max_one_time_prekeys: 200,
+            max_prekey_batch: 100,
+            low_prekey_threshold: 20,
+            max_addresses: 16,
+            max_address_len: 256,
+            max_presence_ttl: Duration::from_secs(3600),
+            certificate_validity: peerchat_pki::DEFAULT_PEER_VALIDITY,
+            crl_validity: Duration::from_secs(7 * 24 * 3600),
+            auth_per_ip: Rate {
+                burst: 10,
+                period: Duration::from_secs(6),
+            },
+            login_per_account: Rate {
+                burst: 5,
+                period: Duration::from_secs(60),
+            },
+            lookups_per_user: Rate {
+                burst: 120,
+                period: Duration::from_millis(100),
+            },
+            deposits_per_user: Rate {
+                burst: 200,
+                period: Duration::from_millis(50),
+            },
+            argon2_memory_kib: 19 * 1024,
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! `peerchat-rendezvous`: wiring only.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::Parser;
+use peerchat_pki::HostName;
+use peerchat_rendezvous::limits::Limits;
+use peerchat_rendezvous::{Config, prepare, run};
+use tracing_subscriber::EnvFilter;
+
+/// The peerchat rendezvous server: accounts, certificate authority, prekeys, lookup, mailbox.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Directory for the CA (ca.pem, ca.key) and the database.
+    #[arg(long, env = "PEERCHAT_RENDEZVOUS_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address to serve HTTPS on.
+    #[arg(
+        long,
+        env = "PEERCHAT_RENDEZVOUS_LISTEN",
+        default_value = "127.0.0.1:8443"
+    )]
+    listen: SocketAddr,
+    /// A name of this server for its HTTPS certificate (repeat, or comma-separate in the
+    /// environment). An IP address becomes an IP SAN, anything else a DNS SAN.
+    #[arg(
+        long = "hostname",
+        env = "PEERCHAT_RENDEZVOUS_HOSTNAME",
+        value_delimiter = ',',
+        default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()]
+    )]
+    hostnames: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match serve(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("peerchat-rendezvous: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> Result<(), BoxError> {
+    let config = Config {
+        data_dir: args.data_dir,
+        hostnames: args.hostnames.iter().map(|h| HostName::parse(h)).collect(),
+        limits: Limits::default(),
+    };
+    let prepared = prepare(&config, SystemTime::now())?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let fingerprint = prepared.service.ca().certificate().fingerprint();
+    println!(
+        "peerchat rendezvous on https://{} (CA {}: {})",
+        listener.local_addr()?,
+        if prepared.created_ca {
+            "created"
+        } else {
+            "loaded"
+        },
+        fingerprint
+    );
+    tracing::info!(addr = %listener.local_addr()?, ca = %fingerprint, "serving");
+    run(listener, prepared, shutdown_signal()).await?;
+    tracing::info!("stopped; everything flushed");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The binary reports any error as one line.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,195 @@
+//! The storage port of the rendezvous, and the records it keeps.
+//!
+//! Implementations must make each method atomic on its own; the service never needs two methods to
+//! happen together. Writes become durable only at [`Store::flush`], which the service awaits before
+//! acknowledging anything to a client.
+
+use std::future::Future;
+
+use peerchat_pki::{RevokedEntry, Serial, Username};
+use serde::{Deserialize, Serialize};
+
+/// A storage failure. Adapters translate their own errors into this.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (IO, corruption).
+    #[error("storage backend: {0}")]
+    Backend(String),
+    /// A stored record could not be decoded.
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// An account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// The name.
+    pub username: Username,
+    /// PHC string of the Argon2id password hash.
+    pub password_hash: String,
+    /// The current identity key (Ed25519, 32 bytes).
+    pub identity_key: [u8; 32],
+    /// The current certificate, DER.
+    pub certificate: Vec<u8>,
+    /// Its serial.
+    pub serial: Serial,
+    /// The second factor, if enrolled.
+    pub totp: Option<TotpState>,
+    /// Creation time, Unix seconds.
+    pub created_at: u64,
+}
+
+/// A TOTP secret and whether it was confirmed (only a confirmed one is required at login).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TotpState {
+    /// The shared secret.
+    pub secret: Vec<u8>,
+    /// Confirmed with a valid code.
+    pub confirmed: bool,
+}
+
+/// A stored signed prekey.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedPreKeyRecord {
+    /// Its id.
+    pub id: u32,
+    /// X25519 public key.
+    pub public_key: [u8; 32],
+    /// Ed25519 signature (64 bytes).
+    pub signature: Vec<u8>,
+}
+
+/// A stored one-time prekey.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OneTimePreKeyRecord {
+    /// Its id.
+    pub id: u32,
+    /// X25519 public key.
+    pub public_key: [u8; 32],
+}
+
+/// Announced addresses and until when they hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// Multiaddrs.
+    pub addresses: Vec<String>,
+    /// Expiry, Unix seconds.
+    pub expires_at: u64,
+}
+
+/// An envelope waiting in a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEnvelope {
+    /// The sender's id for it.
+    pub id: [u8; 16],
+    /// Who deposited it.
+    pub sender: Username,
+    /// The opaque bytes.
+    pub envelope: Vec<u8>,
+    /// Deposit time, Unix seconds.
+    pub deposited_at: u64,
+    /// When it is dropped unread, Unix seconds.
+    pub expires_at: u64,
+}
+
+/// Result of a deposit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deposit {
+    /// Stored.
+    Stored,
+    /// One with the same id was already waiting; nothing changed.
+    Duplicate,
+    /// The recipient's quota (count or bytes) is full; nothing changed.
+    QuotaExceeded,
+}
+
+/// Per-mailbox quota, passed to [`Store::deposit`].
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    /// Most envelopes.
+    pub max_envelopes: u32,
+    /// Most bytes.
+    pub max_bytes: u64,
+}
+
+/// The storage port.
+pub trait Store: Send + Sync + 'static {
+    /// Creates `account`. MUST return `Ok(false)` and change nothing when the name is taken.
+    fn create_account(&self, account: &Account) -> Result<bool, StoreError>;
+    /// The account named `username`, if any.
+    fn account(&self, username: &Username) -> Result<Option<Account>, StoreError>;
+    /// Replaces an existing account record.
+    fn update_account(&self, account: &Account) -> Result<(), StoreError>;
+    /// Number of accounts.
+    fn count_accounts(&self) -> Result<u64, StoreError>;
+
+    /// Remembers that `serial` was issued to `username` (so it can be revoked with the account).
+    fn record_certificate(&self, username: &Username, serial: &Serial) -> Result<(), StoreError>;
+    /// Serials ever issued to `username`.
+    fn certificates_of(&self, username: &Username) -> Result<Vec<Serial>, StoreError>;
+    /// Marks `serial` revoked at `at` (Unix seconds). Revoking twice keeps the first time.
+    fn revoke(&self, serial: &Serial, at: u64) -> Result<(), StoreError>;
+    /// Whether `serial` is revoked.
+    fn is_revoked(&self, serial: &Serial) -> Result<bool, StoreError>;
+    /// Every revoked serial.
+    fn revoked(&self) -> Result<Vec<RevokedEntry>, StoreError>;
+    /// A CRL number larger than every one returned before, across restarts.
+    fn next_crl_number(&self) -> Result<u64, StoreError>;
+
+    /// Sets the signed prekey of `username`.
+    fn set_signed_prekey(
+        &self,
+        username: &Username,
+        key: &SignedPreKeyRecord,
+    ) -> Result<(), StoreError>;
+    /// The signed prekey of `username`.
+    fn signed_prekey(&self, username: &Username) -> Result<Option<SignedPreKeyRecord>, StoreError>;
+    /// Adds one-time prekeys, keeping at most `max` in total (extra ones are dropped; a known id
+    /// is overwritten). Returns how many are stored afterwards.
+    fn add_one_time_prekeys(
+        &self,
+        username: &Username,
+        keys: &[OneTimePreKeyRecord],
+        max: u32,
+    ) -> Result<u32, StoreError>;
+    /// Removes and returns one one-time prekey. MUST hand each key to at most one caller, however
+    /// many call at once.
+    fn take_one_time_prekey(
+        &self,
+        username: &Username,
+    ) -> Result<Option<OneTimePreKeyRecord>, StoreError>;
+    /// How many one-time prekeys `username` has.
+    fn count_one_time_prekeys(&self, username: &Username) -> Result<u32, StoreError>;
+    /// Forgets all prekeys of `username` (its identity key changed, so they are void).
+    fn clear_prekeys(&self, username: &Username) -> Result<(), StoreError>;
+
+    /// Sets the presence of `username`.
+    fn set_presence(&self, username: &Username, presence: &Presence) -> Result<(), StoreError>;
+    /// The presence of `username` (possibly expired: the caller compares with its clock).
+    fn presence(&self, username: &Username) -> Result<Option<Presence>, StoreError>;
+
+    /// Adds an envelope to `recipient`'s mailbox unless one with its id waits already or the
+    /// quota is full.
+    fn deposit(
+        &self,
+        recipient: &Username,
+        envelope: &StoredEnvelope,
+        quota: Quota,
+    ) -> Result<Deposit, StoreError>;
+    /// Up to `limit` envelopes of `recipient`, oldest first, skipping those expired at `now`.
+    fn mailbox(
+        &self,
+        recipient: &Username,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEnvelope>, StoreError>;
+    /// Deletes `recipient`'s envelope `id`. Returns whether it was there.
+    fn ack(&self, recipient: &Username, id: &[u8; 16]) -> Result<bool, StoreError>;
+    /// Deletes every envelope expired at `now`; returns how many.
+    fn purge_expired(&self, now: u64) -> Result<u64, StoreError>;
+    /// Envelopes waiting in all mailboxes.
+    fn count_envelopes(&self) -> Result<u64, StoreError>;
+
+    /// Makes every write so far durable.
+    fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
