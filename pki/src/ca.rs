@@ -9,7 +9,6 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::LineEnding};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::{CryptoRng, RngCore};
 use rcgen::{
@@ -294,7 +293,7 @@ impl CertificateAuthority {
         let key_pem = zeroize::Zeroizing::new(
             fs::read_to_string(&key_path).map_err(|e| io_err(&key_path, e))?,
         );
-        let key = SigningKey::from_pkcs8_pem(&key_pem).map_err(|_| CaError::BadKey)?;
+        let key = crate::keyfile::private_key_from_pem(&key_pem).map_err(|_| CaError::BadKey)?;
         Self::from_parts(CaCertificate::from_pem(&cert_pem)?, key)
     }
 
@@ -318,11 +317,7 @@ impl CertificateAuthority {
     /// temporary name, synced and renamed, so a crash never leaves half a key behind.
     pub fn save(&self, dir: &Path) -> Result<(), CaError> {
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-        let key_pem = self
-            .issuer
-            .key()
-            .key()
-            .to_pkcs8_pem(LineEnding::LF)
+        let key_pem = crate::keyfile::private_key_to_pem(self.issuer.key().key())
             .map_err(|_| CaError::BadKey)?;
         write_atomically(&dir.join(CA_KEY_FILE), key_pem.as_bytes(), 0o600)?;
         write_atomically(

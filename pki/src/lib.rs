@@ -14,6 +14,7 @@
 mod ca;
 mod crl;
 mod csr;
+mod keyfile;
 mod signer;
 pub mod tls;
 mod types;
@@ -25,6 +26,7 @@ pub use ca::{
 };
 pub use crl::{Crl, CrlError, RevokedEntry};
 pub use csr::{CsrError, build_csr};
+pub use keyfile::{BadKeyFile, private_key_from_pem, private_key_to_pem};
 pub use types::{Fingerprint, Serial};
 pub use username::{InvalidUsername, URI_PREFIX, Username};
 pub use verify::{TrustStore, VerifiedPeer, VerifyError, verify};

@@ -1,0 +1,135 @@
+//! The real binary: killed with SIGKILL after acknowledging a deposit, restarted, nothing lost.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use peerchat_pki::CaCertificate;
+use peerchat_rendezvous::api;
+use reqwest::{Method, StatusCode};
+
+use crate::support::{NO_BODY, User, cert_der};
+
+/// Starts the binary on 127.0.0.1:0 and reads the address it prints.
+fn start(dir: &Path) -> (Child, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_peerchat-rendezvous"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .split("https://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
+    (child, port)
+}
+
+/// A minimal server handle so the `support::User` helpers work against the external process.
+struct External {
+    ca: CaCertificate,
+    port: u16,
+}
+
+impl External {
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+
+    async fn register(&self, name: &str) -> User {
+        use ed25519_dalek::SigningKey;
+        use peerchat_pki::{Username, build_csr};
+        use rand::rngs::OsRng;
+        let key = SigningKey::generate(&mut OsRng);
+        let username = Username::new(name).unwrap();
+        let request = api::RegisterRequest {
+            username: username.clone(),
+            password: crate::support::PASSWORD.into(),
+            csr: B64.encode(build_csr(&key, &username).unwrap()),
+        };
+        let http = crate::support::client(&self.ca, None);
+        let response = http
+            .post(self.url("/v1/accounts"))
+            .json(&request)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let cert: api::CertificateResponse = response.json().await.unwrap();
+        let credentials =
+            peerchat_pki::tls::Credentials::new(vec![cert_der(&cert.certificate)], key.clone());
+        let mut user = User::new_external(
+            username,
+            key,
+            &cert,
+            crate::support::client(&self.ca, Some(credentials)),
+            self.url(""),
+        );
+        user.certificate = cert;
+        user
+    }
+}
+
+#[tokio::test]
+async fn a_deposit_survives_kill_9_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port) = start(dir.path());
+    let ca = CaCertificate::from_pem(&std::fs::read_to_string(dir.path().join("ca.pem")).unwrap())
+        .unwrap();
+    let server = External {
+        ca: ca.clone(),
+        port,
+    };
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let (code, _) = bob.deposit("alice", 42, b"sealed for alice").await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+
+    child.kill().unwrap(); // SIGKILL: no shutdown path runs.
+    child.wait().unwrap();
+
+    let (mut child, port) = start(dir.path());
+    let restarted =
+        CaCertificate::from_pem(&std::fs::read_to_string(dir.path().join("ca.pem")).unwrap())
+            .unwrap();
+    assert_eq!(restarted, ca, "the CA survives");
+    let alice = User::new_external(
+        alice.username.clone(),
+        alice.key.clone(),
+        &alice.certificate,
+        crate::support::client(
+            &ca,
+            Some(peerchat_pki::tls::Credentials::new(
+                vec![cert_der(&alice.certificate.certificate)],
+                alice.key.clone(),
+            )),
+        ),
+        format!("https://localhost:{port}"),
+    );
+    let (code, mail) = alice
+        .call::<(), api::MailboxResponse>(Method::GET, "/v1/mailbox/alice", NO_BODY)
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::OK,
+        "alice's account and certificate survive"
+    );
+    let mail = mail.unwrap().envelopes;
+    assert_eq!(mail.len(), 1);
+    assert_eq!(B64.decode(&mail[0].envelope).unwrap(), b"sealed for alice");
+    assert_eq!(mail[0].sender.as_str(), "bob");
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

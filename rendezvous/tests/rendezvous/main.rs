@@ -1,0 +1,10 @@
+//! Integration tests of the rendezvous over real HTTPS on 127.0.0.1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod abuse;
+mod crash;
+mod mtls;
+mod routes;
+mod service;
+mod support;

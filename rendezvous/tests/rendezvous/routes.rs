@@ -1,0 +1,413 @@
+//! The happy path of every route.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, SigningKey, Verifier, VerifyingKey};
+use peerchat_pki::{Crl, build_csr};
+use peerchat_rendezvous::api;
+use rand::rngs::OsRng;
+use reqwest::{Method, StatusCode};
+
+use crate::support::{NO_BODY, PASSWORD, Server, User, send, test_limits};
+
+#[tokio::test]
+async fn health_ca_and_crl_are_public() {
+    let server = Server::start(test_limits()).await;
+    let http = server.anonymous();
+
+    let (status, health) =
+        send::<(), api::Health>(&http, Method::GET, &server.url("/v1/healthz"), None).await;
+    assert_eq!(
+        (status, health.unwrap().status.as_str()),
+        (StatusCode::OK, "ok")
+    );
+
+    let (_, ca) =
+        send::<(), api::CaResponse>(&http, Method::GET, &server.url("/v1/ca"), None).await;
+    let ca = ca.unwrap();
+    assert_eq!(ca.fingerprint, server.ca.fingerprint().to_string());
+    assert_eq!(ca.certificate, server.ca.to_pem());
+
+    let der = http
+        .get(server.url("/v1/crl"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let crl = Crl::from_der(&der, &server.ca).unwrap();
+    assert_eq!(crl.revoked().count(), 0);
+}
+
+#[tokio::test]
+async fn register_upload_prekeys_lookup_and_fetch_a_bundle() {
+    let server = Server::start(test_limits()).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+
+    let status = alice.upload_prekeys(0..25).await;
+    assert_eq!(
+        status,
+        api::PreKeyStatus {
+            one_time_prekeys: 25,
+            signed_prekey: true,
+            low: false
+        }
+    );
+
+    let (code, bundle) = bob
+        .call::<(), api::BundleResponse>(Method::POST, "/v1/users/alice/bundle", NO_BODY)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let bundle = bundle.unwrap();
+    let identity = VerifyingKey::from_bytes(
+        &B64.decode(&bundle.identity_key)
+            .unwrap()
+            .try_into()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(identity, alice.key.verifying_key());
+    let spk: [u8; 32] = B64
+        .decode(&bundle.signed_prekey.public_key)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let sig = Signature::from_slice(&B64.decode(&bundle.signed_prekey.signature).unwrap()).unwrap();
+    identity
+        .verify(
+            &api::signed_prekey_message(bundle.signed_prekey.id, &spk),
+            &sig,
+        )
+        .unwrap();
+    assert!(bundle.one_time_prekey.is_some());
+    assert!(!bundle.low_prekeys);
+
+    let (_, status) = alice
+        .call::<(), api::PreKeyStatus>(Method::GET, "/v1/prekeys", NO_BODY)
+        .await;
+    assert_eq!(
+        status.unwrap().one_time_prekeys,
+        24,
+        "the bundle consumed one"
+    );
+
+    let (code, found) = bob
+        .call::<(), api::LookupResponse>(Method::GET, "/v1/users/alice", NO_BODY)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let found = found.unwrap();
+    assert_eq!(found.username.as_str(), "alice");
+    assert!(found.peer_id.starts_with("12D3KooW"), "{}", found.peer_id);
+    assert_eq!(found.certificate, alice.certificate.certificate);
+    assert!(!found.online);
+    assert!(found.addresses.is_empty());
+
+    let presence = api::PresenceRequest {
+        addresses: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+        ttl_secs: 60,
+    };
+    let (code, _) = alice
+        .call::<_, ()>(Method::PUT, "/v1/presence", Some(&presence))
+        .await;
+    assert_eq!(code, StatusCode::NO_CONTENT);
+    let (_, found) = bob
+        .call::<(), api::LookupResponse>(Method::GET, "/v1/users/alice", NO_BODY)
+        .await;
+    let found = found.unwrap();
+    assert!(found.online);
+    assert_eq!(found.addresses, presence.addresses);
+
+    let (code, err) = bob
+        .call::<(), api::LookupResponse>(Method::GET, "/v1/users/nobody", NO_BODY)
+        .await;
+    assert_eq!(
+        (code, err.unwrap_err().error.as_str()),
+        (StatusCode::NOT_FOUND, "no_such_user")
+    );
+}
+
+#[tokio::test]
+async fn deposit_fetch_and_acknowledge_mail() {
+    let server = Server::start(test_limits()).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+
+    let (code, r) = bob.deposit("alice", 1, b"opaque envelope 1").await;
+    assert_eq!(
+        (code, r.unwrap().status),
+        (StatusCode::ACCEPTED, api::DepositStatus::Stored)
+    );
+    let (_, r) = bob.deposit("alice", 1, b"opaque envelope 1").await;
+    assert_eq!(r.unwrap().status, api::DepositStatus::Duplicate);
+    assert_eq!(
+        bob.deposit("alice", 2, b"opaque envelope 2").await.0,
+        StatusCode::ACCEPTED
+    );
+
+    let (code, mail) = alice
+        .call::<(), api::MailboxResponse>(Method::GET, "/v1/mailbox/alice", NO_BODY)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let mail = mail.unwrap().envelopes;
+    assert_eq!(mail.len(), 2);
+    assert_eq!(mail[0].sender.as_str(), "bob");
+    assert_eq!(B64.decode(&mail[0].envelope).unwrap(), b"opaque envelope 1");
+    assert_eq!(B64.decode(&mail[1].envelope).unwrap(), b"opaque envelope 2");
+
+    let (code, _) = alice
+        .call::<(), ()>(
+            Method::DELETE,
+            &format!("/v1/mailbox/alice/{}", mail[0].id),
+            NO_BODY,
+        )
+        .await;
+    assert_eq!(code, StatusCode::NO_CONTENT);
+    let (code, _) = alice
+        .call::<(), ()>(
+            Method::DELETE,
+            &format!("/v1/mailbox/alice/{}", mail[0].id),
+            NO_BODY,
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (_, mail) = alice
+        .call::<(), api::MailboxResponse>(Method::GET, "/v1/mailbox/alice", NO_BODY)
+        .await;
+    assert_eq!(mail.unwrap().envelopes.len(), 1);
+}
+
+#[tokio::test]
+async fn a_waiting_recipient_learns_of_new_mail_at_once() {
+    let server = Server::start(test_limits()).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+
+    let waiting = {
+        let http = alice.http.clone();
+        let url = alice.url("/v1/mailbox/alice?wait=20");
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r: api::MailboxResponse = http.get(url).send().await.unwrap().json().await.unwrap();
+            (r, started.elapsed())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        bob.deposit("alice", 9, b"wake up").await.0,
+        StatusCode::ACCEPTED
+    );
+    let (mail, waited) = waiting.await.unwrap();
+    assert_eq!(mail.envelopes.len(), 1);
+    // Woken by the deposit, not by the 20-second wait running out.
+    assert!(waited < std::time::Duration::from_secs(10), "{waited:?}");
+}
+
+#[tokio::test]
+async fn renew_keeps_the_key_and_logout_revokes() {
+    let server = Server::start(test_limits()).await;
+    let alice = server.register("alice").await;
+
+    let renew = api::RenewRequest {
+        csr: B64.encode(build_csr(&alice.key, &alice.username).unwrap()),
+    };
+    let (code, renewed) = alice
+        .call::<_, api::CertificateResponse>(Method::POST, "/v1/certificates/renew", Some(&renew))
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_ne!(renewed.unwrap().serial, alice.certificate.serial);
+
+    let other_key = SigningKey::generate(&mut OsRng);
+    let renew = api::RenewRequest {
+        csr: B64.encode(build_csr(&other_key, &alice.username).unwrap()),
+    };
+    let (code, err) = alice
+        .call::<_, api::CertificateResponse>(Method::POST, "/v1/certificates/renew", Some(&renew))
+        .await;
+    assert_eq!(
+        (code, err.unwrap_err().error.as_str()),
+        (StatusCode::BAD_REQUEST, "key_mismatch")
+    );
+
+    let (code, _) = alice
+        .call::<(), ()>(Method::DELETE, "/v1/certificates/current", NO_BODY)
+        .await;
+    assert_eq!(code, StatusCode::NO_CONTENT);
+    let der = server
+        .anonymous()
+        .get(server.url("/v1/crl"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let crl = Crl::from_der(&der, &server.ca).unwrap();
+    assert!(crl.is_revoked(&alice.certificate.serial.parse().unwrap()));
+}
+
+#[tokio::test]
+async fn login_on_a_new_install_revokes_the_old_certificate_and_voids_prekeys() {
+    let server = Server::start(test_limits()).await;
+    let alice = server.register("alice").await;
+    alice.upload_prekeys(0..5).await;
+
+    let new_key = SigningKey::generate(&mut OsRng);
+    let login = api::LoginRequest {
+        username: alice.username.clone(),
+        password: PASSWORD.into(),
+        totp: None,
+        csr: B64.encode(build_csr(&new_key, &alice.username).unwrap()),
+    };
+    let (code, cert) = send::<_, api::CertificateResponse>(
+        &server.anonymous(),
+        Method::POST,
+        &server.url("/v1/sessions"),
+        Some(&login),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    let again = User::new(&server, alice.username.clone(), new_key, &cert.unwrap());
+
+    let (_, status) = again
+        .call::<(), api::PreKeyStatus>(Method::GET, "/v1/prekeys", NO_BODY)
+        .await;
+    assert_eq!(
+        status.unwrap(),
+        api::PreKeyStatus {
+            one_time_prekeys: 0,
+            signed_prekey: false,
+            low: true
+        }
+    );
+    let der = server
+        .anonymous()
+        .get(server.url("/v1/crl"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        Crl::from_der(&der, &server.ca)
+            .unwrap()
+            .is_revoked(&alice.certificate.serial.parse().unwrap())
+    );
+
+    let mut wrong = login.clone();
+    wrong.password = "not the password".into();
+    let (code, err) = send::<_, api::CertificateResponse>(
+        &server.anonymous(),
+        Method::POST,
+        &server.url("/v1/sessions"),
+        Some(&wrong),
+    )
+    .await;
+    assert_eq!(
+        (code, err.unwrap_err().error.as_str()),
+        (StatusCode::UNAUTHORIZED, "bad_credentials")
+    );
+}
+
+#[tokio::test]
+async fn totp_enrolment_then_login_needs_the_code() {
+    let server = Server::start(test_limits()).await;
+    let alice = server.register("alice").await;
+
+    let (code, enrolment) = alice
+        .call::<(), api::TotpEnrolment>(Method::POST, "/v1/totp", NO_BODY)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let enrolment = enrolment.unwrap();
+    assert!(enrolment.uri.starts_with("otpauth://totp/"));
+    let secret = totp_rs::Secret::Encoded(enrolment.secret)
+        .to_bytes()
+        .unwrap();
+    let totp = totp_rs::TOTP::new(
+        totp_rs::Algorithm::SHA1,
+        6,
+        1,
+        30,
+        secret,
+        Some("peerchat".into()),
+        "alice".into(),
+    )
+    .unwrap();
+
+    let (code, _) = alice
+        .call::<_, ()>(
+            Method::POST,
+            "/v1/totp/confirm",
+            Some(&api::TotpConfirm {
+                code: "000000".into(),
+            }),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    let (code, _) = alice
+        .call::<_, ()>(
+            Method::POST,
+            "/v1/totp/confirm",
+            Some(&api::TotpConfirm {
+                code: totp.generate_current().unwrap(),
+            }),
+        )
+        .await;
+    assert_eq!(code, StatusCode::NO_CONTENT);
+
+    let key = SigningKey::generate(&mut OsRng);
+    let mut login = api::LoginRequest {
+        username: alice.username.clone(),
+        password: PASSWORD.into(),
+        totp: None,
+        csr: B64.encode(build_csr(&key, &alice.username).unwrap()),
+    };
+    let url = server.url("/v1/sessions");
+    let (code, err) =
+        send::<_, api::CertificateResponse>(&server.anonymous(), Method::POST, &url, Some(&login))
+            .await;
+    assert_eq!(
+        (code, err.unwrap_err().error.as_str()),
+        (StatusCode::UNAUTHORIZED, "totp_required")
+    );
+    login.totp = Some(totp.generate_current().unwrap());
+    let (code, _) =
+        send::<_, api::CertificateResponse>(&server.anonymous(), Method::POST, &url, Some(&login))
+            .await;
+    assert_eq!(code, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn metrics_count_users_requests_and_mail() {
+    let server = Server::start(test_limits()).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    assert_eq!(bob.deposit("alice", 1, b"x").await.0, StatusCode::ACCEPTED);
+    let text = alice
+        .http
+        .get(alice.url("/v1/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("peerchat_rendezvous_registered_users 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("peerchat_rendezvous_mailbox_envelopes 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"route="/v1/accounts",method="POST",status="201""#),
+        "{text}"
+    );
+    assert!(
+        text.contains("peerchat_rendezvous_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+}
