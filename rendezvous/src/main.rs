@@ -3,11 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use clap::Parser;
 use peerchat_pki::HostName;
-use peerchat_rendezvous::limits::Limits;
+use peerchat_rendezvous::limits::{Limits, Rate};
 use peerchat_rendezvous::{Config, prepare, run};
 use tracing_subscriber::EnvFilter;
 
@@ -34,6 +34,28 @@ struct Args {
         default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()]
     )]
     hostnames: Vec<String>,
+    /// Lookups and bundle fetches allowed per user per minute (bursts of a fifth of it).
+    #[arg(
+        long,
+        env = "PEERCHAT_RENDEZVOUS_LOOKUPS_PER_MINUTE",
+        default_value_t = 600
+    )]
+    lookups_per_minute: u32,
+    /// Mailbox deposits allowed per user per minute (bursts of a fifth of it).
+    #[arg(
+        long,
+        env = "PEERCHAT_RENDEZVOUS_DEPOSITS_PER_MINUTE",
+        default_value_t = 1200
+    )]
+    deposits_per_minute: u32,
+}
+
+fn per_minute(n: u32) -> Rate {
+    let n = n.max(1);
+    Rate {
+        burst: (n / 5).max(1),
+        period: Duration::from_secs(60) / n,
+    }
 }
 
 #[tokio::main]
@@ -58,7 +80,11 @@ async fn serve(args: Args) -> Result<(), BoxError> {
     let config = Config {
         data_dir: args.data_dir,
         hostnames: args.hostnames.iter().map(|h| HostName::parse(h)).collect(),
-        limits: Limits::default(),
+        limits: Limits {
+            lookups_per_user: per_minute(args.lookups_per_minute),
+            deposits_per_user: per_minute(args.deposits_per_minute),
+            ..Limits::default()
+        },
     };
     let prepared = prepare(&config, SystemTime::now())?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;

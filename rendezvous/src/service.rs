@@ -64,6 +64,15 @@ fn check<K: std::hash::Hash + Eq + Clone>(
     })
 }
 
+/// The libp2p `PeerId` (base58) of an Ed25519 identity key.
+pub fn peer_id_of(key: &VerifyingKey) -> Result<String, ApiError> {
+    let key = libp2p_identity::ed25519::PublicKey::try_from_bytes(key.as_bytes())
+        .map_err(|e| internal("identity key", e))?;
+    Ok(libp2p_identity::PublicKey::from(key)
+        .to_peer_id()
+        .to_string())
+}
+
 /// Unix seconds.
 pub fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -210,6 +219,7 @@ impl<S: Store> Rendezvous<S> {
             username: request.username.clone(),
             password_hash,
             identity_key: issued.public_key.to_bytes(),
+            peer_id: peer_id_of(&issued.public_key)?,
             certificate: issued.der.to_vec(),
             serial: issued.serial.clone(),
             totp: None,
@@ -266,6 +276,7 @@ impl<S: Store> Rendezvous<S> {
             self.store.clear_prekeys(&account.username)?;
         }
         account.identity_key = issued.public_key.to_bytes();
+        account.peer_id = peer_id_of(&issued.public_key)?;
         account.certificate = issued.der.to_vec();
         account.serial = issued.serial.clone();
         self.store.update_account(&account)?;
@@ -480,13 +491,10 @@ impl<S: Store> Rendezvous<S> {
             .store
             .presence(target)?
             .filter(|p| p.expires_at > unix(now));
-        let key = libp2p_identity::ed25519::PublicKey::try_from_bytes(&account.identity_key)
-            .map_err(|e| internal("stored identity key", e))?;
-        let peer_id = libp2p_identity::PublicKey::from(key).to_peer_id();
         Ok(api::LookupResponse {
             username: target.clone(),
             certificate: pem("CERTIFICATE", &account.certificate),
-            peer_id: peer_id.to_string(),
+            peer_id: account.peer_id,
             identity_key: B64.encode(account.identity_key),
             online: presence.is_some(),
             addresses: presence.map(|p| p.addresses).unwrap_or_default(),

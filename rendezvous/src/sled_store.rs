@@ -32,18 +32,37 @@ pub struct SledStore {
     account_count: AtomicU64,
     envelope_count: AtomicU64,
     prekey_writer: Mutex<()>,
+    commit: GroupCommit,
 }
+
+/// Group commit: callers that ask for a flush while one is running share the next one, so a burst
+/// of concurrent writers costs two flushes, not one each.
+#[derive(Debug, Default)]
+struct GroupCommit {
+    /// Flushes started so far.
+    started: AtomicU64,
+    /// Flushes completed so far.
+    completed: AtomicU64,
+    /// Held while a flush runs.
+    running: tokio::sync::Mutex<()>,
+}
+
+/// Default size of sled's page cache. sled's own default (1 GiB) would let the server's memory
+/// grow with the database; the working set of the rendezvous is small.
+pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// Records are postcard: compact, so that the database and its cache stay small (a certificate
+/// as a JSON array of numbers would take three times its size).
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+    postcard::to_stdvec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn key(username: &Username, suffix: &[u8]) -> Vec<u8> {
@@ -82,9 +101,18 @@ fn tx_err<E: std::fmt::Display>(e: TransactionError<E>) -> StoreError {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir` with a [`DEFAULT_CACHE_BYTES`] page cache.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).open().map_err(backend)?;
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the store in `dir` with a page cache of `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(backend)?;
         let tree = |name: &str| db.open_tree(name).map_err(backend);
         let store = Self {
             accounts: tree("accounts")?,
@@ -100,6 +128,7 @@ impl SledStore {
             account_count: AtomicU64::new(0),
             envelope_count: AtomicU64::new(0),
             prekey_writer: Mutex::new(()),
+            commit: GroupCommit::default(),
             db,
         };
         store
@@ -124,7 +153,7 @@ impl SledStore {
                     return Ok(false);
                 };
                 let (count, bytes) = mail_meta_decode(meta.get(&meta_key)?.as_deref());
-                let len = serde_json::from_slice::<StoredEnvelope>(&value)
+                let len = decode::<StoredEnvelope>(&value)
                     .map(|e| e.envelope.len() as u64)
                     .unwrap_or(0);
                 meta.insert(
@@ -440,7 +469,21 @@ impl Store for SledStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await.map_err(backend)?;
+        // Our writes are covered by any flush that starts after this point.
+        let needed = self.commit.started.load(Ordering::Acquire) + 1;
+        let _running = self.commit.running.lock().await;
+        if self.commit.completed.load(Ordering::Acquire) >= needed {
+            return Ok(());
+        }
+        let this = self.commit.started.fetch_add(1, Ordering::AcqRel) + 1;
+        // Not `flush_async`: in sled 0.34 concurrent `flush_async` calls can wait forever
+        // (spacejam/sled#1308). The blocking flush runs on the blocking pool.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+            .map_err(backend)?;
+        self.commit.completed.store(this, Ordering::Release);
         Ok(())
     }
 }

@@ -29,6 +29,8 @@ pub struct Account {
     pub password_hash: String,
     /// The current identity key (Ed25519, 32 bytes).
     pub identity_key: [u8; 32],
+    /// The libp2p `PeerId` of that key, computed once when the key is set.
+    pub peer_id: String,
     /// The current certificate, DER.
     pub certificate: Vec<u8>,
     /// Its serial.

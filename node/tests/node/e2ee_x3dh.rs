@@ -170,3 +170,18 @@ fn a_low_order_ephemeral_key_is_refused() {
         SessionError::X3dh(X3dhError::NonContributory)
     );
 }
+
+#[test]
+fn signed_prekeys_verify_under_the_rendezvous_wire_format() {
+    // The rendezvous checks uploaded signed prekeys with its own copy of the signed encoding.
+    use ed25519_dalek::Verifier;
+    let mut rng = rng(7);
+    let bob = User::new(&mut rng);
+    let spk = SignedPreKeyPair::generate(PreKeyId(42), &bob.identity, &mut rng).public();
+    let message = peerchat_rendezvous::api::signed_prekey_message(spk.id.0, spk.public.as_bytes());
+    bob.identity
+        .public()
+        .verifying_key()
+        .verify(&message, &spk.signature)
+        .unwrap();
+}

@@ -82,3 +82,29 @@ async fn presence_expires_after_its_ttl() {
             .online
     );
 }
+
+/// sled 0.34's `flush_async` can deadlock when called concurrently (spacejam/sled#1308); the
+/// store must not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_flushes_all_complete() {
+    use peerchat_rendezvous::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
+    let tasks: Vec<_> = (0..64u32)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store.next_crl_number().unwrap();
+                store.flush().await.unwrap();
+                i
+            })
+        })
+        .collect();
+    let all = tokio::time::timeout(Duration::from_secs(60), async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await;
+    assert!(all.is_ok(), "flushes did not complete");
+}
