@@ -133,3 +133,55 @@ async fn a_deposit_survives_kill_9_and_restart() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_server_cleanly_and_a_restart_keeps_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port) = start(dir.path());
+    let ca = CaCertificate::from_pem(&std::fs::read_to_string(dir.path().join("ca.pem")).unwrap())
+        .unwrap();
+    let server = External {
+        ca: ca.clone(),
+        port,
+    };
+    server.register("alice").await;
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(
+        exit.success(),
+        "graceful shutdown exits with 0, got {exit:?}"
+    );
+
+    let (mut child, port) = start(dir.path());
+    let server = External { ca, port };
+    let http = crate::support::client(&server.ca, None);
+    let request = api::RegisterRequest {
+        username: peerchat_pki::Username::new("alice").unwrap(),
+        password: crate::support::PASSWORD.into(),
+        csr: B64.encode(
+            peerchat_pki::build_csr(
+                &ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng),
+                &peerchat_pki::Username::new("alice").unwrap(),
+            )
+            .unwrap(),
+        ),
+    };
+    let response = http
+        .post(server.url("/v1/accounts"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::CONFLICT,
+        "alice is still registered"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
