@@ -5,3 +5,6 @@
 //! ports and adapters) is built around it.
 
 pub mod domain;
+pub mod driven;
+pub mod driving;
+pub mod ports;

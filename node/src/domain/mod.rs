@@ -1,6 +1,7 @@
 //! The pure core of the node. Time and randomness are parameters; nothing here performs IO.
 
 pub mod content;
+pub mod envelope;
 pub mod ids;
 pub mod kdf;
 pub mod keys;
@@ -10,6 +11,7 @@ pub mod safety_number;
 pub mod x3dh;
 
 pub use content::{Content, ContentError};
+pub use envelope::{Ack, Envelope, EnvelopeError, RejectReason};
 pub use ids::MessageId;
 pub use keys::{
     IdentityKey, IdentityKeyPair, InvalidKey, OneTimePreKey, OneTimePreKeyPair, PreKeyBundle,

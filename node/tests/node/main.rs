@@ -5,4 +5,5 @@
 mod e2ee_properties;
 mod e2ee_ratchet;
 mod e2ee_x3dh;
+mod p2p;
 mod support;

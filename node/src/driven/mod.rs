@@ -1,0 +1,3 @@
+//! Adapters the use cases call.
+
+pub mod p2p;

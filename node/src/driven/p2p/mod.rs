@@ -1,0 +1,511 @@
+//! The libp2p network adapter: a swarm on TCP + yamux whose security layer is our mutual TLS
+//! ([`upgrade`]), speaking `/peerchat/msg/1` ([`codec`]) plus identify and ping.
+//!
+//! [`start`] spawns the swarm on its own task and returns a [`P2pNetwork`] handle (the outbound
+//! [`Network`] port) and a bounded stream of [`Inbound`] envelopes from authenticated peers.
+
+pub mod codec;
+pub mod registry;
+pub mod upgrade;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::{DialError, NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
+use peerchat_pki::TrustStore;
+use peerchat_pki::Username;
+use peerchat_pki::tls::Credentials;
+use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroize;
+
+use self::codec::EnvelopeCodec;
+use self::registry::PeerRegistry;
+use self::upgrade::{MtlsUpgrade, peer_id_of};
+use crate::domain::{Ack, Envelope, IdentityKey, RejectReason};
+use crate::ports::{DeliveryError, Inbound, Network, Recipient};
+
+/// Settings of the network adapter.
+#[derive(Clone)]
+pub struct P2pConfig {
+    /// The identity key: libp2p identity, certificate key and X3DH identity at once.
+    pub identity: SigningKey,
+    /// Our CA-issued certificate with that key.
+    pub credentials: Arc<Credentials>,
+    /// The CA and the CRL (shared, so a CRL refresh reaches the next handshake).
+    pub trust: Arc<TrustStore>,
+    /// Where to listen, e.g. `/ip4/127.0.0.1/tcp/0`.
+    pub listen: Vec<Multiaddr>,
+    /// Largest envelope sent or accepted.
+    pub max_envelope_bytes: usize,
+    /// How long to wait for an acknowledgement.
+    pub request_timeout: Duration,
+    /// Inbound envelopes queued for the receiver (and at most as many awaiting its answer); past
+    /// that, peers get `Rejected(Busy)` and retry later.
+    pub inbound_capacity: usize,
+    /// Closes connections idle for this long.
+    pub idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for P2pConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("P2pConfig")
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl P2pConfig {
+    /// Defaults around the given identity.
+    pub fn new(
+        identity: SigningKey,
+        credentials: Arc<Credentials>,
+        trust: Arc<TrustStore>,
+        listen: Vec<Multiaddr>,
+    ) -> Self {
+        Self {
+            identity,
+            credentials,
+            trust,
+            listen,
+            max_envelope_bytes: codec::DEFAULT_MAX_ENVELOPE_BYTES,
+            request_timeout: Duration::from_secs(10),
+            inbound_capacity: 1024,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why the network could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The TLS configuration was refused.
+    #[error(transparent)]
+    Tls(#[from] peerchat_pki::tls::TlsError),
+    /// The identity key was refused by libp2p.
+    #[error("identity key: {0}")]
+    Identity(String),
+    /// Listening failed.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// The transport could not be built.
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    messages: request_response::Behaviour<EnvelopeCodec>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+enum Command {
+    Deliver {
+        peer_id: PeerId,
+        username: Username,
+        addresses: Vec<Multiaddr>,
+        envelope: Envelope,
+        reply: oneshot::Sender<Result<Ack, DeliveryError>>,
+    },
+    DropRevoked,
+}
+
+/// Handle to the running swarm: the outbound [`Network`] port. Cheap to clone; the swarm stops
+/// when every handle is dropped.
+#[derive(Clone)]
+pub struct P2pNetwork {
+    commands: mpsc::Sender<Command>,
+    registry: Arc<PeerRegistry>,
+    local_peer_id: PeerId,
+    listen_addrs: Vec<Multiaddr>,
+    max_envelope_bytes: usize,
+}
+
+impl std::fmt::Debug for P2pNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("P2pNetwork")
+            .field("peer_id", &self.local_peer_id)
+            .field("listen", &self.listen_addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl P2pNetwork {
+    /// Our `PeerId`.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// The addresses we listen on (with the ports the OS chose), each ending in `/p2p/<our id>`.
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// The verified identities of connected peers.
+    pub fn registry(&self) -> &PeerRegistry {
+        &self.registry
+    }
+
+    /// Closes connections to peers that the current CRL revokes (call after installing a CRL;
+    /// their next connection then fails at the handshake).
+    pub async fn drop_revoked(&self) {
+        let _ = self.commands.send(Command::DropRevoked).await;
+    }
+}
+
+impl Network for P2pNetwork {
+    async fn deliver(&self, to: &Recipient, envelope: Envelope) -> Result<Ack, DeliveryError> {
+        if envelope.encode().len() > self.max_envelope_bytes {
+            return Err(DeliveryError::TooLarge);
+        }
+        let peer_id = peer_id_of(&to.identity_key.to_bytes()).ok_or(DeliveryError::WrongPeer)?;
+        let addresses = to
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            .filter_map(|a| with_peer_id(a, peer_id))
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Deliver {
+                peer_id,
+                username: to.username.clone(),
+                addresses,
+                envelope,
+                reply,
+            })
+            .await
+            .map_err(|_| DeliveryError::Unreachable("the network has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| DeliveryError::Unreachable("the network has stopped".into()))?
+    }
+}
+
+/// `addr` ending in `/p2p/<peer_id>`; `None` if it names another peer.
+fn with_peer_id(mut addr: Multiaddr, peer_id: PeerId) -> Option<Multiaddr> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(id)) if id == peer_id => Some(addr),
+        Some(Protocol::P2p(_)) => {
+            // An address that names another peer: dial it anyway, the upgrade reports who answers.
+            addr.pop();
+            addr.push(Protocol::P2p(peer_id));
+            Some(addr)
+        }
+        _ => {
+            addr.push(Protocol::P2p(peer_id));
+            Some(addr)
+        }
+    }
+}
+
+/// Starts the swarm, waits until it listens, and returns the handle and the inbound stream.
+pub async fn start(config: P2pConfig) -> Result<(P2pNetwork, mpsc::Receiver<Inbound>), StartError> {
+    let mut seed = config.identity.to_bytes();
+    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut seed)
+        .map_err(|e| StartError::Identity(e.to_string()))?;
+    seed.zeroize();
+    let registry = Arc::new(PeerRegistry::default());
+    let upgrade = MtlsUpgrade::new(
+        config.credentials.clone(),
+        config.trust.clone(),
+        registry.clone(),
+    )?;
+    let codec = EnvelopeCodec {
+        max_envelope_bytes: config.max_envelope_bytes,
+    };
+    let timeout = config.request_timeout;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            move |_: &libp2p::identity::Keypair| Ok::<_, std::convert::Infallible>(upgrade),
+            libp2p::yamux::Config::default,
+        )
+        .map_err(|e| StartError::Transport(e.to_string()))?
+        .with_behaviour(|key| Behaviour {
+            messages: request_response::Behaviour::with_codec(
+                codec,
+                [(codec::PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(timeout)
+                    .with_max_concurrent_streams(1024),
+            ),
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/peerchat/1.0.0".into(),
+                key.public(),
+            )),
+            ping: ping::Behaviour::default(),
+        })
+        .map_err(|e| StartError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        .build();
+
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| StartError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    let local_peer_id = *swarm.local_peer_id();
+    let mut listen_addrs = Vec::new();
+    while listen_addrs.len() < config.listen.len() {
+        match swarm.select_next_some().await {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                listen_addrs.push(address.with_p2p(local_peer_id).unwrap_or_else(|a| a))
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                return Err(StartError::Transport(error.to_string()));
+            }
+            _ => {}
+        }
+    }
+    let (commands, command_rx) = mpsc::channel(1024);
+    let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity);
+    let driver = Driver {
+        swarm,
+        registry: registry.clone(),
+        trust: config.trust.clone(),
+        inbound: inbound_tx,
+        max_answers: config.inbound_capacity,
+        pending: HashMap::new(),
+        dial_errors: HashMap::new(),
+        answers: FuturesUnordered::new(),
+    };
+    tokio::spawn(driver.run(command_rx));
+    Ok((
+        P2pNetwork {
+            commands,
+            registry,
+            local_peer_id,
+            listen_addrs,
+            max_envelope_bytes: config.max_envelope_bytes,
+        },
+        inbound_rx,
+    ))
+}
+
+struct Pending {
+    peer_id: PeerId,
+    username: Username,
+    reply: oneshot::Sender<Result<Ack, DeliveryError>>,
+}
+
+type Answer = BoxFuture<'static, (ResponseChannel<Ack>, Ack)>;
+
+/// Owns the swarm; everything else talks to it through channels.
+struct Driver {
+    swarm: Swarm<Behaviour>,
+    registry: Arc<PeerRegistry>,
+    trust: Arc<TrustStore>,
+    inbound: mpsc::Sender<Inbound>,
+    max_answers: usize,
+    pending: HashMap<OutboundRequestId, Pending>,
+    /// The last dial error per peer, to explain a request's `DialFailure`.
+    dial_errors: HashMap<PeerId, DeliveryError>,
+    answers: FuturesUnordered<Answer>,
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.command(command),
+                    None => break,
+                },
+                Some((channel, ack)) = self.answers.next(), if !self.answers.is_empty() => {
+                    let _ = self.swarm.behaviour_mut().messages.send_response(channel, ack);
+                }
+                event = self.swarm.select_next_some() => self.event(event),
+            }
+        }
+        tracing::debug!("network stopped");
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Deliver {
+                peer_id,
+                username,
+                addresses,
+                envelope,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .messages
+                    .send_request_with_addresses(&peer_id, envelope, addresses);
+                self.pending.insert(
+                    id,
+                    Pending {
+                        peer_id,
+                        username,
+                        reply,
+                    },
+                );
+            }
+            Command::DropRevoked => {
+                let Some(crl) = self.trust.crl() else { return };
+                for peer in self.registry.revoked(|p| crl.is_revoked(&p.serial)) {
+                    tracing::info!(%peer, "closing the connection of a revoked peer");
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Messages(event)) => self.message_event(event),
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                let failure = match &error {
+                    DialError::WrongPeerId { .. } => DeliveryError::WrongPeer,
+                    other => DeliveryError::Unreachable(other.to_string()),
+                };
+                tracing::debug!(%peer, error = %error, "dial failed");
+                if self.dial_errors.len() > 1024 {
+                    self.dial_errors.clear();
+                }
+                self.dial_errors.insert(peer, failure);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                tracing::debug!(%peer_id, dialer = endpoint.is_dialer(), "connected");
+                self.dial_errors.remove(&peer_id);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.registry.remove(&peer_id);
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                tracing::debug!(error = %error, "incoming connection refused");
+            }
+            _ => {}
+        }
+    }
+
+    fn message_event(&mut self, event: request_response::Event<Envelope, Ack>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.inbound(peer, request, channel),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    let Some(pending) = self.pending.remove(&request_id) else {
+                        return;
+                    };
+                    // The PeerId pins the key; check the CA-certified name too.
+                    let result = match self.registry.get(&pending.peer_id) {
+                        Some(p) if p.username == pending.username && peer == pending.peer_id => {
+                            Ok(response)
+                        }
+                        _ => Err(DeliveryError::WrongPeer),
+                    };
+                    let _ = pending.reply.send(result);
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
+                let Some(pending) = self.pending.remove(&request_id) else {
+                    return;
+                };
+                let failure = match error {
+                    OutboundFailure::DialFailure => {
+                        self.dial_errors.remove(&peer).unwrap_or_else(|| {
+                            DeliveryError::Unreachable("no address could be dialled".into())
+                        })
+                    }
+                    OutboundFailure::Timeout => DeliveryError::Timeout,
+                    OutboundFailure::ConnectionClosed => {
+                        DeliveryError::Refused("the connection closed".into())
+                    }
+                    OutboundFailure::UnsupportedProtocols => {
+                        DeliveryError::Refused("the peer does not speak /peerchat/msg/1".into())
+                    }
+                    OutboundFailure::Io(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                        DeliveryError::TooLarge
+                    }
+                    OutboundFailure::Io(e) => DeliveryError::Refused(e.to_string()),
+                };
+                let _ = pending.reply.send(Err(failure));
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, error = %error, "inbound request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn inbound(&mut self, peer: PeerId, envelope: Envelope, channel: ResponseChannel<Ack>) {
+        let Some(verified) = self.registry.get(&peer) else {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .messages
+                .send_response(channel, Ack::Rejected(RejectReason::Internal));
+            return;
+        };
+        if self.answers.len() >= self.max_answers {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .messages
+                .send_response(channel, Ack::Rejected(RejectReason::Busy));
+            return;
+        }
+        let (reply, answer) = oneshot::channel();
+        let item = Inbound {
+            from: verified.username,
+            identity_key: IdentityKey::from_verifying_key(verified.identity_key),
+            envelope,
+            reply,
+        };
+        if let Err(full) = self.inbound.try_send(item) {
+            drop(full);
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .messages
+                .send_response(channel, Ack::Rejected(RejectReason::Busy));
+            return;
+        }
+        self.answers.push(Box::pin(async move {
+            let ack = answer
+                .await
+                .unwrap_or(Ack::Rejected(RejectReason::Internal));
+            (channel, ack)
+        }));
+    }
+}

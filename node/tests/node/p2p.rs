@@ -1,0 +1,339 @@
+//! The libp2p transport with CA-verified mutual TLS, swarms on 127.0.0.1.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use ed25519_dalek::SigningKey;
+use peerchat::domain::{Ack, Envelope, IdentityKey, MessageId};
+use peerchat::driven::p2p::{P2pConfig, P2pNetwork, start};
+use peerchat::driving::p2p_inbound;
+use peerchat::ports::{DeliveryError, Network, Recipient};
+use peerchat_pki::tls::Credentials;
+use peerchat_pki::{CertificateAuthority, RevokedEntry, Serial, TrustStore, Username, build_csr};
+use rand::rngs::OsRng;
+
+struct Node {
+    name: Username,
+    key: SigningKey,
+    serial: Serial,
+    trust: Arc<TrustStore>,
+    net: P2pNetwork,
+    received: Arc<Mutex<Vec<(Username, Envelope)>>>,
+}
+
+impl Node {
+    fn recipient(&self) -> Recipient {
+        Recipient {
+            username: self.name.clone(),
+            identity_key: IdentityKey::from_verifying_key(self.key.verifying_key()),
+            addresses: self
+                .net
+                .listen_addrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+        }
+    }
+
+    fn received(&self) -> Vec<(Username, Envelope)> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// A node named `name` with a certificate from `issuer`, trusting `trusted`.
+async fn node(
+    name: &str,
+    issuer: &CertificateAuthority,
+    trusted: &CertificateAuthority,
+    max_envelope: usize,
+) -> Node {
+    let key = SigningKey::generate(&mut OsRng);
+    let username = Username::new(name).unwrap();
+    let cert = issuer
+        .issue_peer(
+            &build_csr(&key, &username).unwrap(),
+            &username,
+            SystemTime::now(),
+            peerchat_pki::DEFAULT_PEER_VALIDITY,
+            &mut OsRng,
+        )
+        .unwrap();
+    let trust = Arc::new(TrustStore::new(trusted.certificate().clone()));
+    let mut config = P2pConfig::new(
+        key.clone(),
+        Credentials::new(vec![cert.der], key.clone()),
+        trust.clone(),
+        vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+    );
+    config.max_envelope_bytes = max_envelope;
+    config.request_timeout = Duration::from_secs(5);
+    let (net, inbound) = start(config).await.unwrap();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = received.clone();
+    tokio::spawn(p2p_inbound::serve(inbound, move |from, _key, envelope| {
+        let sink = sink.clone();
+        async move {
+            sink.lock().unwrap().push((from, envelope));
+            Ack::Stored
+        }
+    }));
+    Node {
+        name: username,
+        key,
+        serial: cert.serial,
+        trust,
+        net,
+        received,
+    }
+}
+
+fn envelope(payload: Vec<u8>) -> Envelope {
+    Envelope {
+        id: MessageId::random(&mut OsRng),
+        trace: None,
+        payload,
+    }
+}
+
+fn ca() -> CertificateAuthority {
+    CertificateAuthority::generate("p2p test CA", SystemTime::now(), &mut OsRng).unwrap()
+}
+
+const MAX: usize = 256 * 1024;
+
+#[tokio::test]
+async fn an_envelope_is_delivered_and_acknowledged() {
+    let ca = ca();
+    let alice = node("alice", &ca, &ca, MAX).await;
+    let bob = node("bob", &ca, &ca, MAX).await;
+    let e = envelope(b"sealed".to_vec());
+
+    assert_eq!(
+        alice.net.deliver(&bob.recipient(), e.clone()).await,
+        Ok(Ack::Stored)
+    );
+
+    let got = bob.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].0.as_str(),
+        "alice",
+        "the sender comes from alice's certificate"
+    );
+    assert_eq!(got[0].1, e);
+    let seen = bob.net.registry().get(&alice.net.local_peer_id()).unwrap();
+    assert_eq!(seen.username.as_str(), "alice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_envelopes_both_ways_arrive_intact() {
+    let ca = ca();
+    let alice = node("alice", &ca, &ca, MAX).await;
+    let bob = node("bob", &ca, &ca, MAX).await;
+    let n = 200;
+    let mut tasks = Vec::new();
+    let mut sent_to_bob = HashSet::new();
+    let mut sent_to_alice = HashSet::new();
+    for i in 0..n {
+        let (a, b) = (alice.net.clone(), bob.net.clone());
+        let (to_bob, to_alice) = (bob.recipient(), alice.recipient());
+        let e1 = envelope(format!("a→b {i}").repeat(i % 50 + 1).into_bytes());
+        let e2 = envelope(format!("b→a {i}").repeat(i % 50 + 1).into_bytes());
+        sent_to_bob.insert(e1.clone().payload);
+        sent_to_alice.insert(e2.clone().payload);
+        tasks.push(tokio::spawn(async move { a.deliver(&to_bob, e1).await }));
+        tasks.push(tokio::spawn(async move { b.deliver(&to_alice, e2).await }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Ok(Ack::Stored));
+    }
+    let at_bob: HashSet<Vec<u8>> = bob.received().into_iter().map(|(_, e)| e.payload).collect();
+    let at_alice: HashSet<Vec<u8>> = alice
+        .received()
+        .into_iter()
+        .map(|(_, e)| e.payload)
+        .collect();
+    assert_eq!(at_bob, sent_to_bob);
+    assert_eq!(at_alice, sent_to_alice);
+}
+
+#[tokio::test]
+async fn a_peer_with_a_foreign_ca_certificate_is_refused_whichever_side_dials() {
+    let ca = ca();
+    let foreign = CertificateAuthority::generate("foreign", SystemTime::now(), &mut OsRng).unwrap();
+    let bob = node("bob", &ca, &ca, MAX).await;
+    // Mallory trusts our CA but holds a certificate from another one.
+    let mallory = node("mallory", &foreign, &ca, MAX).await;
+
+    let dialled = mallory
+        .net
+        .deliver(&bob.recipient(), envelope(b"hi".to_vec()))
+        .await;
+    // TLS 1.3: mallory's handshake completes on her side before bob refuses her certificate;
+    // that is never taken as acceptance.
+    assert!(
+        matches!(dialled, Err(DeliveryError::Refused(_))),
+        "mallory got through to bob: {dialled:?}"
+    );
+    let dialling = bob
+        .net
+        .deliver(&mallory.recipient(), envelope(b"hi".to_vec()))
+        .await;
+    assert!(
+        matches!(dialling, Err(DeliveryError::Unreachable(_))),
+        "bob accepted mallory as a server: {dialling:?}"
+    );
+    assert!(bob.received().is_empty());
+    assert!(mallory.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_peer_revoked_by_a_crl_swap_is_refused_on_its_next_connection() {
+    let ca = ca();
+    let alice = node("alice", &ca, &ca, MAX).await;
+    let bob = node("bob", &ca, &ca, MAX).await;
+    assert_eq!(
+        alice
+            .net
+            .deliver(&bob.recipient(), envelope(b"1".to_vec()))
+            .await,
+        Ok(Ack::Stored)
+    );
+
+    let now = SystemTime::now();
+    let crl = ca
+        .sign_crl(
+            &[RevokedEntry {
+                serial: alice.serial.clone(),
+                revoked_at: now,
+            }],
+            1,
+            now,
+            now + Duration::from_secs(86400),
+        )
+        .unwrap();
+    bob.trust.set_crl(crl).unwrap();
+    bob.net.drop_revoked().await;
+    // Wait for the connection to be gone, then alice tries again.
+    for _ in 0..50 {
+        if bob.net.registry().get(&alice.net.local_peer_id()).is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = alice
+        .net
+        .deliver(&bob.recipient(), envelope(b"2".to_vec()))
+        .await;
+    assert!(
+        matches!(again, Err(DeliveryError::Refused(_))),
+        "a revoked peer got through: {again:?}"
+    );
+    assert_eq!(bob.received().len(), 1);
+}
+
+#[tokio::test]
+async fn dialling_an_address_with_the_wrong_peer_id_fails_with_wrong_peer() {
+    let ca = ca();
+    let alice = node("alice", &ca, &ca, MAX).await;
+    let bob = node("bob", &ca, &ca, MAX).await;
+    let mut wrong = bob.recipient();
+    wrong.identity_key =
+        IdentityKey::from_verifying_key(SigningKey::generate(&mut OsRng).verifying_key());
+    assert_eq!(
+        alice.net.deliver(&wrong, envelope(b"x".to_vec())).await,
+        Err(DeliveryError::WrongPeer)
+    );
+    assert!(bob.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_valid_peer_mallory_cannot_be_taken_for_bob() {
+    let ca = ca();
+    let alice = node("alice", &ca, &ca, MAX).await;
+    let bob = node("bob", &ca, &ca, MAX).await;
+    let mallory = node("mallory", &ca, &ca, MAX).await;
+    // Bob's name and key, mallory's address.
+    let mut spoofed = bob.recipient();
+    spoofed.addresses = mallory.recipient().addresses;
+    assert_eq!(
+        alice
+            .net
+            .deliver(&spoofed, envelope(b"for bob".to_vec()))
+            .await,
+        Err(DeliveryError::WrongPeer)
+    );
+    // Mallory's key under bob's name: the certificate names mallory.
+    let mut renamed = mallory.recipient();
+    renamed.username = bob.name.clone();
+    assert_eq!(
+        alice
+            .net
+            .deliver(&renamed, envelope(b"for bob".to_vec()))
+            .await,
+        Err(DeliveryError::WrongPeer)
+    );
+    assert!(
+        mallory.received().is_empty()
+            || mallory
+                .received()
+                .iter()
+                .all(|(from, _)| from.as_str() == "alice")
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_envelope_is_refused_without_taking_the_node_down() {
+    let ca = ca();
+    let alice = node("alice", &ca, &ca, 4 * 1024 * 1024).await;
+    let bob = node("bob", &ca, &ca, 64 * 1024).await;
+
+    let big = alice
+        .net
+        .deliver(&bob.recipient(), envelope(vec![7; 1024 * 1024]))
+        .await;
+    assert!(
+        matches!(big, Err(DeliveryError::Refused(_))),
+        "bob accepted 1 MiB over his 64 KiB limit: {big:?}"
+    );
+    assert!(bob.received().is_empty());
+    // Bob is still up and still talks.
+    assert_eq!(
+        alice
+            .net
+            .deliver(&bob.recipient(), envelope(vec![1; 1000]))
+            .await,
+        Ok(Ack::Stored)
+    );
+    // Over the sender's own limit: refused before any network.
+    assert_eq!(
+        bob.net
+            .deliver(&alice.recipient(), envelope(vec![0; 65 * 1024]))
+            .await,
+        Err(DeliveryError::TooLarge)
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_peer_is_reported() {
+    let ca = ca();
+    let alice = node("alice", &ca, &ca, MAX).await;
+    let mut nobody = alice.recipient();
+    nobody.username = Username::new("nobody").unwrap();
+    nobody.identity_key =
+        IdentityKey::from_verifying_key(SigningKey::generate(&mut OsRng).verifying_key());
+    nobody.addresses = vec!["/ip4/127.0.0.1/tcp/1".into()];
+    assert!(matches!(
+        alice.net.deliver(&nobody, envelope(b"x".to_vec())).await,
+        Err(DeliveryError::Unreachable(_))
+    ));
+    nobody.addresses.clear();
+    assert!(
+        alice
+            .net
+            .deliver(&nobody, envelope(b"x".to_vec()))
+            .await
+            .is_err()
+    );
+}
