@@ -29,7 +29,7 @@ pub use csr::{CsrError, build_csr};
 pub use keyfile::{BadKeyFile, private_key_from_pem, private_key_to_pem};
 pub use types::{Fingerprint, Serial};
 pub use username::{InvalidUsername, URI_PREFIX, Username};
-pub use verify::{TrustStore, VerifiedPeer, VerifyError, verify};
+pub use verify::{TrustStore, VerifiedPeer, VerifyError, certificate_key, verify};
 
 /// Re-exported so callers name the same key and certificate types as this crate.
 pub use ed25519_dalek::{SigningKey, VerifyingKey};

@@ -120,6 +120,23 @@ pub fn verify(
     Ok(peer)
 }
 
+/// The Ed25519 key a certificate carries, without verifying anything else (to check that a
+/// certificate belongs to a key pair one holds).
+pub fn certificate_key(der: &[u8]) -> Result<VerifyingKey, VerifyError> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| VerifyError::Malformed)?;
+    let spki = cert.public_key();
+    if spki.algorithm.algorithm.to_id_string() != ED25519_OID {
+        return Err(VerifyError::UnsupportedKey);
+    }
+    let key: [u8; 32] = spki
+        .subject_public_key
+        .data
+        .as_ref()
+        .try_into()
+        .map_err(|_| VerifyError::UnsupportedKey)?;
+    VerifyingKey::from_bytes(&key).map_err(|_| VerifyError::UnsupportedKey)
+}
+
 /// Reads the peer fields of a certificate whose chain has already been verified.
 fn peer_identity(der: &[u8]) -> Result<VerifiedPeer, VerifyError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| VerifyError::Malformed)?;

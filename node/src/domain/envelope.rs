@@ -22,7 +22,8 @@ pub struct Envelope {
     pub id: MessageId,
     /// W3C `traceparent` of the sending span, if tracing is on.
     pub trace: Option<String>,
-    /// The encoded ratchet message.
+    /// The encoded ratchet message (serialized as one byte string, not byte by byte).
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -77,6 +78,12 @@ impl Envelope {
         // Serializing plain data into a Vec cannot fail; an error would leave only the version
         // byte, which `decode` refuses.
         postcard::to_extend(self, out).unwrap_or_else(|_| vec![ENVELOPE_VERSION])
+    }
+
+    /// An upper bound of `encode().len()`, without encoding (payloads can be large).
+    pub fn encoded_len_bound(&self) -> usize {
+        // version + id + option tag + trace length prefix + trace + payload length prefix + payload
+        1 + 16 + 1 + 5 + self.trace.as_ref().map_or(0, String::len) + 5 + self.payload.len()
     }
 
     /// Parses and bounds-checks an envelope.

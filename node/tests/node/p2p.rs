@@ -337,3 +337,30 @@ async fn an_unreachable_peer_is_reported() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn the_certificate_must_certify_the_identity_key() {
+    let ca = ca();
+    let key = SigningKey::generate(&mut OsRng);
+    let other = SigningKey::generate(&mut OsRng);
+    let name = Username::new("alice").unwrap();
+    let cert = ca
+        .issue_peer(
+            &build_csr(&other, &name).unwrap(),
+            &name,
+            SystemTime::now(),
+            peerchat_pki::DEFAULT_PEER_VALIDITY,
+            &mut OsRng,
+        )
+        .unwrap();
+    let config = P2pConfig::new(
+        key,
+        Credentials::new(vec![cert.der], other),
+        Arc::new(TrustStore::new(ca.certificate().clone())),
+        vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+    );
+    assert!(matches!(
+        start(config).await,
+        Err(peerchat::driven::p2p::StartError::Certificate(_))
+    ));
+}

@@ -103,6 +103,9 @@ pub enum StartError {
     /// The transport could not be built.
     #[error("transport: {0}")]
     Transport(String),
+    /// Our own certificate is unreadable, or certifies another key than the identity key.
+    #[error("our certificate does not certify this identity key: {0}")]
+    Certificate(String),
 }
 
 #[derive(NetworkBehaviour)]
@@ -168,7 +171,7 @@ impl P2pNetwork {
 
 impl Network for P2pNetwork {
     async fn deliver(&self, to: &Recipient, envelope: Envelope) -> Result<Ack, DeliveryError> {
-        if envelope.encode().len() > self.max_envelope_bytes {
+        if envelope.encoded_len_bound() > self.max_envelope_bytes {
             return Err(DeliveryError::TooLarge);
         }
         let peer_id = peer_id_of(&to.identity_key.to_bytes()).ok_or(DeliveryError::WrongPeer)?;
@@ -214,6 +217,18 @@ fn with_peer_id(mut addr: Multiaddr, peer_id: PeerId) -> Option<Multiaddr> {
 
 /// Starts the swarm, waits until it listens, and returns the handle and the inbound stream.
 pub async fn start(config: P2pConfig) -> Result<(P2pNetwork, mpsc::Receiver<Inbound>), StartError> {
+    // One key for everything: the certificate must carry the libp2p identity key.
+    let chain = config.credentials.chain();
+    let leaf = chain
+        .first()
+        .ok_or_else(|| StartError::Certificate("no certificate".into()))?;
+    let certified =
+        peerchat_pki::certificate_key(leaf).map_err(|e| StartError::Certificate(e.to_string()))?;
+    if certified != config.identity.verifying_key() {
+        return Err(StartError::Certificate(
+            "the certificate holds another key".into(),
+        ));
+    }
     let mut seed = config.identity.to_bytes();
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut seed)
         .map_err(|e| StartError::Identity(e.to_string()))?;
