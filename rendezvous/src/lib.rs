@@ -3,12 +3,14 @@
 //! as a JSON API over HTTPS (TLS 1.3, client certificates from its own CA).
 //!
 //! [`api`] holds the wire types the node uses. [`service`] holds the use cases over the
-//! [`store::Store`] port, [`sled_store`] its embedded adapter, [`http`] the HTTPS adapter.
+//! [`store::Store`] port, [`sled_store`] its embedded adapter ([`memory_store`] an in-memory one
+//! for tests), [`http`] the HTTPS adapter.
 
 pub mod api;
 pub mod error;
 pub mod http;
 pub mod limits;
+pub mod memory_store;
 pub mod service;
 pub mod sled_store;
 pub mod store;

@@ -7,4 +7,5 @@ mod crash;
 mod mtls;
 mod routes;
 mod service;
+mod store_contract;
 mod support;

@@ -12,10 +12,9 @@ use crate::support::test_limits;
 
 #[tokio::test]
 async fn presence_expires_after_its_ttl() {
-    let dir = tempfile::tempdir().unwrap();
     let now = SystemTime::now();
     let ca = CertificateAuthority::generate("t", now, &mut OsRng).unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = peerchat_rendezvous::memory_store::MemoryStore::default();
     let service = Rendezvous::new(store, ca, test_limits(), now).unwrap();
     let key = ed25519_dalek::SigningKey::generate(&mut OsRng);
     let alice = Username::new("alice").unwrap();
