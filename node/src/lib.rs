@@ -8,3 +8,4 @@ pub mod domain;
 pub mod driven;
 pub mod driving;
 pub mod ports;
+pub mod usecases;

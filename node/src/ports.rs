@@ -4,7 +4,10 @@ use std::future::Future;
 
 use peerchat_pki::Username;
 
-use crate::domain::{Ack, Envelope, IdentityKey};
+use crate::domain::{
+    Ack, Envelope, IdentityKey, MessageId, OneTimePreKey, OneTimePreKeyPair, PreKeyBundle,
+    PreKeyId, Session, SignedPreKey, SignedPreKeyPair,
+};
 
 /// A peer to deliver to: who it is (username and the identity key the lookup or the pinned
 /// contact gave) and where it may listen.
@@ -62,4 +65,333 @@ pub struct Inbound {
     pub envelope: Envelope,
     /// Where the acknowledgement goes.
     pub reply: tokio::sync::oneshot::Sender<Ack>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage
+
+/// A storage failure; adapters translate their own errors into it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed.
+    #[error("storage backend: {0}")]
+    Backend(String),
+    /// A stored record could not be decoded.
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// This node's account, once registered.
+#[derive(Clone)]
+pub struct LocalIdentity {
+    /// Our username.
+    pub username: Username,
+    /// The Ed25519 identity key's seed.
+    pub seed: zeroize::Zeroizing<[u8; 32]>,
+    /// Our certificate, PEM.
+    pub certificate_pem: String,
+    /// The CA certificate pinned at registration, PEM.
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for LocalIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalIdentity")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A person we talk to, with the identity key pinned on first contact.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Contact {
+    /// Their username.
+    pub username: Username,
+    /// Their pinned identity key.
+    pub identity_key: IdentityKey,
+    /// Whether the safety number was compared and confirmed.
+    pub verified: bool,
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// We sent it.
+    Outgoing,
+    /// They sent it.
+    Incoming,
+}
+
+/// Where a message is in its lifecycle.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    /// Stored and encrypted, not yet acknowledged by anyone.
+    Pending,
+    /// Acknowledged by the peer (or the mailbox).
+    Sent,
+    /// The peer confirmed it stored the message (encrypted receipt).
+    Delivered,
+    /// The peer showed it.
+    Read,
+    /// Could not be delivered.
+    Failed,
+    /// A message we received.
+    Received,
+}
+
+/// A message as stored on this node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredMessage {
+    /// The sender's id.
+    pub id: MessageId,
+    /// The other person.
+    pub peer: Username,
+    /// Who wrote it.
+    pub direction: Direction,
+    /// The text.
+    pub body: String,
+    /// The sender's clock, ms since the epoch.
+    pub sent_at_ms: u64,
+    /// Its status.
+    pub status: MessageStatus,
+}
+
+/// An envelope waiting to be acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutboxEntry {
+    /// The recipient.
+    pub to: Username,
+    /// The envelope, as sealed when the message was sent.
+    pub envelope: Envelope,
+}
+
+/// A conversation in the list.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Conversation {
+    /// The other person.
+    pub peer: Username,
+    /// Messages in it.
+    pub messages: u64,
+    /// The latest one.
+    pub last: StoredMessage,
+}
+
+/// Result of recording a received message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Stored.
+    Stored,
+    /// A message with that id from that peer was already stored; nothing changed.
+    Duplicate,
+}
+
+/// The node's storage port. Each method is atomic on its own; writes become durable at
+/// [`Store::flush`], which use cases await before acknowledging anything.
+pub trait Store: Send + Sync + 'static {
+    /// Our identity, if registered.
+    fn identity(&self) -> Result<Option<LocalIdentity>, StoreError>;
+    /// Saves our identity with its first signed prekey and one-time prekeys, in one write.
+    fn save_identity(
+        &self,
+        identity: &LocalIdentity,
+        signed_prekey: &SignedPreKeyPair,
+        one_time_prekeys: &[OneTimePreKeyPair],
+    ) -> Result<(), StoreError>;
+    /// A signed prekey of ours by id.
+    fn signed_prekey(&self, id: PreKeyId) -> Result<Option<SignedPreKeyPair>, StoreError>;
+    /// A one-time prekey of ours by id (absent once used).
+    fn one_time_prekey(&self, id: PreKeyId) -> Result<Option<OneTimePreKeyPair>, StoreError>;
+    /// Adds one-time prekeys.
+    fn add_one_time_prekeys(&self, keys: &[OneTimePreKeyPair]) -> Result<(), StoreError>;
+    /// A prekey id never returned before.
+    fn next_prekey_id(&self) -> Result<PreKeyId, StoreError>;
+
+    /// A contact by name.
+    fn contact(&self, username: &Username) -> Result<Option<Contact>, StoreError>;
+    /// Adds or replaces a contact.
+    fn save_contact(&self, contact: &Contact) -> Result<(), StoreError>;
+    /// All contacts, by name.
+    fn contacts(&self) -> Result<Vec<Contact>, StoreError>;
+
+    /// The session with `peer`, if any.
+    fn session(&self, peer: &Username) -> Result<Option<Session>, StoreError>;
+
+    /// A message by peer and id.
+    fn message(&self, peer: &Username, id: &MessageId)
+    -> Result<Option<StoredMessage>, StoreError>;
+    /// The conversation with `peer`, in the order the messages were stored.
+    fn history(&self, peer: &Username) -> Result<Vec<StoredMessage>, StoreError>;
+    /// One summary per peer, most recent first.
+    fn conversations(&self) -> Result<Vec<Conversation>, StoreError>;
+
+    /// The send step: the message (pending), the advanced session and the outbox entry, in one
+    /// atomic write.
+    fn record_outgoing(
+        &self,
+        message: &StoredMessage,
+        session: &Session,
+        outbox: &OutboxEntry,
+    ) -> Result<(), StoreError>;
+    /// The receive step: the message, the advanced session and the removal of the one-time prekey
+    /// it consumed, in one atomic write. MUST return [`Recorded::Duplicate`] and change nothing
+    /// when a message with that id from that peer is already stored.
+    fn record_incoming(
+        &self,
+        message: &StoredMessage,
+        session: &Session,
+        consumed: Option<PreKeyId>,
+    ) -> Result<Recorded, StoreError>;
+    /// Sets a message's status; reaching `Sent` (or beyond) also removes its outbox entry.
+    fn set_status(
+        &self,
+        peer: &Username,
+        id: &MessageId,
+        status: MessageStatus,
+    ) -> Result<(), StoreError>;
+    /// Envelopes not yet acknowledged, oldest first.
+    fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    /// Makes every write so far durable.
+    fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rendezvous
+
+/// Why the rendezvous could not serve a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectoryError {
+    /// The server refused, with its error code and message.
+    #[error("{message} ({code})")]
+    Refused {
+        /// The server's code, e.g. `username_taken`.
+        code: String,
+        /// The server's explanation.
+        message: String,
+    },
+    /// No such user.
+    #[error("no user named {0}")]
+    NoSuchUser(Username),
+    /// The server could not be reached or answered nonsense.
+    #[error("the rendezvous is unavailable: {0}")]
+    Unavailable(String),
+    /// The server's CA is not the one pinned.
+    #[error("the rendezvous presents another CA than the one pinned ({0})")]
+    CaMismatch(String),
+}
+
+/// Certificates issued at registration.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// Our certificate, PEM.
+    pub certificate_pem: String,
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+}
+
+/// What a lookup tells about a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The user.
+    pub username: Username,
+    /// Their certified identity key.
+    pub identity_key: IdentityKey,
+    /// Announced addresses.
+    pub addresses: Vec<String>,
+    /// Whether they announced presence recently.
+    pub online: bool,
+}
+
+/// The rendezvous, as the use cases need it.
+pub trait Directory: Send + Sync + 'static {
+    /// Creates the account; returns the certificate for `csr` and the CA.
+    fn register(
+        &self,
+        username: &Username,
+        password: &str,
+        csr: &[u8],
+    ) -> impl Future<Output = Result<Issued, DirectoryError>> + Send;
+    /// From now on, authenticate with this certificate and key.
+    fn authenticate(
+        &self,
+        certificate_pem: &str,
+        key: &ed25519_dalek::SigningKey,
+    ) -> Result<(), DirectoryError>;
+    /// Publishes our signed prekey and one-time prekeys; returns how many one-time prekeys the
+    /// server holds.
+    fn upload_prekeys(
+        &self,
+        signed: Option<SignedPreKey>,
+        one_time: Vec<OneTimePreKey>,
+    ) -> impl Future<Output = Result<u32, DirectoryError>> + Send;
+    /// Exact-name lookup.
+    fn lookup(
+        &self,
+        username: &Username,
+    ) -> impl Future<Output = Result<PeerInfo, DirectoryError>> + Send;
+    /// A prekey bundle (consumes one of their one-time prekeys).
+    fn bundle(
+        &self,
+        username: &Username,
+    ) -> impl Future<Output = Result<PreKeyBundle, DirectoryError>> + Send;
+    /// Announces our addresses for `ttl_secs`.
+    fn announce(
+        &self,
+        addresses: Vec<String>,
+        ttl_secs: u64,
+    ) -> impl Future<Output = Result<(), DirectoryError>> + Send;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Notifications and time
+
+/// Something the UI should learn of at once.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A message arrived.
+    MessageReceived {
+        /// From whom.
+        peer: Username,
+        /// Its id.
+        id: MessageId,
+    },
+    /// A message of ours changed status.
+    StatusChanged {
+        /// To whom.
+        peer: Username,
+        /// Its id.
+        id: MessageId,
+        /// The new status.
+        status: MessageStatus,
+    },
+}
+
+/// Real-time events for the UI. MUST NOT block.
+pub trait Notifier: Send + Sync + 'static {
+    /// Publishes an event.
+    fn notify(&self, event: Event);
+}
+
+/// The time, as a port so tests can set it.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
 }

@@ -1,3 +1,6 @@
 //! Adapters the use cases call.
 
+pub mod memory;
 pub mod p2p;
+pub mod rendezvous_inprocess;
+pub mod rendezvous_wire;

@@ -7,3 +7,4 @@ mod e2ee_ratchet;
 mod e2ee_x3dh;
 mod p2p;
 mod support;
+mod usecases;

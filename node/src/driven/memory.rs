@@ -1,0 +1,369 @@
+//! In-memory adapters of the driven ports, for tests and in-process demos.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use peerchat_pki::Username;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::{
+    Ack, Envelope, MessageId, OneTimePreKeyPair, PreKeyId, RejectReason, Session, SignedPreKeyPair,
+};
+use crate::ports::{
+    Contact, Conversation, DeliveryError, Event, Inbound, LocalIdentity, MessageStatus, Network,
+    Notifier, OutboxEntry, Recipient, Recorded, Store, StoreError, StoredMessage,
+};
+
+#[derive(Default)]
+struct Inner {
+    identity: Option<LocalIdentity>,
+    signed: HashMap<PreKeyId, Vec<u8>>,
+    one_time: HashMap<PreKeyId, Vec<u8>>,
+    next_prekey_id: u32,
+    contacts: BTreeMap<Username, Contact>,
+    sessions: HashMap<Username, Vec<u8>>,
+    messages: HashMap<Username, Vec<StoredMessage>>,
+    outbox: Vec<OutboxEntry>,
+    order: u64,
+    last_activity: HashMap<Username, u64>,
+}
+
+/// The in-memory [`Store`]: same contract as the sled adapter, nothing survives the process.
+#[derive(Default)]
+pub struct MemoryStore(Mutex<Inner>);
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryStore")
+    }
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+impl MemoryStore {
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for MemoryStore {
+    fn identity(&self) -> Result<Option<LocalIdentity>, StoreError> {
+        Ok(self.inner().identity.clone())
+    }
+
+    fn save_identity(
+        &self,
+        identity: &LocalIdentity,
+        signed: &SignedPreKeyPair,
+        one_time: &[OneTimePreKeyPair],
+    ) -> Result<(), StoreError> {
+        let mut inner = self.inner();
+        inner.identity = Some(identity.clone());
+        inner
+            .signed
+            .insert(signed.id(), postcard::to_stdvec(signed).map_err(corrupt)?);
+        for k in one_time {
+            inner
+                .one_time
+                .insert(k.id(), postcard::to_stdvec(k).map_err(corrupt)?);
+            inner.next_prekey_id = inner.next_prekey_id.max(k.id().0 + 1);
+        }
+        inner.next_prekey_id = inner.next_prekey_id.max(signed.id().0 + 1);
+        Ok(())
+    }
+
+    fn signed_prekey(&self, id: PreKeyId) -> Result<Option<SignedPreKeyPair>, StoreError> {
+        self.inner()
+            .signed
+            .get(&id)
+            .map(|b| postcard::from_bytes(b).map_err(corrupt))
+            .transpose()
+    }
+
+    fn one_time_prekey(&self, id: PreKeyId) -> Result<Option<OneTimePreKeyPair>, StoreError> {
+        self.inner()
+            .one_time
+            .get(&id)
+            .map(|b| postcard::from_bytes(b).map_err(corrupt))
+            .transpose()
+    }
+
+    fn add_one_time_prekeys(&self, keys: &[OneTimePreKeyPair]) -> Result<(), StoreError> {
+        let mut inner = self.inner();
+        for k in keys {
+            inner
+                .one_time
+                .insert(k.id(), postcard::to_stdvec(k).map_err(corrupt)?);
+        }
+        Ok(())
+    }
+
+    fn next_prekey_id(&self) -> Result<PreKeyId, StoreError> {
+        let mut inner = self.inner();
+        inner.next_prekey_id = inner.next_prekey_id.max(1);
+        let id = inner.next_prekey_id;
+        inner.next_prekey_id += 1;
+        Ok(PreKeyId(id))
+    }
+
+    fn contact(&self, username: &Username) -> Result<Option<Contact>, StoreError> {
+        Ok(self.inner().contacts.get(username).cloned())
+    }
+
+    fn save_contact(&self, contact: &Contact) -> Result<(), StoreError> {
+        self.inner()
+            .contacts
+            .insert(contact.username.clone(), contact.clone());
+        Ok(())
+    }
+
+    fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
+        Ok(self.inner().contacts.values().cloned().collect())
+    }
+
+    fn session(&self, peer: &Username) -> Result<Option<Session>, StoreError> {
+        self.inner()
+            .sessions
+            .get(peer)
+            .map(|b| Session::from_bytes(b).map_err(corrupt))
+            .transpose()
+    }
+
+    fn message(
+        &self,
+        peer: &Username,
+        id: &MessageId,
+    ) -> Result<Option<StoredMessage>, StoreError> {
+        Ok(self
+            .inner()
+            .messages
+            .get(peer)
+            .and_then(|m| m.iter().find(|m| m.id == *id).cloned()))
+    }
+
+    fn history(&self, peer: &Username) -> Result<Vec<StoredMessage>, StoreError> {
+        Ok(self.inner().messages.get(peer).cloned().unwrap_or_default())
+    }
+
+    fn conversations(&self) -> Result<Vec<Conversation>, StoreError> {
+        let inner = self.inner();
+        let mut list: Vec<(u64, Conversation)> = inner
+            .messages
+            .iter()
+            .filter_map(|(peer, messages)| {
+                Some((
+                    inner.last_activity.get(peer).copied().unwrap_or(0),
+                    Conversation {
+                        peer: peer.clone(),
+                        messages: messages.len() as u64,
+                        last: messages.last()?.clone(),
+                    },
+                ))
+            })
+            .collect();
+        list.sort_by_key(|(order, _)| std::cmp::Reverse(*order));
+        Ok(list.into_iter().map(|(_, c)| c).collect())
+    }
+
+    fn record_outgoing(
+        &self,
+        message: &StoredMessage,
+        session: &Session,
+        outbox: &OutboxEntry,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.inner();
+        inner
+            .sessions
+            .insert(message.peer.clone(), session.to_bytes().to_vec());
+        inner
+            .messages
+            .entry(message.peer.clone())
+            .or_default()
+            .push(message.clone());
+        inner.outbox.push(outbox.clone());
+        inner.order += 1;
+        let order = inner.order;
+        inner.last_activity.insert(message.peer.clone(), order);
+        Ok(())
+    }
+
+    fn record_incoming(
+        &self,
+        message: &StoredMessage,
+        session: &Session,
+        consumed: Option<PreKeyId>,
+    ) -> Result<Recorded, StoreError> {
+        let mut inner = self.inner();
+        if inner
+            .messages
+            .get(&message.peer)
+            .is_some_and(|m| m.iter().any(|m2| m2.id == message.id))
+        {
+            return Ok(Recorded::Duplicate);
+        }
+        inner
+            .sessions
+            .insert(message.peer.clone(), session.to_bytes().to_vec());
+        inner
+            .messages
+            .entry(message.peer.clone())
+            .or_default()
+            .push(message.clone());
+        if let Some(id) = consumed {
+            inner.one_time.remove(&id);
+        }
+        inner.order += 1;
+        let order = inner.order;
+        inner.last_activity.insert(message.peer.clone(), order);
+        Ok(Recorded::Stored)
+    }
+
+    fn set_status(
+        &self,
+        peer: &Username,
+        id: &MessageId,
+        status: MessageStatus,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.inner();
+        if let Some(m) = inner
+            .messages
+            .get_mut(peer)
+            .and_then(|m| m.iter_mut().find(|m| m.id == *id))
+        {
+            m.status = status;
+        }
+        if status >= MessageStatus::Sent {
+            inner
+                .outbox
+                .retain(|o| !(o.to == *peer && o.envelope.id == *id));
+        }
+        Ok(())
+    }
+
+    fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        Ok(self.inner().outbox.clone())
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Records every event, for tests.
+#[derive(Debug, Default, Clone)]
+pub struct RecordingNotifier(pub Arc<Mutex<Vec<Event>>>);
+
+impl RecordingNotifier {
+    /// The events so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Notifier for RecordingNotifier {
+    fn notify(&self, event: Event) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+    }
+}
+
+/// An in-process network: nodes attach under their username and identity key; delivery hands
+/// the envelope to the recipient's inbound queue and waits for its acknowledgement.
+#[derive(Debug, Default, Clone)]
+pub struct Hub(Arc<Mutex<HashMap<Username, HubEntry>>>);
+
+#[derive(Debug, Clone)]
+struct HubEntry {
+    /// The key the node authenticates with, once it has one.
+    key: Option<crate::domain::IdentityKey>,
+    queue: mpsc::Sender<Inbound>,
+    online: bool,
+}
+
+/// One node's connection to a [`Hub`].
+#[derive(Debug, Clone)]
+pub struct HubNetwork {
+    hub: Hub,
+    me: Username,
+}
+
+impl Hub {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Username, HubEntry>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attaches a node; returns its network and its inbound queue.
+    pub fn attach(&self, username: Username) -> (HubNetwork, mpsc::Receiver<Inbound>) {
+        let (queue, rx) = mpsc::channel(1024);
+        self.entries().insert(
+            username.clone(),
+            HubEntry {
+                key: None,
+                queue,
+                online: true,
+            },
+        );
+        (
+            HubNetwork {
+                hub: self.clone(),
+                me: username,
+            },
+            rx,
+        )
+    }
+
+    /// Sets the identity key `username` authenticates with (after it registered).
+    pub fn set_key(&self, username: &Username, key: crate::domain::IdentityKey) {
+        if let Some(entry) = self.entries().get_mut(username) {
+            entry.key = Some(key);
+        }
+    }
+
+    /// Takes a node off or back on the network.
+    pub fn set_online(&self, username: &Username, online: bool) {
+        if let Some(entry) = self.entries().get_mut(username) {
+            entry.online = online;
+        }
+    }
+}
+
+impl Network for HubNetwork {
+    async fn deliver(&self, to: &Recipient, envelope: Envelope) -> Result<Ack, DeliveryError> {
+        let (target, sender_key) = {
+            let entries = self.hub.entries();
+            (
+                entries.get(&to.username).cloned(),
+                entries.get(&self.me).and_then(|e| e.key),
+            )
+        };
+        let Some(target) = target.filter(|t| t.online) else {
+            return Err(DeliveryError::Unreachable(format!(
+                "{} is not on the hub",
+                to.username
+            )));
+        };
+        let Some(sender_key) = sender_key else {
+            return Err(DeliveryError::Refused(
+                "this node has no identity yet".into(),
+            ));
+        };
+        if target.key != Some(to.identity_key) {
+            return Err(DeliveryError::WrongPeer);
+        }
+        let queue = target.queue;
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(Inbound {
+                from: self.me.clone(),
+                identity_key: sender_key,
+                envelope,
+                reply,
+            })
+            .await
+            .map_err(|_| DeliveryError::Refused("the peer stopped".into()))?;
+        Ok(answer
+            .await
+            .unwrap_or(Ack::Rejected(RejectReason::Internal)))
+    }
+}

@@ -1,0 +1,42 @@
+//! Contacts: look a user up and pin their identity key on first contact.
+
+use peerchat_pki::Username;
+
+use super::{Node, NodeError};
+use crate::ports::{Clock, Contact, Directory, Network, Notifier, Store};
+
+impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
+    /// Looks `username` up and adds them as a contact, pinning the identity key the CA certified
+    /// (trust on first use). A known contact whose key changed is not silently re-pinned.
+    #[tracing::instrument(name = "usecase.add_contact", skip_all, fields(peer = %username))]
+    pub async fn add_contact(&self, username: &Username) -> Result<(), NodeError> {
+        self.me()?;
+        let info = self.directory.lookup(username).await?;
+        match self.store.contact(username)? {
+            Some(known) if known.identity_key != info.identity_key => {
+                Err(NodeError::KeyChanged(username.clone()))
+            }
+            Some(_) => Ok(()),
+            None => {
+                self.store.save_contact(&Contact {
+                    username: username.clone(),
+                    identity_key: info.identity_key,
+                    verified: false,
+                })?;
+                self.store.flush().await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The contact, looked up and pinned if new.
+    pub(super) async fn contact_for(&self, username: &Username) -> Result<Contact, NodeError> {
+        if let Some(contact) = self.store.contact(username)? {
+            return Ok(contact);
+        }
+        self.add_contact(username).await?;
+        self.store
+            .contact(username)?
+            .ok_or(NodeError::NotRegistered)
+    }
+}

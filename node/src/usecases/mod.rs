@@ -1,0 +1,126 @@
+//! The node's use cases, one module each, over the domain and the driven ports only.
+//!
+//! Commands (`register`, `send`, `add_contact`, `refresh_prekeys`, `announce_presence`) change
+//! state and return nothing but errors; queries (`history`, `conversations`, `contacts`,
+//! `status`) change nothing. `receive` answers the peer with an [`Ack`](crate::domain::Ack).
+
+mod contacts;
+mod prekeys;
+mod queries;
+mod receive;
+mod register;
+mod send;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use peerchat_pki::Username;
+
+use crate::domain::{ContentError, EncryptError, IdentityKeyPair, SessionError};
+use crate::ports::{Clock, Directory, DirectoryError, Network, Notifier, Store, StoreError};
+
+pub use queries::NodeStatus;
+
+/// How many one-time prekeys are uploaded at registration and on each refill.
+pub const PREKEY_BATCH: u32 = 100;
+
+/// Why a use case failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// This node has no account yet.
+    #[error("this node is not registered yet; run `peerchat register NAME`")]
+    NotRegistered,
+    /// This node already has an account.
+    #[error("this node is already registered as {0}")]
+    AlreadyRegistered(Username),
+    /// The contact's identity key differs from the pinned one; sending is held until the user
+    /// accepts the new key.
+    #[error("{0}'s identity key has changed; compare safety numbers and accept the new key first")]
+    KeyChanged(Username),
+    /// The certificate we were issued does not match our key or name.
+    #[error("the rendezvous issued a certificate that does not match this node's key")]
+    BadCertificate,
+    /// The message is not acceptable (too long, …).
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    /// Encryption failed.
+    #[error(transparent)]
+    Encrypt(#[from] EncryptError),
+    /// A session could not be created.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The rendezvous failed or refused.
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The node: its use cases over its ports.
+pub struct Node<S, D, N, E, C> {
+    store: S,
+    directory: D,
+    network: N,
+    notifier: E,
+    clock: C,
+    identity: RwLock<Option<Arc<(Username, IdentityKeyPair)>>>,
+    /// One lock per peer: a session is read, advanced and written back under it.
+    peer_locks: Mutex<HashMap<Username, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl<S, D, N, E, C> std::fmt::Debug for Node<S, D, N, E, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").finish_non_exhaustive()
+    }
+}
+
+impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
+    /// Wires the node.
+    pub fn new(store: S, directory: D, network: N, notifier: E, clock: C) -> Self {
+        Self {
+            store,
+            directory,
+            network,
+            notifier,
+            clock,
+            identity: RwLock::new(None),
+            peer_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The store (for adapters that read it directly).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The directory.
+    pub fn directory(&self) -> &D {
+        &self.directory
+    }
+
+    /// Our username and identity key, loaded once.
+    fn me(&self) -> Result<Arc<(Username, IdentityKeyPair)>, NodeError> {
+        if let Some(me) = self
+            .identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(me);
+        }
+        let stored = self.store.identity()?.ok_or(NodeError::NotRegistered)?;
+        let me = Arc::new((stored.username, IdentityKeyPair::from_seed(&stored.seed)));
+        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = Some(me.clone());
+        Ok(me)
+    }
+
+    fn peer_lock(&self, peer: &Username) -> Arc<tokio::sync::Mutex<()>> {
+        self.peer_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(peer.clone())
+            .or_default()
+            .clone()
+    }
+}

@@ -1,0 +1,126 @@
+//! Receive: reject duplicates, decrypt, persist message + session atomically and flushed, then
+//! acknowledge, then notify.
+
+use peerchat_pki::Username;
+use rand::rngs::OsRng;
+
+use super::{Node, NodeError};
+use crate::domain::{Ack, Content, Envelope, IdentityKey, Message, RejectReason, Session};
+use crate::ports::{
+    Clock, Contact, Direction, Directory, Event, MessageStatus, Network, Notifier, Recorded, Store,
+    StoredMessage,
+};
+
+impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
+    /// Handles an envelope from `from`, whose identity key the transport (or the mailbox's record
+    /// of the depositor's certificate) authenticated. Returns the acknowledgement for the peer.
+    #[tracing::instrument(name = "usecase.receive", skip_all, fields(peer = %from, id = %envelope.id))]
+    pub async fn receive(
+        &self,
+        from: &Username,
+        identity_key: &IdentityKey,
+        envelope: Envelope,
+    ) -> Ack {
+        match self.try_receive(from, identity_key, envelope).await {
+            Ok(ack) => ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not store a received message");
+                Ack::Rejected(RejectReason::Internal)
+            }
+        }
+    }
+
+    async fn try_receive(
+        &self,
+        from: &Username,
+        identity_key: &IdentityKey,
+        envelope: Envelope,
+    ) -> Result<Ack, NodeError> {
+        let me = self.me()?;
+        if self.store.message(from, &envelope.id)?.is_some() {
+            return Ok(Ack::Duplicate);
+        }
+        let Ok(message) = Message::decode(&envelope.payload) else {
+            return Ok(Ack::Rejected(RejectReason::Malformed));
+        };
+        // The X3DH identity inside must be the one the connection authenticated.
+        if message
+            .prekey()
+            .is_some_and(|p| p.identity != *identity_key)
+        {
+            return Ok(Ack::Rejected(RejectReason::Undecryptable));
+        }
+        let contact = self.store.contact(from)?;
+        if contact
+            .as_ref()
+            .is_some_and(|c| c.identity_key != *identity_key)
+        {
+            tracing::warn!("message from a changed identity key refused");
+            return Ok(Ack::Rejected(RejectReason::Undecryptable));
+        }
+
+        let _guard = self.peer_lock(from).lock_owned().await;
+        if self.store.message(from, &envelope.id)?.is_some() {
+            return Ok(Ack::Duplicate);
+        }
+        let existing = self.store.session(from)?.filter(|s| s.belongs_to(&message));
+        let (session, plaintext, consumed) = match existing {
+            Some(mut session) => match session.decrypt(&message, &mut OsRng) {
+                Ok(plaintext) => (session, plaintext, None),
+                Err(_) => return Ok(Ack::Rejected(RejectReason::Undecryptable)),
+            },
+            None => {
+                let Some(header) = message.prekey() else {
+                    return Ok(Ack::Rejected(RejectReason::Undecryptable));
+                };
+                let Some(signed) = self.store.signed_prekey(header.signed_prekey_id)? else {
+                    return Ok(Ack::Rejected(RejectReason::Undecryptable));
+                };
+                let one_time = match header.one_time_prekey_id {
+                    Some(id) => self.store.one_time_prekey(id)?,
+                    None => None,
+                };
+                match Session::respond(&me.1, &signed, one_time.as_ref(), &message, &mut OsRng) {
+                    Ok(r) => (r.session, r.plaintext, r.consumed_one_time_prekey),
+                    Err(_) => return Ok(Ack::Rejected(RejectReason::Undecryptable)),
+                }
+            }
+        };
+        let (id, sent_at_ms, body) = match Content::decode(&plaintext) {
+            Ok(Content::Text {
+                id,
+                sent_at_ms,
+                body,
+            }) if id == envelope.id => (id, sent_at_ms, body),
+            // Receipts and other kinds arrive with the offline-delivery issue.
+            _ => return Ok(Ack::Rejected(RejectReason::Malformed)),
+        };
+        if contact.is_none() {
+            self.store.save_contact(&Contact {
+                username: from.clone(),
+                identity_key: *identity_key,
+                verified: false,
+            })?;
+        }
+        let stored = StoredMessage {
+            id,
+            peer: from.clone(),
+            direction: Direction::Incoming,
+            body,
+            sent_at_ms,
+            status: MessageStatus::Received,
+        };
+        let recorded = self.store.record_incoming(&stored, &session, consumed)?;
+        self.store.flush().await?;
+        Ok(match recorded {
+            Recorded::Duplicate => Ack::Duplicate,
+            Recorded::Stored => {
+                self.notifier.notify(Event::MessageReceived {
+                    peer: from.clone(),
+                    id,
+                });
+                Ack::Stored
+            }
+        })
+    }
+}

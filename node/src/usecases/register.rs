@@ -1,0 +1,63 @@
+//! Register: a new identity, its certificate from the rendezvous, and published prekeys.
+
+use peerchat_pki::{CaCertificate, Username, build_csr};
+use rand::rngs::OsRng;
+
+use super::{Node, NodeError, PREKEY_BATCH};
+use crate::domain::{IdentityKeyPair, OneTimePreKeyPair, PreKeyId, SignedPreKeyPair};
+use crate::ports::{Clock, Directory, LocalIdentity, Network, Notifier, Store};
+
+impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
+    /// Creates the account `username`: generates the identity key, obtains a certificate for it,
+    /// stores identity and prekeys durably, then publishes the prekeys.
+    #[tracing::instrument(name = "usecase.register", skip_all, fields(user = %username))]
+    pub async fn register(&self, username: &Username, password: &str) -> Result<(), NodeError> {
+        if let Some(existing) = self.store.identity()? {
+            return Err(NodeError::AlreadyRegistered(existing.username));
+        }
+        let identity = IdentityKeyPair::generate(&mut OsRng);
+        let csr =
+            build_csr(identity.signing_key(), username).map_err(|_| NodeError::BadCertificate)?;
+        let issued = self.directory.register(username, password, &csr).await?;
+        // The certificate must certify our key under our name, from the CA it came with.
+        let ca = CaCertificate::from_pem(&issued.ca_pem).map_err(|_| NodeError::BadCertificate)?;
+        let chain = vec![pem_certificate(&issued.certificate_pem)?];
+        let certified = peerchat_pki::verify(&chain, &ca, None, std::time::SystemTime::now())
+            .map_err(|_| NodeError::BadCertificate)?;
+        if certified.username != *username
+            || certified.identity_key != identity.signing_key().verifying_key()
+        {
+            return Err(NodeError::BadCertificate);
+        }
+        let signed = SignedPreKeyPair::generate(PreKeyId(1), &identity, &mut OsRng);
+        let one_time: Vec<_> = (2..2 + PREKEY_BATCH)
+            .map(|id| OneTimePreKeyPair::generate(PreKeyId(id), &mut OsRng))
+            .collect();
+        let local = LocalIdentity {
+            username: username.clone(),
+            seed: identity.to_seed(),
+            certificate_pem: issued.certificate_pem.clone(),
+            ca_pem: issued.ca_pem,
+        };
+        self.store.save_identity(&local, &signed, &one_time)?;
+        self.store.flush().await?;
+        self.directory
+            .authenticate(&issued.certificate_pem, identity.signing_key())?;
+        self.directory
+            .upload_prekeys(
+                Some(signed.public()),
+                one_time.iter().map(OneTimePreKeyPair::public).collect(),
+            )
+            .await?;
+        *self.identity.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::sync::Arc::new((username.clone(), identity)));
+        tracing::info!("registered");
+        Ok(())
+    }
+}
+
+fn pem_certificate(pem: &str) -> Result<peerchat_pki::CertificateDer<'static>, NodeError> {
+    use rustls::pki_types::pem::PemObject;
+    peerchat_pki::CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|_| NodeError::BadCertificate)
+}

@@ -1,0 +1,123 @@
+//! Send: encrypt, persist (message + session + outbox, one atomic write, flushed), deliver.
+
+use peerchat_pki::Username;
+use rand::rngs::OsRng;
+
+use super::{Node, NodeError};
+use crate::domain::{Ack, Content, Envelope, MessageId, Session};
+use crate::ports::{
+    Clock, Direction, Directory, Event, MessageStatus, Network, Notifier, OutboxEntry, Recipient,
+    Store, StoredMessage,
+};
+
+impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
+    /// Sends `body` to `to` as message `id` (chosen by the client, so a retried command does not
+    /// send twice). Returns once the message is stored durably as `pending`; it then goes to the
+    /// peer directly and becomes `sent` on the peer's acknowledgement. A failed delivery leaves it
+    /// pending in the outbox.
+    #[tracing::instrument(name = "usecase.send", skip_all, fields(peer = %to, id = %id))]
+    pub async fn send(&self, to: &Username, id: MessageId, body: String) -> Result<(), NodeError> {
+        let me = self.me()?;
+        if self.store.message(to, &id)?.is_some() {
+            return Ok(());
+        }
+        let sent_at_ms = self.clock.now_ms();
+        let plaintext = Content::Text {
+            id,
+            sent_at_ms,
+            body: body.clone(),
+        }
+        .encode()?;
+        let contact = self.contact_for(to).await?;
+        let envelope = {
+            let _guard = self.peer_lock(to).lock_owned().await;
+            let mut session = match self.store.session(to)? {
+                Some(session) => session,
+                None => {
+                    let bundle = self.directory.bundle(to).await?;
+                    if bundle.identity != contact.identity_key {
+                        return Err(NodeError::KeyChanged(to.clone()));
+                    }
+                    Session::initiate(&me.1, &bundle, &mut OsRng)?
+                }
+            };
+            if *session.remote_identity() != contact.identity_key {
+                return Err(NodeError::KeyChanged(to.clone()));
+            }
+            let message = session.encrypt(&plaintext)?;
+            let envelope = Envelope {
+                id,
+                trace: None,
+                payload: message.encode().to_vec(),
+            };
+            let stored = StoredMessage {
+                id,
+                peer: to.clone(),
+                direction: Direction::Outgoing,
+                body,
+                sent_at_ms,
+                status: MessageStatus::Pending,
+            };
+            self.store.record_outgoing(
+                &stored,
+                &session,
+                &OutboxEntry {
+                    to: to.clone(),
+                    envelope: envelope.clone(),
+                },
+            )?;
+            self.store.flush().await?;
+            envelope
+        };
+        self.deliver(to, envelope).await;
+        Ok(())
+    }
+
+    /// Tries to deliver one envelope directly; on the peer's acknowledgement, marks it sent.
+    pub(super) async fn deliver(&self, to: &Username, envelope: Envelope) {
+        let id = envelope.id;
+        let outcome = async {
+            let contact = self.contact_for(to).await?;
+            let info = self.directory.lookup(to).await?;
+            let recipient = Recipient {
+                username: to.clone(),
+                identity_key: contact.identity_key,
+                addresses: info.addresses,
+            };
+            Ok::<_, NodeError>(self.network.deliver(&recipient, envelope).await)
+        }
+        .await;
+        match outcome {
+            Ok(Ok(Ack::Stored | Ack::Duplicate)) => {
+                if let Err(e) = self.mark(to, &id, MessageStatus::Sent).await {
+                    tracing::warn!(error = %e, "could not record the acknowledgement");
+                }
+            }
+            Ok(Ok(Ack::Rejected(reason))) => {
+                tracing::warn!(%reason, "the peer refused the message")
+            }
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "direct delivery failed; the message stays pending")
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "delivery not attempted; the message stays pending")
+            }
+        }
+    }
+
+    async fn mark(
+        &self,
+        peer: &Username,
+        id: &MessageId,
+        status: MessageStatus,
+    ) -> Result<(), NodeError> {
+        self.store.set_status(peer, id, status)?;
+        self.store.flush().await?;
+        self.notifier.notify(Event::StatusChanged {
+            peer: peer.clone(),
+            id: *id,
+            status,
+        });
+        Ok(())
+    }
+}

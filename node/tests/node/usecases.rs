@@ -1,0 +1,368 @@
+//! Use cases on in-memory adapters, as given/when/then scenarios: a real rendezvous service in
+//! process (memory store), an in-process network hub, recording notifiers.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use peerchat::domain::{Ack, Envelope, IdentityKey, MessageId, RejectReason};
+use peerchat::driven::memory::{Hub, HubNetwork, MemoryStore, RecordingNotifier};
+use peerchat::driven::rendezvous_inprocess::InProcessDirectory;
+use peerchat::driving::p2p_inbound;
+use peerchat::ports::{Direction, DirectoryError, Event, MessageStatus, Store, SystemClock};
+use peerchat::usecases::{Node, NodeError};
+use peerchat_pki::{CertificateAuthority, Username};
+use peerchat_rendezvous::limits::{Limits, Rate};
+use peerchat_rendezvous::memory_store::MemoryStore as RendezvousMemory;
+use peerchat_rendezvous::service::Rendezvous;
+use rand::rngs::OsRng;
+
+type TestNode = Node<
+    MemoryStore,
+    InProcessDirectory<RendezvousMemory>,
+    HubNetwork,
+    RecordingNotifier,
+    SystemClock,
+>;
+
+struct World {
+    rendezvous: Arc<Rendezvous<RendezvousMemory>>,
+    hub: Hub,
+}
+
+struct User {
+    name: Username,
+    node: Arc<TestNode>,
+    events: RecordingNotifier,
+}
+
+fn user(name: &str) -> Username {
+    Username::new(name).unwrap()
+}
+
+fn given_a_rendezvous() -> World {
+    let limits = Limits {
+        argon2_memory_kib: 256,
+        lookups_per_user: Rate {
+            burst: 10_000,
+            period: Duration::from_millis(1),
+        },
+        deposits_per_user: Rate {
+            burst: 10_000,
+            period: Duration::from_millis(1),
+        },
+        auth_per_ip: Rate {
+            burst: 10_000,
+            period: Duration::from_millis(1),
+        },
+        ..Limits::default()
+    };
+    let ca = CertificateAuthority::generate("use-case CA", SystemTime::now(), &mut OsRng).unwrap();
+    World {
+        rendezvous: Arc::new(
+            Rendezvous::new(RendezvousMemory::default(), ca, limits, SystemTime::now()).unwrap(),
+        ),
+        hub: Hub::default(),
+    }
+}
+
+impl World {
+    async fn given_a_registered_user(&self, name: &str) -> User {
+        let name = user(name);
+        let (network, inbound) = self.hub.attach(name.clone());
+        let events = RecordingNotifier::default();
+        let node = Arc::new(Node::new(
+            MemoryStore::default(),
+            InProcessDirectory::new(self.rendezvous.clone()),
+            network,
+            events.clone(),
+            SystemClock,
+        ));
+        node.register(&name, "correct horse battery").await.unwrap();
+        let identity = node.store().identity().unwrap().unwrap();
+        let key = peerchat::domain::IdentityKeyPair::from_seed(&identity.seed);
+        self.hub.set_key(&name, *key.public());
+        let receiver = node.clone();
+        tokio::spawn(p2p_inbound::serve(inbound, move |from, key, envelope| {
+            let receiver = receiver.clone();
+            async move { receiver.receive(&from, &key, envelope).await }
+        }));
+        User { name, node, events }
+    }
+}
+
+fn texts(node: &TestNode, peer: &Username) -> Vec<(Direction, String)> {
+    node.history(peer)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.direction, m.body))
+        .collect()
+}
+
+#[tokio::test]
+async fn given_two_users_when_alice_sends_then_bob_stores_it_and_alice_sees_sent() {
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    let bob = world.given_a_registered_user("bob").await;
+
+    let id = MessageId::random(&mut OsRng);
+    alice
+        .node
+        .send(&bob.name, id, "hello bob".into())
+        .await
+        .unwrap();
+
+    let at_bob = bob.node.history(&alice.name).unwrap();
+    assert_eq!(at_bob.len(), 1);
+    assert_eq!(
+        (at_bob[0].id, at_bob[0].direction, at_bob[0].body.as_str()),
+        (id, Direction::Incoming, "hello bob")
+    );
+    let at_alice = alice.node.history(&bob.name).unwrap();
+    assert_eq!(at_alice[0].status, MessageStatus::Sent);
+    assert!(alice.node.store().outbox().unwrap().is_empty());
+    assert!(bob.events.events().contains(&Event::MessageReceived {
+        peer: alice.name.clone(),
+        id
+    }));
+    assert!(alice.events.events().contains(&Event::StatusChanged {
+        peer: bob.name.clone(),
+        id,
+        status: MessageStatus::Sent
+    }));
+}
+
+#[tokio::test]
+async fn given_a_conversation_then_both_histories_show_the_same_messages_in_order() {
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    let bob = world.given_a_registered_user("bob").await;
+
+    alice
+        .node
+        .send(&bob.name, MessageId::random(&mut OsRng), "one".into())
+        .await
+        .unwrap();
+    bob.node
+        .send(&alice.name, MessageId::random(&mut OsRng), "two".into())
+        .await
+        .unwrap();
+    alice
+        .node
+        .send(&bob.name, MessageId::random(&mut OsRng), "three".into())
+        .await
+        .unwrap();
+
+    use Direction::{Incoming as In, Outgoing as Out};
+    assert_eq!(
+        texts(&alice.node, &bob.name),
+        [
+            (Out, "one".to_string()),
+            (In, "two".to_string()),
+            (Out, "three".to_string())
+        ]
+    );
+    assert_eq!(
+        texts(&bob.node, &alice.name),
+        [
+            (In, "one".to_string()),
+            (Out, "two".to_string()),
+            (In, "three".to_string())
+        ]
+    );
+    assert_eq!(alice.node.conversations().unwrap()[0].messages, 3);
+    assert_eq!(
+        bob.node.contacts().unwrap()[0].username,
+        alice.name,
+        "bob pinned alice on first contact"
+    );
+}
+
+#[tokio::test]
+async fn given_a_sent_message_when_the_client_retries_the_same_id_then_nothing_is_sent_twice() {
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    let bob = world.given_a_registered_user("bob").await;
+    let id = MessageId::random(&mut OsRng);
+
+    alice.node.send(&bob.name, id, "once".into()).await.unwrap();
+    alice.node.send(&bob.name, id, "once".into()).await.unwrap();
+
+    assert_eq!(alice.node.history(&bob.name).unwrap().len(), 1);
+    assert_eq!(bob.node.history(&alice.name).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn given_bob_offline_when_alice_sends_then_the_message_stays_pending_in_the_outbox() {
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    let bob = world.given_a_registered_user("bob").await;
+    world.hub.set_online(&bob.name, false);
+
+    alice
+        .node
+        .send(
+            &bob.name,
+            MessageId::random(&mut OsRng),
+            "are you there?".into(),
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(
+        alice.node.history(&bob.name).unwrap()[0].status,
+        MessageStatus::Pending
+    );
+    assert_eq!(alice.node.store().outbox().unwrap().len(), 1);
+    assert!(bob.node.history(&alice.name).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn given_a_received_envelope_when_it_is_replayed_or_tampered_then_nothing_more_is_stored() {
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    let bob = world.given_a_registered_user("bob").await;
+    world.hub.set_online(&bob.name, false);
+    let id = MessageId::random(&mut OsRng);
+    alice
+        .node
+        .send(&bob.name, id, "sealed".into())
+        .await
+        .unwrap();
+    let envelope: Envelope = alice.node.store().outbox().unwrap()[0].envelope.clone();
+    let alice_key = identity_of(&alice);
+
+    let mut tampered = envelope.clone();
+    let last = tampered.payload.len() - 1;
+    tampered.payload[last] ^= 1;
+    assert_eq!(
+        bob.node.receive(&alice.name, &alice_key, tampered).await,
+        Ack::Rejected(RejectReason::Undecryptable)
+    );
+    assert!(bob.node.history(&alice.name).unwrap().is_empty());
+
+    assert_eq!(
+        bob.node
+            .receive(&alice.name, &alice_key, envelope.clone())
+            .await,
+        Ack::Stored
+    );
+    assert_eq!(
+        bob.node.receive(&alice.name, &alice_key, envelope).await,
+        Ack::Duplicate
+    );
+    assert_eq!(bob.node.history(&alice.name).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn given_an_envelope_whose_x3dh_identity_is_not_the_authenticated_sender_then_it_is_refused()
+{
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    let bob = world.given_a_registered_user("bob").await;
+    let mallory = world.given_a_registered_user("mallory").await;
+    world.hub.set_online(&bob.name, false);
+    alice
+        .node
+        .send(
+            &bob.name,
+            MessageId::random(&mut OsRng),
+            "from alice".into(),
+        )
+        .await
+        .unwrap();
+    let envelope = alice.node.store().outbox().unwrap()[0].envelope.clone();
+
+    // Mallory relays alice's envelope over her own authenticated connection.
+    let ack = bob
+        .node
+        .receive(&mallory.name, &identity_of(&mallory), envelope)
+        .await;
+    assert_eq!(ack, Ack::Rejected(RejectReason::Undecryptable));
+    assert!(bob.node.history(&mallory.name).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn given_an_unknown_recipient_when_sending_then_a_clear_error_and_nothing_stored() {
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    let nobody = user("nobody");
+    let err = alice
+        .node
+        .send(&nobody, MessageId::random(&mut OsRng), "x".into())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, NodeError::Directory(DirectoryError::Refused { ref code, .. }) if code == "no_such_user"),
+        "{err}"
+    );
+    assert!(alice.node.history(&nobody).unwrap().is_empty());
+    assert!(alice.node.store().outbox().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn given_no_account_then_commands_say_so_and_registering_twice_is_refused() {
+    let world = given_a_rendezvous();
+    let (network, _inbound) = world.hub.attach(user("carol"));
+    let node = Node::new(
+        MemoryStore::default(),
+        InProcessDirectory::new(world.rendezvous.clone()),
+        network,
+        RecordingNotifier::default(),
+        SystemClock,
+    );
+    let err = node
+        .send(&user("alice"), MessageId::random(&mut OsRng), "x".into())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NodeError::NotRegistered));
+    node.register(&user("carol"), "correct horse battery")
+        .await
+        .unwrap();
+    assert!(matches!(
+        node.register(&user("carol"), "correct horse battery").await,
+        Err(NodeError::AlreadyRegistered(_))
+    ));
+    assert_eq!(node.status().unwrap().username, Some(user("carol")));
+}
+
+#[tokio::test]
+async fn given_a_drained_prekey_supply_when_refreshing_then_a_new_batch_is_published() {
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    let bob = world.given_a_registered_user("bob").await;
+    use peerchat::ports::Directory;
+    for _ in 0..90 {
+        alice.node.directory().bundle(&bob.name).await.unwrap();
+    }
+    let before = bob
+        .node
+        .directory()
+        .upload_prekeys(None, vec![])
+        .await
+        .unwrap();
+    assert_eq!(before, 10);
+
+    bob.node.refresh_prekeys().await.unwrap();
+
+    assert_eq!(
+        bob.node
+            .directory()
+            .upload_prekeys(None, vec![])
+            .await
+            .unwrap(),
+        110
+    );
+    // The new keys work: a fresh initiator gets one and bob can answer.
+    let carol = world.given_a_registered_user("carol").await;
+    carol
+        .node
+        .send(&bob.name, MessageId::random(&mut OsRng), "hi".into())
+        .await
+        .unwrap();
+    assert_eq!(bob.node.history(&carol.name).unwrap().len(), 1);
+}
+
+fn identity_of(u: &User) -> IdentityKey {
+    let identity = u.node.store().identity().unwrap().unwrap();
+    *peerchat::domain::IdentityKeyPair::from_seed(&identity.seed).public()
+}
