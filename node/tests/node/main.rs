@@ -6,5 +6,6 @@ mod e2ee_properties;
 mod e2ee_ratchet;
 mod e2ee_x3dh;
 mod p2p;
+mod store_contract;
 mod support;
 mod usecases;

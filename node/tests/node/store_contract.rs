@@ -1,0 +1,139 @@
+//! The node's `Store` contract, checked against the sled and in-memory adapters.
+
+use peerchat::domain::{
+    Envelope, IdentityKeyPair, MessageId, OneTimePreKeyPair, PreKeyId, SignedPreKeyPair,
+};
+use peerchat::driven::memory::MemoryStore;
+use peerchat::driven::sled_store::SledStore;
+use peerchat::ports::{
+    Direction, LocalIdentity, MessageStatus, OutboxEntry, Recorded, Store, StoredMessage,
+};
+use peerchat_pki::Username;
+
+use crate::support::established;
+
+fn message(peer: &Username, id: u8, direction: Direction) -> StoredMessage {
+    StoredMessage {
+        id: MessageId::from_bytes([id; 16]),
+        peer: peer.clone(),
+        direction,
+        body: format!("m{id}"),
+        sent_at_ms: u64::from(id),
+        status: if direction == Direction::Outgoing {
+            MessageStatus::Pending
+        } else {
+            MessageStatus::Received
+        },
+    }
+}
+
+async fn contract(store: &impl Store) {
+    let mut rng = crate::support::rng(1);
+    let me = IdentityKeyPair::generate(&mut rng);
+    let spk = SignedPreKeyPair::generate(PreKeyId(1), &me, &mut rng);
+    let opks: Vec<_> = (2..5)
+        .map(|i| OneTimePreKeyPair::generate(PreKeyId(i), &mut rng))
+        .collect();
+    let identity = LocalIdentity {
+        username: Username::new("alice").unwrap(),
+        seed: me.to_seed(),
+        certificate_pem: "cert".into(),
+        ca_pem: "ca".into(),
+    };
+    assert!(store.identity().unwrap().is_none());
+    store.save_identity(&identity, &spk, &opks).unwrap();
+    assert_eq!(
+        store.identity().unwrap().unwrap().username.as_str(),
+        "alice"
+    );
+    assert_eq!(*store.identity().unwrap().unwrap().seed, *me.to_seed());
+    assert_eq!(
+        store.signed_prekey(PreKeyId(1)).unwrap().unwrap().public(),
+        spk.public()
+    );
+    assert!(store.one_time_prekey(PreKeyId(3)).unwrap().is_some());
+    let next = store.next_prekey_id().unwrap();
+    assert!(next.0 >= 5, "ids never reused: {next:?}");
+    assert!(store.next_prekey_id().unwrap().0 > next.0);
+
+    let (session, _, _) = established(2);
+    let bob = Username::new("bob").unwrap();
+    let carol = Username::new("carol").unwrap();
+    let out = message(&bob, 1, Direction::Outgoing);
+    let entry = OutboxEntry {
+        to: bob.clone(),
+        envelope: Envelope {
+            id: out.id,
+            trace: None,
+            payload: vec![1, 2, 3],
+        },
+    };
+    store.record_outgoing(&out, &session, &entry).unwrap();
+    assert_eq!(store.outbox().unwrap(), vec![entry]);
+    assert!(store.session(&bob).unwrap().is_some());
+
+    let inc = message(&bob, 2, Direction::Incoming);
+    assert_eq!(
+        store
+            .record_incoming(&inc, &session, Some(PreKeyId(3)))
+            .unwrap(),
+        Recorded::Stored
+    );
+    assert_eq!(
+        store.record_incoming(&inc, &session, None).unwrap(),
+        Recorded::Duplicate
+    );
+    assert!(
+        store.one_time_prekey(PreKeyId(3)).unwrap().is_none(),
+        "the consumed one-time prekey is gone"
+    );
+    store
+        .record_incoming(&message(&carol, 3, Direction::Incoming), &session, None)
+        .unwrap();
+
+    let ids: Vec<u8> = store
+        .history(&bob)
+        .unwrap()
+        .iter()
+        .map(|m| m.id.as_bytes()[0])
+        .collect();
+    assert_eq!(ids, [1, 2]);
+    let conversations: Vec<String> = store
+        .conversations()
+        .unwrap()
+        .iter()
+        .map(|c| c.peer.to_string())
+        .collect();
+    assert_eq!(conversations, ["carol", "bob"], "most recent first");
+    assert_eq!(store.conversations().unwrap()[1].messages, 2);
+
+    store
+        .set_status(&bob, &out.id, MessageStatus::Sent)
+        .unwrap();
+    assert_eq!(
+        store.message(&bob, &out.id).unwrap().unwrap().status,
+        MessageStatus::Sent
+    );
+    assert!(
+        store.outbox().unwrap().is_empty(),
+        "acknowledged messages leave the outbox"
+    );
+    store.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_sled_store_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    contract(&SledStore::open(dir.path()).unwrap()).await;
+    // And it is all still there after reopening.
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.history(&Username::new("bob").unwrap()).unwrap().len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn the_memory_store_keeps_the_contract() {
+    contract(&MemoryStore::default()).await;
+}
