@@ -4,6 +4,7 @@
 //! safety numbers, with no IO, no clock and no OS randomness. The rest of the hexagon (use cases,
 //! ports and adapters) is built around it.
 
+pub mod daemon;
 pub mod domain;
 pub mod driven;
 pub mod driving;

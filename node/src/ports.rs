@@ -315,6 +315,14 @@ pub trait Directory: Send + Sync + 'static {
         password: &str,
         csr: &[u8],
     ) -> impl Future<Output = Result<Issued, DirectoryError>> + Send;
+    /// Logs in on a new install: a certificate for `csr`'s new key; the account's older
+    /// certificates are revoked by the rendezvous.
+    fn login(
+        &self,
+        username: &Username,
+        password: &str,
+        csr: &[u8],
+    ) -> impl Future<Output = Result<Issued, DirectoryError>> + Send;
     /// From now on, authenticate with this certificate and key.
     fn authenticate(
         &self,

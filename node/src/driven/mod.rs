@@ -2,6 +2,7 @@
 
 pub mod memory;
 pub mod p2p;
+pub mod rendezvous_http;
 pub mod rendezvous_inprocess;
 pub mod rendezvous_wire;
 pub mod sled_store;

@@ -80,6 +80,29 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
         })
     }
 
+    async fn login(
+        &self,
+        username: &Username,
+        password: &str,
+        csr: &[u8],
+    ) -> Result<Issued, DirectoryError> {
+        let request = api::LoginRequest {
+            username: username.clone(),
+            password: password.into(),
+            totp: None,
+            csr: B64.encode(csr),
+        };
+        let issued = self
+            .service
+            .login(LOCALHOST, request, SystemTime::now())
+            .await
+            .map_err(translate)?;
+        Ok(Issued {
+            certificate_pem: issued.certificate,
+            ca_pem: issued.ca,
+        })
+    }
+
     fn authenticate(&self, certificate_pem: &str, _key: &SigningKey) -> Result<(), DirectoryError> {
         use rustls::pki_types::pem::PemObject;
         let der = peerchat_pki::CertificateDer::from_pem_slice(certificate_pem.as_bytes())

@@ -1,3 +1,5 @@
 //! Adapters that call the use cases.
 
+pub mod api;
+pub mod cli;
 pub mod p2p_inbound;

@@ -12,13 +12,33 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     /// stores identity and prekeys durably, then publishes the prekeys.
     #[tracing::instrument(name = "usecase.register", skip_all, fields(user = %username))]
     pub async fn register(&self, username: &Username, password: &str) -> Result<(), NodeError> {
+        self.enrol(username, password, false).await
+    }
+
+    /// Logs in to an existing account from this (new) install: a new identity key, certified by
+    /// the rendezvous, which revokes the account's older certificates. Contacts see the key change.
+    #[tracing::instrument(name = "usecase.login", skip_all, fields(user = %username))]
+    pub async fn login(&self, username: &Username, password: &str) -> Result<(), NodeError> {
+        self.enrol(username, password, true).await
+    }
+
+    async fn enrol(
+        &self,
+        username: &Username,
+        password: &str,
+        login: bool,
+    ) -> Result<(), NodeError> {
         if let Some(existing) = self.store.identity()? {
             return Err(NodeError::AlreadyRegistered(existing.username));
         }
         let identity = IdentityKeyPair::generate(&mut OsRng);
         let csr =
             build_csr(identity.signing_key(), username).map_err(|_| NodeError::BadCertificate)?;
-        let issued = self.directory.register(username, password, &csr).await?;
+        let issued = if login {
+            self.directory.login(username, password, &csr).await?
+        } else {
+            self.directory.register(username, password, &csr).await?
+        };
         // The certificate must certify our key under our name, from the CA it came with.
         let ca = CaCertificate::from_pem(&issued.ca_pem).map_err(|_| NodeError::BadCertificate)?;
         let chain = vec![pem_certificate(&issued.certificate_pem)?];
@@ -51,7 +71,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             .await?;
         *self.identity.write().unwrap_or_else(|p| p.into_inner()) =
             Some(std::sync::Arc::new((username.clone(), identity)));
-        tracing::info!("registered");
+        tracing::info!(login, "enrolled");
         Ok(())
     }
 }

@@ -1,0 +1,281 @@
+//! The daemon: wires the sled store, the rendezvous client, the libp2p network and the local API
+//! around the use cases, and keeps presence and prekeys fresh.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use libp2p::Multiaddr;
+use peerchat_pki::TrustStore;
+use peerchat_pki::tls::Credentials;
+use tokio::sync::broadcast;
+
+use crate::domain::{Ack, Envelope};
+use crate::driven::p2p::{self, P2pConfig, P2pNetwork};
+use crate::driven::rendezvous_http::{HttpDirectory, pin_ca};
+use crate::driven::sled_store::SledStore;
+use crate::driving::{api, p2p_inbound};
+use crate::ports::{DeliveryError, Event, Network, Notifier, Recipient, Store, SystemClock};
+use crate::usecases::Node;
+
+/// File (in the data directory) holding the API address, for the CLI.
+pub const API_ADDR_FILE: &str = "api.addr";
+/// File (mode 0600) holding the API bearer token.
+pub const API_TOKEN_FILE: &str = "api-token";
+/// How long announced addresses stay valid; they are re-announced at half of it.
+const PRESENCE_TTL: Duration = Duration::from_secs(120);
+
+/// The daemon's settings.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Where everything is kept.
+    pub data_dir: PathBuf,
+    /// `https://host:port` of the rendezvous.
+    pub rendezvous: String,
+    /// A CA certificate to pin instead of trusting the rendezvous's on first contact.
+    pub ca_cert: Option<PathBuf>,
+    /// Where the local API listens (loopback).
+    pub api: SocketAddr,
+    /// Where the peer-to-peer network listens.
+    pub listen: Multiaddr,
+}
+
+/// The network, available once the node is registered and the swarm has started.
+#[derive(Debug, Clone, Default)]
+pub struct LateNetwork(Arc<OnceLock<P2pNetwork>>);
+
+impl Network for LateNetwork {
+    async fn deliver(&self, to: &Recipient, envelope: Envelope) -> Result<Ack, DeliveryError> {
+        match self.0.get() {
+            Some(net) => net.deliver(to, envelope).await,
+            None => Err(DeliveryError::Unreachable(
+                "the network has not started".into(),
+            )),
+        }
+    }
+}
+
+/// Events to every subscriber; a subscriber that falls more than 1,024 events behind misses the
+/// oldest (bounded, never blocks the node).
+#[derive(Debug, Clone)]
+pub struct BroadcastNotifier(pub broadcast::Sender<Event>);
+
+impl Default for BroadcastNotifier {
+    fn default() -> Self {
+        Self(broadcast::channel(1024).0)
+    }
+}
+
+impl Notifier for BroadcastNotifier {
+    fn notify(&self, event: Event) {
+        let _ = self.0.send(event);
+    }
+}
+
+/// The node as the daemon wires it.
+pub type DaemonNode = Node<SledStore, HttpDirectory, LateNetwork, BroadcastNotifier, SystemClock>;
+
+/// Why the daemon stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A file or socket failed.
+    #[error("{0}")]
+    Io(String),
+    /// Something in the wiring failed.
+    #[error("{0}")]
+    Start(String),
+}
+
+fn io(what: &str, e: impl std::fmt::Display) -> DaemonError {
+    DaemonError::Io(format!("{what}: {e}"))
+}
+
+/// Reads the API token, creating it (mode 0600) on first start.
+fn token(data_dir: &Path) -> Result<String, DaemonError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(API_TOKEN_FILE);
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_owned());
+    }
+    let token = api::new_token();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| io("creating the API token", e))?;
+    file.write_all(token.as_bytes())
+        .map_err(|e| io("writing the API token", e))?;
+    Ok(token)
+}
+
+/// Runs the daemon until `shutdown` completes.
+pub async fn run(
+    config: DaemonConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| io("creating the data directory", e))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let store = SledStore::open(&config.data_dir.join("db"))
+        .map_err(|e| DaemonError::Start(e.to_string()))?;
+    let (ca, pinned_now) = pin_ca(
+        &config.data_dir,
+        &config.rendezvous,
+        config.ca_cert.as_deref(),
+    )
+    .await
+    .map_err(|e| DaemonError::Start(e.to_string()))?;
+    println!(
+        "peerchat: rendezvous CA {} {}",
+        ca.fingerprint(),
+        if pinned_now {
+            "(pinned now; compare it with the rendezvous's)"
+        } else {
+            "(pinned)"
+        }
+    );
+    let directory = HttpDirectory::new(&config.rendezvous, ca.clone())
+        .map_err(|e| DaemonError::Start(e.to_string()))?;
+    let network = LateNetwork::default();
+    let node = Arc::new(Node::new(
+        store,
+        directory,
+        network.clone(),
+        BroadcastNotifier::default(),
+        SystemClock,
+    ));
+
+    let start = {
+        let (node, network, config, ca) =
+            (node.clone(), network.clone(), config.clone(), ca.clone());
+        move || {
+            let (node, network, config, ca) =
+                (node.clone(), network.clone(), config.clone(), ca.clone());
+            tokio::spawn(async move {
+                if let Err(e) = start_network(node, network, &config, ca).await {
+                    tracing::error!(error = %e, "the network did not start");
+                    eprintln!("peerchat: the network did not start: {e}");
+                }
+            });
+        }
+    };
+    if node
+        .store()
+        .identity()
+        .map_err(|e| DaemonError::Start(e.to_string()))?
+        .is_some()
+    {
+        start();
+    }
+
+    let token = token(&config.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(config.api)
+        .await
+        .map_err(|e| io("binding the API", e))?;
+    let addr = listener.local_addr().map_err(|e| io("API address", e))?;
+    if !addr.ip().is_loopback() {
+        return Err(DaemonError::Start(format!(
+            "the API must listen on loopback, not {addr}"
+        )));
+    }
+    std::fs::write(config.data_dir.join(API_ADDR_FILE), addr.to_string())
+        .map_err(|e| io("writing the API address", e))?;
+    println!(
+        "peerchat: API on http://{addr} (token in {})",
+        config.data_dir.join(API_TOKEN_FILE).display()
+    );
+    let app = api::router(api::ApiState {
+        node,
+        token,
+        on_registered: Box::new(start),
+    });
+    api::serve(listener, app, shutdown)
+        .await
+        .map_err(|e| io("serving the API", e))?;
+    Ok(())
+}
+
+async fn start_network(
+    node: Arc<DaemonNode>,
+    network: LateNetwork,
+    config: &DaemonConfig,
+    ca: peerchat_pki::CaCertificate,
+) -> Result<(), String> {
+    let identity = node
+        .store()
+        .identity()
+        .map_err(|e| e.to_string())?
+        .ok_or("not registered")?;
+    let key = SigningKey::from_bytes(&identity.seed);
+    use crate::ports::Directory;
+    node.directory()
+        .authenticate(&identity.certificate_pem, &key)
+        .map_err(|e| e.to_string())?;
+    let trust = Arc::new(TrustStore::new(ca));
+    match node.directory().crl().await {
+        Ok(crl) => {
+            let _ = trust.set_crl(crl);
+        }
+        Err(e) => tracing::warn!(error = %e, "no CRL yet"),
+    }
+    let der = {
+        use rustls::pki_types::pem::PemObject;
+        peerchat_pki::CertificateDer::from_pem_slice(identity.certificate_pem.as_bytes())
+            .map_err(|e| e.to_string())?
+    };
+    let credentials = Credentials::new(vec![der], key.clone());
+    let (net, inbound) = p2p::start(P2pConfig::new(
+        key,
+        credentials,
+        trust.clone(),
+        vec![config.listen.clone()],
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
+    let addresses: Vec<String> = net.listen_addrs().iter().map(|a| a.to_string()).collect();
+    println!(
+        "peerchat: {} listening on {}",
+        identity.username,
+        addresses.join(", ")
+    );
+    let _ = network.0.set(net.clone());
+    {
+        let node = node.clone();
+        tokio::spawn(p2p_inbound::serve(inbound, move |from, key, envelope| {
+            let node = node.clone();
+            async move { node.receive(&from, &key, envelope).await }
+        }));
+    }
+    // Presence, prekeys and the CRL, kept fresh.
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PRESENCE_TTL / 2);
+        let mut round: u64 = 0;
+        loop {
+            tick.tick().await;
+            if let Err(e) = node
+                .announce_presence(addresses.clone(), PRESENCE_TTL.as_secs())
+                .await
+            {
+                tracing::warn!(error = %e, "announcing presence failed");
+            }
+            if round.is_multiple_of(10) {
+                if let Err(e) = node.refresh_prekeys().await {
+                    tracing::warn!(error = %e, "refreshing prekeys failed");
+                }
+                if let Ok(crl) = node.directory().crl().await
+                    && trust.set_crl(crl).is_ok()
+                {
+                    net.drop_revoked().await;
+                }
+            }
+            round += 1;
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! The [`Directory`] port over the rendezvous's HTTPS API (TLS 1.3, the pinned CA, our
+//! certificate once registered), and the pinning of that CA on first contact.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::SigningKey;
+use peerchat_pki::tls::{Credentials, rendezvous_client_config};
+use peerchat_pki::{CaCertificate, Crl, Username};
+use peerchat_rendezvous::api;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::rendezvous_wire;
+use crate::domain::{OneTimePreKey, PreKeyBundle, SignedPreKey};
+use crate::ports::{Directory, DirectoryError, Issued, PeerInfo};
+
+/// Timeout of every request to the rendezvous.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The HTTPS directory client.
+pub struct HttpDirectory {
+    base: String,
+    ca: CaCertificate,
+    client: RwLock<reqwest::Client>,
+}
+
+impl std::fmt::Debug for HttpDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpDirectory")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+fn client(
+    ca: &CaCertificate,
+    credentials: Option<Arc<Credentials>>,
+) -> Result<reqwest::Client, DirectoryError> {
+    let tls = rendezvous_client_config(ca, credentials)
+        .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(TIMEOUT)
+        .build()
+        .map_err(|e| DirectoryError::Unavailable(e.to_string()))
+}
+
+fn unavailable(e: reqwest::Error) -> DirectoryError {
+    // reqwest's message names the URL, never a body.
+    DirectoryError::Unavailable(e.to_string())
+}
+
+impl HttpDirectory {
+    /// A client of the rendezvous at `base` (`https://host:port`), trusting only `ca`.
+    pub fn new(base: &str, ca: CaCertificate) -> Result<Self, DirectoryError> {
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            client: RwLock::new(client(&ca, None)?),
+            ca,
+        })
+    }
+
+    fn http(&self) -> reqwest::Client {
+        self.client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, DirectoryError> {
+        let mut request = self.http().request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(unavailable)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(unavailable)?;
+        if status.is_success() {
+            let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+            return serde_json::from_slice(bytes)
+                .map_err(|e| DirectoryError::Unavailable(format!("unexpected answer: {e}")));
+        }
+        match serde_json::from_slice::<api::ErrorBody>(&bytes) {
+            Ok(body) => Err(rendezvous_wire::refused(body)),
+            Err(_) => Err(DirectoryError::Unavailable(format!(
+                "the rendezvous answered {status}"
+            ))),
+        }
+    }
+
+    /// The current CRL, checked against the pinned CA.
+    pub async fn crl(&self) -> Result<Crl, DirectoryError> {
+        let response = self
+            .http()
+            .get(format!("{}/v1/crl", self.base))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        if response.status() != StatusCode::OK {
+            return Err(DirectoryError::Unavailable(format!(
+                "CRL: {}",
+                response.status()
+            )));
+        }
+        let der = response.bytes().await.map_err(unavailable)?;
+        Crl::from_der(&der, &self.ca).map_err(|e| DirectoryError::Unavailable(e.to_string()))
+    }
+}
+
+impl Directory for HttpDirectory {
+    async fn register(
+        &self,
+        username: &Username,
+        password: &str,
+        csr: &[u8],
+    ) -> Result<Issued, DirectoryError> {
+        let request = api::RegisterRequest {
+            username: username.clone(),
+            password: password.into(),
+            csr: B64.encode(csr),
+        };
+        let issued: api::CertificateResponse = self
+            .call(Method::POST, "/v1/accounts", Some(&request))
+            .await?;
+        let ca = CaCertificate::from_pem(&issued.ca)
+            .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
+        if ca != self.ca {
+            return Err(DirectoryError::CaMismatch(ca.fingerprint().to_string()));
+        }
+        Ok(Issued {
+            certificate_pem: issued.certificate,
+            ca_pem: issued.ca,
+        })
+    }
+
+    async fn login(
+        &self,
+        username: &Username,
+        password: &str,
+        csr: &[u8],
+    ) -> Result<Issued, DirectoryError> {
+        let request = api::LoginRequest {
+            username: username.clone(),
+            password: password.into(),
+            totp: None,
+            csr: B64.encode(csr),
+        };
+        let issued: api::CertificateResponse = self
+            .call(Method::POST, "/v1/sessions", Some(&request))
+            .await?;
+        let ca = CaCertificate::from_pem(&issued.ca)
+            .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
+        if ca != self.ca {
+            return Err(DirectoryError::CaMismatch(ca.fingerprint().to_string()));
+        }
+        Ok(Issued {
+            certificate_pem: issued.certificate,
+            ca_pem: issued.ca,
+        })
+    }
+
+    fn authenticate(&self, certificate_pem: &str, key: &SigningKey) -> Result<(), DirectoryError> {
+        use rustls::pki_types::pem::PemObject;
+        let der = peerchat_pki::CertificateDer::from_pem_slice(certificate_pem.as_bytes())
+            .map_err(|_| DirectoryError::Unavailable("our certificate is not PEM".into()))?;
+        let authenticated = client(&self.ca, Some(Credentials::new(vec![der], key.clone())))?;
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = authenticated;
+        Ok(())
+    }
+
+    async fn upload_prekeys(
+        &self,
+        signed: Option<SignedPreKey>,
+        one_time: Vec<OneTimePreKey>,
+    ) -> Result<u32, DirectoryError> {
+        let mut status: Option<api::PreKeyStatus> = None;
+        if let Some(signed) = signed {
+            status = Some(
+                self.call(
+                    Method::PUT,
+                    "/v1/prekeys/signed",
+                    Some(&rendezvous_wire::signed_prekey(&signed)),
+                )
+                .await?,
+            );
+        }
+        for chunk in one_time.chunks(100) {
+            let upload = api::OneTimePreKeysUpload {
+                keys: chunk.iter().map(rendezvous_wire::one_time_prekey).collect(),
+            };
+            status = Some(
+                self.call(Method::POST, "/v1/prekeys/one-time", Some(&upload))
+                    .await?,
+            );
+        }
+        let status = match status {
+            Some(s) => s,
+            None => self.call::<(), _>(Method::GET, "/v1/prekeys", None).await?,
+        };
+        Ok(status.one_time_prekeys)
+    }
+
+    async fn lookup(&self, username: &Username) -> Result<PeerInfo, DirectoryError> {
+        let wire: api::LookupResponse = self
+            .call::<(), _>(Method::GET, &format!("/v1/users/{username}"), None)
+            .await?;
+        rendezvous_wire::peer_info(wire)
+    }
+
+    async fn bundle(&self, username: &Username) -> Result<PreKeyBundle, DirectoryError> {
+        let wire: api::BundleResponse = self
+            .call::<(), _>(Method::POST, &format!("/v1/users/{username}/bundle"), None)
+            .await?;
+        rendezvous_wire::bundle(wire)
+    }
+
+    async fn announce(&self, addresses: Vec<String>, ttl_secs: u64) -> Result<(), DirectoryError> {
+        self.call::<_, ()>(
+            Method::PUT,
+            "/v1/presence",
+            Some(&api::PresenceRequest {
+                addresses,
+                ttl_secs,
+            }),
+        )
+        .await
+    }
+}
+
+/// Why the CA could not be pinned.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// A CA is pinned and another one was offered.
+    #[error("this node trusts CA {pinned}, not {offered}; refusing to switch")]
+    Different {
+        /// Fingerprint of the pinned CA.
+        pinned: String,
+        /// Fingerprint of the other one.
+        offered: String,
+    },
+    /// Reading or writing the pin failed, or the file is not a CA.
+    #[error("{0}")]
+    File(String),
+    /// The rendezvous could not be reached or did not prove it holds the CA's certificate.
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+}
+
+/// The CA this node trusts: `DIR/ca.pem` if pinned before (and then `ca_cert`, if given, must be
+/// the same), else `ca_cert`, else the rendezvous's own CA, fetched once and then confirmed over a
+/// connection verified against it. The result is pinned in `DIR/ca.pem`; returns it and whether
+/// it was pinned just now.
+pub async fn pin_ca(
+    data_dir: &Path,
+    rendezvous: &str,
+    ca_cert: Option<&Path>,
+) -> Result<(CaCertificate, bool), PinError> {
+    let pin_path = data_dir.join("ca.pem");
+    let read = |path: &Path| -> Result<CaCertificate, PinError> {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| PinError::File(format!("{}: {e}", path.display())))?;
+        CaCertificate::from_pem(&pem)
+            .map_err(|e| PinError::File(format!("{}: {e}", path.display())))
+    };
+    let given = ca_cert.map(read).transpose()?;
+    if pin_path.exists() {
+        let pinned = read(&pin_path)?;
+        if let Some(given) = given
+            && given != pinned
+        {
+            return Err(PinError::Different {
+                pinned: pinned.fingerprint().to_string(),
+                offered: given.fingerprint().to_string(),
+            });
+        }
+        return Ok((pinned, false));
+    }
+    let ca = match given {
+        Some(ca) => ca,
+        None => fetch_ca(rendezvous).await?,
+    };
+    // Whatever its source, the rendezvous must present a certificate from this CA for its name.
+    let directory = HttpDirectory::new(rendezvous, ca.clone())?;
+    let _: api::Health = directory
+        .call::<(), _>(Method::GET, "/v1/healthz", None)
+        .await?;
+    std::fs::write(&pin_path, ca.to_pem())
+        .map_err(|e| PinError::File(format!("{}: {e}", pin_path.display())))?;
+    Ok((ca, true))
+}
+
+/// Fetches the CA certificate over a connection that is not yet verified (trust on first use);
+/// the caller confirms it with a verified connection before pinning.
+async fn fetch_ca(rendezvous: &str) -> Result<CaCertificate, DirectoryError> {
+    let tls = rustls::ClientConfig::builder_with_provider(peerchat_pki::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| DirectoryError::Unavailable(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(first_contact::AnyServer))
+        .with_no_client_auth();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(TIMEOUT)
+        .build()
+        .map_err(unavailable)?;
+    let response: api::CaResponse = http
+        .get(format!("{}/v1/ca", rendezvous.trim_end_matches('/')))
+        .send()
+        .await
+        .map_err(unavailable)?
+        .json()
+        .await
+        .map_err(unavailable)?;
+    CaCertificate::from_pem(&response.certificate)
+        .map_err(|e| DirectoryError::Unavailable(e.to_string()))
+}
+
+mod first_contact {
+    //! The one unverified connection: it only fetches the CA certificate to pin.
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    #[derive(Debug)]
+    pub(super) struct AnyServer;
+
+    impl ServerCertVerifier for AnyServer {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Err(rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::Tls12NotOfferedOrEnabled,
+            ))
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &peerchat_pki::tls::provider().signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            peerchat_pki::tls::provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+}

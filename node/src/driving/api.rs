@@ -1,0 +1,418 @@
+//! The local HTTP API: loopback only, every request carries the bearer token kept in the data
+//! directory. The CLI (and later the web UI) use it.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use peerchat_pki::Username;
+use rand::RngCore;
+use rand::rngs::OsRng;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::domain::MessageId;
+use crate::ports::{
+    Clock, Direction, Directory, DirectoryError, MessageStatus, Network, Notifier, Store,
+};
+use crate::usecases::{Node, NodeError, NodeStatus};
+
+/// Largest request body.
+const MAX_BODY: usize = 64 * 1024;
+
+/// `POST /api/v1/register`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RegisterBody {
+    /// The account name.
+    pub username: Username,
+    /// The password.
+    pub password: String,
+}
+
+/// `POST /api/v1/contacts`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AddContactBody {
+    /// Who.
+    pub username: Username,
+}
+
+/// `POST /api/v1/messages`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SendBody {
+    /// The recipient.
+    pub to: Username,
+    /// The text.
+    pub text: String,
+    /// The client's id for the message (retrying with it never sends twice); chosen by the node
+    /// when absent.
+    #[serde(default)]
+    pub id: Option<MessageId>,
+}
+
+/// Answer to a send.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SendAnswer {
+    /// The message id.
+    pub id: MessageId,
+    /// Its status after the first delivery attempt.
+    pub status: MessageStatus,
+}
+
+/// A contact as the API shows it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContactView {
+    /// Their username.
+    pub username: Username,
+    /// Their pinned identity key, hex.
+    pub identity_key: String,
+    /// Whether the safety number was confirmed.
+    pub verified: bool,
+}
+
+/// A message as the API shows it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
+pub struct MessageView {
+    /// Its id.
+    pub id: MessageId,
+    /// Who wrote it.
+    pub author: Username,
+    /// `outgoing` or `incoming`.
+    pub direction: Direction,
+    /// The text.
+    pub text: String,
+    /// The sender's clock, ms since the epoch.
+    pub sent_at_ms: u64,
+    /// Its status.
+    pub status: MessageStatus,
+}
+
+/// A conversation as the API shows it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConversationView {
+    /// The other person.
+    pub peer: Username,
+    /// How many messages.
+    pub messages: u64,
+    /// The latest message.
+    pub last: MessageView,
+}
+
+/// An API error: `{ "error": code, "message": text }`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorView {
+    /// Stable code.
+    pub error: String,
+    /// For people.
+    pub message: String,
+}
+
+struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.0,
+            Json(ErrorView {
+                error: self.1.into(),
+                message: self.2,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let message = e.to_string();
+        match &e {
+            NodeError::NotRegistered => ApiError(StatusCode::CONFLICT, "not_registered", message),
+            NodeError::AlreadyRegistered(_) => {
+                ApiError(StatusCode::CONFLICT, "already_registered", message)
+            }
+            NodeError::KeyChanged(_) => ApiError(StatusCode::CONFLICT, "key_changed", message),
+            NodeError::Content(_) => ApiError(StatusCode::BAD_REQUEST, "bad_message", message),
+            NodeError::Directory(DirectoryError::Refused { code, .. }) => {
+                let (status, code) = match code.as_str() {
+                    "no_such_user" => (StatusCode::NOT_FOUND, "no_such_user"),
+                    "username_taken" => (StatusCode::CONFLICT, "username_taken"),
+                    "weak_password" | "bad_username" => (StatusCode::BAD_REQUEST, "rejected"),
+                    "bad_credentials" => (StatusCode::UNAUTHORIZED, "bad_credentials"),
+                    "rate_limited" => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+                    _ => (StatusCode::BAD_GATEWAY, "rendezvous_refused"),
+                };
+                ApiError(status, code, message)
+            }
+            NodeError::Directory(_) => {
+                ApiError(StatusCode::BAD_GATEWAY, "rendezvous_unavailable", message)
+            }
+            _ => {
+                tracing::error!(error = %e, "request failed");
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            }
+        }
+    }
+}
+
+/// A JSON body within the size limit; failures are JSON errors.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::to_bytes(request.into_body(), MAX_BODY)
+            .await
+            .map_err(|_| {
+                ApiError(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("a request is at most {MAX_BODY} bytes"),
+                )
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "malformed_request", e.to_string()))
+    }
+}
+
+fn view(m: crate::ports::StoredMessage, me: &Username) -> MessageView {
+    MessageView {
+        id: m.id,
+        author: if m.direction == Direction::Outgoing {
+            me.clone()
+        } else {
+            m.peer.clone()
+        },
+        direction: m.direction,
+        text: m.body,
+        sent_at_ms: m.sent_at_ms,
+        status: m.status,
+    }
+}
+
+fn peer(raw: &str) -> Result<Username, ApiError> {
+    Username::new(raw).map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_username", e.to_string()))
+}
+
+/// A fresh random token, hex.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the API needs around the node: the token, and a hook run after registration.
+pub struct ApiState<S, D, N, E, C> {
+    /// The node.
+    pub node: Arc<Node<S, D, N, E, C>>,
+    /// The bearer token.
+    pub token: String,
+    /// Called once the node has registered (the daemon starts networking).
+    pub on_registered: Box<dyn Fn() + Send + Sync>,
+}
+
+/// The API router.
+pub fn router<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    state: ApiState<S, D, N, E, C>,
+) -> Router {
+    let state = Arc::new(state);
+    Router::new()
+        .route("/api/v1/status", get(status::<S, D, N, E, C>))
+        .route("/api/v1/register", post(register::<S, D, N, E, C>))
+        .route("/api/v1/login", post(login::<S, D, N, E, C>))
+        .route(
+            "/api/v1/contacts",
+            get(contacts::<S, D, N, E, C>).post(add_contact::<S, D, N, E, C>),
+        )
+        .route("/api/v1/messages", post(send::<S, D, N, E, C>))
+        .route("/api/v1/conversations", get(conversations::<S, D, N, E, C>))
+        .route(
+            "/api/v1/conversations/{peer}",
+            get(history::<S, D, N, E, C>),
+        )
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "no_such_route",
+                "no such route".into(),
+            )
+        })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::<S, D, N, E, C>,
+        ))
+        .with_state(state)
+}
+
+type Shared<S, D, N, E, C> = State<Arc<ApiState<S, D, N, E, C>>>;
+
+/// Loopback `Host` only (no DNS rebinding), and the bearer token.
+async fn guard<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let hostname = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    if !matches!(hostname, "127.0.0.1" | "localhost" | "[::1]") {
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            "bad_host",
+            "the API answers on loopback names only".into(),
+        )
+        .into_response();
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !bool::from(presented.as_bytes().ct_eq(state.token.as_bytes())) {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "bad_token",
+            "missing or wrong API token".into(),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+async fn status<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+) -> Result<Json<NodeStatus>, ApiError> {
+    Ok(Json(state.node.status()?))
+}
+
+async fn register<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+    Body(body): Body<RegisterBody>,
+) -> Result<StatusCode, ApiError> {
+    state.node.register(&body.username, &body.password).await?;
+    (state.on_registered)();
+    Ok(StatusCode::CREATED)
+}
+
+async fn login<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+    Body(body): Body<RegisterBody>,
+) -> Result<StatusCode, ApiError> {
+    state.node.login(&body.username, &body.password).await?;
+    (state.on_registered)();
+    Ok(StatusCode::OK)
+}
+
+async fn contacts<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+) -> Result<Json<Vec<ContactView>>, ApiError> {
+    Ok(Json(
+        state
+            .node
+            .contacts()?
+            .into_iter()
+            .map(|c| ContactView {
+                username: c.username,
+                identity_key: c
+                    .identity_key
+                    .to_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect(),
+                verified: c.verified,
+            })
+            .collect(),
+    ))
+}
+
+async fn add_contact<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+    Body(body): Body<AddContactBody>,
+) -> Result<StatusCode, ApiError> {
+    state.node.add_contact(&body.username).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn send<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+    Body(body): Body<SendBody>,
+) -> Result<(StatusCode, Json<SendAnswer>), ApiError> {
+    let id = body.id.unwrap_or_else(|| MessageId::random(&mut OsRng));
+    state.node.send(&body.to, id, body.text).await?;
+    let status = state
+        .node
+        .history(&body.to)?
+        .into_iter()
+        .find(|m| m.id == id)
+        .map_or(MessageStatus::Pending, |m| m.status);
+    Ok((StatusCode::ACCEPTED, Json(SendAnswer { id, status })))
+}
+
+async fn conversations<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+) -> Result<Json<Vec<ConversationView>>, ApiError> {
+    let me = state
+        .node
+        .status()?
+        .username
+        .ok_or(NodeError::NotRegistered)?;
+    Ok(Json(
+        state
+            .node
+            .conversations()?
+            .into_iter()
+            .map(|c| ConversationView {
+                peer: c.peer,
+                messages: c.messages,
+                last: view(c.last, &me),
+            })
+            .collect(),
+    ))
+}
+
+async fn history<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+    Path(raw): Path<String>,
+) -> Result<Json<Vec<MessageView>>, ApiError> {
+    let me = state
+        .node
+        .status()?
+        .username
+        .ok_or(NodeError::NotRegistered)?;
+    let peer = peer(&raw)?;
+    Ok(Json(
+        state
+            .node
+            .history(&peer)?
+            .into_iter()
+            .map(|m| view(m, &me))
+            .collect(),
+    ))
+}
+
+/// Serves `app` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+impl<S, D, N, E, C> std::fmt::Debug for ApiState<S, D, N, E, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("ApiState").finish_non_exhaustive()
+    }
+}

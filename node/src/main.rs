@@ -1,0 +1,281 @@
+//! `peerchat`: the daemon and the CLI that talks to it. Wiring only.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use peerchat::daemon::{self, DaemonConfig};
+use peerchat::driving::api::{ContactView, MessageView, RegisterBody, SendAnswer, SendBody};
+use peerchat::driving::cli::{ApiClient, CliError};
+use peerchat::usecases::NodeStatus;
+use peerchat_pki::Username;
+use reqwest::Method;
+
+/// peerchat: peer-to-peer, end-to-end encrypted chat.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The node's data directory (keys, messages, the daemon's API address and token).
+    #[arg(
+        long,
+        global = true,
+        env = "PEERCHAT_DATA_DIR",
+        default_value = "peerchat-data"
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the node.
+    Daemon {
+        /// The rendezvous, e.g. https://localhost:8443.
+        #[arg(long, env = "PEERCHAT_RENDEZVOUS")]
+        rendezvous: String,
+        /// The rendezvous CA certificate to trust (else it is pinned on first contact).
+        #[arg(long, env = "PEERCHAT_CA_CERT")]
+        ca_cert: Option<PathBuf>,
+        /// Local API address (loopback).
+        #[arg(long, env = "PEERCHAT_API", default_value = "127.0.0.1:0")]
+        api: std::net::SocketAddr,
+        /// Peer-to-peer listen address.
+        #[arg(long, env = "PEERCHAT_LISTEN", default_value = "/ip4/127.0.0.1/tcp/0")]
+        listen: libp2p::Multiaddr,
+    },
+    /// Creates an account (password from PEERCHAT_PASSWORD, else asked).
+    Register {
+        /// The username.
+        name: String,
+    },
+    /// Logs in to an existing account on this new install (password as for register).
+    Login {
+        /// The username.
+        name: String,
+    },
+    /// Sends a message.
+    Send {
+        /// The recipient.
+        name: String,
+        /// The text.
+        text: String,
+    },
+    /// Shows the conversation with someone.
+    History {
+        /// The other person.
+        name: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists contacts.
+    Contacts {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows who this node is.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let daemon = matches!(args.command, Command::Daemon { .. });
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" })
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("peerchat: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("peerchat: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn username(raw: &str) -> Result<Username, CliError> {
+    Username::from_user_input(raw).map_err(|e| CliError(format!("{raw:?}: {e}")))
+}
+
+fn password() -> Result<String, CliError> {
+    if let Ok(p) = std::env::var("PEERCHAT_PASSWORD") {
+        return Ok(p);
+    }
+    rpassword::prompt_password("password: ")
+        .map_err(|e| CliError(format!("cannot read the password: {e}")))
+}
+
+fn clock(ms: u64) -> String {
+    let secs = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).map_err(|e| CliError(e.to_string()))?
+    );
+    Ok(())
+}
+
+async fn run(args: Args) -> Result<(), CliError> {
+    let data_dir = args.data_dir;
+    match args.command {
+        Command::Daemon {
+            rendezvous,
+            ca_cert,
+            api,
+            listen,
+        } => {
+            let config = DaemonConfig {
+                data_dir,
+                rendezvous,
+                ca_cert,
+                api,
+                listen,
+            };
+            daemon::run(config, shutdown())
+                .await
+                .map_err(|e| CliError(e.to_string()))
+        }
+        Command::Register { name } => {
+            let body = RegisterBody {
+                username: username(&name)?,
+                password: password()?,
+            };
+            ApiClient::from_data_dir(&data_dir)?
+                .call::<_, ()>(Method::POST, "/api/v1/register", Some(&body))
+                .await?;
+            println!("registered as {}", body.username);
+            Ok(())
+        }
+        Command::Login { name } => {
+            let body = RegisterBody {
+                username: username(&name)?,
+                password: password()?,
+            };
+            ApiClient::from_data_dir(&data_dir)?
+                .call::<_, ()>(Method::POST, "/api/v1/login", Some(&body))
+                .await?;
+            println!(
+                "logged in as {} with a new key on this install",
+                body.username
+            );
+            Ok(())
+        }
+        Command::Send { name, text } => {
+            let body = SendBody {
+                to: username(&name)?,
+                text,
+                id: None,
+            };
+            let answer: SendAnswer = ApiClient::from_data_dir(&data_dir)?
+                .call(Method::POST, "/api/v1/messages", Some(&body))
+                .await?;
+            println!(
+                "{} {}",
+                answer.id,
+                serde_json::to_string(&answer.status)
+                    .unwrap_or_default()
+                    .trim_matches('"')
+            );
+            Ok(())
+        }
+        Command::History {
+            name,
+            json: as_json,
+        } => {
+            let peer = username(&name)?;
+            let messages: Vec<MessageView> = ApiClient::from_data_dir(&data_dir)?
+                .call::<(), _>(Method::GET, &format!("/api/v1/conversations/{peer}"), None)
+                .await?;
+            if as_json {
+                return json(&messages);
+            }
+            for m in messages {
+                let status = serde_json::to_string(&m.status).unwrap_or_default();
+                println!(
+                    "{} {}: {}  [{}]",
+                    clock(m.sent_at_ms),
+                    m.author,
+                    m.text,
+                    status.trim_matches('"')
+                );
+            }
+            Ok(())
+        }
+        Command::Contacts { json: as_json } => {
+            let contacts: Vec<ContactView> = ApiClient::from_data_dir(&data_dir)?
+                .call::<(), _>(Method::GET, "/api/v1/contacts", None)
+                .await?;
+            if as_json {
+                return json(&contacts);
+            }
+            for c in contacts {
+                println!(
+                    "{}  key {}…  {}",
+                    c.username,
+                    &c.identity_key[..16.min(c.identity_key.len())],
+                    if c.verified { "verified" } else { "unverified" }
+                );
+            }
+            Ok(())
+        }
+        Command::Status { json: as_json } => {
+            let status: NodeStatus = ApiClient::from_data_dir(&data_dir)?
+                .call::<(), _>(Method::GET, "/api/v1/status", None)
+                .await?;
+            if as_json {
+                return json(&status);
+            }
+            match status.username {
+                Some(name) => println!(
+                    "registered as {name}; {} message(s) waiting for delivery",
+                    status.outbox
+                ),
+                None => println!("not registered; run `peerchat register NAME`"),
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
