@@ -239,11 +239,7 @@ async fn start_network(
     .await
     .map_err(|e| e.to_string())?;
     let addresses: Vec<String> = net.listen_addrs().iter().map(|a| a.to_string()).collect();
-    println!(
-        "peerchat: {} listening on {}",
-        identity.username,
-        addresses.join(", ")
-    );
+
     let _ = network.0.set(net.clone());
     {
         let node = node.clone();
@@ -252,6 +248,18 @@ async fn start_network(
             async move { node.receive(&from, &key, envelope).await }
         }));
     }
+    // Reachable before saying so.
+    if let Err(e) = node
+        .announce_presence(addresses.clone(), PRESENCE_TTL.as_secs())
+        .await
+    {
+        tracing::warn!(error = %e, "announcing presence failed");
+    }
+    println!(
+        "peerchat: {} listening on {}",
+        identity.username,
+        addresses.join(", ")
+    );
     // Presence, prekeys and the CRL, kept fresh.
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PRESENCE_TTL / 2);

@@ -67,7 +67,13 @@ pub struct Node<S, D, N, E, C> {
     identity: RwLock<Option<Arc<(Username, IdentityKeyPair)>>>,
     /// One lock per peer: a session is read, advanced and written back under it.
     peer_locks: Mutex<HashMap<Username, Arc<tokio::sync::Mutex<()>>>>,
+    /// Recently looked-up addresses per peer, so a burst of messages costs one lookup (and stays
+    /// within the rendezvous's rate limits). Dropped after [`ADDRESS_TTL_MS`] or a failed delivery.
+    addresses: Mutex<HashMap<Username, (Vec<String>, u64)>>,
 }
+
+/// How long looked-up addresses are reused.
+pub const ADDRESS_TTL_MS: u64 = 30_000;
 
 impl<S, D, N, E, C> std::fmt::Debug for Node<S, D, N, E, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,6 +92,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             clock,
             identity: RwLock::new(None),
             peer_locks: Mutex::new(HashMap::new()),
+            addresses: Mutex::new(HashMap::new()),
         }
     }
 

@@ -76,17 +76,12 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     /// Tries to deliver one envelope directly; on the peer's acknowledgement, marks it sent.
     pub(super) async fn deliver(&self, to: &Username, envelope: Envelope) {
         let id = envelope.id;
-        let outcome = async {
-            let contact = self.contact_for(to).await?;
-            let info = self.directory.lookup(to).await?;
-            let recipient = Recipient {
-                username: to.clone(),
-                identity_key: contact.identity_key,
-                addresses: info.addresses,
-            };
-            Ok::<_, NodeError>(self.network.deliver(&recipient, envelope).await)
+        let mut outcome = self.deliver_once(to, envelope.clone(), true).await;
+        if matches!(outcome, Ok(Err(_))) {
+            // The cached addresses may be stale (the peer restarted elsewhere): look up again.
+            self.forget_addresses(to);
+            outcome = self.deliver_once(to, envelope, false).await;
         }
-        .await;
         match outcome {
             Ok(Ok(Ack::Stored | Ack::Duplicate)) => {
                 if let Err(e) = self.mark(to, &id, MessageStatus::Sent).await {
@@ -103,6 +98,50 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 tracing::info!(error = %e, "delivery not attempted; the message stays pending")
             }
         }
+    }
+
+    async fn deliver_once(
+        &self,
+        to: &Username,
+        envelope: Envelope,
+        use_cache: bool,
+    ) -> Result<Result<Ack, crate::ports::DeliveryError>, NodeError> {
+        let contact = self.contact_for(to).await?;
+        let now = self.clock.now_ms();
+        let cached = use_cache
+            .then(|| {
+                self.addresses
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(to)
+                    .filter(|(_, at)| now.saturating_sub(*at) < super::ADDRESS_TTL_MS)
+                    .map(|(a, _)| a.clone())
+            })
+            .flatten();
+        let addresses = match cached {
+            Some(addresses) => addresses,
+            None => {
+                let info = self.directory.lookup(to).await?;
+                self.addresses
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(to.clone(), (info.addresses.clone(), now));
+                info.addresses
+            }
+        };
+        let recipient = Recipient {
+            username: to.clone(),
+            identity_key: contact.identity_key,
+            addresses,
+        };
+        Ok(self.network.deliver(&recipient, envelope).await)
+    }
+
+    fn forget_addresses(&self, peer: &Username) {
+        self.addresses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(peer);
     }
 
     async fn mark(

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod binaries;
 mod e2ee_properties;
 mod e2ee_ratchet;
 mod e2ee_x3dh;

@@ -1,0 +1,378 @@
+//! The real `peerchat` binary: two daemons and a rendezvous (in this process, real HTTPS) on
+//! 127.0.0.1, driven through the CLI and the local API.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use peerchat::driving::api::{MessageView, SendAnswer, SendBody};
+use peerchat::ports::MessageStatus;
+use peerchat_pki::{HostName, Username};
+use peerchat_rendezvous::limits::Limits;
+use peerchat_rendezvous::{Config, prepare, run};
+
+const PASSWORD: &str = "correct horse battery";
+
+/// A rendezvous served by this process on 127.0.0.1:0.
+async fn rendezvous(dir: &Path) -> String {
+    let config = Config {
+        data_dir: dir.to_path_buf(),
+        hostnames: vec![HostName::parse("localhost"), HostName::parse("127.0.0.1")],
+        limits: Limits {
+            argon2_memory_kib: 1024,
+            ..Limits::default()
+        },
+    };
+    let prepared = prepare(&config, SystemTime::now()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { run(listener, prepared, std::future::pending()).await });
+    format!("https://localhost:{port}")
+}
+
+/// The daemon's log, kept beside its data for people to look at when a test fails.
+fn log_file(dir: &Path) -> Stdio {
+    std::fs::create_dir_all(dir).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.with_extension("log"))
+        .unwrap();
+    Stdio::from(file)
+}
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    fn start(dir: &Path, rendezvous: &str) -> Self {
+        let _ = std::fs::remove_file(dir.join("api.addr"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_peerchat"))
+            .arg("daemon")
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--rendezvous", rendezvous])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(log_file(dir))
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let daemon = Self {
+            child,
+            dir: dir.to_path_buf(),
+            lines,
+        };
+        daemon.wait_for("API on");
+        daemon
+    }
+
+    /// Waits for a line of the daemon's output containing `needle`.
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "the daemon in {} never printed {needle:?}",
+                    self.dir.display()
+                ),
+            }
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_peerchat"))
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(args)
+            .env("PEERCHAT_PASSWORD", PASSWORD)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap()
+    }
+
+    fn register(&self, name: &str) {
+        let out = self.cli(&["register", name]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.wait_for("listening on");
+    }
+
+    fn api(&self) -> (reqwest::Client, String, String) {
+        let addr = std::fs::read_to_string(self.dir.join("api.addr")).unwrap();
+        let token = std::fs::read_to_string(self.dir.join("api-token")).unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(peerchat_pki::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .no_proxy()
+            .build()
+            .unwrap();
+        (
+            http,
+            format!("http://{}", addr.trim()),
+            token.trim().to_owned(),
+        )
+    }
+
+    fn history_json(&self, peer: &str) -> Vec<MessageView> {
+        let out = self.cli(&["history", peer, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if let Ok(bytes) = std::fs::read(&path)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_chat_directly_and_the_rendezvous_never_sees_the_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = rendezvous(&tmp.path().join("rendezvous")).await;
+    let alice = Daemon::start(&tmp.path().join("alice"), &url);
+    let bob = Daemon::start(&tmp.path().join("bob"), &url);
+    alice.register("alice");
+    bob.register("bob");
+
+    let texts = [
+        "Hello Bob, this is Alice",
+        "Hi Alice! Bob here",
+        "Shall we meet at noon?",
+    ];
+    for (from, to, text) in [
+        (&alice, "bob", texts[0]),
+        (&bob, "alice", texts[1]),
+        (&alice, "bob", texts[2]),
+    ] {
+        let out = from.cli(&["send", to, text]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(" sent"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    let expected: Vec<(String, String)> =
+        [("alice", texts[0]), ("bob", texts[1]), ("alice", texts[2])]
+            .iter()
+            .map(|(a, t)| (a.to_string(), t.to_string()))
+            .collect();
+    for (daemon, peer) in [(&alice, "bob"), (&bob, "alice")] {
+        let history: Vec<(String, String)> = daemon
+            .history_json(peer)
+            .into_iter()
+            .map(|m| (m.author.to_string(), m.text))
+            .collect();
+        assert_eq!(history, expected, "history at {}", daemon.dir.display());
+    }
+    let human = String::from_utf8(alice.cli(&["history", "bob"]).stdout).unwrap();
+    assert!(
+        human.contains("alice: Hello Bob, this is Alice  [sent]"),
+        "{human}"
+    );
+
+    for text in texts {
+        let found = files_containing(&tmp.path().join("rendezvous"), text.as_bytes());
+        assert!(
+            found.is_empty(),
+            "the rendezvous stored {text:?} in {found:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_stores_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = rendezvous(&tmp.path().join("rendezvous")).await;
+    let alice = Daemon::start(&tmp.path().join("alice"), &url);
+    alice.register("alice");
+
+    let out = alice.cli(&["send", "nobody", "hello?"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no user has that name"), "{err}");
+    assert!(alice.history_json("nobody").is_empty());
+
+    let out = alice.cli(&["send", "Not A Name!", "x"]);
+    assert!(!out.status.success());
+
+    let (http, base, token) = alice.api();
+    let no_token = http
+        .get(format!("{base}/api/v1/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_token.status(), 401);
+    let wrong = http
+        .get(format!("{base}/api/v1/status"))
+        .bearer_auth("0".repeat(64))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let body: serde_json::Value = wrong.json().await.unwrap();
+    assert_eq!(body["error"], "bad_token");
+    let malformed = http
+        .post(format!("{base}/api/v1/messages"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{\"to\": 42}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+    let rebinding = http
+        .get(format!("{base}/api/v1/status"))
+        .bearer_auth(&token)
+        .header("host", "evil.example:80")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebinding.status(), 403);
+
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(alice.dir.join("api-token"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_killed_mid_stream_loses_no_acknowledged_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = rendezvous(&tmp.path().join("rendezvous")).await;
+    let alice = Daemon::start(&tmp.path().join("alice"), &url);
+    let mut bob = Daemon::start(&tmp.path().join("bob"), &url);
+    alice.register("alice");
+    bob.register("bob");
+    let (http, base, token) = alice.api();
+    let bob_name = Username::new("bob").unwrap();
+
+    let send = |i: usize| {
+        let (http, base, token, to) = (http.clone(), base.clone(), token.clone(), bob_name.clone());
+        async move {
+            let body = SendBody {
+                to,
+                text: format!("message {i}"),
+                id: None,
+            };
+            let r = http
+                .post(format!("{base}/api/v1/messages"))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            r.json::<SendAnswer>().await.unwrap()
+        }
+    };
+    let mut acknowledged = Vec::new();
+    for i in 0..200 {
+        if i == 80 {
+            bob.kill();
+        }
+        if i == 140 {
+            bob = Daemon::start(&tmp.path().join("bob"), &url);
+            bob.wait_for("listening on");
+        }
+        let answer = send(i).await;
+        if answer.status == MessageStatus::Sent {
+            acknowledged.push(answer.id);
+        }
+    }
+    if acknowledged.len() < 100 {
+        for who in ["alice", "bob"] {
+            let log =
+                std::fs::read_to_string(tmp.path().join(format!("{who}.log"))).unwrap_or_default();
+            for line in log.lines().rev().take(10) {
+                eprintln!("{who}: {line}");
+            }
+        }
+    }
+    assert!(
+        acknowledged.len() >= 100,
+        "only {} acknowledged",
+        acknowledged.len()
+    );
+
+    let history = bob.history_json("alice");
+    for id in &acknowledged {
+        let copies = history.iter().filter(|m| m.id == *id).count();
+        assert_eq!(
+            copies, 1,
+            "acknowledged message {id} is in bob's history {copies} times"
+        );
+    }
+    // The conversation goes on after the crash, both ways.
+    assert_eq!(send(1000).await.status, MessageStatus::Sent);
+    let out = bob.cli(&["send", "alice", "back online"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(" sent"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        alice
+            .history_json("bob")
+            .iter()
+            .any(|m| m.text == "back online")
+    );
+}
