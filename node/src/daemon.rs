@@ -46,6 +46,13 @@ pub struct DaemonConfig {
 #[derive(Debug, Clone, Default)]
 pub struct LateNetwork(Arc<OnceLock<P2pNetwork>>);
 
+impl LateNetwork {
+    /// Provides the started network (once; later calls change nothing).
+    pub fn set(&self, network: P2pNetwork) {
+        let _ = self.0.set(network);
+    }
+}
+
 impl Network for LateNetwork {
     async fn deliver(&self, to: &Recipient, envelope: Envelope) -> Result<Ack, DeliveryError> {
         match self.0.get() {

@@ -72,6 +72,7 @@ impl HttpDirectory {
             .clone()
     }
 
+    #[tracing::instrument(name = "rendezvous.call", skip_all, fields(%method, path))]
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,

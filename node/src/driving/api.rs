@@ -285,7 +285,8 @@ async fn guard<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
         )
         .into_response();
     }
-    next.run(request).await
+    let span = tracing::info_span!("api", method = %request.method(), path = %request.uri().path());
+    tracing::Instrument::instrument(next.run(request), span).await
 }
 
 async fn status<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(

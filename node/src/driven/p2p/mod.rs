@@ -170,6 +170,7 @@ impl P2pNetwork {
 }
 
 impl Network for P2pNetwork {
+    #[tracing::instrument(name = "p2p.deliver", skip_all, fields(peer = %to.username, id = %envelope.id))]
     async fn deliver(&self, to: &Recipient, envelope: Envelope) -> Result<Ack, DeliveryError> {
         if envelope.encoded_len_bound() > self.max_envelope_bytes {
             return Err(DeliveryError::TooLarge);
