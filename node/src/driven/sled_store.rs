@@ -316,6 +316,7 @@ impl Store for SledStore {
         Ok(list.into_iter().map(|(_, c)| c).collect())
     }
 
+    #[tracing::instrument(name = "store.record_outgoing", skip_all)]
     fn record_outgoing(
         &self,
         message: &StoredMessage,
@@ -340,6 +341,7 @@ impl Store for SledStore {
             .map_err(tx)
     }
 
+    #[tracing::instrument(name = "store.record_incoming", skip_all)]
     fn record_incoming(
         &self,
         message: &StoredMessage,
@@ -371,6 +373,7 @@ impl Store for SledStore {
             .map_err(tx)
     }
 
+    #[tracing::instrument(name = "store.set_status", skip_all)]
     fn set_status(
         &self,
         peer: &Username,
@@ -404,6 +407,7 @@ impl Store for SledStore {
             .collect()
     }
 
+    #[tracing::instrument(name = "store.flush", skip_all)]
     async fn flush(&self) -> Result<(), StoreError> {
         // Group commit: callers arriving during a flush share the next one. Not `flush_async`,
         // which can deadlock when called concurrently in sled 0.34 (spacejam/sled#1308).

@@ -1,27 +1,37 @@
 //! The inbound side of the peer-to-peer network: envelopes from authenticated peers, handed to
-//! whatever handles them (the receive use case), one at a time per peer order of arrival.
+//! whatever handles them (the receive use case).
 
 use std::future::Future;
 
+use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::domain::Ack;
+use crate::domain::{Ack, Envelope, IdentityKey};
 use crate::ports::Inbound;
 
-/// Feeds every inbound envelope to `handle` and sends its acknowledgement back to the peer.
-/// Returns when the network stops.
-pub async fn serve<F, Fut>(mut inbound: mpsc::Receiver<Inbound>, mut handle: F)
+/// How many envelopes are handled at once. The receive use case serializes the work of one peer
+/// (its session) and shares disk flushes between concurrent receipts, so handling envelopes one
+/// by one would cap a node at one flush per message.
+pub const CONCURRENCY: usize = 64;
+
+/// Feeds every inbound envelope to `handle` (up to [`CONCURRENCY`] at once) and sends each
+/// acknowledgement back to its peer. Returns when the network stops.
+pub async fn serve<F, Fut>(mut inbound: mpsc::Receiver<Inbound>, handle: F)
 where
-    F: FnMut(peerchat_pki::Username, crate::domain::IdentityKey, crate::domain::Envelope) -> Fut,
+    F: Fn(peerchat_pki::Username, IdentityKey, Envelope) -> Fut,
     Fut: Future<Output = Ack>,
 {
-    while let Some(item) = inbound.recv().await {
-        let span = tracing::info_span!("p2p.inbound", from = %item.from, id = %item.envelope.id);
-        let ack = tracing::Instrument::instrument(
-            handle(item.from, item.identity_key, item.envelope),
-            span,
-        )
+    let stream = futures::stream::poll_fn(move |cx| inbound.poll_recv(cx));
+    stream
+        .for_each_concurrent(CONCURRENCY, |item| {
+            let span =
+                tracing::info_span!("p2p.inbound", from = %item.from, id = %item.envelope.id);
+            let handled = handle(item.from, item.identity_key, item.envelope);
+            let reply = item.reply;
+            async move {
+                let ack = tracing::Instrument::instrument(handled, span).await;
+                let _ = reply.send(ack);
+            }
+        })
         .await;
-        let _ = item.reply.send(ack);
-    }
 }

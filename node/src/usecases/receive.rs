@@ -59,7 +59,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             return Ok(Ack::Rejected(RejectReason::Undecryptable));
         }
 
-        let _guard = self.peer_lock(from).lock_owned().await;
+        let guard = self.peer_lock(from).lock_owned().await;
         if self.store.message(from, &envelope.id)?.is_some() {
             return Ok(Ack::Duplicate);
         }
@@ -111,6 +111,9 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             status: MessageStatus::Received,
         };
         let recorded = self.store.record_incoming(&stored, &session, consumed)?;
+        // The session is recorded; later messages may proceed while this one is flushed (group
+        // commit). It is acknowledged only after the flush.
+        drop(guard);
         self.store.flush().await?;
         Ok(match recorded {
             Recorded::Duplicate => Ack::Duplicate,

@@ -66,9 +66,11 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                     envelope: envelope.clone(),
                 },
             )?;
-            self.store.flush().await?;
             envelope
         };
+        // Flushed outside the peer lock, so concurrent sends share one flush (group commit); the
+        // next send already sees this session state, and a crash loses both or neither.
+        self.store.flush().await?;
         self.deliver(to, envelope).await;
         Ok(())
     }
@@ -144,6 +146,10 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             .remove(peer);
     }
 
+    /// Records a status change. Not flushed here: losing it in a crash only leaves the message in
+    /// the outbox, and sending it again is answered `Duplicate` by the peer, so nothing is lost
+    /// and nobody is told anything that was not durable (the next flush, or sled's periodic one,
+    /// makes it stick).
     async fn mark(
         &self,
         peer: &Username,
@@ -151,7 +157,6 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         status: MessageStatus,
     ) -> Result<(), NodeError> {
         self.store.set_status(peer, id, status)?;
-        self.store.flush().await?;
         self.notifier.notify(Event::StatusChanged {
             peer: peer.clone(),
             id: *id,

@@ -135,6 +135,7 @@ pub struct P2pNetwork {
     local_peer_id: PeerId,
     listen_addrs: Vec<Multiaddr>,
     max_envelope_bytes: usize,
+    peer_ids: Arc<std::sync::Mutex<HashMap<[u8; 32], PeerId>>>,
 }
 
 impl std::fmt::Debug for P2pNetwork {
@@ -147,6 +148,22 @@ impl std::fmt::Debug for P2pNetwork {
 }
 
 impl P2pNetwork {
+    /// The `PeerId` of a contact's key (decompressing the key costs a square root, so it is
+    /// remembered; at most a few thousand contacts).
+    fn peer_id(&self, key: &IdentityKey) -> Result<PeerId, DeliveryError> {
+        let bytes = key.to_bytes();
+        let mut cache = self.peer_ids.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = cache.get(&bytes) {
+            return Ok(*id);
+        }
+        let id = peer_id_of(&bytes).ok_or(DeliveryError::WrongPeer)?;
+        if cache.len() >= 4096 {
+            cache.clear();
+        }
+        cache.insert(bytes, id);
+        Ok(id)
+    }
+
     /// Our `PeerId`.
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
@@ -175,7 +192,7 @@ impl Network for P2pNetwork {
         if envelope.encoded_len_bound() > self.max_envelope_bytes {
             return Err(DeliveryError::TooLarge);
         }
-        let peer_id = peer_id_of(&to.identity_key.to_bytes()).ok_or(DeliveryError::WrongPeer)?;
+        let peer_id = self.peer_id(&to.identity_key)?;
         let addresses = to
             .addresses
             .iter()
@@ -311,6 +328,7 @@ pub async fn start(config: P2pConfig) -> Result<(P2pNetwork, mpsc::Receiver<Inbo
             local_peer_id,
             listen_addrs,
             max_envelope_bytes: config.max_envelope_bytes,
+            peer_ids: Arc::default(),
         },
         inbound_rx,
     ))
