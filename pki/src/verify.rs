@@ -124,6 +124,11 @@ pub fn verify(
 /// certificate belongs to a key pair one holds).
 pub fn certificate_key(der: &[u8]) -> Result<VerifyingKey, VerifyError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| VerifyError::Malformed)?;
+    ed25519_key(&cert)
+}
+
+/// The certificate's subject key, which must be Ed25519.
+fn ed25519_key(cert: &X509Certificate<'_>) -> Result<VerifyingKey, VerifyError> {
     let spki = cert.public_key();
     if spki.algorithm.algorithm.to_id_string() != ED25519_OID {
         return Err(VerifyError::UnsupportedKey);
@@ -163,17 +168,7 @@ fn peer_identity(der: &[u8]) -> Result<VerifiedPeer, VerifyError> {
         (Some(uri), None) => Username::from_uri(uri).map_err(|_| VerifyError::BadUsername)?,
         _ => return Err(VerifyError::BadUsername),
     };
-    let spki = cert.public_key();
-    if spki.algorithm.algorithm.to_id_string() != ED25519_OID {
-        return Err(VerifyError::UnsupportedKey);
-    }
-    let key: [u8; 32] = spki
-        .subject_public_key
-        .data
-        .as_ref()
-        .try_into()
-        .map_err(|_| VerifyError::UnsupportedKey)?;
-    let identity_key = VerifyingKey::from_bytes(&key).map_err(|_| VerifyError::UnsupportedKey)?;
+    let identity_key = ed25519_key(&cert)?;
     Ok(VerifiedPeer {
         username,
         identity_key,

@@ -99,6 +99,19 @@ impl HttpDirectory {
         }
     }
 
+    /// A certificate answer, from the CA we pinned.
+    fn issued(&self, issued: api::CertificateResponse) -> Result<Issued, DirectoryError> {
+        let ca = CaCertificate::from_pem(&issued.ca)
+            .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
+        if ca != self.ca {
+            return Err(DirectoryError::CaMismatch(ca.fingerprint().to_string()));
+        }
+        Ok(Issued {
+            certificate_pem: issued.certificate,
+            ca_pem: issued.ca,
+        })
+    }
+
     /// The current CRL, checked against the pinned CA.
     pub async fn crl(&self) -> Result<Crl, DirectoryError> {
         let response = self
@@ -133,15 +146,7 @@ impl Directory for HttpDirectory {
         let issued: api::CertificateResponse = self
             .call(Method::POST, "/v1/accounts", Some(&request))
             .await?;
-        let ca = CaCertificate::from_pem(&issued.ca)
-            .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
-        if ca != self.ca {
-            return Err(DirectoryError::CaMismatch(ca.fingerprint().to_string()));
-        }
-        Ok(Issued {
-            certificate_pem: issued.certificate,
-            ca_pem: issued.ca,
-        })
+        self.issued(issued)
     }
 
     async fn login(
@@ -159,15 +164,7 @@ impl Directory for HttpDirectory {
         let issued: api::CertificateResponse = self
             .call(Method::POST, "/v1/sessions", Some(&request))
             .await?;
-        let ca = CaCertificate::from_pem(&issued.ca)
-            .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
-        if ca != self.ca {
-            return Err(DirectoryError::CaMismatch(ca.fingerprint().to_string()));
-        }
-        Ok(Issued {
-            certificate_pem: issued.certificate,
-            ca_pem: issued.ca,
-        })
+        self.issued(issued)
     }
 
     fn authenticate(&self, certificate_pem: &str, key: &SigningKey) -> Result<(), DirectoryError> {
