@@ -24,6 +24,12 @@ use crate::usecases::Node;
 pub const API_ADDR_FILE: &str = "api.addr";
 /// File (mode 0600) holding the API bearer token.
 pub const API_TOKEN_FILE: &str = "api-token";
+/// How long one mailbox request waits for new mail.
+const MAILBOX_WAIT: Duration = Duration::from_secs(25);
+/// How often undelivered messages are tried again.
+const OUTBOX_RETRY: Duration = Duration::from_secs(3);
+/// After this long an undelivered message is marked failed.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long announced addresses stay valid; they are re-announced at half of it.
 const PRESENCE_TTL: Duration = Duration::from_secs(120);
 
@@ -150,11 +156,12 @@ pub async fn run(
     let directory = HttpDirectory::new(&config.rendezvous, ca.clone())
         .map_err(|e| DaemonError::Start(e.to_string()))?;
     let network = LateNetwork::default();
+    let node_events = BroadcastNotifier::default();
     let node = Arc::new(Node::new(
         store,
         directory,
         network.clone(),
-        BroadcastNotifier::default(),
+        node_events.clone(),
         SystemClock,
     ));
 
@@ -197,10 +204,12 @@ pub async fn run(
         "peerchat: API on http://{addr} (token in {})",
         config.data_dir.join(API_TOKEN_FILE).display()
     );
+    let events = node_events.clone();
     let app = api::router(api::ApiState {
         node,
         token,
         on_registered: Box::new(start),
+        subscribe: Box::new(move || events.0.subscribe()),
     });
     api::serve(listener, app, shutdown)
         .await
@@ -267,6 +276,31 @@ async fn start_network(
         identity.username,
         addresses.join(", ")
     );
+    // The mailbox: emptied at start, then whenever the rendezvous signals new mail (long poll).
+    {
+        let node = node.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = node.fetch_mail(MAILBOX_WAIT.as_secs()).await {
+                    tracing::warn!(error = %e, "fetching mail failed");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        });
+    }
+    // The outbox: retried until acknowledged or too old.
+    {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(OUTBOX_RETRY);
+            loop {
+                tick.tick().await;
+                if let Err(e) = node.retry_outbox(GIVE_UP_AFTER.as_millis() as u64).await {
+                    tracing::warn!(error = %e, "retrying the outbox failed");
+                }
+            }
+        });
+    }
     // Presence, prekeys and the CRL, kept fresh.
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PRESENCE_TTL / 2);

@@ -75,6 +75,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prints events (messages received, statuses changed) as they happen.
+    Watch {
+        /// Machine-readable output (one JSON event per line).
+        #[arg(long)]
+        json: bool,
+    },
     /// Shows who this node is.
     Status {
         /// Machine-readable output.
@@ -246,6 +252,46 @@ async fn run(args: Args) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Watch { json: as_json } => {
+            let client = ApiClient::from_data_dir(&data_dir)?;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+            let printer = async {
+                while let Some((kind, data)) = rx.recv().await {
+                    if as_json {
+                        println!("{data}");
+                        continue;
+                    }
+                    let event: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
+                    let peer = event["peer"].as_str().unwrap_or_default().to_owned();
+                    let id = event["id"].as_str().unwrap_or_default().to_owned();
+                    match kind.as_str() {
+                        "message_received" => {
+                            let history: Vec<MessageView> = client
+                                .call::<(), _>(
+                                    Method::GET,
+                                    &format!("/api/v1/conversations/{peer}"),
+                                    None,
+                                )
+                                .await
+                                .unwrap_or_default();
+                            match history.iter().find(|m| m.id.to_string() == id) {
+                                Some(m) => {
+                                    println!("{} {}: {}", clock(m.sent_at_ms), m.author, m.text)
+                                }
+                                None => println!("message {id} from {peer}"),
+                            }
+                        }
+                        _ => println!(
+                            "message {id} to {peer}: {}",
+                            event["status"].as_str().unwrap_or_default()
+                        ),
+                    }
+                }
+            };
+            let follow = async move { client_events(&data_dir, tx).await };
+            let (followed, ()) = tokio::join!(follow, printer);
+            followed
+        }
         Command::Status { json: as_json } => {
             let status: NodeStatus = ApiClient::from_data_dir(&data_dir)?
                 .call::<(), _>(Method::GET, "/api/v1/status", None)
@@ -263,6 +309,18 @@ async fn run(args: Args) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+/// Forwards the daemon's events to `tx` until the stream ends.
+async fn client_events(
+    data_dir: &std::path::Path,
+    tx: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+) -> Result<(), CliError> {
+    ApiClient::from_data_dir(data_dir)?
+        .events(|kind, data| {
+            let _ = tx.send((kind.to_owned(), data.to_owned()));
+        })
+        .await
 }
 
 async fn shutdown() {

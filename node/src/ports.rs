@@ -165,6 +165,9 @@ pub struct StoredMessage {
 pub struct OutboxEntry {
     /// The recipient.
     pub to: Username,
+    /// When it was queued, ms since the epoch.
+    #[serde(default)]
+    pub queued_at_ms: u64,
     /// The envelope, as sealed when the message was sent.
     pub envelope: Envelope,
 }
@@ -306,6 +309,17 @@ pub struct PeerInfo {
     pub online: bool,
 }
 
+/// An envelope from the mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailItem {
+    /// Its id (the message id the sender chose).
+    pub id: MessageId,
+    /// The depositor, as its certificate named it.
+    pub sender: Username,
+    /// The envelope bytes.
+    pub envelope: Vec<u8>,
+}
+
 /// The rendezvous, as the use cases need it.
 pub trait Directory: Send + Sync + 'static {
     /// Creates the account; returns the certificate for `csr` and the CA.
@@ -346,6 +360,21 @@ pub trait Directory: Send + Sync + 'static {
         &self,
         username: &Username,
     ) -> impl Future<Output = Result<PreKeyBundle, DirectoryError>> + Send;
+    /// Leaves an envelope in `to`'s mailbox (a second deposit with the same id is accepted and
+    /// changes nothing).
+    fn deposit(
+        &self,
+        to: &Username,
+        id: &MessageId,
+        envelope: &[u8],
+    ) -> impl Future<Output = Result<(), DirectoryError>> + Send;
+    /// Our waiting envelopes, oldest first; waits up to `wait_secs` for one to arrive.
+    fn fetch_mail(
+        &self,
+        wait_secs: u64,
+    ) -> impl Future<Output = Result<Vec<MailItem>, DirectoryError>> + Send;
+    /// Deletes one of our envelopes (after it has been stored or refused for good).
+    fn ack_mail(&self, id: &MessageId) -> impl Future<Output = Result<(), DirectoryError>> + Send;
     /// Announces our addresses for `ttl_secs`.
     fn announce(
         &self,

@@ -27,6 +27,8 @@ pub struct HttpDirectory {
     base: String,
     ca: CaCertificate,
     client: RwLock<reqwest::Client>,
+    /// Our username, once authenticated (the mailbox routes name it).
+    me: RwLock<Option<Username>>,
 }
 
 impl std::fmt::Debug for HttpDirectory {
@@ -61,6 +63,7 @@ impl HttpDirectory {
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             client: RwLock::new(client(&ca, None)?),
+            me: RwLock::new(None),
             ca,
         })
     }
@@ -72,14 +75,35 @@ impl HttpDirectory {
             .clone()
     }
 
-    #[tracing::instrument(name = "rendezvous.call", skip_all, fields(%method, path))]
+    fn me(&self) -> Result<Username, DirectoryError> {
+        self.me
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| DirectoryError::Unavailable("not authenticated yet".into()))
+    }
+
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<&B>,
     ) -> Result<T, DirectoryError> {
-        let mut request = self.http().request(method, format!("{}{path}", self.base));
+        self.call_with_timeout(method, path, body, TIMEOUT).await
+    }
+
+    #[tracing::instrument(name = "rendezvous.call", skip_all, fields(%method, path))]
+    async fn call_with_timeout<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<T, DirectoryError> {
+        let mut request = self
+            .http()
+            .request(method, format!("{}{path}", self.base))
+            .timeout(timeout);
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -171,8 +195,17 @@ impl Directory for HttpDirectory {
         use rustls::pki_types::pem::PemObject;
         let der = peerchat_pki::CertificateDer::from_pem_slice(certificate_pem.as_bytes())
             .map_err(|_| DirectoryError::Unavailable("our certificate is not PEM".into()))?;
+        let me = peerchat_pki::verify(
+            std::slice::from_ref(&der),
+            &self.ca,
+            None,
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| DirectoryError::Unavailable(format!("our certificate: {e}")))?
+        .username;
         let authenticated = client(&self.ca, Some(Credentials::new(vec![der], key.clone())))?;
         *self.client.write().unwrap_or_else(|p| p.into_inner()) = authenticated;
+        *self.me.write().unwrap_or_else(|p| p.into_inner()) = Some(me);
         Ok(())
     }
 
@@ -220,6 +253,48 @@ impl Directory for HttpDirectory {
             .call::<(), _>(Method::POST, &format!("/v1/users/{username}/bundle"), None)
             .await?;
         rendezvous_wire::bundle(wire)
+    }
+
+    async fn deposit(
+        &self,
+        to: &Username,
+        id: &crate::domain::MessageId,
+        envelope: &[u8],
+    ) -> Result<(), DirectoryError> {
+        let request = api::DepositRequest {
+            id: id.to_string(),
+            envelope: B64.encode(envelope),
+        };
+        let _: api::DepositResponse = self
+            .call(Method::POST, &format!("/v1/mailbox/{to}"), Some(&request))
+            .await?;
+        Ok(())
+    }
+
+    async fn fetch_mail(
+        &self,
+        wait_secs: u64,
+    ) -> Result<Vec<crate::ports::MailItem>, DirectoryError> {
+        let me = self.me()?;
+        let path = format!("/v1/mailbox/{me}?wait={wait_secs}");
+        let mail: api::MailboxResponse = self
+            .call_with_timeout::<(), _>(
+                Method::GET,
+                &path,
+                None,
+                TIMEOUT + Duration::from_secs(wait_secs),
+            )
+            .await?;
+        mail.envelopes
+            .into_iter()
+            .map(rendezvous_wire::mail_item)
+            .collect()
+    }
+
+    async fn ack_mail(&self, id: &crate::domain::MessageId) -> Result<(), DirectoryError> {
+        let me = self.me()?;
+        self.call::<(), ()>(Method::DELETE, &format!("/v1/mailbox/{me}/{id}"), None)
+            .await
     }
 
     async fn announce(&self, addresses: Vec<String>, ttl_secs: u64) -> Result<(), DirectoryError> {

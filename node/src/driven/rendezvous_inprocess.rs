@@ -165,6 +165,52 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
         )
     }
 
+    async fn deposit(
+        &self,
+        to: &Username,
+        id: &crate::domain::MessageId,
+        envelope: &[u8],
+    ) -> Result<(), DirectoryError> {
+        let caller = self.caller()?;
+        let request = api::DepositRequest {
+            id: id.to_string(),
+            envelope: B64.encode(envelope),
+        };
+        self.service
+            .deposit(&caller, to, request, SystemTime::now())
+            .await
+            .map(|_| ())
+            .map_err(translate)
+    }
+
+    async fn fetch_mail(
+        &self,
+        wait_secs: u64,
+    ) -> Result<Vec<crate::ports::MailItem>, DirectoryError> {
+        let caller = self.caller()?;
+        let mail = self
+            .service
+            .fetch(
+                &caller,
+                &caller.username,
+                std::time::Duration::from_secs(wait_secs),
+            )
+            .await
+            .map_err(translate)?;
+        mail.envelopes
+            .into_iter()
+            .map(rendezvous_wire::mail_item)
+            .collect()
+    }
+
+    async fn ack_mail(&self, id: &crate::domain::MessageId) -> Result<(), DirectoryError> {
+        let caller = self.caller()?;
+        self.service
+            .ack(&caller, &caller.username, &id.to_string())
+            .await
+            .map_err(translate)
+    }
+
     async fn announce(&self, addresses: Vec<String>, ttl_secs: u64) -> Result<(), DirectoryError> {
         let caller = self.caller()?;
         self.service

@@ -74,3 +74,12 @@ pub fn refused(body: api::ErrorBody) -> DirectoryError {
         message: body.message,
     }
 }
+
+/// A mailbox envelope from its wire form.
+pub fn mail_item(wire: api::MailboxEnvelope) -> Result<crate::ports::MailItem, DirectoryError> {
+    Ok(crate::ports::MailItem {
+        id: wire.id.parse().map_err(|_| bad("envelope id"))?,
+        sender: wire.sender,
+        envelope: key(&wire.envelope, "envelope")?,
+    })
+}

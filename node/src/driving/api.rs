@@ -215,6 +215,9 @@ pub struct ApiState<S, D, N, E, C> {
     pub token: String,
     /// Called once the node has registered (the daemon starts networking).
     pub on_registered: Box<dyn Fn() + Send + Sync>,
+    /// A new subscription to the node's real-time events.
+    pub subscribe:
+        Box<dyn Fn() -> tokio::sync::broadcast::Receiver<crate::ports::Event> + Send + Sync>,
 }
 
 /// The API router.
@@ -236,6 +239,7 @@ pub fn router<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
             "/api/v1/conversations/{peer}",
             get(history::<S, D, N, E, C>),
         )
+        .route("/api/v1/events", get(events::<S, D, N, E, C>))
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,
@@ -398,6 +402,39 @@ async fn history<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
             .map(|m| view(m, &me))
             .collect(),
     ))
+}
+
+/// Real-time events as server-sent events: `event: <type>`, `data: <JSON>`. A subscriber that
+/// falls far behind misses the oldest events rather than slowing the node down.
+async fn events<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+) -> axum::response::sse::Sse<
+    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use tokio::sync::broadcast::error::RecvError;
+    let receiver = (state.subscribe)();
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(event) => {
+                    let kind = match &event {
+                        crate::ports::Event::MessageReceived { .. } => "message_received",
+                        crate::ports::Event::StatusChanged { .. } => "status_changed",
+                    };
+                    let sse = axum::response::sse::Event::default()
+                        .event(kind)
+                        .json_data(&event)
+                        .unwrap_or_default();
+                    return Some((Ok(sse), receiver));
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "an event subscriber fell behind")
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default())
 }
 
 /// Serves `app` on `listener` until `shutdown`.

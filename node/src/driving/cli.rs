@@ -96,3 +96,52 @@ fn plain_only_tls() -> Result<rustls::ClientConfig, CliError> {
             .with_no_client_auth(),
     )
 }
+
+impl ApiClient {
+    /// Follows the daemon's event stream, calling `on_event` with each event's type and JSON data
+    /// until the stream ends.
+    pub async fn events(&self, mut on_event: impl FnMut(&str, &str)) -> Result<(), CliError> {
+        let mut response = self
+            .http
+            .get(format!("{}/api/v1/events", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|_| {
+                CliError(format!(
+                    "the daemon does not answer at {}; is it running?",
+                    self.base
+                ))
+            })?;
+        if !response.status().is_success() {
+            return Err(CliError(format!(
+                "the daemon answered {}",
+                response.status()
+            )));
+        }
+        let mut buffer = String::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| CliError(e.to_string()))?
+        {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let mut kind = "";
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(k) = line.strip_prefix("event:") {
+                        kind = k.trim();
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.trim_start());
+                    }
+                }
+                if !kind.is_empty() {
+                    on_event(kind, &data);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -5,6 +5,7 @@
 //! `status`) change nothing. `receive` answers the peer with an [`Ack`](crate::domain::Ack).
 
 mod contacts;
+mod offline;
 mod prekeys;
 mod queries;
 mod receive;

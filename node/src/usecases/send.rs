@@ -63,6 +63,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 &session,
                 &OutboxEntry {
                     to: to.clone(),
+                    queued_at_ms: sent_at_ms,
                     envelope: envelope.clone(),
                 },
             )?;
@@ -82,23 +83,32 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         if matches!(outcome, Ok(Err(_))) {
             // The cached addresses may be stale (the peer restarted elsewhere): look up again.
             self.forget_addresses(to);
-            outcome = self.deliver_once(to, envelope, false).await;
+            outcome = self.deliver_once(to, envelope.clone(), false).await;
         }
-        match outcome {
-            Ok(Ok(Ack::Stored | Ack::Duplicate)) => {
-                if let Err(e) = self.mark(to, &id, MessageStatus::Sent).await {
-                    tracing::warn!(error = %e, "could not record the acknowledgement");
-                }
-            }
+        let acknowledged = match outcome {
+            Ok(Ok(Ack::Stored | Ack::Duplicate)) => true,
             Ok(Ok(Ack::Rejected(reason))) => {
-                tracing::warn!(%reason, "the peer refused the message")
+                tracing::warn!(%reason, "the peer refused the message");
+                false
             }
             Ok(Err(e)) => {
-                tracing::info!(error = %e, "direct delivery failed; the message stays pending")
+                // Not reachable directly: leave it in the rendezvous mailbox.
+                tracing::info!(error = %e, "direct delivery failed; depositing in the mailbox");
+                match self.directory.deposit(to, &id, &envelope.encode()).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::info!(error = %e, "the mailbox refused; the message stays pending");
+                        false
+                    }
+                }
             }
             Err(e) => {
-                tracing::info!(error = %e, "delivery not attempted; the message stays pending")
+                tracing::info!(error = %e, "delivery not attempted; the message stays pending");
+                false
             }
+        };
+        if acknowledged && let Err(e) = self.mark(to, &id, MessageStatus::Sent).await {
+            tracing::warn!(error = %e, "could not record the acknowledgement");
         }
     }
 
@@ -150,7 +160,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     /// the outbox, and sending it again is answered `Duplicate` by the peer, so nothing is lost
     /// and nobody is told anything that was not durable (the next flush, or sled's periodic one,
     /// makes it stick).
-    async fn mark(
+    pub(super) async fn mark(
         &self,
         peer: &Username,
         id: &MessageId,

@@ -353,7 +353,17 @@ async fn a_receiver_killed_mid_stream_loses_no_acknowledged_message() {
         acknowledged.len()
     );
 
-    let history = bob.history_json("alice");
+    // Messages sent while bob was down went to the mailbox; bob empties it after his restart.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut history = bob.history_json("alice");
+    while acknowledged
+        .iter()
+        .any(|id| !history.iter().any(|m| m.id == *id))
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        history = bob.history_json("alice");
+    }
     for id in &acknowledged {
         let copies = history.iter().filter(|m| m.id == *id).count();
         assert_eq!(

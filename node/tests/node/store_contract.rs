@@ -61,6 +61,7 @@ async fn contract(store: &impl Store) {
     let carol = Username::new("carol").unwrap();
     let out = message(&bob, 1, Direction::Outgoing);
     let entry = OutboxEntry {
+        queued_at_ms: 1,
         to: bob.clone(),
         envelope: Envelope {
             id: out.id,

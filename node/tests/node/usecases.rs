@@ -192,28 +192,103 @@ async fn given_a_sent_message_when_the_client_retries_the_same_id_then_nothing_i
 }
 
 #[tokio::test]
-async fn given_bob_offline_when_alice_sends_then_the_message_stays_pending_in_the_outbox() {
+async fn given_bob_offline_when_alice_sends_then_the_mailbox_keeps_it_until_bob_fetches() {
     let world = given_a_rendezvous();
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
     world.hub.set_online(&bob.name, false);
 
+    let id = MessageId::random(&mut OsRng);
     alice
         .node
-        .send(
-            &bob.name,
-            MessageId::random(&mut OsRng),
-            "are you there?".into(),
-        )
+        .send(&bob.name, id, "are you there?".into())
         .await
         .unwrap();
 
     assert_eq!(
         alice.node.history(&bob.name).unwrap()[0].status,
+        MessageStatus::Sent,
+        "the mailbox acknowledged it"
+    );
+    assert!(alice.node.store().outbox().unwrap().is_empty());
+    assert!(bob.node.history(&alice.name).unwrap().is_empty());
+
+    assert_eq!(bob.node.fetch_mail(0).await.unwrap(), 1);
+    let at_bob = bob.node.history(&alice.name).unwrap();
+    assert_eq!(
+        (at_bob.len(), at_bob[0].id, at_bob[0].body.as_str()),
+        (1, id, "are you there?")
+    );
+    assert_eq!(
+        bob.node.fetch_mail(0).await.unwrap(),
+        0,
+        "stored mail is acknowledged and gone"
+    );
+}
+
+#[tokio::test]
+async fn given_neither_peer_nor_mailbox_reachable_then_the_message_waits_in_the_outbox_and_is_retried()
+ {
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    let bob = world.given_a_registered_user("bob").await;
+    world.hub.set_online(&bob.name, false);
+    // Fill bob's mailbox quota (1,000 envelopes) so deposits are refused.
+    use peerchat::ports::Directory;
+    for i in 0..1000u32 {
+        let mut bytes = [0u8; 16];
+        bytes[..4].copy_from_slice(&i.to_be_bytes());
+        alice
+            .node
+            .directory()
+            .deposit(&bob.name, &MessageId::from_bytes(bytes), b"x")
+            .await
+            .unwrap();
+    }
+    let id = MessageId::random(&mut OsRng);
+    alice
+        .node
+        .send(&bob.name, id, "queued".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.node.history(&bob.name).unwrap()[0].status,
         MessageStatus::Pending
     );
     assert_eq!(alice.node.store().outbox().unwrap().len(), 1);
-    assert!(bob.node.history(&alice.name).unwrap().is_empty());
+
+    world.hub.set_online(&bob.name, true);
+    alice.node.retry_outbox(u64::MAX).await.unwrap();
+    assert_eq!(
+        alice.node.history(&bob.name).unwrap()[0].status,
+        MessageStatus::Sent
+    );
+    assert!(
+        bob.node
+            .history(&alice.name)
+            .unwrap()
+            .iter()
+            .any(|m| m.id == id)
+    );
+
+    // A message that cannot be delivered in time is marked failed, not dropped.
+    world.hub.set_online(&bob.name, false);
+    let late = MessageId::random(&mut OsRng);
+    alice
+        .node
+        .send(&bob.name, late, "too late".into())
+        .await
+        .unwrap();
+    alice.node.retry_outbox(0).await.unwrap();
+    let status = alice
+        .node
+        .history(&bob.name)
+        .unwrap()
+        .into_iter()
+        .find(|m| m.id == late)
+        .unwrap()
+        .status;
+    assert_eq!(status, MessageStatus::Failed);
 }
 
 #[tokio::test]
@@ -228,7 +303,7 @@ async fn given_a_received_envelope_when_it_is_replayed_or_tampered_then_nothing_
         .send(&bob.name, id, "sealed".into())
         .await
         .unwrap();
-    let envelope: Envelope = alice.node.store().outbox().unwrap()[0].envelope.clone();
+    let envelope = mailed(&bob).await;
     let alice_key = identity_of(&alice);
 
     let mut tampered = envelope.clone();
@@ -270,7 +345,7 @@ async fn given_an_envelope_whose_x3dh_identity_is_not_the_authenticated_sender_t
         )
         .await
         .unwrap();
-    let envelope = alice.node.store().outbox().unwrap()[0].envelope.clone();
+    let envelope = mailed(&bob).await;
 
     // Mallory relays alice's envelope over her own authenticated connection.
     let ack = bob
@@ -365,4 +440,11 @@ async fn given_a_drained_prekey_supply_when_refreshing_then_a_new_batch_is_publi
 fn identity_of(u: &User) -> IdentityKey {
     let identity = u.node.store().identity().unwrap().unwrap();
     *peerchat::domain::IdentityKeyPair::from_seed(&identity.seed).public()
+}
+
+/// The envelope waiting in `u`'s mailbox (left there).
+async fn mailed(u: &User) -> Envelope {
+    use peerchat::ports::Directory;
+    let items = u.node.directory().fetch_mail(0).await.unwrap();
+    Envelope::decode(&items[0].envelope).unwrap()
 }

@@ -1,0 +1,64 @@
+//! Offline delivery: the outbox is retried until acknowledged (by the peer or the mailbox) or too
+//! old, and the mailbox is emptied into the store.
+
+use super::{Node, NodeError};
+use crate::domain::{Ack, Envelope, IdentityKey, RejectReason};
+use crate::ports::{Clock, Directory, MessageStatus, Network, Notifier, Store};
+
+/// How many outbox entries one sweep tries.
+pub const OUTBOX_SWEEP: usize = 64;
+
+impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
+    /// Tries every waiting envelope again (directly, else via the mailbox). One older than
+    /// `give_up_after_ms` is marked `failed` instead; nothing is dropped silently.
+    #[tracing::instrument(name = "usecase.retry_outbox", skip_all)]
+    pub async fn retry_outbox(&self, give_up_after_ms: u64) -> Result<(), NodeError> {
+        self.me()?;
+        let now = self.clock.now_ms();
+        for entry in self.store.outbox()?.into_iter().take(OUTBOX_SWEEP) {
+            if entry.queued_at_ms > 0 && now.saturating_sub(entry.queued_at_ms) >= give_up_after_ms
+            {
+                tracing::warn!(peer = %entry.to, id = %entry.envelope.id, "giving up on a message");
+                self.mark(&entry.to, &entry.envelope.id, MessageStatus::Failed)
+                    .await?;
+                continue;
+            }
+            self.deliver(&entry.to, entry.envelope).await;
+        }
+        Ok(())
+    }
+
+    /// Takes our envelopes from the mailbox (waiting up to `wait_secs` for one), stores each
+    /// through the receive use case, and acknowledges it to the mailbox only once it is stored
+    /// (or refused for good).
+    #[tracing::instrument(name = "usecase.fetch_mail", skip_all)]
+    pub async fn fetch_mail(&self, wait_secs: u64) -> Result<usize, NodeError> {
+        self.me()?;
+        let items = self.directory.fetch_mail(wait_secs).await?;
+        let count = items.len();
+        for item in items {
+            let ack = match Envelope::decode(&item.envelope) {
+                Ok(envelope) if envelope.id == item.id => {
+                    let key = self.sender_key(&item.sender).await?;
+                    self.receive(&item.sender, &key, envelope).await
+                }
+                _ => Ack::Rejected(RejectReason::Malformed),
+            };
+            match ack {
+                Ack::Rejected(RejectReason::Busy | RejectReason::Internal) => {
+                    tracing::warn!(id = %item.id, "a mailbox envelope could not be stored; it stays in the mailbox");
+                }
+                _ => self.directory.ack_mail(&item.id).await?,
+            }
+        }
+        Ok(count)
+    }
+
+    /// The key the mailbox's depositor is known by: the pinned one, else the certified one.
+    async fn sender_key(&self, sender: &peerchat_pki::Username) -> Result<IdentityKey, NodeError> {
+        if let Some(contact) = self.store.contact(sender)? {
+            return Ok(contact.identity_key);
+        }
+        Ok(self.directory.lookup(sender).await?.identity_key)
+    }
+}
