@@ -522,6 +522,7 @@ pub async fn serve<S: Store>(
         });
     }
     drop(listener);
+    service.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()

@@ -89,6 +89,9 @@ pub struct Rendezvous<S: Store> {
     limits: Limits,
     limiters: Limiters,
     waiters: Mutex<HashMap<Username, Arc<Notify>>>,
+    /// Signalled when the server shuts down: long polls answer at once.
+    closing: Notify,
+    closed: std::sync::atomic::AtomicBool,
     /// Verified against when an account does not exist, so a login takes as long either way.
     dummy_hash: String,
 }
@@ -132,6 +135,8 @@ impl<S: Store> Rendezvous<S> {
             crl: RwLock::new(Arc::new(crl)),
             limits,
             waiters: Mutex::new(HashMap::new()),
+            closing: Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
             dummy_hash,
         })
     }
@@ -609,10 +614,21 @@ impl<S: Store> Rendezvous<S> {
                 match self.store.mailbox(owner, unix(SystemTime::now()), 100) {
                     Err(e) => Err(e),
                     Ok(envelopes) if !envelopes.is_empty() || wait.is_zero() => Ok(Some(envelopes)),
-                    Ok(_) => match tokio::time::timeout_at(deadline, notified).await {
-                        Ok(()) => Ok(None),
-                        Err(_) => Ok(Some(Vec::new())),
-                    },
+                    Ok(_) => {
+                        let closing = self.closing.notified();
+                        tokio::pin!(closing);
+                        closing.as_mut().enable();
+                        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                            Ok(Some(Vec::new()))
+                        } else {
+                            tokio::select! {
+                                () = notified => Ok(None),
+                                () = tokio::time::sleep_until(deadline) => Ok(Some(Vec::new())),
+                                // Shutting down: answer now, so the server can stop promptly.
+                                () = closing => Ok(Some(Vec::new())),
+                            }
+                        }
+                    }
                 }
             };
             self.release_waiter(owner, notify);
@@ -666,6 +682,13 @@ impl<S: Store> Rendezvous<S> {
         self.limiters.auth_per_ip.shrink_to_fit();
         self.crl(now)?;
         Ok(())
+    }
+
+    /// Ends every mailbox long poll now and any later one at once (the server is stopping).
+    pub fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.closing.notify_waiters();
     }
 
     /// Flushes everything (on shutdown).

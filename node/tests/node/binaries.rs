@@ -386,3 +386,147 @@ async fn a_receiver_killed_mid_stream_loses_no_acknowledged_message() {
             .any(|m| m.text == "back online")
     );
 }
+
+/// The rendezvous binary, built if needed (it belongs to another package of the workspace).
+fn rendezvous_binary() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "peerchat-rendezvous",
+            "--bin",
+            "peerchat-rendezvous",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "building peerchat-rendezvous failed");
+    Path::new(env!("CARGO_BIN_EXE_peerchat")).with_file_name("peerchat-rendezvous")
+}
+
+/// The real rendezvous binary on `port` (0: any), returning the child and the port.
+fn rendezvous_process(binary: &Path, dir: &Path, port: u16) -> (Child, u16) {
+    let mut child = Command::new(binary)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .split("https://127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected rendezvous output {line:?}"));
+    (child, port)
+}
+
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_to_an_offline_peer_survive_a_rendezvous_restart_and_arrive_once_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let binary = rendezvous_binary();
+    let rv_dir = tmp.path().join("rendezvous");
+    let (mut rv, port) = rendezvous_process(&binary, &rv_dir, 0);
+    let url = format!("https://localhost:{port}");
+    let alice = Daemon::start(&tmp.path().join("alice"), &url);
+    let mut bob = Daemon::start(&tmp.path().join("bob"), &url);
+    alice.register("alice");
+    bob.register("bob");
+    bob.kill();
+
+    let texts = [
+        "first, while you were away",
+        "second, after the rendezvous restarted",
+        "third",
+    ];
+    for (i, text) in texts.iter().enumerate() {
+        if i == 1 {
+            stop(&mut rv);
+            rv = rendezvous_process(&binary, &rv_dir, port).0;
+        }
+        let out = alice.cli(&["send", "bob", text]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).ends_with("sent\n"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    let bob = {
+        bob = Daemon::start(&tmp.path().join("bob"), &url);
+        bob.wait_for("listening on");
+        bob
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut history = bob.history_json("alice");
+    while history.len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        history = bob.history_json("alice");
+    }
+    let received: Vec<&str> = history.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(received, texts, "all three, once each, in order");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(bob.history_json("alice").len(), 3, "nothing arrives twice");
+    stop(&mut rv);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_appears_in_the_receivers_event_stream_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = rendezvous(&tmp.path().join("rendezvous")).await;
+    let alice = Daemon::start(&tmp.path().join("alice"), &url);
+    let bob = Daemon::start(&tmp.path().join("bob"), &url);
+    alice.register("alice");
+    bob.register("bob");
+
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_peerchat"))
+        .arg("--data-dir")
+        .arg(&bob.dir)
+        .arg("watch")
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await; // the stream is open
+
+    let sent_at = Instant::now();
+    assert!(
+        alice
+            .cli(&["send", "bob", "ping in real time"])
+            .status
+            .success()
+    );
+    let line = lines
+        .recv_timeout(Duration::from_secs(1))
+        .expect("no event within one second");
+    assert!(line.ends_with("alice: ping in real time"), "{line}");
+    eprintln!("event after {:?}", sent_at.elapsed());
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
