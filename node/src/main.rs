@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use peerchat::daemon::{self, DaemonConfig};
-use peerchat::driving::api::{ContactView, MessageView, RegisterBody, SendAnswer, SendBody};
+use peerchat::driving::api::{
+    ContactView, MessageView, RegisterBody, SafetyNumberView, SendAnswer, SendBody, VerifyBody,
+};
 use peerchat::driving::cli::{ApiClient, CliError};
 use peerchat::usecases::NodeStatus;
 use peerchat_pki::Username;
@@ -74,6 +76,24 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Accepts a contact's new identity key (after checking the safety number with them); the
+    /// messages held for them are then sent.
+    AcceptKey {
+        /// The contact.
+        name: String,
+    },
+    /// Shows the safety number of the conversation with a contact, to compare with theirs.
+    SafetyNumber {
+        /// The contact.
+        name: String,
+    },
+    /// Marks a contact verified when NUMBER is the safety number you both see.
+    Verify {
+        /// The contact.
+        name: String,
+        /// The 60 digits (spaces allowed).
+        number: String,
     },
     /// Prints events (messages received, statuses changed) as they happen.
     Watch {
@@ -217,11 +237,20 @@ async fn run(args: Args) -> Result<(), CliError> {
             json: as_json,
         } => {
             let peer = username(&name)?;
-            let messages: Vec<MessageView> = ApiClient::from_data_dir(&data_dir)?
+            let client = ApiClient::from_data_dir(&data_dir)?;
+            let messages: Vec<MessageView> = client
                 .call::<(), _>(Method::GET, &format!("/api/v1/conversations/{peer}"), None)
                 .await?;
             if as_json {
                 return json(&messages);
+            }
+            let contacts: Vec<ContactView> = client
+                .call::<(), _>(Method::GET, "/api/v1/contacts", None)
+                .await?;
+            if contacts.iter().any(|c| c.username == peer && c.key_changed) {
+                println!(
+                    "WARNING: {peer}'s key has changed; messages to them are held until you run `peerchat accept-key {peer}`"
+                );
             }
             for m in messages {
                 let status = serde_json::to_string(&m.status).unwrap_or_default();
@@ -249,7 +278,49 @@ async fn run(args: Args) -> Result<(), CliError> {
                     &c.identity_key[..16.min(c.identity_key.len())],
                     if c.verified { "verified" } else { "unverified" }
                 );
+                if c.key_changed {
+                    println!(
+                        "  WARNING: {}'s key has changed; compare safety numbers, then `peerchat accept-key {}`",
+                        c.username, c.username
+                    );
+                }
             }
+            Ok(())
+        }
+        Command::AcceptKey { name } => {
+            let peer = username(&name)?;
+            ApiClient::from_data_dir(&data_dir)?
+                .call::<(), ()>(
+                    Method::POST,
+                    &format!("/api/v1/contacts/{peer}/accept-key"),
+                    None,
+                )
+                .await?;
+            println!("accepted {peer}'s new key; held messages are on their way");
+            Ok(())
+        }
+        Command::SafetyNumber { name } => {
+            let peer = username(&name)?;
+            let number: SafetyNumberView = ApiClient::from_data_dir(&data_dir)?
+                .call::<(), _>(
+                    Method::GET,
+                    &format!("/api/v1/contacts/{peer}/safety-number"),
+                    None,
+                )
+                .await?;
+            println!("{}", number.number);
+            Ok(())
+        }
+        Command::Verify { name, number } => {
+            let peer = username(&name)?;
+            ApiClient::from_data_dir(&data_dir)?
+                .call::<_, ()>(
+                    Method::POST,
+                    &format!("/api/v1/contacts/{peer}/verify"),
+                    Some(&VerifyBody { number }),
+                )
+                .await?;
+            println!("{peer} is verified");
             Ok(())
         }
         Command::Watch { json: as_json } => {

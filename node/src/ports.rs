@@ -111,6 +111,10 @@ pub struct Contact {
     pub identity_key: IdentityKey,
     /// Whether the safety number was compared and confirmed.
     pub verified: bool,
+    /// A different key the contact now presents, not yet accepted by the user. While it is set,
+    /// messages to the contact are held and messages from the new key are not taken.
+    #[serde(default)]
+    pub pending_key: Option<IdentityKey>,
 }
 
 /// Who wrote a message.
@@ -141,6 +145,8 @@ pub enum MessageStatus {
     Failed,
     /// A message we received.
     Received,
+    /// Waiting for the user to accept the recipient's new key.
+    Held,
 }
 
 /// A message as stored on this node.
@@ -248,6 +254,16 @@ pub trait Store: Send + Sync + 'static {
         session: &Session,
         consumed: Option<PreKeyId>,
     ) -> Result<Recorded, StoreError>;
+    /// Stores a message held back (status `Held`) without encrypting it.
+    fn record_held(&self, message: &StoredMessage) -> Result<(), StoreError>;
+    /// Releases a held message: its status becomes `Pending`, and the session and outbox entry are
+    /// recorded, in one atomic write.
+    fn record_released(
+        &self,
+        message: &StoredMessage,
+        session: &Session,
+        outbox: &OutboxEntry,
+    ) -> Result<(), StoreError>;
     /// Sets a message's status; reaching `Sent` (or beyond) also removes its outbox entry.
     fn set_status(
         &self,
@@ -405,6 +421,11 @@ pub enum Event {
         id: MessageId,
         /// The new status.
         status: MessageStatus,
+    },
+    /// A contact's identity key changed; sending to them is held until the user accepts it.
+    KeyChanged {
+        /// Whose.
+        peer: Username,
     },
 }
 

@@ -220,6 +220,40 @@ impl Store for MemoryStore {
         Ok(Recorded::Stored)
     }
 
+    fn record_held(&self, message: &StoredMessage) -> Result<(), StoreError> {
+        let mut inner = self.inner();
+        inner
+            .messages
+            .entry(message.peer.clone())
+            .or_default()
+            .push(message.clone());
+        inner.order += 1;
+        let order = inner.order;
+        inner.last_activity.insert(message.peer.clone(), order);
+        Ok(())
+    }
+
+    fn record_released(
+        &self,
+        message: &StoredMessage,
+        session: &Session,
+        outbox: &OutboxEntry,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.inner();
+        inner
+            .sessions
+            .insert(message.peer.clone(), session.to_bytes().to_vec());
+        if let Some(m) = inner
+            .messages
+            .get_mut(&message.peer)
+            .and_then(|m| m.iter_mut().find(|m| m.id == message.id))
+        {
+            m.status = MessageStatus::Pending;
+        }
+        inner.outbox.push(outbox.clone());
+        Ok(())
+    }
+
     fn set_status(
         &self,
         peer: &Username,
@@ -234,7 +268,7 @@ impl Store for MemoryStore {
         {
             m.status = status;
         }
-        if status >= MessageStatus::Sent {
+        if status != MessageStatus::Pending {
             inner
                 .outbox
                 .retain(|o| !(o.to == *peer && o.envelope.id == *id));

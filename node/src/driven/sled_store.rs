@@ -373,6 +373,46 @@ impl Store for SledStore {
             .map_err(tx)
     }
 
+    fn record_held(&self, message: &StoredMessage) -> Result<(), StoreError> {
+        (&self.messages, &self.message_ids, &self.activity)
+            .transaction(|(messages, ids, activity)| {
+                Self::put_message(messages, ids, activity, message)
+            })
+            .map_err(tx)
+    }
+
+    #[tracing::instrument(name = "store.record_released", skip_all)]
+    fn record_released(
+        &self,
+        message: &StoredMessage,
+        session: &Session,
+        outbox: &OutboxEntry,
+    ) -> Result<(), StoreError> {
+        let state = session.to_bytes();
+        let entry = enc(outbox)?;
+        (
+            &self.sessions,
+            &self.messages,
+            &self.message_ids,
+            &self.outbox,
+        )
+            .transaction(|(sessions, messages, ids, out)| {
+                let Some(seq) = ids.get(key(&message.peer, message.id.as_bytes()))? else {
+                    return Err(abort(StoreError::Corrupt(
+                        "released message not found".into(),
+                    )));
+                };
+                let k = key(&message.peer, &seq);
+                let mut stored = message.clone();
+                stored.status = MessageStatus::Pending;
+                messages.insert(k, enc(&stored).map_err(abort)?)?;
+                sessions.insert(message.peer.as_str(), state.as_slice())?;
+                out.insert(key(&message.peer, message.id.as_bytes()), entry.as_slice())?;
+                Ok(())
+            })
+            .map_err(tx)
+    }
+
     #[tracing::instrument(name = "store.set_status", skip_all)]
     fn set_status(
         &self,
@@ -391,7 +431,7 @@ impl Store for SledStore {
                     m.status = status;
                     messages.insert(k, enc(&m).map_err(abort)?)?;
                 }
-                if status >= MessageStatus::Sent {
+                if status != MessageStatus::Pending {
                     out.remove(key(peer, id.as_bytes()))?;
                 }
                 Ok(())

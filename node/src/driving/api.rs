@@ -73,6 +73,24 @@ pub struct ContactView {
     pub identity_key: String,
     /// Whether the safety number was confirmed.
     pub verified: bool,
+    /// The contact presents a new key not yet accepted; messages to them are held.
+    pub key_changed: bool,
+}
+
+/// `GET /api/v1/contacts/{peer}/safety-number`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SafetyNumberView {
+    /// The 60 digits in 12 groups of 5.
+    pub number: String,
+    /// The scannable form, hex (for a QR code).
+    pub scannable: String,
+}
+
+/// `POST /api/v1/contacts/{peer}/verify`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VerifyBody {
+    /// The safety number as read from the other person's screen.
+    pub number: String,
 }
 
 /// A message as the API shows it.
@@ -136,6 +154,13 @@ impl From<NodeError> for ApiError {
                 ApiError(StatusCode::CONFLICT, "already_registered", message)
             }
             NodeError::KeyChanged(_) => ApiError(StatusCode::CONFLICT, "key_changed", message),
+            NodeError::UnknownContact(_) => {
+                ApiError(StatusCode::NOT_FOUND, "unknown_contact", message)
+            }
+            NodeError::NoKeyChange(_) => ApiError(StatusCode::CONFLICT, "no_key_change", message),
+            NodeError::SafetyNumberMismatch => {
+                ApiError(StatusCode::BAD_REQUEST, "safety_number_mismatch", message)
+            }
             NodeError::Content(_) => ApiError(StatusCode::BAD_REQUEST, "bad_message", message),
             NodeError::Directory(DirectoryError::Refused { code, .. }) => {
                 let (status, code) = match code.as_str() {
@@ -240,6 +265,18 @@ pub fn router<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
             get(history::<S, D, N, E, C>),
         )
         .route("/api/v1/events", get(events::<S, D, N, E, C>))
+        .route(
+            "/api/v1/contacts/{peer}/accept-key",
+            post(accept_key::<S, D, N, E, C>),
+        )
+        .route(
+            "/api/v1/contacts/{peer}/safety-number",
+            get(safety_number::<S, D, N, E, C>),
+        )
+        .route(
+            "/api/v1/contacts/{peer}/verify",
+            post(verify::<S, D, N, E, C>),
+        )
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,
@@ -334,6 +371,7 @@ async fn contacts<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
                     .map(|b| format!("{b:02x}"))
                     .collect(),
                 verified: c.verified,
+                key_changed: c.pending_key.is_some(),
             })
             .collect(),
     ))
@@ -404,6 +442,38 @@ async fn history<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
     ))
 }
 
+async fn accept_key<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.node.accept_key(&peer(&raw)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn safety_number<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+    Path(raw): Path<String>,
+) -> Result<Json<SafetyNumberView>, ApiError> {
+    let number = state.node.safety_number(&peer(&raw)?)?;
+    Ok(Json(SafetyNumberView {
+        number: number.grouped(),
+        scannable: number
+            .scannable()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    }))
+}
+
+async fn verify<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+    Path(raw): Path<String>,
+    Body(body): Body<VerifyBody>,
+) -> Result<StatusCode, ApiError> {
+    state.node.verify(&peer(&raw)?, &body.number).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Real-time events as server-sent events: `event: <type>`, `data: <JSON>`. A subscriber that
 /// falls far behind misses the oldest events rather than slowing the node down.
 async fn events<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
@@ -420,6 +490,7 @@ async fn events<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
                     let kind = match &event {
                         crate::ports::Event::MessageReceived { .. } => "message_received",
                         crate::ports::Event::StatusChanged { .. } => "status_changed",
+                        crate::ports::Event::KeyChanged { .. } => "key_changed",
                     };
                     let sse = axum::response::sse::Event::default()
                         .event(kind)

@@ -22,6 +22,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                     username: username.clone(),
                     identity_key: info.identity_key,
                     verified: false,
+                    pending_key: None,
                 })?;
                 self.store.flush().await?;
                 Ok(())

@@ -11,6 +11,7 @@ mod queries;
 mod receive;
 mod register;
 mod send;
+mod trust;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -38,6 +39,17 @@ pub enum NodeError {
     /// accepts the new key.
     #[error("{0}'s identity key has changed; compare safety numbers and accept the new key first")]
     KeyChanged(Username),
+    /// No contact by that name.
+    #[error("{0} is not a contact")]
+    UnknownContact(Username),
+    /// There is no new key to accept.
+    #[error("{0}'s key has not changed")]
+    NoKeyChange(Username),
+    /// The number typed is not the safety number.
+    #[error(
+        "that is not the safety number of this conversation; the keys may not be the ones you think"
+    )]
+    SafetyNumberMismatch,
     /// The certificate we were issued does not match our key or name.
     #[error("the rendezvous issued a certificate that does not match this node's key")]
     BadCertificate,
@@ -70,7 +82,7 @@ pub struct Node<S, D, N, E, C> {
     peer_locks: Mutex<HashMap<Username, Arc<tokio::sync::Mutex<()>>>>,
     /// Recently looked-up addresses per peer, so a burst of messages costs one lookup (and stays
     /// within the rendezvous's rate limits). Dropped after [`ADDRESS_TTL_MS`] or a failed delivery.
-    addresses: Mutex<HashMap<Username, (Vec<String>, u64)>>,
+    addresses: Mutex<HashMap<Username, (crate::ports::PeerInfo, u64)>>,
 }
 
 /// How long looked-up addresses are reused.

@@ -51,12 +51,11 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             return Ok(Ack::Rejected(RejectReason::Undecryptable));
         }
         let contact = self.store.contact(from)?;
-        if contact
-            .as_ref()
-            .is_some_and(|c| c.identity_key != *identity_key)
-        {
-            tracing::warn!("message from a changed identity key refused");
-            return Ok(Ack::Rejected(RejectReason::Undecryptable));
+        if let Some(known) = contact.as_ref().filter(|c| c.identity_key != *identity_key) {
+            // A new key for a known contact: not taken until the user accepts it. `Busy` keeps
+            // the message with the sender (or in the mailbox) to be tried again afterwards.
+            self.note_key_change(known.clone(), *identity_key).await?;
+            return Ok(Ack::Rejected(RejectReason::Busy));
         }
 
         let guard = self.peer_lock(from).lock_owned().await;
@@ -100,6 +99,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 username: from.clone(),
                 identity_key: *identity_key,
                 verified: false,
+                pending_key: None,
             })?;
         }
         let stored = StoredMessage {

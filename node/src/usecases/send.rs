@@ -1,10 +1,9 @@
 //! Send: encrypt, persist (message + session + outbox, one atomic write, flushed), deliver.
 
 use peerchat_pki::Username;
-use rand::rngs::OsRng;
 
 use super::{Node, NodeError};
-use crate::domain::{Ack, Content, Envelope, MessageId, Session};
+use crate::domain::{Ack, Content, Envelope, MessageId};
 use crate::ports::{
     Clock, Direction, Directory, Event, MessageStatus, Network, Notifier, OutboxEntry, Recipient,
     Store, StoredMessage,
@@ -17,7 +16,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     /// pending in the outbox.
     #[tracing::instrument(name = "usecase.send", skip_all, fields(peer = %to, id = %id))]
     pub async fn send(&self, to: &Username, id: MessageId, body: String) -> Result<(), NodeError> {
-        let me = self.me()?;
+        self.me()?;
         if self.store.message(to, &id)?.is_some() {
             return Ok(());
         }
@@ -29,21 +28,23 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         }
         .encode()?;
         let contact = self.contact_for(to).await?;
+        let contact = self.current_key(to, contact).await?;
+        if contact.pending_key.is_some() {
+            // Held until the user accepts the new key (`accept_key` sends it then).
+            self.store.record_held(&StoredMessage {
+                id,
+                peer: to.clone(),
+                direction: Direction::Outgoing,
+                body,
+                sent_at_ms,
+                status: MessageStatus::Held,
+            })?;
+            self.store.flush().await?;
+            return Ok(());
+        }
         let envelope = {
             let _guard = self.peer_lock(to).lock_owned().await;
-            let mut session = match self.store.session(to)? {
-                Some(session) => session,
-                None => {
-                    let bundle = self.directory.bundle(to).await?;
-                    if bundle.identity != contact.identity_key {
-                        return Err(NodeError::KeyChanged(to.clone()));
-                    }
-                    Session::initiate(&me.1, &bundle, &mut OsRng)?
-                }
-            };
-            if *session.remote_identity() != contact.identity_key {
-                return Err(NodeError::KeyChanged(to.clone()));
-            }
+            let mut session = self.session_for(to).await?;
             let message = session.encrypt(&plaintext)?;
             let envelope = Envelope {
                 id,
@@ -81,8 +82,16 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         let id = envelope.id;
         let mut outcome = self.deliver_once(to, envelope.clone(), true).await;
         if matches!(outcome, Ok(Err(_))) {
-            // The cached addresses may be stale (the peer restarted elsewhere): look up again.
+            // The cached lookup may be stale (the peer restarted elsewhere, or re-keyed).
             self.forget_addresses(to);
+            if self.rekeyed(to).await {
+                // Encrypted for a key the contact no longer holds: hold it, to be encrypted
+                // again for the new key once the user accepts it.
+                if let Err(e) = self.mark(to, &id, MessageStatus::Held).await {
+                    tracing::warn!(error = %e, "could not hold the message");
+                }
+                return;
+            }
             outcome = self.deliver_once(to, envelope.clone(), false).await;
         }
         let acknowledged = match outcome {
@@ -121,25 +130,12 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         let contact = self.contact_for(to).await?;
         let now = self.clock.now_ms();
         let cached = use_cache
-            .then(|| {
-                self.addresses
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(to)
-                    .filter(|(_, at)| now.saturating_sub(*at) < super::ADDRESS_TTL_MS)
-                    .map(|(a, _)| a.clone())
-            })
-            .flatten();
+            .then(|| self.cached_lookup(to, now))
+            .flatten()
+            .map(|info| info.addresses);
         let addresses = match cached {
             Some(addresses) => addresses,
-            None => {
-                let info = self.directory.lookup(to).await?;
-                self.addresses
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(to.clone(), (info.addresses.clone(), now));
-                info.addresses
-            }
+            None => self.fresh_lookup(to, now).await?.addresses,
         };
         let recipient = Recipient {
             username: to.clone(),
@@ -149,7 +145,63 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         Ok(self.network.deliver(&recipient, envelope).await)
     }
 
-    fn forget_addresses(&self, peer: &Username) {
+    /// A lookup made less than [`super::ADDRESS_TTL_MS`] ago.
+    fn cached_lookup(&self, peer: &Username, now: u64) -> Option<crate::ports::PeerInfo> {
+        self.addresses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .filter(|(_, at)| now.saturating_sub(*at) < super::ADDRESS_TTL_MS)
+            .map(|(info, _)| info.clone())
+    }
+
+    async fn fresh_lookup(
+        &self,
+        peer: &Username,
+        now: u64,
+    ) -> Result<crate::ports::PeerInfo, NodeError> {
+        let info = self.directory.lookup(peer).await?;
+        self.addresses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer.clone(), (info.clone(), now));
+        Ok(info)
+    }
+
+    /// `contact`, with a key change noted if the rendezvous now certifies another key for them.
+    pub(super) async fn current_key(
+        &self,
+        peer: &Username,
+        contact: crate::ports::Contact,
+    ) -> Result<crate::ports::Contact, NodeError> {
+        let now = self.clock.now_ms();
+        let info = match self.cached_lookup(peer, now) {
+            Some(info) => info,
+            None => self.fresh_lookup(peer, now).await?,
+        };
+        if info.identity_key != contact.identity_key {
+            self.note_key_change(contact, info.identity_key).await?;
+            return self
+                .store
+                .contact(peer)?
+                .ok_or_else(|| NodeError::UnknownContact(peer.clone()));
+        }
+        Ok(contact)
+    }
+
+    /// Whether a fresh lookup shows `peer` under another key than the pinned one (noting the
+    /// change if so).
+    async fn rekeyed(&self, peer: &Username) -> bool {
+        let Ok(Some(contact)) = self.store.contact(peer) else {
+            return false;
+        };
+        match self.current_key(peer, contact).await {
+            Ok(contact) => contact.pending_key.is_some(),
+            Err(_) => false,
+        }
+    }
+
+    pub(super) fn forget_addresses(&self, peer: &Username) {
         self.addresses
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -530,3 +530,90 @@ async fn a_message_appears_in_the_receivers_event_stream_at_once() {
     let _ = watch.kill();
     let _ = watch.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_key_is_visible_holds_sending_until_accepted_and_safety_numbers_then_match() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = rendezvous(&tmp.path().join("rendezvous")).await;
+    let alice = Daemon::start(&tmp.path().join("alice"), &url);
+    let mut bob = Daemon::start(&tmp.path().join("bob"), &url);
+    alice.register("alice");
+    bob.register("bob");
+    assert!(alice.cli(&["send", "bob", "before"]).status.success());
+    let old_number = String::from_utf8(alice.cli(&["safety-number", "bob"]).stdout).unwrap();
+
+    // Bob loses his device and logs in on a new install: a new identity key.
+    bob.kill();
+    let bob = Daemon::start(&tmp.path().join("bob-new"), &url);
+    let out = bob.cli(&["login", "bob"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bob.wait_for("listening on");
+
+    let out = alice.cli(&["send", "bob", "are you really bob?"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).ends_with("held\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let contacts = String::from_utf8(alice.cli(&["contacts"]).stdout).unwrap();
+    assert!(
+        contacts.contains("WARNING: bob's key has changed"),
+        "{contacts}"
+    );
+    let history = String::from_utf8(alice.cli(&["history", "bob"]).stdout).unwrap();
+    assert!(
+        history.starts_with("WARNING: bob's key has changed"),
+        "{history}"
+    );
+    assert!(
+        bob.history_json("alice").is_empty(),
+        "nothing reaches the new key before acceptance"
+    );
+
+    let out = alice.cli(&["accept-key", "bob"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut received = bob.history_json("alice");
+    while received.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        received = bob.history_json("alice");
+    }
+    assert_eq!(
+        received.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        ["are you really bob?"]
+    );
+
+    let at_alice = String::from_utf8(alice.cli(&["safety-number", "bob"]).stdout).unwrap();
+    let at_bob = String::from_utf8(bob.cli(&["safety-number", "alice"]).stdout).unwrap();
+    assert_eq!(at_alice, at_bob, "both sides see the same number");
+    assert_ne!(at_alice, old_number, "the number changed with the key");
+    assert_eq!(at_alice.trim().split(' ').count(), 12);
+
+    assert!(
+        !alice
+            .cli(&["verify", "bob", &"1".repeat(60)])
+            .status
+            .success()
+    );
+    let out = alice.cli(&["verify", "bob", at_bob.trim()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let contacts = String::from_utf8(alice.cli(&["contacts"]).stdout).unwrap();
+    assert!(contacts.contains("  verified"), "{contacts}");
+}

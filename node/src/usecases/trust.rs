@@ -1,0 +1,146 @@
+//! Key trust: a contact's identity key is pinned on first contact; a different key later is a
+//! visible event, messages to the contact are held until the user accepts the new key, and
+//! safety numbers let people check the keys they see.
+
+use peerchat_pki::Username;
+use rand::rngs::OsRng;
+
+use super::{Node, NodeError};
+use crate::domain::{Content, Envelope, IdentityKey, SafetyNumber, Session};
+use crate::ports::{
+    Clock, Contact, Directory, Event, MessageStatus, Network, Notifier, OutboxEntry, Store,
+};
+
+impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
+    /// Records that `contact` now presents `new_key` (once), and tells the UI.
+    pub(super) async fn note_key_change(
+        &self,
+        mut contact: Contact,
+        new_key: IdentityKey,
+    ) -> Result<(), NodeError> {
+        if contact.pending_key == Some(new_key) {
+            return Ok(());
+        }
+        tracing::warn!(peer = %contact.username, "a contact's identity key changed");
+        contact.pending_key = Some(new_key);
+        self.store.save_contact(&contact)?;
+        self.store.flush().await?;
+        self.notifier.notify(Event::KeyChanged {
+            peer: contact.username,
+        });
+        Ok(())
+    }
+
+    /// Accepts `peer`'s new identity key: it becomes the pinned key (unverified), the old
+    /// session is abandoned, and the messages held for them are encrypted and sent.
+    #[tracing::instrument(name = "usecase.accept_key", skip_all, fields(peer = %peer))]
+    pub async fn accept_key(&self, peer: &Username) -> Result<(), NodeError> {
+        self.me()?;
+        let mut contact = self
+            .store
+            .contact(peer)?
+            .ok_or_else(|| NodeError::UnknownContact(peer.clone()))?;
+        let Some(new_key) = contact.pending_key.take() else {
+            return Err(NodeError::NoKeyChange(peer.clone()));
+        };
+        contact.identity_key = new_key;
+        contact.verified = false;
+        self.store.save_contact(&contact)?;
+        self.store.flush().await?;
+        self.forget_addresses(peer);
+        self.release_held(peer).await
+    }
+
+    /// Encrypts and sends the messages held for `peer`.
+    async fn release_held(&self, peer: &Username) -> Result<(), NodeError> {
+        let held: Vec<_> = self
+            .store
+            .history(peer)?
+            .into_iter()
+            .filter(|m| m.status == MessageStatus::Held)
+            .collect();
+        for message in held {
+            let content = Content::Text {
+                id: message.id,
+                sent_at_ms: message.sent_at_ms,
+                body: message.body.clone(),
+            }
+            .encode()?;
+            let envelope = {
+                let _guard = self.peer_lock(peer).lock_owned().await;
+                let mut session = self.session_for(peer).await?;
+                let encrypted = session.encrypt(&content)?;
+                let envelope = Envelope {
+                    id: message.id,
+                    trace: None,
+                    payload: encrypted.encode().to_vec(),
+                };
+                self.store.record_released(
+                    &message,
+                    &session,
+                    &OutboxEntry {
+                        to: peer.clone(),
+                        queued_at_ms: self.clock.now_ms(),
+                        envelope: envelope.clone(),
+                    },
+                )?;
+                envelope
+            };
+            self.store.flush().await?;
+            self.deliver(peer, envelope).await;
+        }
+        Ok(())
+    }
+
+    /// The session with `peer` for sending: the stored one if it was made with the pinned key,
+    /// else a new one from a fresh bundle (which must carry the pinned key).
+    pub(super) async fn session_for(&self, peer: &Username) -> Result<Session, NodeError> {
+        let me = self.me()?;
+        let contact = self
+            .store
+            .contact(peer)?
+            .ok_or_else(|| NodeError::UnknownContact(peer.clone()))?;
+        if let Some(session) = self.store.session(peer)?
+            && *session.remote_identity() == contact.identity_key
+        {
+            return Ok(session);
+        }
+        let bundle = self.directory.bundle(peer).await?;
+        if bundle.identity != contact.identity_key {
+            self.note_key_change(contact, bundle.identity).await?;
+            return Err(NodeError::KeyChanged(peer.clone()));
+        }
+        Ok(Session::initiate(&me.1, &bundle, &mut OsRng)?)
+    }
+
+    /// The safety number of the conversation with `peer` (their pinned key).
+    pub fn safety_number(&self, peer: &Username) -> Result<SafetyNumber, NodeError> {
+        let me = self.me()?;
+        let contact = self
+            .store
+            .contact(peer)?
+            .ok_or_else(|| NodeError::UnknownContact(peer.clone()))?;
+        Ok(SafetyNumber::new(
+            me.0.as_str(),
+            me.1.public(),
+            peer.as_str(),
+            &contact.identity_key,
+        ))
+    }
+
+    /// Marks `peer` verified when `number` is the safety number both sides see.
+    #[tracing::instrument(name = "usecase.verify", skip_all, fields(peer = %peer))]
+    pub async fn verify(&self, peer: &Username, number: &str) -> Result<(), NodeError> {
+        if !self.safety_number(peer)?.matches_digits(number) {
+            return Err(NodeError::SafetyNumberMismatch);
+        }
+        let mut contact = self
+            .store
+            .contact(peer)?
+            .ok_or_else(|| NodeError::UnknownContact(peer.clone()))?;
+        contact.verified = true;
+        self.store.save_contact(&contact)?;
+        self.store.flush().await?;
+        Ok(())
+    }
+}
