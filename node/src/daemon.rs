@@ -46,6 +46,8 @@ pub struct DaemonConfig {
     pub api: SocketAddr,
     /// Where the peer-to-peer network listens.
     pub listen: Multiaddr,
+    /// Whether to tell senders when their messages were read.
+    pub read_receipts: bool,
 }
 
 /// The network, available once the node is registered and the swarm has started.
@@ -157,13 +159,16 @@ pub async fn run(
         .map_err(|e| DaemonError::Start(e.to_string()))?;
     let network = LateNetwork::default();
     let node_events = BroadcastNotifier::default();
-    let node = Arc::new(Node::new(
-        store,
-        directory,
-        network.clone(),
-        node_events.clone(),
-        SystemClock,
-    ));
+    let node = Arc::new(
+        Node::new(
+            store,
+            directory,
+            network.clone(),
+            node_events.clone(),
+            SystemClock,
+        )
+        .with_read_receipts(config.read_receipts),
+    );
 
     let start = {
         let (node, network, config, ca) =
@@ -294,7 +299,10 @@ async fn start_network(
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(OUTBOX_RETRY);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = node.outbox_signal().notified() => {}
+                }
                 if let Err(e) = node.retry_outbox(GIVE_UP_AFTER.as_millis() as u64).await {
                     tracing::warn!(error = %e, "retrying the outbox failed");
                 }

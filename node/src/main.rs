@@ -45,6 +45,9 @@ enum Command {
         /// Peer-to-peer listen address.
         #[arg(long, env = "PEERCHAT_LISTEN", default_value = "/ip4/127.0.0.1/tcp/0")]
         listen: libp2p::Multiaddr,
+        /// Do not tell senders when their messages were read.
+        #[arg(long, env = "PEERCHAT_NO_READ_RECEIPTS")]
+        no_read_receipts: bool,
     },
     /// Creates an account (password from PEERCHAT_PASSWORD, else asked).
     Register {
@@ -177,6 +180,7 @@ async fn run(args: Args) -> Result<(), CliError> {
             ca_cert,
             api,
             listen,
+            no_read_receipts,
         } => {
             let config = DaemonConfig {
                 data_dir,
@@ -184,6 +188,7 @@ async fn run(args: Args) -> Result<(), CliError> {
                 ca_cert,
                 api,
                 listen,
+                read_receipts: !no_read_receipts,
             };
             daemon::run(config, shutdown())
                 .await
@@ -240,6 +245,14 @@ async fn run(args: Args) -> Result<(), CliError> {
             let client = ApiClient::from_data_dir(&data_dir)?;
             let messages: Vec<MessageView> = client
                 .call::<(), _>(Method::GET, &format!("/api/v1/conversations/{peer}"), None)
+                .await?;
+            // Showing the conversation is reading it.
+            client
+                .call::<(), ()>(
+                    Method::POST,
+                    &format!("/api/v1/conversations/{peer}/read"),
+                    None,
+                )
                 .await?;
             if as_json {
                 return json(&messages);

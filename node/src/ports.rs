@@ -149,6 +149,16 @@ pub enum MessageStatus {
     Held,
 }
 
+/// Whether a receipt may move an outgoing message from `from` to `to`: statuses only move
+/// forward along pending → sent → delivered → read.
+pub fn upgrades(from: MessageStatus, to: MessageStatus) -> bool {
+    use MessageStatus::{Delivered, Pending, Read, Sent};
+    matches!(
+        (from, to),
+        (Pending | Sent, Delivered) | (Pending | Sent | Delivered, Read)
+    )
+}
+
 /// A message as stored on this node.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredMessage {
@@ -254,6 +264,25 @@ pub trait Store: Send + Sync + 'static {
         session: &Session,
         consumed: Option<PreKeyId>,
     ) -> Result<Recorded, StoreError>;
+    /// The send step of a control message (a receipt): the advanced session and the outbox
+    /// entry, in one atomic write; no chat message is stored.
+    fn record_control(
+        &self,
+        peer: &Username,
+        session: &Session,
+        outbox: &OutboxEntry,
+    ) -> Result<(), StoreError>;
+    /// The receive step of a receipt: the advanced session (and consumed one-time prekey), and
+    /// the status of our messages `ids` to `peer` raised to `status` where that is an upgrade
+    /// (see [`upgrades`]), in one atomic write. Returns the ids whose status changed.
+    fn record_receipt(
+        &self,
+        peer: &Username,
+        session: &Session,
+        consumed: Option<PreKeyId>,
+        ids: &[MessageId],
+        status: MessageStatus,
+    ) -> Result<Vec<MessageId>, StoreError>;
     /// Stores a message held back (status `Held`) without encrypting it.
     fn record_held(&self, message: &StoredMessage) -> Result<(), StoreError>;
     /// Releases a held message: its status becomes `Pending`, and the session and outbox entry are

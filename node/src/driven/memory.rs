@@ -220,6 +220,50 @@ impl Store for MemoryStore {
         Ok(Recorded::Stored)
     }
 
+    fn record_control(
+        &self,
+        peer: &Username,
+        session: &Session,
+        outbox: &OutboxEntry,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.inner();
+        inner
+            .sessions
+            .insert(peer.clone(), session.to_bytes().to_vec());
+        inner.outbox.push(outbox.clone());
+        Ok(())
+    }
+
+    fn record_receipt(
+        &self,
+        peer: &Username,
+        session: &Session,
+        consumed: Option<PreKeyId>,
+        ids: &[MessageId],
+        status: MessageStatus,
+    ) -> Result<Vec<MessageId>, StoreError> {
+        let mut inner = self.inner();
+        inner
+            .sessions
+            .insert(peer.clone(), session.to_bytes().to_vec());
+        if let Some(id) = consumed {
+            inner.one_time.remove(&id);
+        }
+        let mut changed = Vec::new();
+        if let Some(messages) = inner.messages.get_mut(peer) {
+            for m in messages.iter_mut() {
+                if ids.contains(&m.id)
+                    && m.direction == crate::ports::Direction::Outgoing
+                    && crate::ports::upgrades(m.status, status)
+                {
+                    m.status = status;
+                    changed.push(m.id);
+                }
+            }
+        }
+        Ok(changed)
+    }
+
     fn record_held(&self, message: &StoredMessage) -> Result<(), StoreError> {
         let mut inner = self.inner();
         inner

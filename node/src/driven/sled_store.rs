@@ -413,6 +413,64 @@ impl Store for SledStore {
             .map_err(tx)
     }
 
+    fn record_control(
+        &self,
+        peer: &Username,
+        session: &Session,
+        outbox: &OutboxEntry,
+    ) -> Result<(), StoreError> {
+        let state = session.to_bytes();
+        let entry = enc(outbox)?;
+        (&self.sessions, &self.outbox)
+            .transaction(|(sessions, out)| {
+                sessions.insert(peer.as_str(), state.as_slice())?;
+                out.insert(key(peer, outbox.envelope.id.as_bytes()), entry.as_slice())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(tx)
+    }
+
+    fn record_receipt(
+        &self,
+        peer: &Username,
+        session: &Session,
+        consumed: Option<PreKeyId>,
+        ids: &[MessageId],
+        status: MessageStatus,
+    ) -> Result<Vec<MessageId>, StoreError> {
+        let state = session.to_bytes();
+        (
+            &self.sessions,
+            &self.messages,
+            &self.message_ids,
+            &self.one_time,
+        )
+            .transaction(|(sessions, messages, index, one_time)| {
+                sessions.insert(peer.as_str(), state.as_slice())?;
+                if let Some(id) = consumed {
+                    one_time.remove(&id.0.to_be_bytes())?;
+                }
+                let mut changed = Vec::new();
+                for id in ids {
+                    let Some(seq) = index.get(key(peer, id.as_bytes()))? else {
+                        continue;
+                    };
+                    let k = key(peer, &seq);
+                    let Some(v) = messages.get(&k)? else { continue };
+                    let mut m: StoredMessage = dec(&v).map_err(abort)?;
+                    if m.direction == crate::ports::Direction::Outgoing
+                        && crate::ports::upgrades(m.status, status)
+                    {
+                        m.status = status;
+                        messages.insert(k, enc(&m).map_err(abort)?)?;
+                        changed.push(*id);
+                    }
+                }
+                Ok(changed)
+            })
+            .map_err(tx)
+    }
+
     #[tracing::instrument(name = "store.set_status", skip_all)]
     fn set_status(
         &self,
@@ -422,6 +480,10 @@ impl Store for SledStore {
     ) -> Result<(), StoreError> {
         (&self.messages, &self.message_ids, &self.outbox)
             .transaction(|(messages, ids, out)| {
+                if status != MessageStatus::Pending {
+                    // Also for outbox entries without a message (receipts).
+                    out.remove(key(peer, id.as_bytes()))?;
+                }
                 let Some(seq) = ids.get(key(peer, id.as_bytes()))? else {
                     return Ok(());
                 };
@@ -430,9 +492,6 @@ impl Store for SledStore {
                     let mut m: StoredMessage = dec(&v).map_err(abort)?;
                     m.status = status;
                     messages.insert(k, enc(&m).map_err(abort)?)?;
-                }
-                if status != MessageStatus::Pending {
-                    out.remove(key(peer, id.as_bytes()))?;
                 }
                 Ok(())
             })

@@ -266,6 +266,10 @@ pub fn router<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
         )
         .route("/api/v1/events", get(events::<S, D, N, E, C>))
         .route(
+            "/api/v1/conversations/{peer}/read",
+            post(mark_read::<S, D, N, E, C>),
+        )
+        .route(
             "/api/v1/contacts/{peer}/accept-key",
             post(accept_key::<S, D, N, E, C>),
         )
@@ -440,6 +444,14 @@ async fn history<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
             .map(|m| view(m, &me))
             .collect(),
     ))
+}
+
+async fn mark_read<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.node.mark_read(&peer(&raw)?).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn accept_key<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(

@@ -83,6 +83,10 @@ pub struct Node<S, D, N, E, C> {
     /// Recently looked-up addresses per peer, so a burst of messages costs one lookup (and stays
     /// within the rendezvous's rate limits). Dropped after [`ADDRESS_TTL_MS`] or a failed delivery.
     addresses: Mutex<HashMap<Username, (crate::ports::PeerInfo, u64)>>,
+    /// Woken when something was queued in the outbox (a receipt), so it goes out at once.
+    outbox_signal: tokio::sync::Notify,
+    /// Whether read receipts are sent.
+    read_receipts: bool,
 }
 
 /// How long looked-up addresses are reused.
@@ -106,7 +110,20 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             identity: RwLock::new(None),
             peer_locks: Mutex::new(HashMap::new()),
             addresses: Mutex::new(HashMap::new()),
+            outbox_signal: tokio::sync::Notify::new(),
+            read_receipts: true,
         }
+    }
+
+    /// Turns read receipts off (or on).
+    pub fn with_read_receipts(mut self, on: bool) -> Self {
+        self.read_receipts = on;
+        self
+    }
+
+    /// Signalled when the outbox has something new to send.
+    pub fn outbox_signal(&self) -> &tokio::sync::Notify {
+        &self.outbox_signal
     }
 
     /// The store (for adapters that read it directly).

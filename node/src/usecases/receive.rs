@@ -66,6 +66,8 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         let (session, plaintext, consumed) = match existing {
             Some(mut session) => match session.decrypt(&message, &mut OsRng) {
                 Ok(plaintext) => (session, plaintext, None),
+                // Already decrypted once (a replayed receipt, say): nothing to do again.
+                Err(crate::domain::DecryptError::Duplicate) => return Ok(Ack::Duplicate),
                 Err(_) => return Ok(Ack::Rejected(RejectReason::Undecryptable)),
             },
             None => {
@@ -91,7 +93,23 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 sent_at_ms,
                 body,
             }) if id == envelope.id => (id, sent_at_ms, body),
-            // Receipts and other kinds arrive with the offline-delivery issue.
+            Ok(Content::DeliveryReceipt { ids }) => {
+                return self
+                    .apply_receipt(
+                        from,
+                        guard,
+                        &session,
+                        consumed,
+                        &ids,
+                        MessageStatus::Delivered,
+                    )
+                    .await;
+            }
+            Ok(Content::ReadReceipt { ids }) => {
+                return self
+                    .apply_receipt(from, guard, &session, consumed, &ids, MessageStatus::Read)
+                    .await;
+            }
             _ => return Ok(Ack::Rejected(RejectReason::Malformed)),
         };
         if contact.is_none() {
@@ -122,8 +140,98 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                     peer: from.clone(),
                     id,
                 });
+                // Tell the sender it is stored (encrypted, through the outbox).
+                if let Err(e) = self
+                    .queue_receipt(from, Content::DeliveryReceipt { ids: vec![id] })
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not queue a delivery receipt");
+                }
                 Ack::Stored
             }
         })
+    }
+
+    /// Applies a receipt: our messages' statuses move forward, atomically with the session.
+    async fn apply_receipt(
+        &self,
+        from: &Username,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+        session: &Session,
+        consumed: Option<crate::domain::PreKeyId>,
+        ids: &[crate::domain::MessageId],
+        status: MessageStatus,
+    ) -> Result<Ack, NodeError> {
+        let changed = self
+            .store
+            .record_receipt(from, session, consumed, ids, status)?;
+        drop(guard);
+        self.store.flush().await?;
+        for id in changed {
+            self.notifier.notify(Event::StatusChanged {
+                peer: from.clone(),
+                id,
+                status,
+            });
+        }
+        Ok(Ack::Stored)
+    }
+
+    /// Encrypts a receipt for `peer` and queues it in the outbox (delivered by the next outbox
+    /// run, which this wakes).
+    pub(super) async fn queue_receipt(
+        &self,
+        peer: &Username,
+        content: Content,
+    ) -> Result<(), NodeError> {
+        let plaintext = content.encode()?;
+        {
+            let _guard = self.peer_lock(peer).lock_owned().await;
+            let Some(mut session) = self.store.session(peer)? else {
+                return Ok(());
+            };
+            let message = session.encrypt(&plaintext)?;
+            let envelope = Envelope {
+                id: crate::domain::MessageId::random(&mut OsRng),
+                trace: None,
+                payload: message.encode().to_vec(),
+            };
+            self.store.record_control(
+                peer,
+                &session,
+                &crate::ports::OutboxEntry {
+                    to: peer.clone(),
+                    queued_at_ms: self.clock.now_ms(),
+                    envelope,
+                },
+            )?;
+        }
+        self.store.flush().await?;
+        self.outbox_signal.notify_one();
+        Ok(())
+    }
+
+    /// Marks the conversation with `peer` read and, if read receipts are on, tells them.
+    #[tracing::instrument(name = "usecase.mark_read", skip_all, fields(peer = %peer))]
+    pub async fn mark_read(&self, peer: &Username) -> Result<(), NodeError> {
+        self.me()?;
+        let unread: Vec<_> = self
+            .store
+            .history(peer)?
+            .into_iter()
+            .filter(|m| m.status == MessageStatus::Received)
+            .map(|m| m.id)
+            .collect();
+        for id in &unread {
+            self.store.set_status(peer, id, MessageStatus::Read)?;
+        }
+        self.store.flush().await?;
+        if self.read_receipts {
+            for ids in unread.chunks(crate::domain::content::MAX_RECEIPT_IDS) {
+                self.queue_receipt(peer, Content::ReadReceipt { ids: ids.to_vec() })
+                    .await?;
+            }
+        }
+        Ok(())
     }
 }

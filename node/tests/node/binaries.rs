@@ -221,8 +221,16 @@ async fn two_daemons_chat_directly_and_the_rendezvous_never_sees_the_text() {
         assert_eq!(history, expected, "history at {}", daemon.dir.display());
     }
     let human = String::from_utf8(alice.cli(&["history", "bob"]).stdout).unwrap();
+    // Each line: time, author, text, status (receipts may still be on their way).
+    let first = human.lines().next().unwrap_or_default();
     assert!(
-        human.contains("alice: Hello Bob, this is Alice  [sent]"),
+        first.contains(" alice: Hello Bob, this is Alice  ["),
+        "{human}"
+    );
+    assert!(
+        ["[sent]", "[delivered]", "[read]"]
+            .iter()
+            .any(|s| first.ends_with(s)),
         "{human}"
     );
 
@@ -484,6 +492,25 @@ async fn messages_to_an_offline_peer_survive_a_rendezvous_restart_and_arrive_onc
     }
     let received: Vec<&str> = history.iter().map(|m| m.text.as_str()).collect();
     assert_eq!(received, texts, "all three, once each, in order");
+    // Receipts: bob has stored them (delivered) and shown them (history: read).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut statuses = Vec::new();
+    while Instant::now() < deadline {
+        statuses = alice
+            .history_json("bob")
+            .into_iter()
+            .map(|m| m.status)
+            .collect::<Vec<_>>();
+        if statuses.iter().all(|s| *s == MessageStatus::Read) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        statuses,
+        [MessageStatus::Read; 3],
+        "alice sees her messages read"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(bob.history_json("alice").len(), 3, "nothing arrives twice");
     stop(&mut rv);

@@ -448,3 +448,47 @@ async fn mailed(u: &User) -> Envelope {
     let items = u.node.directory().fetch_mail(0).await.unwrap();
     Envelope::decode(&items[0].envelope).unwrap()
 }
+
+#[tokio::test]
+async fn given_a_stored_message_then_receipts_move_the_senders_status_to_delivered_then_read() {
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    let bob = world.given_a_registered_user("bob").await;
+    let id = MessageId::random(&mut OsRng);
+    alice
+        .node
+        .send(&bob.name, id, "did you get this?".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.node.history(&bob.name).unwrap()[0].status,
+        MessageStatus::Sent
+    );
+
+    // Bob's delivery receipt waits in his outbox until it runs.
+    bob.node.retry_outbox(u64::MAX).await.unwrap();
+    assert_eq!(
+        alice.node.history(&bob.name).unwrap()[0].status,
+        MessageStatus::Delivered
+    );
+    assert!(alice.events.events().contains(&Event::StatusChanged {
+        peer: bob.name.clone(),
+        id,
+        status: MessageStatus::Delivered
+    }));
+
+    bob.node.mark_read(&alice.name).await.unwrap();
+    bob.node.retry_outbox(u64::MAX).await.unwrap();
+    assert_eq!(
+        alice.node.history(&bob.name).unwrap()[0].status,
+        MessageStatus::Read
+    );
+    assert_eq!(
+        bob.node.history(&alice.name).unwrap()[0].status,
+        MessageStatus::Read
+    );
+    assert!(
+        bob.node.store().outbox().unwrap().is_empty(),
+        "receipts leave the outbox once acknowledged"
+    );
+}
