@@ -253,7 +253,7 @@ async fn start_network(
     let credentials = Credentials::new(vec![der], key.clone());
     let (net, inbound) = p2p::start(P2pConfig::new(
         key,
-        credentials,
+        credentials.clone(),
         trust.clone(),
         vec![config.listen.clone()],
     ))
@@ -324,6 +324,25 @@ async fn start_network(
             if round.is_multiple_of(10) {
                 if let Err(e) = node.refresh_prekeys().await {
                     tracing::warn!(error = %e, "refreshing prekeys failed");
+                }
+                // Renewed at two thirds of its life; the network presents the new one at once.
+                match node
+                    .renew_certificate(peerchat_pki::DEFAULT_PEER_VALIDITY, false)
+                    .await
+                {
+                    Ok(true) => {
+                        if let Ok(Some(identity)) = node.store().identity() {
+                            use rustls::pki_types::pem::PemObject;
+                            if let Ok(der) = peerchat_pki::CertificateDer::from_pem_slice(
+                                identity.certificate_pem.as_bytes(),
+                            ) {
+                                credentials
+                                    .replace(vec![der], SigningKey::from_bytes(&identity.seed));
+                            }
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "renewing the certificate failed"),
                 }
                 if let Ok(crl) = node.directory().crl().await
                     && trust.set_crl(crl).is_ok()

@@ -80,6 +80,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Revokes this node's certificate at the rendezvous (peers then refuse it).
+    Logout,
     /// Accepts a contact's new identity key (after checking the safety number with them); the
     /// messages held for them are then sent.
     AcceptKey {
@@ -298,6 +300,13 @@ async fn run(args: Args) -> Result<(), CliError> {
                     );
                 }
             }
+            Ok(())
+        }
+        Command::Logout => {
+            ApiClient::from_data_dir(&data_dir)?
+                .call::<(), ()>(Method::POST, "/api/v1/logout", None)
+                .await?;
+            println!("logged out: this node's certificate is revoked");
             Ok(())
         }
         Command::AcceptKey { name } => {

@@ -220,6 +220,8 @@ pub trait Store: Send + Sync + 'static {
         signed_prekey: &SignedPreKeyPair,
         one_time_prekeys: &[OneTimePreKeyPair],
     ) -> Result<(), StoreError>;
+    /// Replaces our certificate (after renewal).
+    fn save_certificate(&self, certificate_pem: &str) -> Result<(), StoreError>;
     /// A signed prekey of ours by id.
     fn signed_prekey(&self, id: PreKeyId) -> Result<Option<SignedPreKeyPair>, StoreError>;
     /// A one-time prekey of ours by id (absent once used).
@@ -382,6 +384,10 @@ pub trait Directory: Send + Sync + 'static {
         password: &str,
         csr: &[u8],
     ) -> impl Future<Output = Result<Issued, DirectoryError>> + Send;
+    /// A new certificate for our current key (`csr` made with it).
+    fn renew(&self, csr: &[u8]) -> impl Future<Output = Result<Issued, DirectoryError>> + Send;
+    /// Revokes our current certificate (logout).
+    fn logout(&self) -> impl Future<Output = Result<(), DirectoryError>> + Send;
     /// From now on, authenticate with this certificate and key.
     fn authenticate(
         &self,

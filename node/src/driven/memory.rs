@@ -74,6 +74,13 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn save_certificate(&self, certificate_pem: &str) -> Result<(), StoreError> {
+        if let Some(identity) = self.inner().identity.as_mut() {
+            identity.certificate_pem = certificate_pem.to_owned();
+        }
+        Ok(())
+    }
+
     fn signed_prekey(&self, id: PreKeyId) -> Result<Option<SignedPreKeyPair>, StoreError> {
         self.inner()
             .signed

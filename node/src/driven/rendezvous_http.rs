@@ -255,6 +255,21 @@ impl Directory for HttpDirectory {
         rendezvous_wire::bundle(wire)
     }
 
+    async fn renew(&self, csr: &[u8]) -> Result<Issued, DirectoryError> {
+        let request = api::RenewRequest {
+            csr: B64.encode(csr),
+        };
+        let issued: api::CertificateResponse = self
+            .call(Method::POST, "/v1/certificates/renew", Some(&request))
+            .await?;
+        self.issued(issued)
+    }
+
+    async fn logout(&self) -> Result<(), DirectoryError> {
+        self.call::<(), ()>(Method::DELETE, "/v1/certificates/current", None)
+            .await
+    }
+
     async fn deposit(
         &self,
         to: &Username,

@@ -165,6 +165,33 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
         )
     }
 
+    async fn renew(&self, csr: &[u8]) -> Result<Issued, DirectoryError> {
+        let caller = self.caller()?;
+        let issued = self
+            .service
+            .renew(
+                &caller,
+                api::RenewRequest {
+                    csr: B64.encode(csr),
+                },
+                SystemTime::now(),
+            )
+            .await
+            .map_err(translate)?;
+        Ok(Issued {
+            certificate_pem: issued.certificate,
+            ca_pem: issued.ca,
+        })
+    }
+
+    async fn logout(&self) -> Result<(), DirectoryError> {
+        let caller = self.caller()?;
+        self.service
+            .revoke(&caller, SystemTime::now())
+            .await
+            .map_err(translate)
+    }
+
     async fn deposit(
         &self,
         to: &Username,

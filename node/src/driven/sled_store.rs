@@ -207,6 +207,18 @@ impl Store for SledStore {
             .map_err(tx)
     }
 
+    fn save_certificate(&self, certificate_pem: &str) -> Result<(), StoreError> {
+        let Some(mut record) = Self::get::<IdentityRecord>(&self.meta, "identity")? else {
+            return Err(StoreError::Corrupt("no identity to renew".into()));
+        };
+        record.certificate_pem = certificate_pem.to_owned();
+        let bytes = zeroize::Zeroizing::new(enc(&record)?);
+        self.meta
+            .insert("identity", bytes.as_slice())
+            .map_err(backend)?;
+        Ok(())
+    }
+
     fn signed_prekey(&self, id: PreKeyId) -> Result<Option<SignedPreKeyPair>, StoreError> {
         Self::get(&self.signed, id.0.to_be_bytes())
     }

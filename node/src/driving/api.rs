@@ -265,6 +265,7 @@ pub fn router<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
             get(history::<S, D, N, E, C>),
         )
         .route("/api/v1/events", get(events::<S, D, N, E, C>))
+        .route("/api/v1/logout", post(logout::<S, D, N, E, C>))
         .route(
             "/api/v1/conversations/{peer}/read",
             post(mark_read::<S, D, N, E, C>),
@@ -444,6 +445,13 @@ async fn history<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
             .map(|m| view(m, &me))
             .collect(),
     ))
+}
+
+async fn logout<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+) -> Result<StatusCode, ApiError> {
+    state.node.logout().await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn mark_read<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(

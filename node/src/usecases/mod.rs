@@ -4,6 +4,7 @@
 //! state and return nothing but errors; queries (`history`, `conversations`, `contacts`,
 //! `status`) change nothing. `receive` answers the peer with an [`Ack`](crate::domain::Ack).
 
+mod certificates;
 mod contacts;
 mod offline;
 mod prekeys;

@@ -492,3 +492,67 @@ async fn given_a_stored_message_then_receipts_move_the_senders_status_to_deliver
         "receipts leave the outbox once acknowledged"
     );
 }
+
+#[tokio::test]
+async fn given_a_registered_node_then_it_renews_its_certificate_and_logout_revokes_it() {
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    let bob = world.given_a_registered_user("bob").await;
+    let before = alice
+        .node
+        .store()
+        .identity()
+        .unwrap()
+        .unwrap()
+        .certificate_pem;
+
+    // Not due yet (a fresh 30-day certificate), then forced.
+    assert!(
+        !alice
+            .node
+            .renew_certificate(peerchat_pki::DEFAULT_PEER_VALIDITY, false)
+            .await
+            .unwrap()
+    );
+    assert!(
+        alice
+            .node
+            .renew_certificate(peerchat_pki::DEFAULT_PEER_VALIDITY, true)
+            .await
+            .unwrap()
+    );
+    let after = alice
+        .node
+        .store()
+        .identity()
+        .unwrap()
+        .unwrap()
+        .certificate_pem;
+    assert_ne!(before, after);
+    // Still the same identity: the conversation goes on.
+    alice
+        .node
+        .send(&bob.name, MessageId::random(&mut OsRng), "renewed".into())
+        .await
+        .unwrap();
+    assert_eq!(bob.node.history(&alice.name).unwrap().len(), 1);
+
+    alice.node.logout().await.unwrap();
+    let crl = world.rendezvous.crl(SystemTime::now()).unwrap();
+    let serial = {
+        use rustls::pki_types::pem::PemObject;
+        let der = peerchat_pki::CertificateDer::from_pem_slice(after.as_bytes()).unwrap();
+        peerchat_pki::verify(
+            &[der],
+            world.rendezvous.ca().certificate(),
+            None,
+            SystemTime::now(),
+        )
+        .unwrap()
+        .serial
+    };
+    assert!(
+        crl.is_revoked(&serial),
+        "the renewed certificate is revoked at logout"
+    );
+}
