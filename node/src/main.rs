@@ -82,6 +82,13 @@ enum Command {
     },
     /// Revokes this node's certificate at the rendezvous (peers then refuse it).
     Logout,
+    /// Sends a failed message again.
+    Retry {
+        /// The recipient.
+        name: String,
+        /// The message id (from `history --json`).
+        id: String,
+    },
     /// Accepts a contact's new identity key (after checking the safety number with them); the
     /// messages held for them are then sent.
     AcceptKey {
@@ -300,6 +307,18 @@ async fn run(args: Args) -> Result<(), CliError> {
                     );
                 }
             }
+            Ok(())
+        }
+        Command::Retry { name, id } => {
+            let peer = username(&name)?;
+            ApiClient::from_data_dir(&data_dir)?
+                .call::<(), ()>(
+                    Method::POST,
+                    &format!("/api/v1/conversations/{peer}/messages/{id}/retry"),
+                    None,
+                )
+                .await?;
+            println!("message {id} is on its way again");
             Ok(())
         }
         Command::Logout => {

@@ -154,6 +154,7 @@ impl From<NodeError> for ApiError {
                 ApiError(StatusCode::CONFLICT, "already_registered", message)
             }
             NodeError::KeyChanged(_) => ApiError(StatusCode::CONFLICT, "key_changed", message),
+            NodeError::NotRetryable => ApiError(StatusCode::CONFLICT, "not_retryable", message),
             NodeError::UnknownContact(_) => {
                 ApiError(StatusCode::NOT_FOUND, "unknown_contact", message)
             }
@@ -266,6 +267,10 @@ pub fn router<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
         )
         .route("/api/v1/events", get(events::<S, D, N, E, C>))
         .route("/api/v1/logout", post(logout::<S, D, N, E, C>))
+        .route(
+            "/api/v1/conversations/{peer}/messages/{id}/retry",
+            post(retry::<S, D, N, E, C>),
+        )
         .route(
             "/api/v1/conversations/{peer}/read",
             post(mark_read::<S, D, N, E, C>),
@@ -445,6 +450,21 @@ async fn history<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
             .map(|m| view(m, &me))
             .collect(),
     ))
+}
+
+async fn retry<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+    Path((raw, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let id: MessageId = id.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_id",
+            "a message id is 32 hexadecimal digits".into(),
+        )
+    })?;
+    state.node.retry(&peer(&raw)?, &id).await?;
+    Ok(StatusCode::ACCEPTED)
 }
 
 async fn logout<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(

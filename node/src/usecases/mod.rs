@@ -46,6 +46,9 @@ pub enum NodeError {
     /// There is no new key to accept.
     #[error("{0}'s key has not changed")]
     NoKeyChange(Username),
+    /// Only a `failed` message can be retried.
+    #[error("no failed message with that id")]
+    NotRetryable,
     /// The number typed is not the safety number.
     #[error(
         "that is not the safety number of this conversation; the keys may not be the ones you think"

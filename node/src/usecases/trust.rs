@@ -59,7 +59,33 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             .into_iter()
             .filter(|m| m.status == MessageStatus::Held)
             .collect();
-        for message in held {
+        self.resend(peer, held).await
+    }
+
+    /// Sends a `failed` message again (the user asked to), as a new encryption of the same
+    /// message id; the receiver drops it if the first attempt did arrive after all.
+    #[tracing::instrument(name = "usecase.retry", skip_all, fields(peer = %peer, id = %id))]
+    pub async fn retry(
+        &self,
+        peer: &Username,
+        id: &crate::domain::MessageId,
+    ) -> Result<(), NodeError> {
+        self.me()?;
+        let message = self
+            .store
+            .message(peer, id)?
+            .filter(|m| m.status == MessageStatus::Failed)
+            .ok_or(NodeError::NotRetryable)?;
+        self.resend(peer, vec![message]).await
+    }
+
+    /// Encrypts `messages` anew and sends them (status back to pending, then onwards).
+    async fn resend(
+        &self,
+        peer: &Username,
+        messages: Vec<crate::ports::StoredMessage>,
+    ) -> Result<(), NodeError> {
+        for message in messages {
             let content = Content::Text {
                 id: message.id,
                 sent_at_ms: message.sent_at_ms,

@@ -289,6 +289,34 @@ async fn given_neither_peer_nor_mailbox_reachable_then_the_message_waits_in_the_
         .unwrap()
         .status;
     assert_eq!(status, MessageStatus::Failed);
+    assert!(
+        alice.node.store().outbox().unwrap().is_empty(),
+        "a failed message leaves the outbox"
+    );
+
+    // The user retries it once bob is back.
+    world.hub.set_online(&bob.name, true);
+    alice.node.retry(&bob.name, &late).await.unwrap();
+    let status = alice
+        .node
+        .history(&bob.name)
+        .unwrap()
+        .into_iter()
+        .find(|m| m.id == late)
+        .unwrap()
+        .status;
+    assert_eq!(status, MessageStatus::Sent);
+    assert!(
+        bob.node
+            .history(&alice.name)
+            .unwrap()
+            .iter()
+            .any(|m| m.body == "too late")
+    );
+    assert!(matches!(
+        alice.node.retry(&bob.name, &late).await,
+        Err(NodeError::NotRetryable)
+    ));
 }
 
 #[tokio::test]
