@@ -48,6 +48,8 @@ pub struct DaemonConfig {
     pub listen: Multiaddr,
     /// Whether to tell senders when their messages were read.
     pub read_receipts: bool,
+    /// How often the CRL is fetched from the rendezvous.
+    pub crl_refresh: Duration,
 }
 
 /// The network, available once the node is registered and the swarm has started.
@@ -309,7 +311,26 @@ async fn start_network(
             }
         });
     }
-    // Presence, prekeys and the CRL, kept fresh.
+    // The CRL: refreshed, handed to the transport, and connections of newly revoked peers closed.
+    {
+        let (node, trust, net, every) =
+            (node.clone(), trust.clone(), net.clone(), config.crl_refresh);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match node.directory().crl().await {
+                    Ok(crl) => {
+                        if trust.set_crl(crl).is_ok() {
+                            net.drop_revoked().await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "refreshing the CRL failed"),
+                }
+            }
+        });
+    }
+    // Presence, prekeys and the certificate, kept fresh.
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PRESENCE_TTL / 2);
         let mut round: u64 = 0;
@@ -343,11 +364,6 @@ async fn start_network(
                     }
                     Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "renewing the certificate failed"),
-                }
-                if let Ok(crl) = node.directory().crl().await
-                    && trust.set_crl(crl).is_ok()
-                {
-                    net.drop_revoked().await;
                 }
             }
             round += 1;

@@ -48,6 +48,9 @@ enum Command {
         /// Do not tell senders when their messages were read.
         #[arg(long, env = "PEERCHAT_NO_READ_RECEIPTS")]
         no_read_receipts: bool,
+        /// How often to fetch the certificate revocation list, in seconds.
+        #[arg(long, env = "PEERCHAT_CRL_REFRESH_SECS", default_value_t = 300)]
+        crl_refresh_secs: u64,
     },
     /// Creates an account (password from PEERCHAT_PASSWORD, else asked).
     Register {
@@ -190,6 +193,7 @@ async fn run(args: Args) -> Result<(), CliError> {
             api,
             listen,
             no_read_receipts,
+            crl_refresh_secs,
         } => {
             let config = DaemonConfig {
                 data_dir,
@@ -198,6 +202,7 @@ async fn run(args: Args) -> Result<(), CliError> {
                 api,
                 listen,
                 read_receipts: !no_read_receipts,
+                crl_refresh: std::time::Duration::from_secs(crl_refresh_secs.max(1)),
             };
             daemon::run(config, shutdown())
                 .await

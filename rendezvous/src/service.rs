@@ -632,6 +632,15 @@ impl<S: Store> Rendezvous<S> {
                 }
             };
             self.release_waiter(owner, notify);
+            // A long poll authenticated before its certificate was revoked must not hand out
+            // mail after: check again before answering.
+            if self.store.is_revoked(&caller.serial)? {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "certificate_revoked",
+                    "this certificate has been revoked",
+                ));
+            }
             // `None`: woken by a deposit, look again.
             if let Some(envelopes) = outcome? {
                 return Ok(api::MailboxResponse {

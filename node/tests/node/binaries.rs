@@ -51,12 +51,17 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, rendezvous: &str) -> Self {
+        Self::start_with(dir, rendezvous, &[])
+    }
+
+    fn start_with(dir: &Path, rendezvous: &str, extra: &[&str]) -> Self {
         let _ = std::fs::remove_file(dir.join("api.addr"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_peerchat"))
             .arg("daemon")
             .arg("--data-dir")
             .arg(dir)
             .args(["--rendezvous", rendezvous])
+            .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
@@ -658,4 +663,46 @@ fn reported_acknowledged(stdout: &[u8]) -> bool {
     ["sent", "delivered", "read"]
         .iter()
         .any(|s| out.trim_end().ends_with(s))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_peer_is_refused_after_the_crl_refresh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = rendezvous(&tmp.path().join("rendezvous")).await;
+    let alice = Daemon::start_with(
+        &tmp.path().join("alice"),
+        &url,
+        &["--crl-refresh-secs", "1"],
+    );
+    let bob = Daemon::start(&tmp.path().join("bob"), &url);
+    alice.register("alice");
+    bob.register("bob");
+    assert!(reported_acknowledged(
+        &alice
+            .cli(&["send", "bob", "hello while bob is valid"])
+            .stdout
+    ));
+
+    // Bob's certificate is revoked; alice's node learns it at its next CRL refresh.
+    assert!(bob.cli(&["logout"]).status.success());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let out = alice.cli(&["send", "bob", "after revocation"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !bob.history_json("alice")
+            .iter()
+            .any(|m| m.text == "after revocation"),
+        "a revoked peer was reached directly"
+    );
+    let log = std::fs::read_to_string(tmp.path().join("alice.log")).unwrap_or_default();
+    assert!(
+        log.to_lowercase().contains("revoked"),
+        "alice's node did not refuse bob's certificate as revoked"
+    );
 }

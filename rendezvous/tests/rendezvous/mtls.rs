@@ -177,3 +177,36 @@ async fn curl_with_client_certificate_reaches_protected_routes() {
     let without = curl(false);
     assert!(without.ends_with("\n401"), "{without}");
 }
+
+#[tokio::test]
+async fn a_long_poll_opened_before_revocation_does_not_hand_out_mail_after_it() {
+    let server = Server::start(test_limits()).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let waiting = {
+        let http = alice.http.clone();
+        let url = alice.url("/v1/mailbox/alice?wait=20");
+        tokio::spawn(async move { http.get(url).send().await.unwrap().status() })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Alice logs out over another connection; then mail arrives for her.
+    let other = client(
+        &server.ca,
+        Some(Credentials::new(
+            vec![crate::support::cert_der(&alice.certificate.certificate)],
+            alice.key.clone(),
+        )),
+    );
+    let status = other
+        .delete(server.url("/v1/certificates/current"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        bob.deposit("alice", 1, b"for alice").await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(waiting.await.unwrap(), StatusCode::UNAUTHORIZED);
+}
