@@ -24,6 +24,8 @@ use crate::usecases::Node;
 pub const API_ADDR_FILE: &str = "api.addr";
 /// File (mode 0600) holding the API bearer token.
 pub const API_TOKEN_FILE: &str = "api-token";
+/// How long a signed prekey is used before a new one replaces it.
+const SIGNED_PREKEY_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long one mailbox request waits for new mail.
 const MAILBOX_WAIT: Duration = Duration::from_secs(25);
 /// How often undelivered messages are tried again.
@@ -345,6 +347,12 @@ async fn start_network(
             if round.is_multiple_of(10) {
                 if let Err(e) = node.refresh_prekeys().await {
                     tracing::warn!(error = %e, "refreshing prekeys failed");
+                }
+                if let Err(e) = node
+                    .rotate_signed_prekey(SIGNED_PREKEY_MAX_AGE.as_millis() as u64)
+                    .await
+                {
+                    tracing::warn!(error = %e, "rotating the signed prekey failed");
                 }
                 // Renewed at two thirds of its life; the network presents the new one at once.
                 match node

@@ -230,6 +230,13 @@ pub trait Store: Send + Sync + 'static {
     fn add_one_time_prekeys(&self, keys: &[OneTimePreKeyPair]) -> Result<(), StoreError>;
     /// A prekey id never returned before.
     fn next_prekey_id(&self) -> Result<PreKeyId, StoreError>;
+    /// When the signed prekey was last rotated (ms since the epoch), if recorded.
+    fn signed_prekey_rotated_at(&self) -> Result<Option<u64>, StoreError>;
+    /// Records the rotation time without a new key (first start after registration).
+    fn set_signed_prekey_rotated_at(&self, at_ms: u64) -> Result<(), StoreError>;
+    /// Adds a new signed prekey, rotated at `at_ms`. Older ones are kept, so initial messages
+    /// made with them (which may arrive late, from the mailbox) still decrypt.
+    fn add_signed_prekey(&self, key: &SignedPreKeyPair, at_ms: u64) -> Result<(), StoreError>;
 
     /// A contact by name.
     fn contact(&self, username: &Username) -> Result<Option<Contact>, StoreError>;

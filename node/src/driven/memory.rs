@@ -20,6 +20,7 @@ struct Inner {
     signed: HashMap<PreKeyId, Vec<u8>>,
     one_time: HashMap<PreKeyId, Vec<u8>>,
     next_prekey_id: u32,
+    signed_rotated_at: Option<u64>,
     contacts: BTreeMap<Username, Contact>,
     sessions: HashMap<Username, Vec<u8>>,
     messages: HashMap<Username, Vec<StoredMessage>>,
@@ -113,6 +114,24 @@ impl Store for MemoryStore {
         let id = inner.next_prekey_id;
         inner.next_prekey_id += 1;
         Ok(PreKeyId(id))
+    }
+
+    fn signed_prekey_rotated_at(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.inner().signed_rotated_at)
+    }
+
+    fn set_signed_prekey_rotated_at(&self, at_ms: u64) -> Result<(), StoreError> {
+        self.inner().signed_rotated_at = Some(at_ms);
+        Ok(())
+    }
+
+    fn add_signed_prekey(&self, key: &SignedPreKeyPair, at_ms: u64) -> Result<(), StoreError> {
+        let mut inner = self.inner();
+        inner
+            .signed
+            .insert(key.id(), postcard::to_stdvec(key).map_err(corrupt)?);
+        inner.signed_rotated_at = Some(at_ms);
+        Ok(())
     }
 
     fn contact(&self, username: &Username) -> Result<Option<Contact>, StoreError> {

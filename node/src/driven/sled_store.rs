@@ -252,6 +252,33 @@ impl Store for SledStore {
         Ok(PreKeyId(next))
     }
 
+    fn signed_prekey_rotated_at(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .meta
+            .get("signed_rotated_at")
+            .map_err(backend)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map(u64::from_be_bytes))
+    }
+
+    fn set_signed_prekey_rotated_at(&self, at_ms: u64) -> Result<(), StoreError> {
+        self.meta
+            .insert("signed_rotated_at", &at_ms.to_be_bytes()[..])
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn add_signed_prekey(&self, key: &SignedPreKeyPair, at_ms: u64) -> Result<(), StoreError> {
+        let record = enc(key)?;
+        (&self.meta, &self.signed)
+            .transaction(|(meta, signed)| {
+                signed.insert(&key.id().0.to_be_bytes(), record.as_slice())?;
+                meta.insert("signed_rotated_at", &at_ms.to_be_bytes()[..])?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(tx)
+    }
+
     fn contact(&self, username: &Username) -> Result<Option<Contact>, StoreError> {
         Self::get(&self.contacts, username.as_str())
     }

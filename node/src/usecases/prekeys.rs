@@ -34,6 +34,35 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         Ok(())
     }
 
+    /// Replaces the signed prekey once it is `max_age_ms` old (the previous ones stay, for initial
+    /// messages still on their way). Returns whether it rotated.
+    #[tracing::instrument(name = "usecase.rotate_signed_prekey", skip_all)]
+    pub async fn rotate_signed_prekey(&self, max_age_ms: u64) -> Result<bool, NodeError> {
+        let me = self.me()?;
+        let now = self.clock.now_ms();
+        let Some(rotated_at) = self.store.signed_prekey_rotated_at()? else {
+            // First look after registration: the current key counts from now.
+            self.store.set_signed_prekey_rotated_at(now)?;
+            self.store.flush().await?;
+            return Ok(false);
+        };
+        if now.saturating_sub(rotated_at) < max_age_ms {
+            return Ok(false);
+        }
+        let key = crate::domain::SignedPreKeyPair::generate(
+            self.store.next_prekey_id()?,
+            &me.1,
+            &mut OsRng,
+        );
+        self.store.add_signed_prekey(&key, now)?;
+        self.store.flush().await?;
+        self.directory
+            .upload_prekeys(Some(key.public()), Vec::new())
+            .await?;
+        tracing::info!(id = %key.id(), "signed prekey rotated");
+        Ok(true)
+    }
+
     /// Announces `addresses` at the rendezvous for `ttl_secs`.
     #[tracing::instrument(name = "usecase.announce_presence", skip_all)]
     pub async fn announce_presence(

@@ -584,3 +584,61 @@ async fn given_a_registered_node_then_it_renews_its_certificate_and_logout_revok
         "the renewed certificate is revoked at logout"
     );
 }
+
+#[tokio::test]
+async fn given_an_old_signed_prekey_then_it_is_rotated_and_the_previous_one_still_answers_late_messages()
+ {
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    let bob = world.given_a_registered_user("bob").await;
+    world.hub.set_online(&bob.name, false);
+    // An initial message made with bob's first signed prekey, still in the mailbox.
+    alice
+        .node
+        .send(
+            &bob.name,
+            MessageId::random(&mut OsRng),
+            "made with the old prekey".into(),
+        )
+        .await
+        .unwrap();
+
+    assert!(
+        !bob.node.rotate_signed_prekey(0).await.unwrap(),
+        "the first look only records the time"
+    );
+    assert!(bob.node.rotate_signed_prekey(0).await.unwrap());
+    assert!(
+        !bob.node.rotate_signed_prekey(u64::MAX).await.unwrap(),
+        "not due"
+    );
+
+    use peerchat::ports::Directory;
+    let carol = world.given_a_registered_user("carol").await;
+    let bundle = carol.node.directory().bundle(&bob.name).await.unwrap();
+    assert_ne!(
+        bundle.signed_prekey.id,
+        peerchat::domain::PreKeyId(1),
+        "new initiators get the new prekey"
+    );
+
+    world.hub.set_online(&bob.name, true);
+    assert_eq!(bob.node.fetch_mail(0).await.unwrap(), 1);
+    assert_eq!(
+        bob.node.history(&alice.name).unwrap()[0].body,
+        "made with the old prekey"
+    );
+    carol
+        .node
+        .send(
+            &bob.name,
+            MessageId::random(&mut OsRng),
+            "made with the new one".into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        bob.node.history(&carol.name).unwrap()[0].body,
+        "made with the new one"
+    );
+}
