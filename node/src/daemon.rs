@@ -175,13 +175,23 @@ pub async fn run(
     );
 
     let start = {
-        let (node, network, config, ca) =
-            (node.clone(), network.clone(), config.clone(), ca.clone());
+        let (node, network, config, ca, notifier) = (
+            node.clone(),
+            network.clone(),
+            config.clone(),
+            ca.clone(),
+            node_events.clone(),
+        );
         move || {
-            let (node, network, config, ca) =
-                (node.clone(), network.clone(), config.clone(), ca.clone());
+            let (node, network, config, ca, notifier) = (
+                node.clone(),
+                network.clone(),
+                config.clone(),
+                ca.clone(),
+                notifier.clone(),
+            );
             tokio::spawn(async move {
-                if let Err(e) = start_network(node, network, &config, ca).await {
+                if let Err(e) = start_network(notifier, node, network, &config, ca).await {
                     tracing::error!(error = %e, "the network did not start");
                     eprintln!("peerchat: the network did not start: {e}");
                 }
@@ -227,6 +237,7 @@ pub async fn run(
 }
 
 async fn start_network(
+    events: BroadcastNotifier,
     node: Arc<DaemonNode>,
     network: LateNetwork,
     config: &DaemonConfig,
@@ -255,14 +266,20 @@ async fn start_network(
             .map_err(|e| e.to_string())?
     };
     let credentials = Credentials::new(vec![der], key.clone());
-    let (net, inbound) = p2p::start(P2pConfig::new(
+    let mut p2p_config = P2pConfig::new(
         key,
         credentials.clone(),
         trust.clone(),
         vec![config.listen.clone()],
-    ))
-    .await
-    .map_err(|e| e.to_string())?;
+    );
+    p2p_config.on_presence = Some(Arc::new(move |peer, online| {
+        events.notify(if online {
+            Event::PeerOnline { peer }
+        } else {
+            Event::PeerOffline { peer }
+        });
+    }));
+    let (net, inbound) = p2p::start(p2p_config).await.map_err(|e| e.to_string())?;
     let addresses: Vec<String> = net.listen_addrs().iter().map(|a| a.to_string()).collect();
 
     let _ = network.0.set(net.clone());

@@ -398,6 +398,9 @@ async fn run(args: Args) -> Result<(), CliError> {
                                 None => println!("message {id} from {peer}"),
                             }
                         }
+                        "key_changed" => println!("WARNING: {peer}'s key has changed"),
+                        "peer_online" => println!("{peer} is online"),
+                        "peer_offline" => println!("{peer} went offline"),
                         _ => println!(
                             "message {id} to {peer}: {}",
                             event["status"].as_str().unwrap_or_default()

@@ -469,6 +469,16 @@ pub enum Event {
         /// Whose.
         peer: Username,
     },
+    /// A peer connected to us directly (or we to them).
+    PeerOnline {
+        /// Who.
+        peer: Username,
+    },
+    /// The last direct connection with a peer closed.
+    PeerOffline {
+        /// Who.
+        peer: Username,
+    },
 }
 
 /// Real-time events for the UI. MUST NOT block.

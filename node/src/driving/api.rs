@@ -531,6 +531,8 @@ async fn events<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
                         crate::ports::Event::MessageReceived { .. } => "message_received",
                         crate::ports::Event::StatusChanged { .. } => "status_changed",
                         crate::ports::Event::KeyChanged { .. } => "key_changed",
+                        crate::ports::Event::PeerOnline { .. } => "peer_online",
+                        crate::ports::Event::PeerOffline { .. } => "peer_offline",
                     };
                     let sse = axum::response::sse::Event::default()
                         .event(kind)

@@ -52,7 +52,13 @@ pub struct P2pConfig {
     pub inbound_capacity: usize,
     /// Closes connections idle for this long.
     pub idle_timeout: Duration,
+    /// Told when a peer comes online (`true`: first connection) or goes offline (`false`: last
+    /// connection closed).
+    pub on_presence: Option<PresenceHook>,
 }
+
+/// Callback for peers coming online (`true`) and going offline (`false`).
+pub type PresenceHook = Arc<dyn Fn(Username, bool) + Send + Sync>;
 
 impl std::fmt::Debug for P2pConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,6 +85,7 @@ impl P2pConfig {
             request_timeout: Duration::from_secs(10),
             inbound_capacity: 1024,
             idle_timeout: Duration::from_secs(60),
+            on_presence: None,
         }
     }
 }
@@ -319,6 +326,7 @@ pub async fn start(config: P2pConfig) -> Result<(P2pNetwork, mpsc::Receiver<Inbo
         pending: HashMap::new(),
         dial_errors: HashMap::new(),
         answers: FuturesUnordered::new(),
+        on_presence: config.on_presence.clone(),
     };
     tokio::spawn(driver.run(command_rx));
     Ok((
@@ -353,6 +361,7 @@ struct Driver {
     /// The last dial error per peer, to explain a request's `DialFailure`.
     dial_errors: HashMap<PeerId, DeliveryError>,
     answers: FuturesUnordered<Answer>,
+    on_presence: Option<PresenceHook>,
 }
 
 impl Driver {
@@ -424,16 +433,29 @@ impl Driver {
                 self.dial_errors.insert(peer, failure);
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                num_established,
+                ..
             } => {
                 tracing::debug!(%peer_id, dialer = endpoint.is_dialer(), "connected");
                 self.dial_errors.remove(&peer_id);
+                if num_established.get() == 1
+                    && let (Some(notify), Some(peer)) =
+                        (&self.on_presence, self.registry.get(&peer_id))
+                {
+                    notify(peer.username, true);
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
                 ..
             } => {
+                if let (Some(notify), Some(peer)) = (&self.on_presence, self.registry.get(&peer_id))
+                {
+                    notify(peer.username, false);
+                }
                 self.registry.remove(&peer_id);
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
