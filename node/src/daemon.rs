@@ -52,6 +52,9 @@ pub struct DaemonConfig {
     pub read_receipts: bool,
     /// How often the CRL is fetched from the rendezvous.
     pub crl_refresh: Duration,
+    /// Show a desktop notification (`notify-send`) for each message received. Only the sender
+    /// is shown, never the text.
+    pub desktop_notifications: bool,
 }
 
 /// The network, available once the node is registered and the swarm has started.
@@ -207,6 +210,26 @@ pub async fn run(
         start();
     }
 
+    if config.desktop_notifications {
+        let mut events = node_events.0.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(Event::MessageReceived { peer, .. }) => {
+                        let shown = tokio::process::Command::new("notify-send")
+                            .args(["peerchat", &format!("New message from {peer}")])
+                            .status()
+                            .await;
+                        if let Err(e) = shown {
+                            tracing::warn!(error = %e, "desktop notification failed (is notify-send installed?)");
+                        }
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
     let token = token(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.api)
         .await

@@ -48,6 +48,9 @@ enum Command {
         /// Do not tell senders when their messages were read.
         #[arg(long, env = "PEERCHAT_NO_READ_RECEIPTS")]
         no_read_receipts: bool,
+        /// Show a desktop notification (notify-send) when a message arrives (sender only).
+        #[arg(long, env = "PEERCHAT_NOTIFY")]
+        notify: bool,
         /// How often to fetch the certificate revocation list, in seconds.
         #[arg(long, env = "PEERCHAT_CRL_REFRESH_SECS", default_value_t = 300)]
         crl_refresh_secs: u64,
@@ -194,6 +197,7 @@ async fn run(args: Args) -> Result<(), CliError> {
             listen,
             no_read_receipts,
             crl_refresh_secs,
+            notify,
         } => {
             let config = DaemonConfig {
                 data_dir,
@@ -203,6 +207,7 @@ async fn run(args: Args) -> Result<(), CliError> {
                 listen,
                 read_receipts: !no_read_receipts,
                 crl_refresh: std::time::Duration::from_secs(crl_refresh_secs.max(1)),
+                desktop_notifications: notify,
             };
             daemon::run(config, shutdown())
                 .await

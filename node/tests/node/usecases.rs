@@ -642,3 +642,62 @@ async fn given_an_old_signed_prekey_then_it_is_rotated_and_the_previous_one_stil
         "made with the new one"
     );
 }
+
+#[tokio::test]
+async fn given_bob_logs_in_with_a_new_key_then_alice_gets_a_key_change_event_and_her_send_is_held()
+{
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    let bob = world.given_a_registered_user("bob").await;
+    alice
+        .node
+        .send(&bob.name, MessageId::random(&mut OsRng), "first".into())
+        .await
+        .unwrap();
+
+    // Bob on a new install: a new node, logged in with a new key.
+    world.hub.set_online(&bob.name, false);
+    let (network, inbound) = world.hub.attach(bob.name.clone());
+    let new_bob = Arc::new(Node::new(
+        MemoryStore::default(),
+        InProcessDirectory::new(world.rendezvous.clone()),
+        network,
+        RecordingNotifier::default(),
+        SystemClock,
+    ));
+    new_bob
+        .login(&bob.name, "correct horse battery")
+        .await
+        .unwrap();
+    let key = peerchat::domain::IdentityKeyPair::from_seed(
+        &new_bob.store().identity().unwrap().unwrap().seed,
+    );
+    world.hub.set_key(&bob.name, *key.public());
+    let receiver = new_bob.clone();
+    tokio::spawn(p2p_inbound::serve(inbound, move |from, key, envelope| {
+        let receiver = receiver.clone();
+        async move { receiver.receive(&from, &key, envelope).await }
+    }));
+
+    let id = MessageId::random(&mut OsRng);
+    alice
+        .node
+        .send(&bob.name, id, "second".into())
+        .await
+        .unwrap();
+    assert!(alice.events.events().contains(&Event::KeyChanged {
+        peer: bob.name.clone()
+    }));
+    assert_eq!(
+        alice.node.history(&bob.name).unwrap()[1].status,
+        MessageStatus::Held
+    );
+    assert!(new_bob.history(&alice.name).unwrap().is_empty());
+
+    alice.node.accept_key(&bob.name).await.unwrap();
+    assert_eq!(new_bob.history(&alice.name).unwrap()[0].body, "second");
+    assert_eq!(
+        alice.node.safety_number(&bob.name).unwrap().digits(),
+        new_bob.safety_number(&alice.name).unwrap().digits()
+    );
+}
