@@ -5,6 +5,7 @@
 //! ports and adapters) is built around it.
 
 pub mod daemon;
+pub mod demo;
 pub mod domain;
 pub mod driven;
 pub mod driving;

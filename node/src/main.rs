@@ -55,6 +55,12 @@ enum Command {
         #[arg(long, env = "PEERCHAT_CRL_REFRESH_SECS", default_value_t = 300)]
         crl_refresh_secs: u64,
     },
+    /// Starts an embedded rendezvous and two nodes, alice and bob, on 127.0.0.1.
+    Demo {
+        /// Where the demo keeps its data.
+        #[arg(long, default_value = "peerchat-demo")]
+        dir: PathBuf,
+    },
     /// Creates an account (password from PEERCHAT_PASSWORD, else asked).
     Register {
         /// The username.
@@ -213,6 +219,9 @@ async fn run(args: Args) -> Result<(), CliError> {
                 .await
                 .map_err(|e| CliError(e.to_string()))
         }
+        Command::Demo { dir } => peerchat::demo::run(dir, shutdown())
+            .await
+            .map_err(|e| CliError(e.to_string())),
         Command::Register { name } => {
             let body = RegisterBody {
                 username: username(&name)?,

@@ -715,3 +715,59 @@ async fn a_revoked_peer_is_refused_after_the_crl_refresh() {
         "alice's node did not refuse bob's certificate as revoked"
     );
 }
+
+#[test]
+fn the_demo_starts_alice_and_bob_who_can_chat_and_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_peerchat"))
+        .args(["demo", "--dir"])
+        .arg(&dir)
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stdout = demo.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the demo never said it was ready");
+        if line.contains("alice and bob are online") {
+            break;
+        }
+    }
+    let cli = |who: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_peerchat"))
+            .arg("--data-dir")
+            .arg(dir.join(who))
+            .args(args)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap()
+    };
+    let out = cli("alice", &["send", "bob", "hello from the demo"]);
+    assert!(
+        reported_acknowledged(&out.stdout),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let history = String::from_utf8(cli("bob", &["history", "alice"]).stdout).unwrap();
+    assert!(history.contains("alice: hello from the demo"), "{history}");
+
+    let _ = Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status();
+    let status = demo.wait().unwrap();
+    assert!(
+        status.success(),
+        "the demo exits cleanly on Ctrl-C: {status:?}"
+    );
+}
