@@ -240,6 +240,47 @@ fn with_peer_id(mut addr: Multiaddr, peer_id: PeerId) -> Option<Multiaddr> {
     }
 }
 
+/// TCP whose dials never reuse the listening port. With reuse (libp2p's default for dials by
+/// peer id), two nodes dialling each other at the same moment can meet in a TCP simultaneous
+/// open: a single connection on which both sides start TLS as clients, and the handshake fails.
+struct FreshPort<T>(T);
+
+impl<T: libp2p::Transport + Unpin> libp2p::Transport for FreshPort<T> {
+    type Output = T::Output;
+    type Error = T::Error;
+    type ListenerUpgrade = T::ListenerUpgrade;
+    type Dial = T::Dial;
+
+    fn listen_on(
+        &mut self,
+        id: libp2p::core::transport::ListenerId,
+        addr: Multiaddr,
+    ) -> Result<(), libp2p::core::transport::TransportError<Self::Error>> {
+        self.0.listen_on(id, addr)
+    }
+
+    fn remove_listener(&mut self, id: libp2p::core::transport::ListenerId) -> bool {
+        self.0.remove_listener(id)
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        mut opts: libp2p::core::transport::DialOpts,
+    ) -> Result<Self::Dial, libp2p::core::transport::TransportError<Self::Error>> {
+        opts.port_use = libp2p::core::transport::PortUse::New;
+        self.0.dial(addr, opts)
+    }
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<libp2p::core::transport::TransportEvent<Self::ListenerUpgrade, Self::Error>>
+    {
+        std::pin::Pin::new(&mut self.get_mut().0).poll(cx)
+    }
+}
+
 /// Starts the swarm, waits until it listens, and returns the handle and the inbound stream.
 pub async fn start(config: P2pConfig) -> Result<(P2pNetwork, mpsc::Receiver<Inbound>), StartError> {
     // One key for everything: the certificate must carry the libp2p identity key.
@@ -270,11 +311,16 @@ pub async fn start(config: P2pConfig) -> Result<(P2pNetwork, mpsc::Receiver<Inbo
     let timeout = config.request_timeout;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default().nodelay(true),
-            move |_: &libp2p::identity::Keypair| Ok::<_, std::convert::Infallible>(upgrade),
-            libp2p::yamux::Config::default,
-        )
+        .with_other_transport(move |_| {
+            use libp2p::Transport as _;
+            FreshPort(libp2p::tcp::tokio::Transport::new(
+                libp2p::tcp::Config::default().nodelay(true),
+            ))
+            .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+            .authenticate(upgrade)
+            .multiplex(libp2p::yamux::Config::default())
+            .timeout(Duration::from_secs(20))
+        })
         .map_err(|e| StartError::Transport(e.to_string()))?
         .with_behaviour(|key| Behaviour {
             messages: request_response::Behaviour::with_codec(
