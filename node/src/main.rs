@@ -5,13 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use peerchat::daemon::{self, DaemonConfig};
-use peerchat::driving::api::{
-    ContactView, MessageView, RegisterBody, SafetyNumberView, SendAnswer, SendBody, VerifyBody,
-};
-use peerchat::driving::cli::{ApiClient, CliError};
-use peerchat::usecases::NodeStatus;
-use peerchat_pki::Username;
-use reqwest::Method;
+use peerchat::driving::cli::{self, CliCommand, CliError};
 
 /// peerchat: peer-to-peer, end-to-end encrypted chat.
 #[derive(Debug, Parser)]
@@ -163,47 +157,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn username(raw: &str) -> Result<Username, CliError> {
-    Username::from_user_input(raw).map_err(|e| CliError(format!("{raw:?}: {e}")))
-}
-
-fn password() -> Result<String, CliError> {
-    if let Ok(p) = std::env::var("PEERCHAT_PASSWORD") {
-        return Ok(p);
-    }
-    rpassword::prompt_password("password: ")
-        .map_err(|e| CliError(format!("cannot read the password: {e}")))
-}
-
-fn clock(ms: u64) -> String {
-    let secs = ms / 1000;
-    format!(
-        "{:02}:{:02}:{:02}",
-        (secs / 3600) % 24,
-        (secs / 60) % 60,
-        secs % 60
-    )
-}
-
-fn json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).map_err(|e| CliError(e.to_string()))?
-    );
-    Ok(())
-}
-
 async fn run(args: Args) -> Result<(), CliError> {
     let data_dir = args.data_dir;
-    match args.command {
+    let command = match args.command {
         Command::Daemon {
             rendezvous,
             ca_cert,
             api,
             listen,
             no_read_receipts,
-            crl_refresh_secs,
             notify,
+            crl_refresh_secs,
         } => {
             let config = DaemonConfig {
                 data_dir,
@@ -215,246 +179,29 @@ async fn run(args: Args) -> Result<(), CliError> {
                 crl_refresh: std::time::Duration::from_secs(crl_refresh_secs.max(1)),
                 desktop_notifications: notify,
             };
-            daemon::run(config, shutdown())
+            return daemon::run(config, shutdown())
                 .await
-                .map_err(|e| CliError(e.to_string()))
+                .map_err(|e| CliError(e.to_string()));
         }
-        Command::Demo { dir } => peerchat::demo::run(dir, shutdown())
-            .await
-            .map_err(|e| CliError(e.to_string())),
-        Command::Register { name } => {
-            let body = RegisterBody {
-                username: username(&name)?,
-                password: password()?,
-            };
-            ApiClient::from_data_dir(&data_dir)?
-                .call::<_, ()>(Method::POST, "/api/v1/register", Some(&body))
-                .await?;
-            println!("registered as {}", body.username);
-            Ok(())
+        Command::Demo { dir } => {
+            return peerchat::demo::run(dir, shutdown())
+                .await
+                .map_err(|e| CliError(e.to_string()));
         }
-        Command::Login { name } => {
-            let body = RegisterBody {
-                username: username(&name)?,
-                password: password()?,
-            };
-            ApiClient::from_data_dir(&data_dir)?
-                .call::<_, ()>(Method::POST, "/api/v1/login", Some(&body))
-                .await?;
-            println!(
-                "logged in as {} with a new key on this install",
-                body.username
-            );
-            Ok(())
-        }
-        Command::Send { name, text } => {
-            let body = SendBody {
-                to: username(&name)?,
-                text,
-                id: None,
-            };
-            let answer: SendAnswer = ApiClient::from_data_dir(&data_dir)?
-                .call(Method::POST, "/api/v1/messages", Some(&body))
-                .await?;
-            println!(
-                "{} {}",
-                answer.id,
-                serde_json::to_string(&answer.status)
-                    .unwrap_or_default()
-                    .trim_matches('"')
-            );
-            Ok(())
-        }
-        Command::History {
-            name,
-            json: as_json,
-        } => {
-            let peer = username(&name)?;
-            let client = ApiClient::from_data_dir(&data_dir)?;
-            let messages: Vec<MessageView> = client
-                .call::<(), _>(Method::GET, &format!("/api/v1/conversations/{peer}"), None)
-                .await?;
-            // Showing the conversation is reading it.
-            client
-                .call::<(), ()>(
-                    Method::POST,
-                    &format!("/api/v1/conversations/{peer}/read"),
-                    None,
-                )
-                .await?;
-            if as_json {
-                return json(&messages);
-            }
-            let contacts: Vec<ContactView> = client
-                .call::<(), _>(Method::GET, "/api/v1/contacts", None)
-                .await?;
-            if contacts.iter().any(|c| c.username == peer && c.key_changed) {
-                println!(
-                    "WARNING: {peer}'s key has changed; messages to them are held until you run `peerchat accept-key {peer}`"
-                );
-            }
-            for m in messages {
-                let status = serde_json::to_string(&m.status).unwrap_or_default();
-                println!(
-                    "{} {}: {}  [{}]",
-                    clock(m.sent_at_ms),
-                    m.author,
-                    m.text,
-                    status.trim_matches('"')
-                );
-            }
-            Ok(())
-        }
-        Command::Contacts { json: as_json } => {
-            let contacts: Vec<ContactView> = ApiClient::from_data_dir(&data_dir)?
-                .call::<(), _>(Method::GET, "/api/v1/contacts", None)
-                .await?;
-            if as_json {
-                return json(&contacts);
-            }
-            for c in contacts {
-                println!(
-                    "{}  key {}…  {}",
-                    c.username,
-                    &c.identity_key[..16.min(c.identity_key.len())],
-                    if c.verified { "verified" } else { "unverified" }
-                );
-                if c.key_changed {
-                    println!(
-                        "  WARNING: {}'s key has changed; compare safety numbers, then `peerchat accept-key {}`",
-                        c.username, c.username
-                    );
-                }
-            }
-            Ok(())
-        }
-        Command::Retry { name, id } => {
-            let peer = username(&name)?;
-            ApiClient::from_data_dir(&data_dir)?
-                .call::<(), ()>(
-                    Method::POST,
-                    &format!("/api/v1/conversations/{peer}/messages/{id}/retry"),
-                    None,
-                )
-                .await?;
-            println!("message {id} is on its way again");
-            Ok(())
-        }
-        Command::Logout => {
-            ApiClient::from_data_dir(&data_dir)?
-                .call::<(), ()>(Method::POST, "/api/v1/logout", None)
-                .await?;
-            println!("logged out: this node's certificate is revoked");
-            Ok(())
-        }
-        Command::AcceptKey { name } => {
-            let peer = username(&name)?;
-            ApiClient::from_data_dir(&data_dir)?
-                .call::<(), ()>(
-                    Method::POST,
-                    &format!("/api/v1/contacts/{peer}/accept-key"),
-                    None,
-                )
-                .await?;
-            println!("accepted {peer}'s new key; held messages are on their way");
-            Ok(())
-        }
-        Command::SafetyNumber { name } => {
-            let peer = username(&name)?;
-            let number: SafetyNumberView = ApiClient::from_data_dir(&data_dir)?
-                .call::<(), _>(
-                    Method::GET,
-                    &format!("/api/v1/contacts/{peer}/safety-number"),
-                    None,
-                )
-                .await?;
-            println!("{}", number.number);
-            Ok(())
-        }
-        Command::Verify { name, number } => {
-            let peer = username(&name)?;
-            ApiClient::from_data_dir(&data_dir)?
-                .call::<_, ()>(
-                    Method::POST,
-                    &format!("/api/v1/contacts/{peer}/verify"),
-                    Some(&VerifyBody { number }),
-                )
-                .await?;
-            println!("{peer} is verified");
-            Ok(())
-        }
-        Command::Watch { json: as_json } => {
-            let client = ApiClient::from_data_dir(&data_dir)?;
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
-            let printer = async {
-                while let Some((kind, data)) = rx.recv().await {
-                    if as_json {
-                        println!("{data}");
-                        continue;
-                    }
-                    let event: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
-                    let peer = event["peer"].as_str().unwrap_or_default().to_owned();
-                    let id = event["id"].as_str().unwrap_or_default().to_owned();
-                    match kind.as_str() {
-                        "message_received" => {
-                            let history: Vec<MessageView> = client
-                                .call::<(), _>(
-                                    Method::GET,
-                                    &format!("/api/v1/conversations/{peer}"),
-                                    None,
-                                )
-                                .await
-                                .unwrap_or_default();
-                            match history.iter().find(|m| m.id.to_string() == id) {
-                                Some(m) => {
-                                    println!("{} {}: {}", clock(m.sent_at_ms), m.author, m.text)
-                                }
-                                None => println!("message {id} from {peer}"),
-                            }
-                        }
-                        "key_changed" => println!("WARNING: {peer}'s key has changed"),
-                        "peer_online" => println!("{peer} is online"),
-                        "peer_offline" => println!("{peer} went offline"),
-                        _ => println!(
-                            "message {id} to {peer}: {}",
-                            event["status"].as_str().unwrap_or_default()
-                        ),
-                    }
-                }
-            };
-            let follow = async move { client_events(&data_dir, tx).await };
-            let (followed, ()) = tokio::join!(follow, printer);
-            followed
-        }
-        Command::Status { json: as_json } => {
-            let status: NodeStatus = ApiClient::from_data_dir(&data_dir)?
-                .call::<(), _>(Method::GET, "/api/v1/status", None)
-                .await?;
-            if as_json {
-                return json(&status);
-            }
-            match status.username {
-                Some(name) => println!(
-                    "registered as {name}; {} message(s) waiting for delivery",
-                    status.outbox
-                ),
-                None => println!("not registered; run `peerchat register NAME`"),
-            }
-            Ok(())
-        }
-    }
-}
-
-/// Forwards the daemon's events to `tx` until the stream ends.
-async fn client_events(
-    data_dir: &std::path::Path,
-    tx: tokio::sync::mpsc::UnboundedSender<(String, String)>,
-) -> Result<(), CliError> {
-    ApiClient::from_data_dir(data_dir)?
-        .events(|kind, data| {
-            let _ = tx.send((kind.to_owned(), data.to_owned()));
-        })
-        .await
+        Command::Register { name } => CliCommand::Register { name },
+        Command::Login { name } => CliCommand::Login { name },
+        Command::Send { name, text } => CliCommand::Send { name, text },
+        Command::History { name, json } => CliCommand::History { name, json },
+        Command::Contacts { json } => CliCommand::Contacts { json },
+        Command::Status { json } => CliCommand::Status { json },
+        Command::Watch { json } => CliCommand::Watch { json },
+        Command::Logout => CliCommand::Logout,
+        Command::Retry { name, id } => CliCommand::Retry { name, id },
+        Command::AcceptKey { name } => CliCommand::AcceptKey { name },
+        Command::SafetyNumber { name } => CliCommand::SafetyNumber { name },
+        Command::Verify { name, number } => CliCommand::Verify { name, number },
+    };
+    cli::execute(&data_dir, command).await
 }
 
 async fn shutdown() {
