@@ -29,6 +29,18 @@ struct Inner {
     last_activity: HashMap<Username, u64>,
 }
 
+impl Inner {
+    /// Appends a message to its conversation and makes that conversation the most recent.
+    fn append(&mut self, message: &StoredMessage) {
+        self.messages
+            .entry(message.peer.clone())
+            .or_default()
+            .push(message.clone());
+        self.order += 1;
+        self.last_activity.insert(message.peer.clone(), self.order);
+    }
+}
+
 /// The in-memory [`Store`]: same contract as the sled adapter, nothing survives the process.
 #[derive(Default)]
 pub struct MemoryStore(Mutex<Inner>);
@@ -203,15 +215,8 @@ impl Store for MemoryStore {
         inner
             .sessions
             .insert(message.peer.clone(), session.to_bytes().to_vec());
-        inner
-            .messages
-            .entry(message.peer.clone())
-            .or_default()
-            .push(message.clone());
+        inner.append(message);
         inner.outbox.push(outbox.clone());
-        inner.order += 1;
-        let order = inner.order;
-        inner.last_activity.insert(message.peer.clone(), order);
         Ok(())
     }
 
@@ -232,17 +237,10 @@ impl Store for MemoryStore {
         inner
             .sessions
             .insert(message.peer.clone(), session.to_bytes().to_vec());
-        inner
-            .messages
-            .entry(message.peer.clone())
-            .or_default()
-            .push(message.clone());
+        inner.append(message);
         if let Some(id) = consumed {
             inner.one_time.remove(&id);
         }
-        inner.order += 1;
-        let order = inner.order;
-        inner.last_activity.insert(message.peer.clone(), order);
         Ok(Recorded::Stored)
     }
 
@@ -292,14 +290,7 @@ impl Store for MemoryStore {
 
     fn record_held(&self, message: &StoredMessage) -> Result<(), StoreError> {
         let mut inner = self.inner();
-        inner
-            .messages
-            .entry(message.peer.clone())
-            .or_default()
-            .push(message.clone());
-        inner.order += 1;
-        let order = inner.order;
-        inner.last_activity.insert(message.peer.clone(), order);
+        inner.append(message);
         Ok(())
     }
 
