@@ -19,6 +19,7 @@ use crate::driven::sled_store::SledStore;
 use crate::driving::{api, p2p_inbound};
 use crate::ports::{DeliveryError, Event, Network, Notifier, Recipient, Store, SystemClock};
 use crate::usecases::Node;
+use peerchat_telemetry::Telemetry;
 
 /// File (in the data directory) holding the API address, for the CLI.
 pub const API_ADDR_FILE: &str = "api.addr";
@@ -55,6 +56,9 @@ pub struct DaemonConfig {
     /// Show a desktop notification (`notify-send`) for each message received. Only the sender
     /// is shown, never the text.
     pub desktop_notifications: bool,
+    /// The process's tracing, whose spans are renamed `peerchat-<username>` once the node knows
+    /// who it is (`None`: the process keeps the name it chose).
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 /// The network, available once the node is registered and the swarm has started.
@@ -134,6 +138,13 @@ fn token(data_dir: &Path) -> Result<String, DaemonError> {
     Ok(token)
 }
 
+/// Names the exported spans' service `peerchat-<username>` once the node knows its user.
+fn export_spans(config: &DaemonConfig, me: Option<&peerchat_pki::Username>) {
+    if let (Some(telemetry), Some(me)) = (&config.telemetry, me) {
+        telemetry.rename(&format!("peerchat-{me}"));
+    }
+}
+
 /// Runs the daemon until `shutdown` completes.
 pub async fn run(
     config: DaemonConfig,
@@ -146,6 +157,11 @@ pub async fn run(
     }
     let store = SledStore::open(&config.data_dir.join("db"))
         .map_err(|e| DaemonError::Start(e.to_string()))?;
+    let me = store
+        .identity()
+        .map_err(|e| DaemonError::Start(e.to_string()))?
+        .map(|identity| identity.username);
+    export_spans(&config, me.as_ref());
     let (ca, pinned_now) = pin_ca(
         &config.data_dir,
         &config.rendezvous,
@@ -271,6 +287,7 @@ async fn start_network(
         .identity()
         .map_err(|e| e.to_string())?
         .ok_or("not registered")?;
+    export_spans(config, Some(&identity.username));
     let key = SigningKey::from_bytes(&identity.seed);
     use crate::ports::Directory;
     node.directory()

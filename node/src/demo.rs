@@ -88,6 +88,8 @@ pub async fn run(
             read_receipts: true,
             crl_refresh: Duration::from_secs(300),
             desktop_notifications: false,
+            // One process, one service name (`peerchat-demo`), set by the caller.
+            telemetry: None,
         };
         nodes.push(tokio::spawn(daemon::run(config, signal(stopped.clone()))));
         let client = wait_for_api(&dir).await?;

@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use peerchat::daemon::{self, DaemonConfig};
 use peerchat::driving::cli::{self, CliCommand, CliError};
+use peerchat_telemetry::Telemetry;
 
 /// peerchat: peer-to-peer, end-to-end encrypted chat.
 #[derive(Debug, Parser)]
@@ -129,15 +131,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let daemon = matches!(args.command, Command::Daemon { .. });
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" })
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let (default_filter, service) = match args.command {
+        Command::Daemon { .. } => ("info", "peerchat"),
+        Command::Demo { .. } => ("info", "peerchat-demo"),
+        _ => ("warn", "peerchat-cli"),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -148,7 +146,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    let outcome = runtime.block_on(async {
+        let telemetry = Arc::new(Telemetry::init(default_filter, service));
+        let outcome = run(args, telemetry.clone()).await;
+        telemetry.shutdown().await;
+        outcome
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("peerchat: {e}");
@@ -157,7 +161,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), CliError> {
+async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
     let data_dir = args.data_dir;
     let command = match args.command {
         Command::Daemon {
@@ -178,6 +182,7 @@ async fn run(args: Args) -> Result<(), CliError> {
                 read_receipts: !no_read_receipts,
                 crl_refresh: std::time::Duration::from_secs(crl_refresh_secs.max(1)),
                 desktop_notifications: notify,
+                telemetry: Some(telemetry),
             };
             return daemon::run(config, shutdown())
                 .await

@@ -195,6 +195,14 @@ async fn observe<S: Store>(
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().to_string();
     let span = tracing::info_span!("http", %method, %route);
+    // The caller's trace goes on here: one message is one trace across processes.
+    peerchat_telemetry::continue_trace(
+        &span,
+        request
+            .headers()
+            .get(peerchat_telemetry::TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+    );
     let started = Instant::now();
     let response = tracing::Instrument::instrument(next.run(request), span).await;
     state

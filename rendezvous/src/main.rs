@@ -9,7 +9,7 @@ use clap::Parser;
 use peerchat_pki::HostName;
 use peerchat_rendezvous::limits::{Limits, Rate};
 use peerchat_rendezvous::{Config, prepare, run};
-use tracing_subscriber::EnvFilter;
+use peerchat_telemetry::Telemetry;
 
 /// The peerchat rendezvous server: accounts, certificate authority, prekeys, lookup, mailbox.
 #[derive(Debug, Parser)]
@@ -60,14 +60,11 @@ fn per_minute(n: u32) -> Rate {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
-    match serve(args).await {
+    let telemetry = Telemetry::init("info", "rendezvous");
+    let outcome = serve(args).await;
+    telemetry.shutdown().await;
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("peerchat-rendezvous: {e}");

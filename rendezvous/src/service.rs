@@ -179,6 +179,7 @@ impl<S: Store> Rendezvous<S> {
     }
 
     /// The current CRL, re-signed when a day of its validity has passed.
+    #[tracing::instrument(name = "service.crl", skip_all)]
     pub fn crl(&self, now: SystemTime) -> Result<Arc<Crl>, ApiError> {
         let current = self.crl.read().unwrap_or_else(|p| p.into_inner()).clone();
         if current.next_update() < now + self.limits.crl_validity - Duration::from_secs(24 * 3600) {
@@ -206,6 +207,7 @@ impl<S: Store> Rendezvous<S> {
     }
 
     /// Creates an account and issues its first certificate.
+    #[tracing::instrument(name = "service.register", skip_all)]
     pub async fn register(
         &self,
         client: IpAddr,
@@ -242,6 +244,7 @@ impl<S: Store> Rendezvous<S> {
 
     /// Logs in with password (and TOTP): issues a certificate for the CSR's key and revokes every
     /// older certificate of the account. A new key voids the stored prekeys.
+    #[tracing::instrument(name = "service.login", skip_all)]
     pub async fn login(
         &self,
         client: IpAddr,
@@ -294,6 +297,7 @@ impl<S: Store> Rendezvous<S> {
     }
 
     /// A new certificate for the caller's current key.
+    #[tracing::instrument(name = "service.renew", skip_all)]
     pub async fn renew(
         &self,
         caller: &Caller,
@@ -319,6 +323,7 @@ impl<S: Store> Rendezvous<S> {
     }
 
     /// Revokes the caller's certificate; it appears in the next CRL, returned here.
+    #[tracing::instrument(name = "service.revoke", skip_all)]
     pub async fn revoke(&self, caller: &Caller, now: SystemTime) -> Result<(), ApiError> {
         self.store.revoke(&caller.serial, unix(now))?;
         self.store.flush().await?;
@@ -328,6 +333,7 @@ impl<S: Store> Rendezvous<S> {
     }
 
     /// Starts TOTP enrolment: a fresh secret, not required until confirmed.
+    #[tracing::instrument(name = "service.totp_enrol", skip_all)]
     pub async fn totp_enrol(&self, caller: &Caller) -> Result<api::TotpEnrolment, ApiError> {
         let mut account = self.account_of(caller)?;
         if account.totp.as_ref().is_some_and(|t| t.confirmed) {
@@ -355,6 +361,7 @@ impl<S: Store> Rendezvous<S> {
     }
 
     /// Confirms TOTP enrolment with a valid code.
+    #[tracing::instrument(name = "service.totp_confirm", skip_all)]
     pub async fn totp_confirm(
         &self,
         caller: &Caller,
@@ -382,6 +389,7 @@ impl<S: Store> Rendezvous<S> {
     }
 
     /// Stores the caller's signed prekey after checking its signature with the caller's key.
+    #[tracing::instrument(name = "service.upload_signed_prekey", skip_all)]
     pub async fn upload_signed_prekey(
         &self,
         caller: &Caller,
@@ -408,6 +416,7 @@ impl<S: Store> Rendezvous<S> {
     }
 
     /// Adds one-time prekeys (up to the stored maximum).
+    #[tracing::instrument(name = "service.upload_one_time_prekeys", skip_all)]
     pub async fn upload_one_time_prekeys(
         &self,
         caller: &Caller,
@@ -442,6 +451,7 @@ impl<S: Store> Rendezvous<S> {
     }
 
     /// The caller's prekey supply.
+    #[tracing::instrument(name = "service.prekey_status", skip_all)]
     pub fn prekey_status(&self, caller: &Caller) -> Result<api::PreKeyStatus, ApiError> {
         let count = self.store.count_one_time_prekeys(&caller.username)?;
         Ok(api::PreKeyStatus {
@@ -452,6 +462,7 @@ impl<S: Store> Rendezvous<S> {
     }
 
     /// A user's prekey bundle, consuming one one-time prekey (durably, before answering).
+    #[tracing::instrument(name = "service.bundle", skip_all)]
     pub async fn bundle(
         &self,
         caller: &Caller,
@@ -484,6 +495,7 @@ impl<S: Store> Rendezvous<S> {
     }
 
     /// Exact-name lookup.
+    #[tracing::instrument(name = "service.lookup", skip_all)]
     pub fn lookup(
         &self,
         caller: &Caller,
@@ -507,6 +519,7 @@ impl<S: Store> Rendezvous<S> {
     }
 
     /// Announces the caller's addresses for a while.
+    #[tracing::instrument(name = "service.announce", skip_all)]
     pub async fn announce(
         &self,
         caller: &Caller,
@@ -539,6 +552,7 @@ impl<S: Store> Rendezvous<S> {
     }
 
     /// Leaves an envelope for `recipient`.
+    #[tracing::instrument(name = "service.deposit", skip_all)]
     pub async fn deposit(
         &self,
         caller: &Caller,
@@ -595,6 +609,7 @@ impl<S: Store> Rendezvous<S> {
 
     /// The caller's waiting envelopes; with `wait`, holds the request until mail arrives or the
     /// wait (capped) is over.
+    #[tracing::instrument(name = "service.fetch", skip_all)]
     pub async fn fetch(
         &self,
         caller: &Caller,
@@ -659,6 +674,7 @@ impl<S: Store> Rendezvous<S> {
     }
 
     /// Deletes one of the caller's envelopes.
+    #[tracing::instrument(name = "service.ack", skip_all)]
     pub async fn ack(&self, caller: &Caller, owner: &Username, id: &str) -> Result<(), ApiError> {
         own_mailbox(caller, owner)?;
         let id = parse_id(id)?;
@@ -673,6 +689,7 @@ impl<S: Store> Rendezvous<S> {
     }
 
     /// Periodic housekeeping: expired envelopes, idle rate-limiter entries, CRL freshness.
+    #[tracing::instrument(name = "service.housekeeping", skip_all)]
     pub async fn housekeeping(&self, now: SystemTime) -> Result<(), ApiError> {
         let purged = self.store.purge_expired(unix(now))?;
         if purged > 0 {
@@ -701,6 +718,7 @@ impl<S: Store> Rendezvous<S> {
     }
 
     /// Flushes everything (on shutdown).
+    #[tracing::instrument(name = "service.flush", skip_all)]
     pub async fn flush(&self) -> Result<(), ApiError> {
         self.store.flush().await?;
         Ok(())

@@ -171,6 +171,7 @@ impl SledStore {
 }
 
 impl Store for SledStore {
+    #[tracing::instrument(name = "store.create_account", skip_all)]
     fn create_account(&self, account: &Account) -> Result<bool, StoreError> {
         let created = self
             .accounts
@@ -295,6 +296,7 @@ impl Store for SledStore {
             .transpose()
     }
 
+    #[tracing::instrument(name = "store.add_one_time_prekeys", skip_all)]
     fn add_one_time_prekeys(
         &self,
         username: &Username,
@@ -323,6 +325,7 @@ impl Store for SledStore {
         Ok(count)
     }
 
+    #[tracing::instrument(name = "store.take_one_time_prekey", skip_all)]
     fn take_one_time_prekey(
         &self,
         username: &Username,
@@ -366,6 +369,7 @@ impl Store for SledStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "store.set_presence", skip_all)]
     fn set_presence(&self, username: &Username, presence: &Presence) -> Result<(), StoreError> {
         self.presence
             .insert(username.as_str(), encode(presence)?)
@@ -381,6 +385,7 @@ impl Store for SledStore {
             .transpose()
     }
 
+    #[tracing::instrument(name = "store.deposit", skip_all)]
     fn deposit(
         &self,
         recipient: &Username,
@@ -416,6 +421,7 @@ impl Store for SledStore {
         Ok(outcome)
     }
 
+    #[tracing::instrument(name = "store.mailbox", skip_all)]
     fn mailbox(
         &self,
         recipient: &Username,
@@ -435,6 +441,7 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    #[tracing::instrument(name = "store.ack", skip_all)]
     fn ack(&self, recipient: &Username, id: &[u8; 16]) -> Result<bool, StoreError> {
         self.remove_envelope(recipient, id)
     }
@@ -468,6 +475,7 @@ impl Store for SledStore {
         Ok(self.envelope_count.load(Ordering::Relaxed))
     }
 
+    #[tracing::instrument(name = "store.flush", skip_all)]
     async fn flush(&self) -> Result<(), StoreError> {
         // Our writes are covered by any flush that starts after this point.
         let needed = self.commit.started.load(Ordering::Acquire) + 1;

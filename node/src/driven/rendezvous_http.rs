@@ -107,6 +107,9 @@ impl HttpDirectory {
         if let Some(body) = body {
             request = request.json(body);
         }
+        if let Some(trace) = peerchat_telemetry::traceparent() {
+            request = request.header(peerchat_telemetry::TRACEPARENT, trace);
+        }
         let response = request.send().await.map_err(unavailable)?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(unavailable)?;

@@ -24,12 +24,19 @@ where
     let stream = futures::stream::poll_fn(move |cx| inbound.poll_recv(cx));
     stream
         .for_each_concurrent(CONCURRENCY, |item| {
-            let span =
-                tracing::info_span!("p2p.inbound", from = %item.from, id = %item.envelope.id);
+            let span = tracing::info_span!(
+                "p2p.inbound",
+                from = %item.from,
+                id = %item.envelope.id,
+                ack = tracing::field::Empty,
+            );
+            // The sender's trace goes on here (the context travels outside the ciphertext).
+            peerchat_telemetry::continue_trace(&span, item.envelope.trace.as_deref());
             let handled = handle(item.from, item.identity_key, item.envelope);
             let reply = item.reply;
             async move {
-                let ack = tracing::Instrument::instrument(handled, span).await;
+                let ack = tracing::Instrument::instrument(handled, span.clone()).await;
+                span.record("ack", tracing::field::debug(&ack));
                 let _ = reply.send(ack);
             }
         })

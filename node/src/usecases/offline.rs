@@ -39,8 +39,14 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         for item in items {
             let ack = match Envelope::decode(&item.envelope) {
                 Ok(envelope) if envelope.id == item.id => {
-                    let key = self.sender_key(&item.sender).await?;
-                    self.receive(&item.sender, &key, envelope).await
+                    let span =
+                        tracing::info_span!("mailbox.receive", from = %item.sender, id = %item.id);
+                    peerchat_telemetry::continue_trace(&span, envelope.trace.as_deref());
+                    let received = async {
+                        let key = self.sender_key(&item.sender).await?;
+                        Ok::<_, NodeError>(self.receive(&item.sender, &key, envelope).await)
+                    };
+                    tracing::Instrument::instrument(received, span).await?
                 }
                 _ => Ack::Rejected(RejectReason::Malformed),
             };

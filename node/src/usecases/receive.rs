@@ -193,7 +193,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             let message = session.encrypt(&plaintext)?;
             let envelope = Envelope {
                 id: crate::domain::MessageId::random(&mut OsRng),
-                trace: None,
+                trace: peerchat_telemetry::traceparent(),
                 payload: message.encode().to_vec(),
             };
             self.store.record_control(

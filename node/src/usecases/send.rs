@@ -48,7 +48,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             let message = session.encrypt(&plaintext)?;
             let envelope = Envelope {
                 id,
-                trace: None,
+                trace: peerchat_telemetry::traceparent(),
                 payload: message.encode().to_vec(),
             };
             let stored = StoredMessage {
@@ -78,7 +78,14 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     }
 
     /// Tries to deliver one envelope directly; on the peer's acknowledgement, marks it sent.
+    /// The attempt belongs to the trace the envelope was sent in, even when it is a retry.
     pub(super) async fn deliver(&self, to: &Username, envelope: Envelope) {
+        let span = tracing::info_span!("usecase.deliver", peer = %to, id = %envelope.id);
+        peerchat_telemetry::continue_trace(&span, envelope.trace.as_deref());
+        tracing::Instrument::instrument(self.deliver_in_span(to, envelope), span).await;
+    }
+
+    async fn deliver_in_span(&self, to: &Username, mut envelope: Envelope) {
         let id = envelope.id;
         let mut outcome = self.deliver_once(to, envelope.clone(), true).await;
         if matches!(outcome, Ok(Err(_))) {
@@ -103,6 +110,9 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             Ok(Err(e)) => {
                 // Not reachable directly: leave it in the rendezvous mailbox.
                 tracing::info!(error = %e, "direct delivery failed; depositing in the mailbox");
+                if let Some(trace) = peerchat_telemetry::traceparent() {
+                    envelope.trace = Some(trace);
+                }
                 match self.directory.deposit(to, &id, &envelope.encode()).await {
                     Ok(()) => true,
                     Err(e) => {

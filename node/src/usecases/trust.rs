@@ -98,7 +98,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 let encrypted = session.encrypt(&content)?;
                 let envelope = Envelope {
                     id: message.id,
-                    trace: None,
+                    trace: peerchat_telemetry::traceparent(),
                     payload: encrypted.encode().to_vec(),
                 };
                 self.store.record_released(

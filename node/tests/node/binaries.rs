@@ -13,7 +13,7 @@ use peerchat_pki::{HostName, Username};
 use peerchat_rendezvous::limits::Limits;
 use peerchat_rendezvous::{Config, prepare, run};
 
-const PASSWORD: &str = "correct horse battery";
+pub(crate) const PASSWORD: &str = "correct horse battery";
 
 /// A rendezvous served by this process on 127.0.0.1:0.
 async fn rendezvous(dir: &Path) -> String {
@@ -43,7 +43,7 @@ fn log_file(dir: &Path) -> Stdio {
     Stdio::from(file)
 }
 
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     dir: PathBuf,
     lines: mpsc::Receiver<String>,
@@ -55,6 +55,15 @@ impl Daemon {
     }
 
     fn start_with(dir: &Path, rendezvous: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(dir, rendezvous, extra, &[])
+    }
+
+    pub(crate) fn start_with_env(
+        dir: &Path,
+        rendezvous: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let _ = std::fs::remove_file(dir.join("api.addr"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_peerchat"))
             .arg("daemon")
@@ -64,6 +73,7 @@ impl Daemon {
             .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log_file(dir))
             .spawn()
@@ -87,7 +97,7 @@ impl Daemon {
     }
 
     /// Waits for a line of the daemon's output containing `needle`.
-    fn wait_for(&self, needle: &str) -> String {
+    pub(crate) fn wait_for(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -102,7 +112,7 @@ impl Daemon {
         }
     }
 
-    fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_peerchat"))
             .arg("--data-dir")
             .arg(&self.dir)
@@ -113,7 +123,7 @@ impl Daemon {
             .unwrap()
     }
 
-    fn register(&self, name: &str) {
+    pub(crate) fn register(&self, name: &str) {
         let out = self.cli(&["register", name]);
         assert!(
             out.status.success(),
@@ -123,7 +133,7 @@ impl Daemon {
         self.wait_for("listening on");
     }
 
-    fn api(&self) -> (reqwest::Client, String, String) {
+    pub(crate) fn api(&self) -> (reqwest::Client, String, String) {
         let addr = std::fs::read_to_string(self.dir.join("api.addr")).unwrap();
         let token = std::fs::read_to_string(self.dir.join("api-token")).unwrap();
         let tls = rustls::ClientConfig::builder_with_provider(peerchat_pki::tls::provider())
@@ -143,7 +153,7 @@ impl Daemon {
         )
     }
 
-    fn history_json(&self, peer: &str) -> Vec<MessageView> {
+    pub(crate) fn history_json(&self, peer: &str) -> Vec<MessageView> {
         let out = self.cli(&["history", peer, "--json"]);
         assert!(
             out.status.success(),
@@ -165,7 +175,7 @@ impl Drop for Daemon {
     }
 }
 
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+pub(crate) fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();
@@ -407,7 +417,7 @@ async fn a_receiver_killed_mid_stream_loses_no_acknowledged_message() {
 }
 
 /// The rendezvous binary, built if needed (it belongs to another package of the workspace).
-fn rendezvous_binary() -> PathBuf {
+pub(crate) fn rendezvous_binary() -> PathBuf {
     let status = Command::new(env!("CARGO"))
         .args([
             "build",
@@ -425,11 +435,22 @@ fn rendezvous_binary() -> PathBuf {
 
 /// The real rendezvous binary on `port` (0: any), returning the child and the port.
 fn rendezvous_process(binary: &Path, dir: &Path, port: u16) -> (Child, u16) {
+    rendezvous_process_with_env(binary, dir, port, &[])
+}
+
+/// [`rendezvous_process`] with extra environment variables.
+pub(crate) fn rendezvous_process_with_env(
+    binary: &Path,
+    dir: &Path,
+    port: u16,
+    env: &[(&str, &str)],
+) -> (Child, u16) {
     let mut child = Command::new(binary)
         .arg("--data-dir")
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -447,7 +468,7 @@ fn rendezvous_process(binary: &Path, dir: &Path, port: u16) -> (Child, u16) {
     (child, port)
 }
 
-fn stop(child: &mut Child) {
+pub(crate) fn stop(child: &mut Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

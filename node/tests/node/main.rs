@@ -9,4 +9,5 @@ mod e2ee_x3dh;
 mod p2p;
 mod store_contract;
 mod support;
+mod traces;
 mod usecases;

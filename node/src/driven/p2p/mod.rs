@@ -195,7 +195,11 @@ impl P2pNetwork {
 
 impl Network for P2pNetwork {
     #[tracing::instrument(name = "p2p.deliver", skip_all, fields(peer = %to.username, id = %envelope.id))]
-    async fn deliver(&self, to: &Recipient, envelope: Envelope) -> Result<Ack, DeliveryError> {
+    async fn deliver(&self, to: &Recipient, mut envelope: Envelope) -> Result<Ack, DeliveryError> {
+        // The receiver's spans become children of this one.
+        if let Some(trace) = peerchat_telemetry::traceparent() {
+            envelope.trace = Some(trace);
+        }
         if envelope.encoded_len_bound() > self.max_envelope_bytes {
             return Err(DeliveryError::TooLarge);
         }
