@@ -47,6 +47,9 @@ pub struct DaemonConfig {
     pub ca_cert: Option<PathBuf>,
     /// Where the local API listens (loopback).
     pub api: SocketAddr,
+    /// Allows a non-loopback API address: inside a container whose API port is published on the
+    /// host's loopback only. The bearer token and the Host check still apply.
+    pub api_any_address: bool,
     /// Where the peer-to-peer network listens.
     pub listen: Multiaddr,
     /// Whether to tell senders when their messages were read.
@@ -251,12 +254,18 @@ pub async fn run(
         .await
         .map_err(|e| io("binding the API", e))?;
     let addr = listener.local_addr().map_err(|e| io("API address", e))?;
-    if !addr.ip().is_loopback() {
+    if !addr.ip().is_loopback() && !config.api_any_address {
         return Err(DaemonError::Start(format!(
-            "the API must listen on loopback, not {addr}"
+            "the API must listen on loopback, not {addr} (see --allow-api-non-loopback)"
         )));
     }
-    std::fs::write(config.data_dir.join(API_ADDR_FILE), addr.to_string())
+    // The CLI on this host reaches an unspecified address through loopback.
+    let local = if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    std::fs::write(config.data_dir.join(API_ADDR_FILE), local.to_string())
         .map_err(|e| io("writing the API address", e))?;
     println!(
         "peerchat: API on http://{addr} (token in {})",
@@ -320,7 +329,11 @@ async fn start_network(
         });
     }));
     let (net, inbound) = p2p::start(p2p_config).await.map_err(|e| e.to_string())?;
-    let addresses: Vec<String> = net.listen_addrs().iter().map(|a| a.to_string()).collect();
+    let addresses: Vec<String> = net
+        .reachable_addrs()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
 
     let _ = network.0.set(net.clone());
     {

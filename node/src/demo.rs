@@ -85,6 +85,7 @@ pub async fn run(
             listen: "/ip4/127.0.0.1/tcp/0"
                 .parse()
                 .map_err(|_| DaemonError::Start("listen address".into()))?,
+            api_any_address: false,
             read_receipts: true,
             crl_refresh: Duration::from_secs(300),
             desktop_notifications: false,

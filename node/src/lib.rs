@@ -10,4 +10,5 @@ pub mod domain;
 pub mod driven;
 pub mod driving;
 pub mod ports;
+pub mod probe;
 pub mod usecases;

@@ -38,6 +38,10 @@ enum Command {
         /// Local API address (loopback).
         #[arg(long, env = "PEERCHAT_API", default_value = "127.0.0.1:0")]
         api: std::net::SocketAddr,
+        /// Allow a non-loopback API address, only inside a container whose API port is published
+        /// on the host's loopback (the token and the Host check still apply).
+        #[arg(long, env = "PEERCHAT_ALLOW_API_NON_LOOPBACK")]
+        allow_api_non_loopback: bool,
         /// Peer-to-peer listen address.
         #[arg(long, env = "PEERCHAT_LISTEN", default_value = "/ip4/127.0.0.1/tcp/0")]
         listen: libp2p::Multiaddr,
@@ -121,6 +125,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Dials a peer directly with the certificate and key in the given files, to check whom it
+    /// lets in. Exits 0 when the peer accepted the connection, 1 when it refused.
+    Probe {
+        /// Who the peer must be.
+        name: String,
+        /// Its address, ending in /p2p/<peer id> (printed by its daemon: "listening on").
+        address: libp2p::Multiaddr,
+        /// The certificate to present (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Its Ed25519 private key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// The CA the peer's certificate must come from (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+    },
     /// Shows who this node is.
     Status {
         /// Machine-readable output.
@@ -168,6 +189,7 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
             rendezvous,
             ca_cert,
             api,
+            allow_api_non_loopback,
             listen,
             no_read_receipts,
             notify,
@@ -178,6 +200,7 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
                 rendezvous,
                 ca_cert,
                 api,
+                api_any_address: allow_api_non_loopback,
                 listen,
                 read_receipts: !no_read_receipts,
                 crl_refresh: std::time::Duration::from_secs(crl_refresh_secs.max(1)),
@@ -192,6 +215,27 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
             return peerchat::demo::run(dir, shutdown())
                 .await
                 .map_err(|e| CliError(e.to_string()));
+        }
+        Command::Probe {
+            name,
+            address,
+            cert,
+            key,
+            ca,
+        } => {
+            let peer = peerchat_pki::Username::new(&name).map_err(|e| CliError(e.to_string()))?;
+            let probe = peerchat::probe::Probe {
+                certificate: cert,
+                key,
+                ca,
+                peer,
+                address,
+            };
+            let ack = peerchat::probe::run(&probe)
+                .await
+                .map_err(|e| CliError(format!("probe refused: {e}")))?;
+            println!("{name} accepted the connection (its answer to the probe: {ack:?})");
+            return Ok(());
         }
         Command::Register { name } => CliCommand::Register { name },
         Command::Login { name } => CliCommand::Login { name },

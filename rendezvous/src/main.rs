@@ -48,6 +48,11 @@ struct Args {
         default_value_t = 1200
     )]
     deposits_per_minute: u32,
+    /// Also write the CA certificate (public, PEM) to this file, for nodes to trust without a
+    /// manual step (e.g. a volume shared with node containers). The CA key never leaves
+    /// `--data-dir`.
+    #[arg(long, env = "PEERCHAT_RENDEZVOUS_CA_CERT_OUT")]
+    ca_cert_out: Option<PathBuf>,
 }
 
 fn per_minute(n: u32) -> Rate {
@@ -84,6 +89,12 @@ async fn serve(args: Args) -> Result<(), BoxError> {
         },
     };
     let prepared = prepare(&config, SystemTime::now())?;
+    if let Some(out) = &args.ca_cert_out {
+        // Written whole, then renamed: a reader never sees half a certificate.
+        let partial = out.with_extension("partial");
+        std::fs::write(&partial, prepared.service.ca().certificate().to_pem())?;
+        std::fs::rename(&partial, out)?;
+    }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let fingerprint = prepared.service.ca().certificate().fingerprint();
     println!(

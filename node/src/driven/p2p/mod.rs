@@ -181,6 +181,29 @@ impl P2pNetwork {
         &self.listen_addrs
     }
 
+    /// The addresses to give peers: loopback ones only when there is nothing else (a peer's
+    /// 127.0.0.1 is itself, unless everything runs on one host).
+    pub fn reachable_addrs(&self) -> Vec<Multiaddr> {
+        let loopback = |a: &Multiaddr| {
+            a.iter().any(|p| match p {
+                Protocol::Ip4(ip) => ip.is_loopback(),
+                Protocol::Ip6(ip) => ip.is_loopback(),
+                _ => false,
+            })
+        };
+        let outside: Vec<Multiaddr> = self
+            .listen_addrs
+            .iter()
+            .filter(|a| !loopback(a))
+            .cloned()
+            .collect();
+        if outside.is_empty() {
+            self.listen_addrs.clone()
+        } else {
+            outside
+        }
+    }
+
     /// The verified identities of connected peers.
     pub fn registry(&self) -> &PeerRegistry {
         &self.registry
@@ -363,6 +386,28 @@ pub async fn start(config: P2pConfig) -> Result<(P2pNetwork, mpsc::Receiver<Inbo
                 return Err(StartError::Transport(error.to_string()));
             }
             _ => {}
+        }
+    }
+    // An unspecified address (0.0.0.0) listens on every interface, each reported on its own.
+    let unspecified = config.listen.iter().any(|a| {
+        a.iter().any(|p| match p {
+            Protocol::Ip4(ip) => ip.is_unspecified(),
+            Protocol::Ip6(ip) => ip.is_unspecified(),
+            _ => false,
+        })
+    });
+    if unspecified {
+        let settle = tokio::time::sleep(Duration::from_millis(300));
+        tokio::pin!(settle);
+        loop {
+            tokio::select! {
+                _ = &mut settle => break,
+                event = swarm.select_next_some() => {
+                    if let SwarmEvent::NewListenAddr { address, .. } = event {
+                        listen_addrs.push(address.with_p2p(local_peer_id).unwrap_or_else(|a| a));
+                    }
+                }
+            }
         }
     }
     let (commands, command_rx) = mpsc::channel(1024);
