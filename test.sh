@@ -46,7 +46,7 @@ if [ "$mode" = local ]; then
     rendezvous="$target_dir/debug/peerchat-rendezvous"
     pids=()
     probe_dir="$work/probe"
-    ca="$work/rendezvous/ca.pem"
+    ca="$work/ca.pem" # written by the rendezvous (--ca-cert-out), as in docker-compose.yml
 
     cleanup() {
         for pid in "${pids[@]}"; do kill "$pid" 2> /dev/null || true; done
@@ -54,7 +54,7 @@ if [ "$mode" = local ]; then
         rm -rf "$work"
     }
     start_all() {
-        "$rendezvous" --data-dir "$work/rendezvous" --listen 127.0.0.1:0 \
+        "$rendezvous" --data-dir "$work/rendezvous" --listen 127.0.0.1:0 --ca-cert-out "$ca" \
             > "$work/rendezvous.out" 2> "$work/rendezvous.log" &
         pids+=($!)
         for _ in $(seq 100); do grep -q "https://" "$work/rendezvous.out" 2> /dev/null && break; sleep 0.1; done

@@ -3,7 +3,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, SigningKey, Verifier, VerifyingKey};
-use peerchat_pki::{Crl, build_csr};
+use peerchat_pki::{Crl, Username, build_csr};
 use peerchat_rendezvous::api;
 use rand::rngs::OsRng;
 use reqwest::{Method, StatusCode};
@@ -305,9 +305,27 @@ async fn login_on_a_new_install_revokes_the_old_certificate_and_voids_prekeys() 
         Some(&wrong),
     )
     .await;
+    let wrong = err.unwrap_err();
     assert_eq!(
-        (code, err.unwrap_err().error.as_str()),
+        (code, wrong.error.as_str()),
         (StatusCode::UNAUTHORIZED, "bad_credentials")
+    );
+
+    // An unknown user gets the very same answer: logins do not tell who is registered.
+    let mut unknown = login.clone();
+    unknown.username = Username::new("nobody-here").unwrap();
+    let (code, err) = send::<_, api::CertificateResponse>(
+        &server.anonymous(),
+        Method::POST,
+        &server.url("/v1/sessions"),
+        Some(&unknown),
+    )
+    .await;
+    let unknown = err.unwrap_err();
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        (unknown.error.as_str(), unknown.message.as_str()),
+        (wrong.error.as_str(), wrong.message.as_str())
     );
 }
 
