@@ -23,6 +23,8 @@ use peerchat_telemetry::Telemetry;
 
 /// File (in the data directory) holding the API address, for the CLI.
 pub const API_ADDR_FILE: &str = "api.addr";
+/// File (mode 0600) holding the hashes of the chat window's sessions.
+pub const UI_SESSIONS_FILE: &str = "ui-sessions";
 /// File (mode 0600) holding the API bearer token.
 pub const API_TOKEN_FILE: &str = "api-token";
 /// How long a signed prekey is used before a new one replaces it.
@@ -272,11 +274,18 @@ pub async fn run(
         config.data_dir.join(API_TOKEN_FILE).display()
     );
     let events = node_events.clone();
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = closing_tx.send(true);
+    };
     let app = api::router(api::ApiState {
         node,
         token,
         on_registered: Box::new(start),
         subscribe: Box::new(move || events.0.subscribe()),
+        ui: crate::driving::ui::Sessions::persistent(config.data_dir.join(UI_SESSIONS_FILE)),
+        closing,
     });
     api::serve(listener, app, shutdown)
         .await

@@ -72,6 +72,7 @@ pub async fn run(
     println!("peerchat demo: rendezvous on {url}");
 
     let mut nodes = Vec::new();
+    let mut links = Vec::new();
     for name in USERS {
         let dir = base.join(name);
         let _ = std::fs::remove_file(dir.join(API_ADDR_FILE));
@@ -98,6 +99,11 @@ pub async fn run(
             .call::<(), _>(Method::GET, "/api/v1/status", None)
             .await
             .map_err(|e| DaemonError::Start(e.0))?;
+        let link: crate::driving::ui::UiLink = client
+            .call::<(), _>(Method::POST, "/api/v1/ui/link", None)
+            .await
+            .map_err(|e| DaemonError::Start(e.0))?;
+        links.push((name, format!("{}{}", client.base(), link.path)));
         if status.username.is_none() {
             let body = RegisterBody {
                 username: Username::new(name).map_err(|e| DaemonError::Start(e.to_string()))?,
@@ -119,6 +125,11 @@ pub async fn run(
     println!("  {exe} --data-dir {} history alice", b.display());
     println!("  {exe} --data-dir {} send alice \"Hi Alice\"", b.display());
     println!("  {exe} --data-dir {} watch", a.display());
+    println!("Or chat in the browser (each link works once, for a few minutes):");
+    for (name, link) in &links {
+        println!("  {name}: {link}");
+    }
+    println!("  for a new link: {exe} --data-dir {} ui", a.display());
     println!(
         "Ctrl-C stops the demo; its data stays in {}.",
         base.display()

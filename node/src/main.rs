@@ -70,6 +70,21 @@ enum Command {
     Login {
         /// The username.
         name: String,
+        /// The current code of the account's second factor, if it has one.
+        #[arg(long)]
+        totp: Option<String>,
+    },
+    /// Manages the account's second factor (TOTP).
+    Totp {
+        #[command(subcommand)]
+        action: TotpAction,
+    },
+    /// Opens the chat window in the browser with a one-time link (printed when no browser can be
+    /// opened).
+    Ui {
+        /// Only print the link.
+        #[arg(long)]
+        print: bool,
     },
     /// Sends a message.
     Send {
@@ -147,6 +162,17 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TotpAction {
+    /// Starts enabling it: prints the secret for an authenticator app.
+    Enable,
+    /// Enables it with a first code from the app.
+    Confirm {
+        /// The code.
+        code: String,
     },
 }
 
@@ -238,7 +264,14 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
             return Ok(());
         }
         Command::Register { name } => CliCommand::Register { name },
-        Command::Login { name } => CliCommand::Login { name },
+        Command::Login { name, totp } => CliCommand::Login { name, totp },
+        Command::Totp {
+            action: TotpAction::Enable,
+        } => CliCommand::TotpEnable,
+        Command::Totp {
+            action: TotpAction::Confirm { code },
+        } => CliCommand::TotpConfirm { code },
+        Command::Ui { print } => CliCommand::Ui { print_only: print },
         Command::Send { name, text } => CliCommand::Send { name, text },
         Command::History { name, json } => CliCommand::History { name, json },
         Command::Contacts { json } => CliCommand::Contacts { json },

@@ -374,6 +374,21 @@ pub struct MailItem {
     pub envelope: Vec<u8>,
 }
 
+/// A second factor being enabled: the shared secret, for an authenticator app.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TotpEnrolment {
+    /// The secret, base32.
+    pub secret: String,
+    /// The same as an `otpauth://` URI (for a QR code).
+    pub uri: String,
+}
+
+impl std::fmt::Debug for TotpEnrolment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TotpEnrolment(<redacted>)")
+    }
+}
+
 /// The rendezvous, as the use cases need it.
 pub trait Directory: Send + Sync + 'static {
     /// Creates the account; returns the certificate for `csr` and the CA.
@@ -389,8 +404,13 @@ pub trait Directory: Send + Sync + 'static {
         &self,
         username: &Username,
         password: &str,
+        totp: Option<&str>,
         csr: &[u8],
     ) -> impl Future<Output = Result<Issued, DirectoryError>> + Send;
+    /// Starts enabling a second factor (TOTP) on our account.
+    fn totp_enrol(&self) -> impl Future<Output = Result<TotpEnrolment, DirectoryError>> + Send;
+    /// Enables the second factor with a first valid code.
+    fn totp_confirm(&self, code: &str) -> impl Future<Output = Result<(), DirectoryError>> + Send;
     /// A new certificate for our current key (`csr` made with it).
     fn renew(&self, csr: &[u8]) -> impl Future<Output = Result<Issued, DirectoryError>> + Send;
     /// Revokes our current certificate (logout).

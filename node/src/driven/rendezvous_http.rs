@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 
 use super::rendezvous_wire;
 use crate::domain::{OneTimePreKey, PreKeyBundle, SignedPreKey};
-use crate::ports::{Directory, DirectoryError, Issued, PeerInfo};
+use crate::ports::{Directory, DirectoryError, Issued, PeerInfo, TotpEnrolment};
 
 /// Timeout of every request to the rendezvous.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -180,12 +180,13 @@ impl Directory for HttpDirectory {
         &self,
         username: &Username,
         password: &str,
+        totp: Option<&str>,
         csr: &[u8],
     ) -> Result<Issued, DirectoryError> {
         let request = api::LoginRequest {
             username: username.clone(),
             password: password.into(),
-            totp: None,
+            totp: totp.map(str::to_owned),
             csr: B64.encode(csr),
         };
         let issued: api::CertificateResponse = self
@@ -266,6 +267,21 @@ impl Directory for HttpDirectory {
             .call(Method::POST, "/v1/certificates/renew", Some(&request))
             .await?;
         self.issued(issued)
+    }
+
+    async fn totp_enrol(&self) -> Result<TotpEnrolment, DirectoryError> {
+        let enrolment: api::TotpEnrolment =
+            self.call::<(), _>(Method::POST, "/v1/totp", None).await?;
+        Ok(TotpEnrolment {
+            secret: enrolment.secret,
+            uri: enrolment.uri,
+        })
+    }
+
+    async fn totp_confirm(&self, code: &str) -> Result<(), DirectoryError> {
+        let request = api::TotpConfirm { code: code.into() };
+        self.call(Method::POST, "/v1/totp/confirm", Some(&request))
+            .await
     }
 
     async fn logout(&self) -> Result<(), DirectoryError> {

@@ -16,7 +16,7 @@ use peerchat_rendezvous::store::Store as RendezvousStore;
 
 use super::rendezvous_wire;
 use crate::domain::{OneTimePreKey, PreKeyBundle, SignedPreKey};
-use crate::ports::{Directory, DirectoryError, Issued, PeerInfo};
+use crate::ports::{Directory, DirectoryError, Issued, PeerInfo, TotpEnrolment};
 
 /// A directory client that calls the service directly.
 pub struct InProcessDirectory<R: RendezvousStore> {
@@ -84,12 +84,13 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
         &self,
         username: &Username,
         password: &str,
+        totp: Option<&str>,
         csr: &[u8],
     ) -> Result<Issued, DirectoryError> {
         let request = api::LoginRequest {
             username: username.clone(),
             password: password.into(),
-            totp: None,
+            totp: totp.map(str::to_owned),
             csr: B64.encode(csr),
         };
         let issued = self
@@ -182,6 +183,24 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
             certificate_pem: issued.certificate,
             ca_pem: issued.ca,
         })
+    }
+
+    async fn totp_enrol(&self) -> Result<TotpEnrolment, DirectoryError> {
+        let caller = self.caller()?;
+        let enrolment = self.service.totp_enrol(&caller).await.map_err(translate)?;
+        Ok(TotpEnrolment {
+            secret: enrolment.secret,
+            uri: enrolment.uri,
+        })
+    }
+
+    async fn totp_confirm(&self, code: &str) -> Result<(), DirectoryError> {
+        let caller = self.caller()?;
+        let request = api::TotpConfirm { code: code.into() };
+        self.service
+            .totp_confirm(&caller, request, SystemTime::now())
+            .await
+            .map_err(translate)
     }
 
     async fn logout(&self) -> Result<(), DirectoryError> {

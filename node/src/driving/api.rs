@@ -1,11 +1,11 @@
-//! The local HTTP API: loopback only, every request carries the bearer token kept in the data
-//! directory. The CLI (and later the web UI) use it.
+//! The local HTTP API: loopback only. The CLI authenticates with the bearer token kept in the
+//! data directory; the chat window ([`super::ui`]) with a session cookie from a one-time link.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::{FromRequest, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+use super::ui;
 use crate::domain::MessageId;
 use crate::ports::{
     Clock, Direction, Directory, DirectoryError, MessageStatus, Network, Notifier, Store,
@@ -33,6 +34,32 @@ pub struct RegisterBody {
     pub username: Username,
     /// The password.
     pub password: String,
+}
+
+/// `POST /api/v1/login`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LoginBody {
+    /// The account name.
+    pub username: Username,
+    /// The password.
+    pub password: String,
+    /// The current code of the account's second factor, if it has one.
+    #[serde(default)]
+    pub totp: Option<String>,
+}
+
+/// `POST /api/v1/totp/confirm`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TotpCodeBody {
+    /// A current code from the authenticator app.
+    pub code: String,
+}
+
+/// `GET /api/v1/contacts/{peer}/presence`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PresenceView {
+    /// Whether the rendezvous has live addresses for them.
+    pub online: bool,
 }
 
 /// `POST /api/v1/contacts`.
@@ -117,6 +144,8 @@ pub struct ConversationView {
     pub peer: Username,
     /// How many messages.
     pub messages: u64,
+    /// Messages from them not yet shown.
+    pub unread: u64,
     /// The latest message.
     pub last: MessageView,
 }
@@ -169,6 +198,10 @@ impl From<NodeError> for ApiError {
                     "username_taken" => (StatusCode::CONFLICT, "username_taken"),
                     "weak_password" | "bad_username" => (StatusCode::BAD_REQUEST, "rejected"),
                     "bad_credentials" => (StatusCode::UNAUTHORIZED, "bad_credentials"),
+                    "totp_required" => (StatusCode::UNAUTHORIZED, "totp_required"),
+                    "totp_invalid" => (StatusCode::BAD_REQUEST, "totp_invalid"),
+                    "totp_enabled" => (StatusCode::CONFLICT, "totp_enabled"),
+                    "totp_not_enrolled" => (StatusCode::CONFLICT, "totp_not_enrolled"),
                     "rate_limited" => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
                     _ => (StatusCode::BAD_GATEWAY, "rendezvous_refused"),
                 };
@@ -244,6 +277,11 @@ pub struct ApiState<S, D, N, E, C> {
     /// A new subscription to the node's real-time events.
     pub subscribe:
         Box<dyn Fn() -> tokio::sync::broadcast::Receiver<crate::ports::Event> + Send + Sync>,
+    /// The chat window's one-time links and sessions.
+    pub ui: ui::Sessions,
+    /// Becomes `true` when the daemon stops: event streams end, so shutdown need not wait for
+    /// open windows.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The API router.
@@ -252,6 +290,22 @@ pub fn router<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
 ) -> Router {
     let state = Arc::new(state);
     Router::new()
+        .route("/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
+        .route("/favicon.ico", get(ui::favicon))
+        .route("/ui/open", get(open_ui::<S, D, N, E, C>))
+        .route("/api/v1/ui/link", post(ui_link::<S, D, N, E, C>))
+        .route("/api/v1/totp", post(enable_totp::<S, D, N, E, C>))
+        .route("/api/v1/totp/confirm", post(confirm_totp::<S, D, N, E, C>))
+        .route(
+            "/api/v1/contacts/{peer}/presence",
+            get(presence::<S, D, N, E, C>),
+        )
+        .route(
+            "/api/v1/contacts/{peer}/safety-number/qr.svg",
+            get(safety_number_qr::<S, D, N, E, C>),
+        )
         .route("/api/v1/status", get(status::<S, D, N, E, C>))
         .route("/api/v1/register", post(register::<S, D, N, E, C>))
         .route("/api/v1/login", post(login::<S, D, N, E, C>))
@@ -303,10 +357,22 @@ pub fn router<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
 
 type Shared<S, D, N, E, C> = State<Arc<ApiState<S, D, N, E, C>>>;
 
-/// Loopback `Host` only (no DNS rebinding), and the bearer token.
+/// Loopback `Host` only (no DNS rebinding); then the bearer token, or a browser session whose
+/// writes carry the CSRF header from this origin. Every answer gets the security headers.
 async fn guard<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
     State(state): Shared<S, D, N, E, C>,
     headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut response = check_and_run(&state, &headers, request, next).await;
+    ui::harden(&mut response);
+    response
+}
+
+async fn check_and_run<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    state: &ApiState<S, D, N, E, C>,
+    headers: &HeaderMap,
     request: Request,
     next: Next,
 ) -> Response {
@@ -323,21 +389,88 @@ async fn guard<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
         )
         .into_response();
     }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if !bool::from(presented.as_bytes().ct_eq(state.token.as_bytes())) {
-        return ApiError(
-            StatusCode::UNAUTHORIZED,
-            "bad_token",
-            "missing or wrong API token".into(),
-        )
-        .into_response();
+    let path = request.uri().path().to_owned();
+    if !ui::is_public(&path) {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let bearer = bool::from(presented.as_bytes().ct_eq(state.token.as_bytes()));
+        if !bearer {
+            // Only the token holder (the CLI) mints links into the window.
+            if !state.ui.authenticated(headers) || path == "/api/v1/ui/link" {
+                return ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    "bad_token",
+                    "missing or wrong API token (open the window with `peerchat ui`)".into(),
+                )
+                .into_response();
+            }
+            let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+            if !reads && !ui::same_origin_write(headers) {
+                return ApiError(
+                    StatusCode::FORBIDDEN,
+                    "cross_site",
+                    "a browser request that changes something must come from this window".into(),
+                )
+                .into_response();
+            }
+        }
     }
-    let span = tracing::info_span!("api", method = %request.method(), path = %request.uri().path());
+    let span = tracing::info_span!("api", method = %request.method(), path = %path);
     tracing::Instrument::instrument(next.run(request), span).await
+}
+
+async fn open_ui<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+    headers: HeaderMap,
+    query: axum::extract::Query<ui::OpenQuery>,
+) -> Response {
+    ui::open(&state.ui, &headers, query)
+}
+
+async fn ui_link<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+) -> Json<ui::UiLink> {
+    Json(state.ui.link())
+}
+
+async fn enable_totp<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+) -> Result<Json<crate::ports::TotpEnrolment>, ApiError> {
+    Ok(Json(state.node.enable_totp().await?))
+}
+
+async fn confirm_totp<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+    Body(body): Body<TotpCodeBody>,
+) -> Result<StatusCode, ApiError> {
+    state.node.confirm_totp(&body.code).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn presence<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+    Path(raw): Path<String>,
+) -> Result<Json<PresenceView>, ApiError> {
+    let online = state.node.presence(&peer(&raw)?).await?;
+    Ok(Json(PresenceView { online }))
+}
+
+async fn safety_number_qr<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
+    State(state): Shared<S, D, N, E, C>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let number = state.node.safety_number(&peer(&raw)?)?;
+    let svg = ui::qr_svg(&number.scannable()).ok_or_else(|| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the QR code could not be drawn".into(),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
 }
 
 async fn status<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
@@ -357,9 +490,12 @@ async fn register<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
 
 async fn login<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
     State(state): Shared<S, D, N, E, C>,
-    Body(body): Body<RegisterBody>,
+    Body(body): Body<LoginBody>,
 ) -> Result<StatusCode, ApiError> {
-    state.node.login(&body.username, &body.password).await?;
+    state
+        .node
+        .login(&body.username, &body.password, body.totp.as_deref())
+        .await?;
     (state.on_registered)();
     Ok(StatusCode::OK)
 }
@@ -423,12 +559,16 @@ async fn conversations<S: Store, D: Directory, N: Network, E: Notifier, C: Clock
             .node
             .conversations()?
             .into_iter()
-            .map(|c| ConversationView {
-                peer: c.peer,
-                messages: c.messages,
-                last: view(c.last, &me),
+            .map(|c| {
+                let unread = state.node.unread(&c.peer)?;
+                Ok(ConversationView {
+                    messages: c.messages,
+                    unread,
+                    last: view(c.last, &me),
+                    peer: c.peer,
+                })
             })
-            .collect(),
+            .collect::<Result<_, NodeError>>()?,
     ))
 }
 
@@ -523,30 +663,38 @@ async fn events<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
 > {
     use tokio::sync::broadcast::error::RecvError;
     let receiver = (state.subscribe)();
-    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-        loop {
-            match receiver.recv().await {
-                Ok(event) => {
-                    let kind = match &event {
-                        crate::ports::Event::MessageReceived { .. } => "message_received",
-                        crate::ports::Event::StatusChanged { .. } => "status_changed",
-                        crate::ports::Event::KeyChanged { .. } => "key_changed",
-                        crate::ports::Event::PeerOnline { .. } => "peer_online",
-                        crate::ports::Event::PeerOffline { .. } => "peer_offline",
-                    };
-                    let sse = axum::response::sse::Event::default()
-                        .event(kind)
-                        .json_data(&event)
-                        .unwrap_or_default();
-                    return Some((Ok(sse), receiver));
+    let closing = state.closing.clone();
+    let stream = futures::stream::unfold(
+        (receiver, closing),
+        |(mut receiver, mut closing)| async move {
+            loop {
+                let received = tokio::select! {
+                    _ = closing.wait_for(|closing| *closing) => return None,
+                    received = receiver.recv() => received,
+                };
+                match received {
+                    Ok(event) => {
+                        let kind = match &event {
+                            crate::ports::Event::MessageReceived { .. } => "message_received",
+                            crate::ports::Event::StatusChanged { .. } => "status_changed",
+                            crate::ports::Event::KeyChanged { .. } => "key_changed",
+                            crate::ports::Event::PeerOnline { .. } => "peer_online",
+                            crate::ports::Event::PeerOffline { .. } => "peer_offline",
+                        };
+                        let sse = axum::response::sse::Event::default()
+                            .event(kind)
+                            .json_data(&event)
+                            .unwrap_or_default();
+                        return Some((Ok(sse), (receiver, closing)));
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "an event subscriber fell behind")
+                    }
+                    Err(RecvError::Closed) => return None,
                 }
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "an event subscriber fell behind")
-                }
-                Err(RecvError::Closed) => return None,
             }
-        }
-    });
+        },
+    );
     axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default())
 }
 

@@ -6,8 +6,11 @@ use std::path::Path;
 use peerchat_pki::Username;
 
 use super::api::{
-    ContactView, MessageView, RegisterBody, SafetyNumberView, SendAnswer, SendBody, VerifyBody,
+    ContactView, LoginBody, MessageView, RegisterBody, SafetyNumberView, SendAnswer, SendBody,
+    TotpCodeBody, VerifyBody,
 };
+use super::ui::UiLink;
+use crate::ports::TotpEnrolment;
 use crate::usecases::NodeStatus;
 
 use reqwest::Method;
@@ -23,6 +26,13 @@ pub struct ApiClient {
     base: String,
     token: String,
     http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// `http://address:port` of the API.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
 }
 
 /// A failed CLI call, as one line for people.
@@ -165,6 +175,20 @@ pub enum CliCommand {
     Login {
         /// The username.
         name: String,
+        /// The current code of the account's second factor, if it has one.
+        totp: Option<String>,
+    },
+    /// Start enabling a second factor (prints the secret for an authenticator app).
+    TotpEnable,
+    /// Enable the second factor with a first code from the app.
+    TotpConfirm {
+        /// The code.
+        code: String,
+    },
+    /// Open the chat window in the browser (a one-time link; printed if no browser opens).
+    Ui {
+        /// Only print the link.
+        print_only: bool,
     },
     /// Send a message.
     Send {
@@ -223,8 +247,23 @@ pub enum CliCommand {
     },
 }
 
-/// Runs one CLI command against the daemon whose API address and token are in `data_dir`,
-/// printing its result for people (or JSON).
+/// Tries `$BROWSER`, then `xdg-open`; whether one of them took the link.
+fn open_browser(url: &str) -> bool {
+    let mut openers: Vec<String> = std::env::var("BROWSER")
+        .map(|b| b.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
+    openers.push("xdg-open".into());
+    openers.iter().filter(|o| !o.is_empty()).any(|opener| {
+        std::process::Command::new(opener)
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
 fn username(raw: &str) -> Result<Username, CliError> {
     Username::from_user_input(raw).map_err(|e| CliError(format!("{raw:?}: {e}")))
 }
@@ -269,10 +308,11 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
             println!("registered as {}", body.username);
             Ok(())
         }
-        CliCommand::Login { name } => {
-            let body = RegisterBody {
+        CliCommand::Login { name, totp } => {
+            let body = LoginBody {
                 username: username(&name)?,
                 password: password()?,
+                totp,
             };
             ApiClient::from_data_dir(&data_dir)?
                 .call::<_, ()>(Method::POST, "/api/v1/login", Some(&body))
@@ -281,6 +321,40 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
                 "logged in as {} with a new key on this install",
                 body.username
             );
+            Ok(())
+        }
+        CliCommand::TotpEnable => {
+            let enrolment: TotpEnrolment = ApiClient::from_data_dir(&data_dir)?
+                .call::<(), _>(Method::POST, "/api/v1/totp", None)
+                .await?;
+            println!("secret: {}", enrolment.secret);
+            println!("uri: {}", enrolment.uri);
+            println!("add it to your authenticator app, then: peerchat totp confirm CODE");
+            Ok(())
+        }
+        CliCommand::TotpConfirm { code } => {
+            ApiClient::from_data_dir(&data_dir)?
+                .call::<_, ()>(
+                    Method::POST,
+                    "/api/v1/totp/confirm",
+                    Some(&TotpCodeBody { code }),
+                )
+                .await?;
+            println!("second factor enabled: logins now need a code");
+            Ok(())
+        }
+        CliCommand::Ui { print_only } => {
+            let link: UiLink = ApiClient::from_data_dir(&data_dir)?
+                .call::<(), _>(Method::POST, "/api/v1/ui/link", None)
+                .await?;
+            let url = format!("{}{}", ApiClient::from_data_dir(&data_dir)?.base, link.path);
+            let opened = !print_only && open_browser(&url);
+            if opened {
+                println!("opened the chat window: {url}");
+            } else {
+                println!("open this link in your browser (once, within a few minutes):");
+                println!("{url}");
+            }
             Ok(())
         }
         CliCommand::Send { name, text } => {

@@ -4,7 +4,7 @@ use peerchat_pki::Username;
 
 use super::{Node, NodeError};
 use crate::ports::{
-    Clock, Contact, Conversation, Directory, Network, Notifier, Store, StoredMessage,
+    Clock, Contact, Conversation, Directory, MessageStatus, Network, Notifier, Store, StoredMessage,
 };
 
 /// What `status` reports.
@@ -20,6 +20,23 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     /// The conversation with `peer`, oldest first.
     pub fn history(&self, peer: &Username) -> Result<Vec<StoredMessage>, NodeError> {
         Ok(self.store.history(peer)?)
+    }
+
+    /// How many messages from `peer` were not shown yet.
+    pub fn unread(&self, peer: &Username) -> Result<u64, NodeError> {
+        Ok(self
+            .store
+            .history(peer)?
+            .iter()
+            .filter(|m| m.status == MessageStatus::Received)
+            .count() as u64)
+    }
+
+    /// Whether `peer` is online, as far as the rendezvous knows (live announced addresses).
+    #[tracing::instrument(name = "usecase.presence", skip_all, fields(peer = %peer))]
+    pub async fn presence(&self, peer: &Username) -> Result<bool, NodeError> {
+        self.me()?;
+        Ok(self.directory.lookup(peer).await?.online)
     }
 
     /// One line per conversation, most recent first.

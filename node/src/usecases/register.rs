@@ -5,28 +5,50 @@ use rand::rngs::OsRng;
 
 use super::{Node, NodeError, PREKEY_BATCH};
 use crate::domain::{IdentityKeyPair, OneTimePreKeyPair, PreKeyId, SignedPreKeyPair};
-use crate::ports::{Clock, Directory, LocalIdentity, Network, Notifier, Store};
+use crate::ports::{Clock, Directory, LocalIdentity, Network, Notifier, Store, TotpEnrolment};
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
     /// Creates the account `username`: generates the identity key, obtains a certificate for it,
     /// stores identity and prekeys durably, then publishes the prekeys.
     #[tracing::instrument(name = "usecase.register", skip_all, fields(user = %username))]
     pub async fn register(&self, username: &Username, password: &str) -> Result<(), NodeError> {
-        self.enrol(username, password, false).await
+        self.enrol(username, password, None).await
     }
 
     /// Logs in to an existing account from this (new) install: a new identity key, certified by
     /// the rendezvous, which revokes the account's older certificates. Contacts see the key change.
+    /// `totp` is the current code of the account's second factor, when it has one.
     #[tracing::instrument(name = "usecase.login", skip_all, fields(user = %username))]
-    pub async fn login(&self, username: &Username, password: &str) -> Result<(), NodeError> {
-        self.enrol(username, password, true).await
+    pub async fn login(
+        &self,
+        username: &Username,
+        password: &str,
+        totp: Option<&str>,
+    ) -> Result<(), NodeError> {
+        self.enrol(username, password, Some(totp)).await
     }
 
+    /// Starts enabling a second factor: the secret to put in an authenticator app. It takes
+    /// effect once [`Node::confirm_totp`] gets a valid code.
+    #[tracing::instrument(name = "usecase.enable_totp", skip_all)]
+    pub async fn enable_totp(&self) -> Result<TotpEnrolment, NodeError> {
+        self.me()?;
+        Ok(self.directory.totp_enrol().await?)
+    }
+
+    /// Enables the second factor with a first valid code; later logins need a code.
+    #[tracing::instrument(name = "usecase.confirm_totp", skip_all)]
+    pub async fn confirm_totp(&self, code: &str) -> Result<(), NodeError> {
+        self.me()?;
+        Ok(self.directory.totp_confirm(code).await?)
+    }
+
+    /// Registers (`login` is `None`) or logs in (with the TOTP code, if any).
     async fn enrol(
         &self,
         username: &Username,
         password: &str,
-        login: bool,
+        login: Option<Option<&str>>,
     ) -> Result<(), NodeError> {
         if let Some(existing) = self.store.identity()? {
             return Err(NodeError::AlreadyRegistered(existing.username));
@@ -34,10 +56,9 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         let identity = IdentityKeyPair::generate(&mut OsRng);
         let csr =
             build_csr(identity.signing_key(), username).map_err(|_| NodeError::BadCertificate)?;
-        let issued = if login {
-            self.directory.login(username, password, &csr).await?
-        } else {
-            self.directory.register(username, password, &csr).await?
+        let issued = match login {
+            Some(totp) => self.directory.login(username, password, totp, &csr).await?,
+            None => self.directory.register(username, password, &csr).await?,
         };
         // The certificate must certify our key under our name, from the CA it came with.
         let ca = CaCertificate::from_pem(&issued.ca_pem).map_err(|_| NodeError::BadCertificate)?;
@@ -71,7 +92,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             .await?;
         *self.identity.write().unwrap_or_else(|p| p.into_inner()) =
             Some(std::sync::Arc::new((username.clone(), identity)));
-        tracing::info!(login, "enrolled");
+        tracing::info!(login = login.is_some(), "enrolled");
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ use peerchat_rendezvous::{Config, prepare, run};
 pub(crate) const PASSWORD: &str = "correct horse battery";
 
 /// A rendezvous served by this process on 127.0.0.1:0.
-async fn rendezvous(dir: &Path) -> String {
+pub(crate) async fn rendezvous(dir: &Path) -> String {
     let config = Config {
         data_dir: dir.to_path_buf(),
         hostnames: vec![HostName::parse("localhost"), HostName::parse("127.0.0.1")],
@@ -50,7 +50,7 @@ pub(crate) struct Daemon {
 }
 
 impl Daemon {
-    fn start(dir: &Path, rendezvous: &str) -> Self {
+    pub(crate) fn start(dir: &Path, rendezvous: &str) -> Self {
         Self::start_with(dir, rendezvous, &[])
     }
 

@@ -11,3 +11,4 @@ mod store_contract;
 mod support;
 mod traces;
 mod usecases;
+mod window;

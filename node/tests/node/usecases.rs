@@ -666,7 +666,7 @@ async fn given_bob_logs_in_with_a_new_key_then_alice_gets_a_key_change_event_and
         SystemClock,
     ));
     new_bob
-        .login(&bob.name, "correct horse battery")
+        .login(&bob.name, "correct horse battery", None)
         .await
         .unwrap();
     let key = peerchat::domain::IdentityKeyPair::from_seed(
@@ -699,5 +699,66 @@ async fn given_bob_logs_in_with_a_new_key_then_alice_gets_a_key_change_event_and
     assert_eq!(
         alice.node.safety_number(&bob.name).unwrap().digits(),
         new_bob.safety_number(&alice.name).unwrap().digits()
+    );
+}
+
+#[tokio::test]
+async fn given_a_second_factor_when_logging_in_on_a_new_install_then_the_code_is_required() {
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    let enrolment = alice.node.enable_totp().await.unwrap();
+    assert!(enrolment.uri.starts_with("otpauth://totp/"));
+    assert!(!format!("{enrolment:?}").contains(&enrolment.secret));
+    let totp = totp_rs::TOTP::new(
+        totp_rs::Algorithm::SHA1,
+        6,
+        1,
+        30,
+        totp_rs::Secret::Encoded(enrolment.secret)
+            .to_bytes()
+            .unwrap(),
+        Some("peerchat".into()),
+        "alice".into(),
+    )
+    .unwrap();
+    assert!(alice.node.confirm_totp("000000x").await.is_err());
+    alice
+        .node
+        .confirm_totp(&totp.generate_current().unwrap())
+        .await
+        .unwrap();
+
+    let new_install = || {
+        Node::new(
+            MemoryStore::default(),
+            InProcessDirectory::new(world.rendezvous.clone()),
+            world.hub.attach(alice.name.clone()).0,
+            RecordingNotifier::default(),
+            SystemClock,
+        )
+    };
+    let without_code = new_install();
+    let refused = without_code
+        .login(&alice.name, "correct horse battery", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, NodeError::Directory(DirectoryError::Refused { code, .. }) if code == "totp_required"),
+        "{refused:?}"
+    );
+    assert!(without_code.store().identity().unwrap().is_none());
+
+    let with_code = new_install();
+    with_code
+        .login(
+            &alice.name,
+            "correct horse battery",
+            Some(&totp.generate_current().unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        with_code.status().unwrap().username.as_ref(),
+        Some(&alice.name)
     );
 }

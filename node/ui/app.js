@@ -1,0 +1,494 @@
+// The peerchat chat window. Plain JavaScript, no dependencies, served by the node itself.
+// Text from the network only ever reaches the page through textContent, never as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  me: null,
+  current: null, // the open conversation's peer
+  contacts: new Map(), // username -> contact view
+  presence: new Map(), // username -> true / false
+  events: null,
+};
+
+const STATUS_LABELS = {
+  pending: "sending…",
+  sent: "sent",
+  delivered: "delivered",
+  read: "read",
+  failed: "not sent",
+  held: "held: key changed",
+  received: "",
+};
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message || `request failed (${status})`);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+// Calls the node's API. Writes carry the CSRF header; the session cookie goes along by itself.
+async function api(method, path, body) {
+  const options = { method, headers: {}, credentials: "same-origin" };
+  if (method !== "GET") options.headers["X-Peerchat-CSRF"] = "1";
+  if (body !== undefined) {
+    options.headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (e) {
+    throw new ApiError(0, "offline", "The node is not answering. Is `peerchat daemon` running?");
+  }
+  const text = await response.text();
+  let data = null;
+  if (text) {
+    try {
+      data = JSON.parse(text);
+    } catch (e) {
+      data = null;
+    }
+  }
+  if (!response.ok) {
+    throw new ApiError(response.status, data && data.error, data && data.message);
+  }
+  return data;
+}
+
+const peerPath = (peer) => encodeURIComponent(peer);
+
+function newMessageId() {
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// ---- errors -------------------------------------------------------------------------------
+
+function showError(error) {
+  const messages = {
+    no_such_user: "There is no user with that name.",
+    bad_credentials: "Wrong username or password.",
+    username_taken: "That username is taken.",
+    totp_invalid: "That code is not valid. Try the current one.",
+    rate_limited: "Too many attempts. Wait a minute and try again.",
+    rendezvous_unavailable: "The rendezvous server cannot be reached right now.",
+  };
+  const text = (error && error.code && messages[error.code]) || (error && error.message) || String(error);
+  $("error-text").textContent = text;
+  $("error").hidden = false;
+}
+
+function clearError() {
+  $("error").hidden = true;
+  $("error-text").textContent = "";
+}
+
+async function guarded(action) {
+  try {
+    await action();
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401 && e.code === "bad_token") {
+      show("signed-out");
+      return;
+    }
+    showError(e);
+  }
+}
+
+// ---- screens ------------------------------------------------------------------------------
+
+function show(screen) {
+  for (const id of ["signed-out", "welcome", "chat"]) $(id).hidden = id !== screen;
+}
+
+async function start() {
+  let status;
+  try {
+    status = await api("GET", "/api/v1/status");
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) {
+      show("signed-out");
+    } else {
+      showError(e);
+    }
+    return;
+  }
+  if (!status.username) {
+    show("welcome");
+    $("account-username").focus();
+    return;
+  }
+  await enterChat(status.username);
+}
+
+async function enterChat(me) {
+  state.me = me;
+  $("me").textContent = me;
+  document.title = `peerchat — ${me}`;
+  show("chat");
+  listen();
+  await refreshAll();
+  $("search-input").focus();
+}
+
+async function refreshAll() {
+  await refreshContacts();
+  await refreshConversations();
+  if (state.current) await refreshConversation();
+}
+
+// ---- account ------------------------------------------------------------------------------
+
+let accountAction = "register";
+
+async function submitAccount(event) {
+  event.preventDefault();
+  const action = (event.submitter && event.submitter.value) || accountAction;
+  accountAction = action;
+  const username = $("account-username").value.trim().toLowerCase();
+  const password = $("account-password").value;
+  if (!username || !password) {
+    showError(new Error("Enter a username and a password."));
+    return;
+  }
+  clearError();
+  const body = { username, password };
+  const totp = $("account-totp").value.trim();
+  if (action === "login" && totp) body.totp = totp;
+  for (const b of ["signup-button", "login-button"]) $(b).disabled = true;
+  try {
+    await api("POST", action === "login" ? "/api/v1/login" : "/api/v1/register", body);
+    $("account-password").value = "";
+    $("account-totp").value = "";
+    await enterChat(username);
+  } catch (e) {
+    if (e instanceof ApiError && e.code === "totp_required") {
+      $("totp-row").hidden = false;
+      $("account-totp").focus();
+      showError(new Error("This account has two-factor login: enter the code from your app."));
+    } else {
+      showError(e);
+    }
+  } finally {
+    for (const b of ["signup-button", "login-button"]) $(b).disabled = false;
+  }
+}
+
+// ---- contacts and conversations -----------------------------------------------------------
+
+async function refreshContacts() {
+  const contacts = await api("GET", "/api/v1/contacts");
+  state.contacts = new Map(contacts.map((c) => [c.username, c]));
+}
+
+async function refreshPresence(peer) {
+  try {
+    const answer = await api("GET", `/api/v1/contacts/${peerPath(peer)}/presence`);
+    state.presence.set(peer, answer.online);
+  } catch (e) {
+    state.presence.delete(peer);
+  }
+  renderPresence();
+}
+
+function presenceLabel(peer) {
+  const online = state.presence.get(peer);
+  if (online === true) return "online";
+  if (online === false) return "offline";
+  return "";
+}
+
+async function refreshConversations() {
+  const conversations = await api("GET", "/api/v1/conversations");
+  const list = $("conversations");
+  list.replaceChildren();
+  const peers = new Set(conversations.map((c) => c.peer));
+  // Contacts without messages yet are listed too.
+  for (const contact of state.contacts.values()) {
+    if (!peers.has(contact.username)) {
+      conversations.push({ peer: contact.username, unread: 0, messages: 0, last: null });
+    }
+  }
+  for (const c of conversations) {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "conversation" + (c.peer === state.current ? " current" : "");
+    button.dataset.peer = c.peer;
+    if (c.peer === state.current) button.setAttribute("aria-current", "true");
+
+    const top = document.createElement("span");
+    top.className = "top";
+    const dot = document.createElement("span");
+    dot.className = "dot " + presenceLabel(c.peer);
+    dot.dataset.presenceOf = c.peer;
+    dot.setAttribute("aria-hidden", "true");
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = c.peer;
+    top.append(dot, name);
+    if (c.unread > 0) {
+      const badge = document.createElement("span");
+      badge.className = "unread";
+      badge.textContent = String(c.unread);
+      badge.setAttribute("aria-label", `${c.unread} unread`);
+      top.append(badge);
+    }
+    const last = document.createElement("span");
+    last.className = "last";
+    last.textContent = c.last ? (c.last.direction === "outgoing" ? "You: " : "") + c.last.text : "No messages yet";
+    button.append(top, last);
+    button.addEventListener("click", () => guarded(() => openConversation(c.peer)));
+    item.append(button);
+    list.append(item);
+  }
+}
+
+async function openConversation(peer) {
+  clearError();
+  state.current = peer;
+  $("empty").hidden = true;
+  $("pane").hidden = false;
+  $("peer-name").textContent = peer;
+  $("messages").replaceChildren();
+  await refreshContacts();
+  await refreshConversation();
+  await refreshConversations();
+  refreshPresence(peer);
+  $("message-input").focus();
+}
+
+async function refreshConversation() {
+  const peer = state.current;
+  if (!peer) return;
+  const contact = state.contacts.get(peer);
+  // "Verified" speaks of the pinned key; a new key waiting to be accepted is not verified.
+  $("peer-verified").hidden = !(contact && contact.verified && !contact.key_changed);
+  const warning = $("key-warning");
+  if (contact && contact.key_changed) {
+    $("key-warning-text").textContent =
+      `${peer}'s security key changed (a new device, or someone in between). ` +
+      `Messages to ${peer} are held until you accept the new key. Compare safety numbers first.`;
+    warning.hidden = false;
+  } else {
+    warning.hidden = true;
+  }
+  const messages = await api("GET", `/api/v1/conversations/${peerPath(peer)}`);
+  if (state.current !== peer) return;
+  renderMessages(messages);
+  if (messages.some((m) => m.direction === "incoming" && m.status === "received") && document.visibilityState === "visible") {
+    await api("POST", `/api/v1/conversations/${peerPath(peer)}/read`);
+  }
+}
+
+function renderMessages(messages) {
+  const list = $("messages");
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  list.replaceChildren();
+  for (const m of messages) list.append(messageItem(m));
+  if (atBottom || messages.length) list.scrollTop = list.scrollHeight;
+}
+
+function messageItem(m) {
+  const item = document.createElement("li");
+  item.className = `message ${m.direction}`;
+  item.dataset.id = m.id;
+  const text = document.createElement("p");
+  text.className = "text";
+  text.textContent = m.text;
+  const meta = document.createElement("span");
+  meta.className = "meta";
+  const time = document.createElement("time");
+  const sent = new Date(m.sent_at_ms);
+  time.dateTime = sent.toISOString();
+  time.textContent = sent.toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+  meta.append(time);
+  if (m.direction === "outgoing") {
+    const status = document.createElement("span");
+    status.className = `status ${m.status}`;
+    status.dataset.status = m.status;
+    status.textContent = STATUS_LABELS[m.status] || m.status;
+    meta.append(status);
+    if (m.status === "failed") {
+      const retry = document.createElement("button");
+      retry.type = "button";
+      retry.className = "link retry";
+      retry.textContent = "Retry";
+      retry.setAttribute("aria-label", "Send this message again");
+      retry.addEventListener("click", () =>
+        guarded(async () => {
+          await api("POST", `/api/v1/conversations/${peerPath(state.current)}/messages/${m.id}/retry`);
+          await refreshConversation();
+        }),
+      );
+      meta.append(retry);
+    }
+  }
+  item.append(text, meta);
+  return item;
+}
+
+function renderPresence() {
+  for (const dot of document.querySelectorAll("[data-presence-of]")) {
+    dot.className = "dot " + presenceLabel(dot.dataset.presenceOf);
+  }
+  if (state.current) $("peer-presence").textContent = presenceLabel(state.current);
+}
+
+async function searchSubmit(event) {
+  event.preventDefault();
+  const username = $("search-input").value.trim().toLowerCase();
+  if (!username) return;
+  clearError();
+  if (!state.contacts.has(username)) {
+    await api("POST", "/api/v1/contacts", { username });
+  }
+  $("search-input").value = "";
+  await openConversation(username);
+}
+
+// ---- sending ------------------------------------------------------------------------------
+
+async function sendSubmit(event) {
+  event.preventDefault();
+  const input = $("message-input");
+  const text = input.value;
+  if (!text.trim() || !state.current) return;
+  const peer = state.current;
+  const id = newMessageId();
+  input.value = "";
+  // Shown at once as "sending…"; the node's answer and later events move it on.
+  $("messages").append(
+    messageItem({ id, direction: "outgoing", text, sent_at_ms: Date.now(), status: "pending" }),
+  );
+  $("messages").scrollTop = $("messages").scrollHeight;
+  try {
+    await api("POST", "/api/v1/messages", { to: peer, text, id });
+  } finally {
+    if (state.current === peer) await refreshConversation();
+    await refreshConversations();
+  }
+}
+
+function composerKeys(event) {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    $("composer").requestSubmit();
+  }
+}
+
+// ---- trust --------------------------------------------------------------------------------
+
+async function acceptKey() {
+  const peer = state.current;
+  await api("POST", `/api/v1/contacts/${peerPath(peer)}/accept-key`);
+  await refreshContacts();
+  await refreshConversation();
+}
+
+async function openSafety() {
+  const peer = state.current;
+  const number = await api("GET", `/api/v1/contacts/${peerPath(peer)}/safety-number`);
+  $("safety-title").textContent = `Safety number with ${peer}`;
+  $("safety-digits").textContent = number.number;
+  $("safety-qr").src = `/api/v1/contacts/${peerPath(peer)}/safety-number/qr.svg?for=${number.scannable.slice(0, 16)}`;
+  const contact = state.contacts.get(peer);
+  $("verify-button").disabled = Boolean(contact && contact.verified);
+  $("verify-button").textContent = contact && contact.verified ? "Verified" : "They match: mark as verified";
+  $("safety-dialog").showModal();
+  $("safety-close").focus();
+}
+
+async function verify() {
+  const peer = state.current;
+  await api("POST", `/api/v1/contacts/${peerPath(peer)}/verify`, { number: $("safety-digits").textContent });
+  await refreshContacts();
+  $("verify-button").disabled = true;
+  $("verify-button").textContent = "Verified";
+  await refreshConversation();
+}
+
+async function openTotp() {
+  $("totp-secret").textContent = "";
+  $("totp-code").value = "";
+  const enrolment = await api("POST", "/api/v1/totp");
+  $("totp-secret").textContent = enrolment.secret;
+  $("totp-dialog").showModal();
+  $("totp-code").focus();
+}
+
+async function confirmTotp(event) {
+  event.preventDefault();
+  await api("POST", "/api/v1/totp/confirm", { code: $("totp-code").value.trim() });
+  $("totp-dialog").close();
+  $("totp-button").textContent = "Two-factor login: on";
+  $("totp-button").disabled = true;
+}
+
+// ---- live updates -------------------------------------------------------------------------
+
+function listen() {
+  if (state.events) return;
+  const events = new EventSource("/api/v1/events");
+  state.events = events;
+  // After a reconnection, events may have been missed: read everything again.
+  events.addEventListener("open", () => {
+    clearError();
+    guarded(refreshAll);
+  });
+  events.addEventListener("message_received", (e) =>
+    guarded(async () => {
+      const event = JSON.parse(e.data);
+      if (event.peer === state.current) await refreshConversation();
+      await refreshConversations();
+    }),
+  );
+  events.addEventListener("status_changed", (e) =>
+    guarded(async () => {
+      const event = JSON.parse(e.data);
+      if (event.peer === state.current) await refreshConversation();
+      await refreshConversations();
+    }),
+  );
+  events.addEventListener("key_changed", (e) =>
+    guarded(async () => {
+      const event = JSON.parse(e.data);
+      await refreshContacts();
+      if (event.peer === state.current) await refreshConversation();
+    }),
+  );
+  for (const [name, online] of [["peer_online", true], ["peer_offline", false]]) {
+    events.addEventListener(name, (e) => {
+      const event = JSON.parse(e.data);
+      state.presence.set(event.peer, online);
+      renderPresence();
+    });
+  }
+}
+
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible" && state.current) guarded(refreshConversation);
+});
+
+// ---- wiring -------------------------------------------------------------------------------
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("error-close").addEventListener("click", clearError);
+  $("account-form").addEventListener("submit", (e) => guarded(() => submitAccount(e)));
+  $("search-form").addEventListener("submit", (e) => guarded(() => searchSubmit(e)));
+  $("composer").addEventListener("submit", (e) => guarded(() => sendSubmit(e)));
+  $("message-input").addEventListener("keydown", composerKeys);
+  $("accept-key-button").addEventListener("click", () => guarded(acceptKey));
+  $("safety-button").addEventListener("click", () => guarded(openSafety));
+  $("verify-button").addEventListener("click", () => guarded(verify));
+  $("safety-close").addEventListener("click", () => $("safety-dialog").close());
+  $("totp-button").addEventListener("click", () => guarded(openTotp));
+  $("totp-form").addEventListener("submit", (e) => guarded(() => confirmTotp(e)));
+  $("totp-close").addEventListener("click", () => $("totp-dialog").close());
+  guarded(start);
+});

@@ -1,0 +1,282 @@
+// The chat window end to end: a real rendezvous and two real daemons on 127.0.0.1, and alice's
+// and bob's windows in headless Chromium (Debian's `chromium`, driven by playwright-core).
+//
+//   cd tests/ui && npm ci && npm test
+//
+// Screenshots of both windows go to $PEERCHAT_UI_SCREENSHOTS (default: target/ui-screenshots).
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, mkdirSync, existsSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { chromium } from "playwright-core";
+
+const root = resolve(import.meta.dirname, "..", "..");
+const targetDir = process.env.CARGO_TARGET_DIR || join(root, "target");
+const bin = (name) => join(targetDir, "debug", name);
+const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
+const shots = process.env.PEERCHAT_UI_SCREENSHOTS || join(targetDir, "ui-screenshots");
+const PASSWORD = "correct horse battery";
+
+const step = (what) => console.log(`ui test: ${what}`);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(what, check, seconds = 30) {
+  const deadline = Date.now() + seconds * 1000;
+  for (;;) {
+    const value = check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+/** Every process started, to stop at the end whatever happens. */
+const children = new Set();
+
+function launch(args, logName, work) {
+  const child = spawn(args[0], args.slice(1), {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, RUST_LOG: "info", NO_COLOR: "1" },
+  });
+  children.add(child);
+  child.output = "";
+  child.stdout.on("data", (d) => (child.output += d));
+  child.stderr.on("data", (d) => (child.log = (child.log || "") + d));
+  child.on("exit", () => children.delete(child));
+  child.logName = logName;
+  return child;
+}
+
+async function stop(child) {
+  if (child.exitCode !== null) return;
+  const exited = new Promise((r) => child.once("exit", r));
+  child.kill("SIGTERM");
+  await exited;
+}
+
+function cli(dir, args, env = {}) {
+  return execFileSync(bin("peerchat"), ["--data-dir", dir, ...args], {
+    env: { ...process.env, PEERCHAT_PASSWORD: PASSWORD, RUST_LOG: "off", ...env },
+    encoding: "utf8",
+  });
+}
+
+class Cluster {
+  constructor() {
+    this.work = mkdtempSync(join(tmpdir(), "peerchat-ui-"));
+    this.ca = join(this.work, "ca.pem");
+  }
+
+  async startRendezvous() {
+    const child = launch(
+      [bin("peerchat-rendezvous"), "--data-dir", join(this.work, "rendezvous"), "--listen", "127.0.0.1:0", "--ca-cert-out", this.ca],
+      "rendezvous",
+    );
+    const port = await waitFor("the rendezvous", () => child.output.match(/https:\/\/127\.0\.0\.1:(\d+)/)?.[1]);
+    this.url = `https://localhost:${port}`;
+    this.rendezvous = child;
+  }
+
+  /** A daemon on `dir`, its API on `port` (0: any); resolves once the API is up. */
+  async startDaemon(dir, port = 0) {
+    const addr = join(dir, "api.addr");
+    rmSync(addr, { force: true });
+    const child = launch(
+      [bin("peerchat"), "daemon", "--data-dir", dir, "--rendezvous", this.url, "--ca-cert", this.ca, "--api", `127.0.0.1:${port}`],
+      dir,
+    );
+    await waitFor(`the daemon in ${dir}`, () => existsSync(addr) && readFileSync(addr, "utf8").trim());
+    const api = readFileSync(addr, "utf8").trim();
+    return { child, dir, port: Number(api.split(":").pop()), api };
+  }
+
+  /** A one-time link into `daemon`'s window. */
+  link(daemon) {
+    const url = cli(daemon.dir, ["ui", "--print"]).trim().split("\n").pop();
+    assert.match(url, /^http:\/\/127\.0\.0\.1:\d+\/ui\/open\?code=[0-9a-f]{64}$/);
+    return url;
+  }
+
+  async close() {
+    for (const child of [...children]) await stop(child);
+    rmSync(this.work, { recursive: true, force: true });
+  }
+}
+
+async function window(browser, url) {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 680 } });
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  page.on("console", (m) => {
+    if (m.type() === "error" && /Content Security Policy/.test(m.text())) errors.push(m.text());
+  });
+  await page.goto(url);
+  page.errors = errors;
+  return page;
+}
+
+async function signUp(page, name) {
+  await page.waitForSelector("#welcome:not([hidden])");
+  // The one-time code is gone from the address bar.
+  assert.equal(new URL(page.url()).pathname, "/");
+  assert.equal(new URL(page.url()).search, "");
+  await page.getByLabel("Username", { exact: true }).fill(name);
+  await page.getByLabel("Password", { exact: true }).fill(PASSWORD);
+  await page.getByRole("button", { name: "Sign up" }).click();
+  await page.waitForSelector("#chat:not([hidden])");
+  assert.equal(await page.textContent("#me"), name);
+}
+
+const outgoingStatus = (page, text) =>
+  page.locator("#messages .message.outgoing", { hasText: text }).locator(".status");
+
+async function screenshot(page, name) {
+  mkdirSync(shots, { recursive: true });
+  await page.screenshot({ path: join(shots, `${name}.png`) });
+}
+
+test("alice and bob chat in their windows, live, offline and through a key change", { timeout: 240_000 }, async () => {
+  execFileSync("cargo", ["build", "--locked", "-q", "--bin", "peerchat", "--bin", "peerchat-rendezvous"], {
+    cwd: root,
+    stdio: "inherit",
+  });
+  const cluster = new Cluster();
+  const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, args: ["--no-sandbox"] });
+  try {
+    await cluster.startRendezvous();
+    const aliceDir = join(cluster.work, "alice");
+    let bobDir = join(cluster.work, "bob");
+    const alice = await cluster.startDaemon(aliceDir);
+    let bob = await cluster.startDaemon(bobDir);
+
+    // Each signs up in their own window.
+    const aliceLink = cluster.link(alice);
+    const alicePage = await window(browser, aliceLink);
+    await signUp(alicePage, "alice");
+    const bobPage = await window(browser, cluster.link(bob));
+    await signUp(bobPage, "bob");
+
+    // A used link does not open the window a second time.
+    step("A used link does not open the window a second time.");
+    const again = await (await browser.newContext()).newPage();
+    const refused = await again.goto(aliceLink);
+    assert.equal(refused.status(), 403);
+    await again.context().close();
+
+    // Alice finds bob by his exact name and writes; Enter sends, Shift+Enter is a new line.
+    step("Alice finds bob by his exact name and writes; Enter sends, Shift+Enter is a new line.");
+    await alicePage.getByLabel("Start a chat with (exact username)").fill("bob");
+    await alicePage.getByLabel("Start a chat with (exact username)").press("Enter");
+    await alicePage.waitForSelector("#pane:not([hidden])");
+    assert.equal(await alicePage.textContent("#peer-name"), "bob");
+    const input = alicePage.getByLabel("Message", { exact: true });
+    await input.fill("Hello Bob, from my window");
+    await input.press("Shift+Enter");
+    await input.pressSequentially("second line");
+    assert.equal(await input.inputValue(), "Hello Bob, from my window\nsecond line");
+    await input.press("Enter");
+    assert.equal(await input.inputValue(), "");
+
+    // Bob's window shows it without a reload: an unread badge, then the message.
+    step("Bob's window shows it without a reload: an unread badge, then the message.");
+    await bobPage.evaluate(() => (window.__sameDocument = true));
+    const badge = bobPage.locator('#conversations button[data-peer="alice"] .unread');
+    await badge.waitFor();
+    assert.equal(await badge.textContent(), "1");
+    const lastLine = await bobPage.textContent('#conversations button[data-peer="alice"] .last');
+    assert.match(lastLine, /Hello Bob, from my window/);
+    await bobPage.click('#conversations button[data-peer="alice"]');
+    const received = bobPage.locator("#messages .message.incoming", { hasText: "Hello Bob, from my window" });
+    await received.waitFor();
+    assert.equal(await received.locator(".text").textContent(), "Hello Bob, from my window\nsecond line");
+    await bobPage.locator("#messages .message.incoming time").first().waitFor();
+    await bobPage.waitForSelector('#conversations button[data-peer="alice"]:not(:has(.unread))');
+
+    // Alice's status goes on to "read" by itself.
+    // Alice's status goes on to "read" by itself.
+    await alicePage.waitForSelector('#messages .message.outgoing .status[data-status="read"]');
+    assert.equal(await outgoingStatus(alicePage, "Hello Bob").textContent(), "read");
+    await bobPage.getByLabel("Message", { exact: true }).fill("Hi Alice! Got it.");
+    await bobPage.getByLabel("Message", { exact: true }).press("Enter");
+    await alicePage.locator("#messages .message.incoming", { hasText: "Hi Alice! Got it." }).waitFor();
+    await alicePage.waitForSelector('#peer-presence:text("online")');
+    for (const page of [alicePage, bobPage]) {
+      assert.equal(await page.isVisible("#error"), false, "no error is shown");
+      assert.equal(await page.isVisible("#key-warning"), false, "no key warning before a key change");
+    }
+    await screenshot(alicePage, "alice");
+    await screenshot(bobPage, "bob");
+
+    // Bob goes offline; alice's message waits in the mailbox; bob comes back and sees it in the
+    step("Bob goes offline; alice's message waits in the mailbox; bob comes back and sees it in the");
+    // window he left open.
+    step("window he left open.");
+    await stop(bob.child);
+    await alicePage.getByLabel("Message", { exact: true }).fill("Are you there? (sent while you were away)");
+    await alicePage.getByLabel("Message", { exact: true }).press("Enter");
+    await alicePage.waitForSelector('#messages .message.outgoing:has-text("sent while you were away") .status[data-status="sent"]');
+    bob = await cluster.startDaemon(bobDir, bob.port);
+    await bobPage
+      .locator("#messages .message.incoming", { hasText: "sent while you were away" })
+      .waitFor({ timeout: 45_000 });
+    assert.equal(await bobPage.evaluate(() => window.__sameDocument), true, "bob's window was not reloaded");
+    await alicePage.waitForSelector('#messages .message.outgoing:has-text("sent while you were away") .status[data-status="read"]');
+
+    // The safety number screen: digits, a QR code, "mark as verified".
+    // The safety number screen: digits, a QR code, "mark as verified".
+    await alicePage.getByRole("button", { name: "Safety number" }).click();
+    await alicePage.waitForSelector("#safety-dialog[open]");
+    const digits = await alicePage.textContent("#safety-digits");
+    assert.match(digits, /^(\d{5} ){11}\d{5}$/);
+    await alicePage.waitForFunction(() => document.getElementById("safety-qr").naturalWidth > 0);
+    const bobDigits = cli(bob.dir, ["safety-number", "alice"]).trim();
+    assert.equal(digits, bobDigits, "both sides show the same safety number");
+    await screenshot(alicePage, "alice-safety-number");
+    await alicePage.getByRole("button", { name: "They match: mark as verified" }).click();
+    await alicePage.waitForSelector("#verify-button:disabled");
+    await alicePage.getByRole("button", { name: "Close" }).first().click();
+    await alicePage.waitForSelector("#peer-verified:not([hidden])");
+
+    // Bob logs in on a new install (a new key): alice's window warns, holds her message, and
+    step("Bob logs in on a new install (a new key): alice's window warns, holds her message, and");
+    // sends it once she accepts the new key.
+    step("sends it once she accepts the new key.");
+    await stop(bob.child);
+    bobDir = join(cluster.work, "bob-new-install");
+    bob = await cluster.startDaemon(bobDir);
+    cli(bobDir, ["login", "bob"]);
+    await waitFor("bob's new network", () => bob.child.output.includes("bob listening on"));
+    await alicePage.getByLabel("Message", { exact: true }).fill("Is this still you?");
+    await alicePage.getByLabel("Message", { exact: true }).press("Enter");
+    await alicePage.waitForSelector("#key-warning:not([hidden])");
+    assert.match(await alicePage.textContent("#key-warning-text"), /bob's security key changed/);
+    await alicePage.waitForSelector('#messages .message.outgoing:has-text("Is this still you?") .status[data-status="held"]');
+    assert.equal(await alicePage.isVisible("#peer-verified"), false, "a new key is not verified");
+    await screenshot(alicePage, "alice-key-changed");
+    await alicePage.getByRole("button", { name: "Accept the new key" }).click();
+    await alicePage.waitForSelector("#key-warning", { state: "hidden" });
+    await alicePage.waitForSelector(
+      '#messages .message.outgoing:has-text("Is this still you?") .status:is([data-status="sent"], [data-status="delivered"], [data-status="read"])',
+    );
+    assert.equal(await alicePage.isVisible("#peer-verified"), false, "the accepted key is not verified yet");
+    const history = JSON.parse(cli(bobDir, ["history", "alice", "--json"]));
+    assert.ok(history.some((m) => m.text === "Is this still you?"), "bob's new install got the message");
+
+    // No script error and no CSP violation in either window.
+    step("No script error and no CSP violation in either window.");
+    assert.deepEqual(alicePage.errors, []);
+    assert.deepEqual(bobPage.errors, []);
+  } catch (e) {
+    for (const child of children) {
+      if (child.log) console.error(`--- ${child.logName} ---\n${child.log.slice(-4000)}`);
+    }
+    throw e;
+  } finally {
+    await browser.close();
+    await cluster.close();
+  }
+});
