@@ -85,6 +85,10 @@ enum Command {
         /// Only print the link.
         #[arg(long)]
         print: bool,
+        /// The address the browser reaches the API on, when it differs from the daemon's own
+        /// (e.g. a container's published port).
+        #[arg(long, env = "PEERCHAT_UI_BASE")]
+        base: Option<String>,
     },
     /// Sends a message.
     Send {
@@ -271,7 +275,10 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
         Command::Totp {
             action: TotpAction::Confirm { code },
         } => CliCommand::TotpConfirm { code },
-        Command::Ui { print } => CliCommand::Ui { print_only: print },
+        Command::Ui { print, base } => CliCommand::Ui {
+            print_only: print,
+            base,
+        },
         Command::Send { name, text } => CliCommand::Send { name, text },
         Command::History { name, json } => CliCommand::History { name, json },
         Command::Contacts { json } => CliCommand::Contacts { json },

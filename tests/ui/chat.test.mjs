@@ -145,7 +145,7 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     stdio: "inherit",
   });
   const cluster = new Cluster();
-  const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, args: ["--no-sandbox"] });
+  const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, args: ["--no-sandbox", "--disable-dev-shm-usage"] });
   try {
     await cluster.startRendezvous();
     const aliceDir = join(cluster.work, "alice");

@@ -189,6 +189,8 @@ pub enum CliCommand {
     Ui {
         /// Only print the link.
         print_only: bool,
+        /// `http://host:port` the browser reaches the API on, if not the daemon's own address.
+        base: Option<String>,
     },
     /// Send a message.
     Send {
@@ -343,11 +345,13 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
             println!("second factor enabled: logins now need a code");
             Ok(())
         }
-        CliCommand::Ui { print_only } => {
-            let link: UiLink = ApiClient::from_data_dir(&data_dir)?
+        CliCommand::Ui { print_only, base } => {
+            let client = ApiClient::from_data_dir(&data_dir)?;
+            let link: UiLink = client
                 .call::<(), _>(Method::POST, "/api/v1/ui/link", None)
                 .await?;
-            let url = format!("{}{}", ApiClient::from_data_dir(&data_dir)?.base, link.path);
+            let base = base.unwrap_or_else(|| client.base.clone());
+            let url = format!("{}{}", base.trim_end_matches('/'), link.path);
             let opened = !print_only && open_browser(&url);
             if opened {
                 println!("opened the chat window: {url}");

@@ -18,11 +18,13 @@ pub struct NodeStatus {
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
     /// The conversation with `peer`, oldest first.
+    #[tracing::instrument(name = "usecase.history", skip_all, fields(peer = %peer))]
     pub fn history(&self, peer: &Username) -> Result<Vec<StoredMessage>, NodeError> {
         Ok(self.store.history(peer)?)
     }
 
     /// How many messages from `peer` were not shown yet.
+    #[tracing::instrument(name = "usecase.unread", skip_all, fields(peer = %peer))]
     pub fn unread(&self, peer: &Username) -> Result<u64, NodeError> {
         Ok(self
             .store
@@ -40,16 +42,19 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     }
 
     /// One line per conversation, most recent first.
+    #[tracing::instrument(name = "usecase.conversations", skip_all)]
     pub fn conversations(&self) -> Result<Vec<Conversation>, NodeError> {
         Ok(self.store.conversations()?)
     }
 
     /// Every contact.
+    #[tracing::instrument(name = "usecase.contacts", skip_all)]
     pub fn contacts(&self) -> Result<Vec<Contact>, NodeError> {
         Ok(self.store.contacts()?)
     }
 
     /// Who we are and what is waiting.
+    #[tracing::instrument(name = "usecase.status", skip_all)]
     pub fn status(&self) -> Result<NodeStatus, NodeError> {
         Ok(NodeStatus {
             username: self.store.identity()?.map(|i| i.username),

@@ -140,6 +140,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     }
 
     /// The safety number of the conversation with `peer` (their pinned key).
+    #[tracing::instrument(name = "usecase.safety_number", skip_all, fields(peer = %peer))]
     pub fn safety_number(&self, peer: &Username) -> Result<SafetyNumber, NodeError> {
         let me = self.me()?;
         let contact = self
