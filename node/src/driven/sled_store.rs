@@ -164,6 +164,7 @@ impl SledStore {
 }
 
 impl Store for SledStore {
+    #[tracing::instrument(name = "store.identity", skip_all)]
     fn identity(&self) -> Result<Option<LocalIdentity>, StoreError> {
         let record: Option<IdentityRecord> = Self::get(&self.meta, "identity")?;
         Ok(record.map(|r| LocalIdentity {
@@ -174,6 +175,7 @@ impl Store for SledStore {
         }))
     }
 
+    #[tracing::instrument(name = "store.save_identity", skip_all)]
     fn save_identity(
         &self,
         identity: &LocalIdentity,
@@ -207,6 +209,7 @@ impl Store for SledStore {
             .map_err(tx)
     }
 
+    #[tracing::instrument(name = "store.save_certificate", skip_all)]
     fn save_certificate(&self, certificate_pem: &str) -> Result<(), StoreError> {
         let Some(mut record) = Self::get::<IdentityRecord>(&self.meta, "identity")? else {
             return Err(StoreError::Corrupt("no identity to renew".into()));
@@ -219,14 +222,17 @@ impl Store for SledStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "store.signed_prekey", skip_all)]
     fn signed_prekey(&self, id: PreKeyId) -> Result<Option<SignedPreKeyPair>, StoreError> {
         Self::get(&self.signed, id.0.to_be_bytes())
     }
 
+    #[tracing::instrument(name = "store.one_time_prekey", skip_all)]
     fn one_time_prekey(&self, id: PreKeyId) -> Result<Option<OneTimePreKeyPair>, StoreError> {
         Self::get(&self.one_time, id.0.to_be_bytes())
     }
 
+    #[tracing::instrument(name = "store.add_one_time_prekeys", skip_all)]
     fn add_one_time_prekeys(&self, keys: &[OneTimePreKeyPair]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for k in keys {
@@ -235,6 +241,7 @@ impl Store for SledStore {
         self.one_time.apply_batch(batch).map_err(backend)
     }
 
+    #[tracing::instrument(name = "store.next_prekey_id", skip_all)]
     fn next_prekey_id(&self) -> Result<PreKeyId, StoreError> {
         let next = self
             .meta
@@ -252,6 +259,7 @@ impl Store for SledStore {
         Ok(PreKeyId(next))
     }
 
+    #[tracing::instrument(name = "store.signed_prekey_rotated_at", skip_all)]
     fn signed_prekey_rotated_at(&self) -> Result<Option<u64>, StoreError> {
         Ok(self
             .meta
@@ -261,6 +269,7 @@ impl Store for SledStore {
             .map(u64::from_be_bytes))
     }
 
+    #[tracing::instrument(name = "store.set_signed_prekey_rotated_at", skip_all)]
     fn set_signed_prekey_rotated_at(&self, at_ms: u64) -> Result<(), StoreError> {
         self.meta
             .insert("signed_rotated_at", &at_ms.to_be_bytes()[..])
@@ -268,6 +277,7 @@ impl Store for SledStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "store.add_signed_prekey", skip_all)]
     fn add_signed_prekey(&self, key: &SignedPreKeyPair, at_ms: u64) -> Result<(), StoreError> {
         let record = enc(key)?;
         (&self.meta, &self.signed)
@@ -279,10 +289,12 @@ impl Store for SledStore {
             .map_err(tx)
     }
 
+    #[tracing::instrument(name = "store.contact", skip_all)]
     fn contact(&self, username: &Username) -> Result<Option<Contact>, StoreError> {
         Self::get(&self.contacts, username.as_str())
     }
 
+    #[tracing::instrument(name = "store.save_contact", skip_all)]
     fn save_contact(&self, contact: &Contact) -> Result<(), StoreError> {
         self.contacts
             .insert(contact.username.as_str(), enc(contact)?)
@@ -290,6 +302,7 @@ impl Store for SledStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "store.contacts", skip_all)]
     fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
         self.contacts
             .iter()
@@ -298,6 +311,7 @@ impl Store for SledStore {
             .collect()
     }
 
+    #[tracing::instrument(name = "store.session", skip_all)]
     fn session(&self, peer: &Username) -> Result<Option<Session>, StoreError> {
         self.sessions
             .get(peer.as_str())
@@ -306,6 +320,7 @@ impl Store for SledStore {
             .transpose()
     }
 
+    #[tracing::instrument(name = "store.message", skip_all)]
     fn message(
         &self,
         peer: &Username,
@@ -321,6 +336,7 @@ impl Store for SledStore {
         Self::get(&self.messages, key(peer, &seq))
     }
 
+    #[tracing::instrument(name = "store.history", skip_all)]
     fn history(&self, peer: &Username) -> Result<Vec<StoredMessage>, StoreError> {
         self.messages
             .scan_prefix(key(peer, &[]))
@@ -329,6 +345,7 @@ impl Store for SledStore {
             .collect()
     }
 
+    #[tracing::instrument(name = "store.conversations", skip_all)]
     fn conversations(&self) -> Result<Vec<Conversation>, StoreError> {
         let mut list = Vec::new();
         for item in self.activity.iter() {
@@ -412,6 +429,7 @@ impl Store for SledStore {
             .map_err(tx)
     }
 
+    #[tracing::instrument(name = "store.record_held", skip_all)]
     fn record_held(&self, message: &StoredMessage) -> Result<(), StoreError> {
         (&self.messages, &self.message_ids, &self.activity)
             .transaction(|(messages, ids, activity)| {
@@ -452,6 +470,7 @@ impl Store for SledStore {
             .map_err(tx)
     }
 
+    #[tracing::instrument(name = "store.record_control", skip_all)]
     fn record_control(
         &self,
         peer: &Username,
@@ -469,6 +488,7 @@ impl Store for SledStore {
             .map_err(tx)
     }
 
+    #[tracing::instrument(name = "store.record_receipt", skip_all)]
     fn record_receipt(
         &self,
         peer: &Username,
@@ -537,6 +557,7 @@ impl Store for SledStore {
             .map_err(tx)
     }
 
+    #[tracing::instrument(name = "store.outbox", skip_all)]
     fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
         self.outbox
             .iter()
