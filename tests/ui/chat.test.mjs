@@ -11,6 +11,7 @@ import { spawn, execFileSync } from "node:child_process";
 import { mkdtempSync, mkdirSync, existsSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { createHmac } from "node:crypto";
 import { chromium } from "playwright-core";
 
 const root = resolve(import.meta.dirname, "..", "..");
@@ -20,7 +21,8 @@ const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
 const shots = process.env.PEERCHAT_UI_SCREENSHOTS || join(targetDir, "ui-screenshots");
 const PASSWORD = "correct horse battery";
 
-const step = (what) => console.log(`ui test: ${what}`);
+const started = Date.now();
+const step = (what) => console.log(`ui test (${((Date.now() - started) / 1000).toFixed(1)} s): ${what}`);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function waitFor(what, check, seconds = 30) {
@@ -134,6 +136,27 @@ async function signUp(page, name) {
 const outgoingStatus = (page, text) =>
   page.locator("#messages .message.outgoing", { hasText: text }).locator(".status");
 
+/** The current code of a base32 TOTP secret (RFC 6238: SHA-1, 6 digits, 30 s). */
+function totp(secret) {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+  let bits = 0;
+  let value = 0;
+  const key = [];
+  for (const c of secret.replace(/=+$/, "").toUpperCase()) {
+    value = (value << 5) | alphabet.indexOf(c);
+    bits += 5;
+    if (bits >= 8) {
+      key.push((value >>> (bits - 8)) & 255);
+      bits -= 8;
+    }
+  }
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(Date.now() / 30_000)));
+  const mac = createHmac("sha1", Buffer.from(key)).update(counter).digest();
+  const offset = mac[mac.length - 1] & 15;
+  return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, "0");
+}
+
 async function screenshot(page, name) {
   mkdirSync(shots, { recursive: true });
   await page.screenshot({ path: join(shots, `${name}.png`) });
@@ -156,6 +179,8 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     // Each signs up in their own window.
     const aliceLink = cluster.link(alice);
     const alicePage = await window(browser, aliceLink);
+    await alicePage.waitForSelector("#welcome:not([hidden])");
+    await screenshot(alicePage, "alice-welcome");
     await signUp(alicePage, "alice");
     const bobPage = await window(browser, cluster.link(bob));
     await signUp(bobPage, "bob");
@@ -265,6 +290,31 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     assert.equal(await alicePage.isVisible("#peer-verified"), false, "the accepted key is not verified yet");
     const history = JSON.parse(cli(bobDir, ["history", "alice", "--json"]));
     assert.ok(history.some((m) => m.text === "Is this still you?"), "bob's new install got the message");
+
+    // Alice turns on two-factor login; logging in on a new install then asks for the code.
+    step("Two-factor login");
+    await alicePage.getByRole("button", { name: "Two-factor login" }).click();
+    await alicePage.waitForSelector("#totp-dialog[open]");
+    const secret = (await alicePage.textContent("#totp-secret")).trim();
+    assert.match(secret, /^[A-Z2-7]+=*$/);
+    await alicePage.getByLabel("Code", { exact: true }).fill(totp(secret));
+    await alicePage.getByRole("button", { name: "Enable" }).click();
+    await alicePage.waitForSelector("#totp-dialog:not([open])", { state: "attached" });
+    assert.equal(await alicePage.textContent("#totp-button"), "Two-factor login: on");
+    const newAlice = await cluster.startDaemon(join(cluster.work, "alice-new-install"));
+    const newAlicePage = await window(browser, cluster.link(newAlice));
+    await newAlicePage.waitForSelector("#welcome:not([hidden])");
+    assert.equal(await newAlicePage.isVisible("#totp-row"), false);
+    await newAlicePage.getByLabel("Username", { exact: true }).fill("alice");
+    await newAlicePage.getByLabel("Password", { exact: true }).fill(PASSWORD);
+    await newAlicePage.getByRole("button", { name: "Log in" }).click();
+    await newAlicePage.waitForSelector("#totp-row:not([hidden])");
+    assert.match(await newAlicePage.textContent("#error-text"), /two-factor/);
+    await newAlicePage.getByLabel("Code from your authenticator app").fill(totp(secret));
+    await newAlicePage.getByRole("button", { name: "Log in" }).click();
+    await newAlicePage.waitForSelector("#chat:not([hidden])");
+    assert.equal(await newAlicePage.textContent("#me"), "alice");
+    assert.deepEqual(newAlicePage.errors, []);
 
     // No script error and no CSP violation in either window.
     step("No script error and no CSP violation in either window.");
