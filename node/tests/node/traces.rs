@@ -168,8 +168,15 @@ async fn one_send_is_one_trace_from_alice_through_the_rendezvous_to_bobs_store()
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
     let binary = rendezvous_binary();
+    // The standard OTEL_SERVICE_NAME overrides a process's own name; the daemons keep theirs
+    // (`peerchat-<user>` once registered).
+    let rendezvous_env = [
+        grpc_env.as_slice(),
+        &[("OTEL_SERVICE_NAME", "rendezvous-east")],
+    ]
+    .concat();
     let (mut rendezvous, port) =
-        rendezvous_process_with_env(&binary, &tmp.path().join("rendezvous"), 0, &grpc_env);
+        rendezvous_process_with_env(&binary, &tmp.path().join("rendezvous"), 0, &rendezvous_env);
     let url = format!("https://localhost:{port}");
     let alice = Daemon::start_with_env(&tmp.path().join("alice"), &url, &[], &grpc_env);
     let bob = Daemon::start_with_env(&tmp.path().join("bob"), &url, &[], &http_env);
@@ -215,7 +222,7 @@ async fn one_send_is_one_trace_from_alice_through_the_rendezvous_to_bobs_store()
                 &send.trace_id,
             )
             .is_some()
-            && find(&spans, "rendezvous", "http", &send.trace_id).is_some()
+            && find(&spans, "rendezvous-east", "http", &send.trace_id).is_some()
         {
             break (spans, send.clone());
         }
@@ -244,17 +251,21 @@ async fn one_send_is_one_trace_from_alice_through_the_rendezvous_to_bobs_store()
     assert_eq!(p2p_deliver.parent_span_id, deliver.span_id);
 
     // The rendezvous: its handler is a child of alice's call, in the same trace.
-    let handler = find(&spans, "rendezvous", "http", &trace).unwrap();
+    let handler = find(&spans, "rendezvous-east", "http", &trace).unwrap();
     let call = parent_of(&spans, handler).expect("the handler's parent was exported");
     assert_eq!(
         (call.service.as_str(), call.name.as_str()),
         ("peerchat-alice", "rendezvous.call")
     );
     assert!(
-        spans.iter().any(|s| s.service == "rendezvous"
+        spans.iter().any(|s| s.service == "rendezvous-east"
             && s.trace_id == trace
             && s.parent_span_id == handler.span_id),
         "the rendezvous's service spans sit under its handler"
+    );
+    assert!(
+        !spans.iter().any(|s| s.service == "rendezvous"),
+        "OTEL_SERVICE_NAME names the rendezvous"
     );
 
     // Bob: p2p.inbound is a child of alice's p2p.deliver; receive and store under it.
