@@ -33,8 +33,8 @@ const SIGNED_PREKEY_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAILBOX_WAIT: Duration = Duration::from_secs(25);
 /// How often undelivered messages are tried again.
 const OUTBOX_RETRY: Duration = Duration::from_secs(3);
-/// After this long an undelivered message is marked failed.
-const GIVE_UP_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+/// After this long an undelivered message is marked failed (unless configured otherwise).
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long announced addresses stay valid; they are re-announced at half of it.
 const PRESENCE_TTL: Duration = Duration::from_secs(120);
 
@@ -58,6 +58,8 @@ pub struct DaemonConfig {
     pub read_receipts: bool,
     /// How often the CRL is fetched from the rendezvous.
     pub crl_refresh: Duration,
+    /// How long an undelivered message is tried before it is marked failed.
+    pub give_up_after: Duration,
     /// Show a desktop notification (`notify-send`) for each message received. Only the sender
     /// is shown, never the text.
     pub desktop_notifications: bool,
@@ -379,6 +381,7 @@ async fn start_network(
     // The outbox: retried until acknowledged or too old.
     {
         let node = node.clone();
+        let give_up_after = config.give_up_after.as_millis() as u64;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(OUTBOX_RETRY);
             loop {
@@ -386,7 +389,7 @@ async fn start_network(
                     _ = tick.tick() => {}
                     () = node.outbox_signal().notified() => {}
                 }
-                if let Err(e) = node.retry_outbox(GIVE_UP_AFTER.as_millis() as u64).await {
+                if let Err(e) = node.retry_outbox(give_up_after).await {
                     tracing::warn!(error = %e, "retrying the outbox failed");
                 }
             }

@@ -89,6 +89,7 @@ pub async fn run(
             api_any_address: false,
             read_receipts: true,
             crl_refresh: Duration::from_secs(300),
+            give_up_after: daemon::GIVE_UP_AFTER,
             desktop_notifications: false,
             // One process, one service name (`peerchat-demo`), set by the caller.
             telemetry: None,

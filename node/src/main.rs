@@ -54,6 +54,10 @@ enum Command {
         /// How often to fetch the certificate revocation list, in seconds.
         #[arg(long, env = "PEERCHAT_CRL_REFRESH_SECS", default_value_t = 300)]
         crl_refresh_secs: u64,
+        /// How long an undelivered message is tried (directly, then via the mailbox) before it is
+        /// marked failed, in seconds (default 7 days).
+        #[arg(long, env = "PEERCHAT_GIVE_UP_AFTER_SECS", default_value_t = 7 * 24 * 3600)]
+        give_up_after_secs: u64,
     },
     /// Starts an embedded rendezvous and two nodes, alice and bob, on 127.0.0.1.
     Demo {
@@ -224,6 +228,7 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
             no_read_receipts,
             notify,
             crl_refresh_secs,
+            give_up_after_secs,
         } => {
             let config = DaemonConfig {
                 data_dir,
@@ -234,6 +239,7 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
                 listen,
                 read_receipts: !no_read_receipts,
                 crl_refresh: std::time::Duration::from_secs(crl_refresh_secs.max(1)),
+                give_up_after: std::time::Duration::from_secs(give_up_after_secs.max(1)),
                 desktop_notifications: notify,
                 telemetry: Some(telemetry),
             };

@@ -72,22 +72,22 @@ class Cluster {
     this.ca = join(this.work, "ca.pem");
   }
 
-  async startRendezvous() {
+  async startRendezvous(port = 0) {
     const child = launch(
-      [bin("peerchat-rendezvous"), "--data-dir", join(this.work, "rendezvous"), "--listen", "127.0.0.1:0", "--ca-cert-out", this.ca],
+      [bin("peerchat-rendezvous"), "--data-dir", join(this.work, "rendezvous"), "--listen", `127.0.0.1:${port}`, "--ca-cert-out", this.ca],
       "rendezvous",
     );
-    const port = await waitFor("the rendezvous", () => child.output.match(/https:\/\/127\.0\.0\.1:(\d+)/)?.[1]);
-    this.url = `https://localhost:${port}`;
+    const bound = await waitFor("the rendezvous", () => child.output.match(/https:\/\/127\.0\.0\.1:(\d+)/)?.[1]);
+    this.url = `https://localhost:${bound}`;
     this.rendezvous = child;
   }
 
   /** A daemon on `dir`, its API on `port` (0: any); resolves once the API is up. */
-  async startDaemon(dir, port = 0) {
+  async startDaemon(dir, port = 0, extra = []) {
     const addr = join(dir, "api.addr");
     rmSync(addr, { force: true });
     const child = launch(
-      [bin("peerchat"), "daemon", "--data-dir", dir, "--rendezvous", this.url, "--ca-cert", this.ca, "--api", `127.0.0.1:${port}`],
+      [bin("peerchat"), "daemon", "--data-dir", dir, "--rendezvous", this.url, "--ca-cert", this.ca, "--api", `127.0.0.1:${port}`, ...extra],
       dir,
     );
     await waitFor(`the daemon in ${dir}`, () => existsSync(addr) && readFileSync(addr, "utf8").trim());
@@ -173,7 +173,8 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     await cluster.startRendezvous();
     const aliceDir = join(cluster.work, "alice");
     let bobDir = join(cluster.work, "bob");
-    const alice = await cluster.startDaemon(aliceDir);
+    // Alice gives up on undeliverable messages after 4 s instead of 7 days.
+    const alice = await cluster.startDaemon(aliceDir, 0, ["--give-up-after-secs", "4"]);
     let bob = await cluster.startDaemon(bobDir);
 
     // Each signs up in their own window.
@@ -222,7 +223,6 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     await bobPage.waitForSelector('#conversations button[data-peer="alice"]:not(:has(.unread))');
 
     // Alice's status goes on to "read" by itself.
-    // Alice's status goes on to "read" by itself.
     await alicePage.waitForSelector('#messages .message.outgoing .status[data-status="read"]');
     assert.equal(await outgoingStatus(alicePage, "Hello Bob").textContent(), "read");
     await bobPage.getByLabel("Message", { exact: true }).fill("Hi Alice! Got it.");
@@ -251,7 +251,26 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     assert.equal(await bobPage.evaluate(() => window.__sameDocument), true, "bob's window was not reloaded");
     await alicePage.waitForSelector('#messages .message.outgoing:has-text("sent while you were away") .status[data-status="read"]');
 
-    // The safety number screen: digits, a QR code, "mark as verified".
+    // Neither bob nor the rendezvous can be reached: the message is queued, then marked not
+    // sent; Retry sends it once they are back.
+    step("A message that cannot go out: not sent, then Retry");
+    const rendezvousPort = Number(cluster.url.split(":").pop());
+    await stop(bob.child);
+    await stop(cluster.rendezvous);
+    await alicePage.getByLabel("Message", { exact: true }).fill("This one has to wait");
+    await alicePage.getByLabel("Message", { exact: true }).press("Enter");
+    const waiting = alicePage.locator("#messages .message.outgoing", { hasText: "This one has to wait" });
+    await waiting.locator('.status[data-status="failed"]').waitFor({ timeout: 30_000 });
+    assert.equal(await waiting.locator(".status").textContent(), "not sent");
+    await screenshot(alicePage, "alice-not-sent");
+    await cluster.startRendezvous(rendezvousPort);
+    bob = await cluster.startDaemon(bobDir, bob.port);
+    await waitFor("bob back online", () => bob.child.output.includes("bob listening on"));
+    await waiting.getByRole("button", { name: "Send this message again" }).click();
+    await waiting.locator('.status:is([data-status="sent"], [data-status="delivered"], [data-status="read"])').waitFor();
+    await bobPage.locator("#messages .message.incoming", { hasText: "This one has to wait" }).waitFor();
+    assert.equal(await alicePage.isVisible("#error"), false, "a queued message is no error");
+
     // The safety number screen: digits, a QR code, "mark as verified".
     await alicePage.getByRole("button", { name: "Safety number" }).click();
     await alicePage.waitForSelector("#safety-dialog[open]");

@@ -5,8 +5,8 @@ use peerchat_pki::Username;
 use super::{Node, NodeError};
 use crate::domain::{Ack, Content, Envelope, MessageId};
 use crate::ports::{
-    Clock, Direction, Directory, Event, MessageStatus, Network, Notifier, OutboxEntry, Recipient,
-    Store, StoredMessage,
+    Clock, Direction, Directory, DirectoryError, Event, MessageStatus, Network, Notifier,
+    OutboxEntry, Recipient, Store, StoredMessage,
 };
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
@@ -28,7 +28,16 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         }
         .encode()?;
         let contact = self.contact_for(to).await?;
-        let contact = self.current_key(to, contact).await?;
+        let contact = match self.current_key(to, contact.clone()).await {
+            Ok(contact) => contact,
+            // The rendezvous is unreachable: the message is queued for the pinned key (a key
+            // change is still caught before delivery, and the receiver refuses a stale key).
+            Err(NodeError::Directory(DirectoryError::Unavailable(e))) => {
+                tracing::info!(error = %e, "key check skipped: the rendezvous is unreachable");
+                contact
+            }
+            Err(e) => return Err(e),
+        };
         if contact.pending_key.is_some() {
             // Held until the user accepts the new key (`accept_key` sends it then).
             self.store.record_held(&StoredMessage {
