@@ -22,6 +22,8 @@ use sha2::{Digest, Sha256};
 
 /// How long a one-time link can be used.
 pub const LINK_TTL: Duration = Duration::from_secs(300);
+/// Most unused one-time links at once (the oldest stops working past it).
+const MAX_CODES: usize = 16;
 /// Most browser sessions kept at once (the oldest are dropped past it).
 const MAX_SESSIONS: usize = 64;
 /// The header state-changing browser requests must carry.
@@ -108,6 +110,16 @@ impl Sessions {
         let code = super::api::new_token();
         let mut codes = self.codes.lock().unwrap_or_else(|p| p.into_inner());
         codes.retain(|_, made| made.elapsed() < LINK_TTL);
+        if codes.len() >= MAX_CODES {
+            // Past the bound the oldest unused link stops working.
+            let oldest = codes
+                .iter()
+                .min_by_key(|(_, made)| **made)
+                .map(|(c, _)| c.clone());
+            if let Some(oldest) = oldest {
+                codes.remove(&oldest);
+            }
+        }
         codes.insert(code.clone(), Instant::now());
         UiLink {
             path: format!("/ui/open?code={code}"),
@@ -279,4 +291,76 @@ pub fn qr_svg(data: &[u8]) -> Option<String> {
             .quiet_zone(true)
             .build(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn code_of(link: &UiLink) -> String {
+        link.path.rsplit('=').next().unwrap().to_owned()
+    }
+
+    /// A request to the node on `host_port` carrying the session cookie of `cookie_port`.
+    fn request(host_port: &str, cookie_port: &str, token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::HOST,
+            format!("127.0.0.1:{host_port}").parse().unwrap(),
+        );
+        headers.insert(
+            header::COOKIE,
+            format!("other=1; peerchat_session_{cookie_port}={token}")
+                .parse()
+                .unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn a_link_works_once_and_only_the_newest_links_are_kept() {
+        let sessions = Sessions::default();
+        let links: Vec<_> = (0..=MAX_CODES).map(|_| sessions.link()).collect();
+        assert!(
+            sessions.redeem(&code_of(&links[0])).is_none(),
+            "the oldest link was dropped at the bound"
+        );
+        let last = code_of(links.last().unwrap());
+        assert!(sessions.redeem(&last).is_some());
+        assert!(sessions.redeem(&last).is_none(), "a link works once");
+        assert!(sessions.redeem("not a code").is_none());
+    }
+
+    #[test]
+    fn a_session_is_kept_as_a_hash_and_survives_a_restart_on_its_own_port_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ui-sessions");
+        let sessions = Sessions::persistent(file.clone());
+        let token = sessions.redeem(&code_of(&sessions.link())).unwrap();
+        assert!(sessions.authenticated(&request("7001", "7001", &token)));
+        assert!(!std::fs::read_to_string(&file).unwrap().contains(&token));
+
+        let restarted = Sessions::persistent(file);
+        assert!(restarted.authenticated(&request("7001", "7001", &token)));
+        assert!(
+            !restarted.authenticated(&request("7002", "7001", &token)),
+            "a cookie of the node on another port"
+        );
+        assert!(!restarted.authenticated(&request("7001", "7001", "forged")));
+    }
+
+    #[test]
+    fn writes_need_the_csrf_header_and_this_origin() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "127.0.0.1:7001".parse().unwrap());
+        assert!(!same_origin_write(&headers));
+        headers.insert(CSRF_HEADER, "1".parse().unwrap());
+        assert!(same_origin_write(&headers), "no Origin sent");
+        headers.insert(header::ORIGIN, "http://127.0.0.1:7001".parse().unwrap());
+        assert!(same_origin_write(&headers));
+        headers.insert(header::ORIGIN, "http://127.0.0.1:7002".parse().unwrap());
+        assert!(!same_origin_write(&headers));
+    }
 }
