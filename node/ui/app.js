@@ -77,6 +77,7 @@ function showError(error) {
     totp_invalid: "That code is not valid. Try the current one.",
     rate_limited: "Too many attempts. Wait a minute and try again.",
     rendezvous_unavailable: "The rendezvous server cannot be reached right now.",
+    own_account: "That is you. Type the username of the person to chat with.",
   };
   const text = (error && error.code && messages[error.code]) || (error && error.message) || String(error);
   $("error-text").textContent = text;

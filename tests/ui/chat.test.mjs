@@ -195,6 +195,16 @@ test("alice and bob chat in their windows, live, offline and through a key chang
 
     // Alice finds bob by his exact name and writes; Enter sends, Shift+Enter is a new line.
     step("Alice finds bob by his exact name and writes; Enter sends, Shift+Enter is a new line.");
+    const search = alicePage.getByLabel("Start a chat with (exact username)");
+    for (const [name, error] of [["nobody-here", /There is no user with that name/], ["alice", /That is you/]]) {
+      await search.fill(name);
+      await search.press("Enter");
+      await alicePage.waitForSelector("#error:not([hidden])");
+      assert.match(await alicePage.textContent("#error-text"), error);
+      await alicePage.getByRole("button", { name: "Dismiss the error" }).click();
+      await alicePage.waitForSelector("#error", { state: "hidden" });
+    }
+    assert.equal(await alicePage.locator("#conversations li").count(), 0, "nothing was added");
     await alicePage.getByLabel("Start a chat with (exact username)").fill("bob");
     await alicePage.getByLabel("Start a chat with (exact username)").press("Enter");
     await alicePage.waitForSelector("#pane:not([hidden])");

@@ -184,6 +184,7 @@ impl From<NodeError> for ApiError {
             }
             NodeError::KeyChanged(_) => ApiError(StatusCode::CONFLICT, "key_changed", message),
             NodeError::NotRetryable => ApiError(StatusCode::CONFLICT, "not_retryable", message),
+            NodeError::OwnAccount(_) => ApiError(StatusCode::BAD_REQUEST, "own_account", message),
             NodeError::UnknownContact(_) => {
                 ApiError(StatusCode::NOT_FOUND, "unknown_contact", message)
             }

@@ -10,7 +10,9 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     /// (trust on first use). A known contact whose key changed is not silently re-pinned.
     #[tracing::instrument(name = "usecase.add_contact", skip_all, fields(peer = %username))]
     pub async fn add_contact(&self, username: &Username) -> Result<(), NodeError> {
-        self.me()?;
+        if self.me()?.0 == *username {
+            return Err(NodeError::OwnAccount(username.clone()));
+        }
         let info = self.directory.lookup(username).await?;
         match self.store.contact(username)? {
             Some(known) if known.identity_key != info.identity_key => {

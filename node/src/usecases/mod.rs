@@ -40,6 +40,9 @@ pub enum NodeError {
     /// accepts the new key.
     #[error("{0}'s identity key has changed; compare safety numbers and accept the new key first")]
     KeyChanged(Username),
+    /// The name is this node's own: there is no conversation with oneself.
+    #[error("{0} is you; a conversation needs someone else")]
+    OwnAccount(Username),
     /// No contact by that name.
     #[error("{0} is not a contact")]
     UnknownContact(Username),

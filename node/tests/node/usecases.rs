@@ -400,6 +400,16 @@ async fn given_an_unknown_recipient_when_sending_then_a_clear_error_and_nothing_
     );
     assert!(alice.node.history(&nobody).unwrap().is_empty());
     assert!(alice.node.store().outbox().unwrap().is_empty());
+
+    // Nor is one's own name a contact.
+    let err = alice
+        .node
+        .send(&alice.name, MessageId::random(&mut OsRng), "x".into())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NodeError::OwnAccount(_)), "{err}");
+    assert!(alice.node.contacts().unwrap().is_empty());
+    assert!(alice.node.store().outbox().unwrap().is_empty());
 }
 
 #[tokio::test]
