@@ -90,6 +90,23 @@ impl P2pConfig {
     }
 }
 
+/// The non-loopback addresses of `listening`, or all of them when there are no others.
+fn reachable(listening: &[Multiaddr]) -> Vec<Multiaddr> {
+    let loopback = |a: &Multiaddr| {
+        a.iter().any(|p| match p {
+            Protocol::Ip4(ip) => ip.is_loopback(),
+            Protocol::Ip6(ip) => ip.is_loopback(),
+            _ => false,
+        })
+    };
+    let outside: Vec<Multiaddr> = listening.iter().filter(|a| !loopback(a)).cloned().collect();
+    if outside.is_empty() {
+        listening.to_vec()
+    } else {
+        outside
+    }
+}
+
 /// Why the network could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -184,24 +201,7 @@ impl P2pNetwork {
     /// The addresses to give peers: loopback ones only when there is nothing else (a peer's
     /// 127.0.0.1 is itself, unless everything runs on one host).
     pub fn reachable_addrs(&self) -> Vec<Multiaddr> {
-        let loopback = |a: &Multiaddr| {
-            a.iter().any(|p| match p {
-                Protocol::Ip4(ip) => ip.is_loopback(),
-                Protocol::Ip6(ip) => ip.is_loopback(),
-                _ => false,
-            })
-        };
-        let outside: Vec<Multiaddr> = self
-            .listen_addrs
-            .iter()
-            .filter(|a| !loopback(a))
-            .cloned()
-            .collect();
-        if outside.is_empty() {
-            self.listen_addrs.clone()
-        } else {
-            outside
-        }
+        reachable(&self.listen_addrs)
     }
 
     /// The verified identities of connected peers.
@@ -658,5 +658,33 @@ impl Driver {
                 .unwrap_or(Ack::Rejected(RejectReason::Internal));
             (channel, ack)
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<Multiaddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn peers_are_given_outside_addresses_and_loopback_only_when_alone() {
+        let all = addrs(&[
+            "/ip4/127.0.0.1/tcp/4001",
+            "/ip4/172.18.0.3/tcp/4001",
+            "/ip6/::1/tcp/4001",
+            "/ip6/fd00::3/tcp/4001",
+        ]);
+        assert_eq!(
+            reachable(&all),
+            addrs(&["/ip4/172.18.0.3/tcp/4001", "/ip6/fd00::3/tcp/4001"])
+        );
+        let local = addrs(&["/ip4/127.0.0.1/tcp/4001", "/ip6/::1/tcp/4001"]);
+        assert_eq!(reachable(&local), local, "everything on one host");
+        assert!(reachable(&[]).is_empty());
     }
 }
