@@ -93,17 +93,12 @@ impl Telemetry {
     }
 
     /// Whether the environment asks for span export.
-    pub fn export_requested() -> bool {
+    fn export_requested() -> bool {
         let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
         let disabled =
             std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
         !disabled
             && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
-    }
-
-    /// Whether spans are being exported.
-    pub fn is_exporting(&self) -> bool {
-        self.exporting.is_some()
     }
 
     /// Exports spans from now on as `service` (unless `OTEL_SERVICE_NAME` names it), e.g. once a
