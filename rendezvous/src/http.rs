@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, RawQuery, Request, State};
@@ -13,9 +13,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use peerchat_pki::{Username, VerifiedPeer};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -26,12 +25,15 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::api;
+use crate::connections::{Activity, PerSource};
 use crate::error::ApiError;
+use crate::limits::Limits;
 use crate::service::{Caller, Rendezvous};
 use crate::store::Store;
 
@@ -133,9 +135,17 @@ impl<S: Store, T: DeserializeOwned> FromRequest<Shared<S>> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &Shared<S>) -> Result<Self, ApiError> {
-        let limit = state.service.limits().max_body_bytes;
-        let bytes = axum::body::to_bytes(request.into_body(), limit)
+        let limits = state.service.limits();
+        let limit = limits.max_body_bytes;
+        let read = axum::body::to_bytes(request.into_body(), limit);
+        let bytes = tokio::time::timeout(limits.body_read_timeout, read)
             .await
+            .map_err(|_| {
+                ApiError::request_timeout(format!(
+                    "the request body did not arrive within {} s",
+                    limits.body_read_timeout.as_secs()
+                ))
+            })?
             .map_err(|_| ApiError::too_large(format!("a request body is at most {limit} bytes")))?;
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
             ApiError::bad_request(
@@ -460,6 +470,10 @@ async fn ack<S: Store>(
 
 /// Serves `app` over TLS on `listener` until `shutdown` completes, then lets requests in flight
 /// finish (up to a grace period).
+///
+/// Connections are bounded per source ([`Limits::max_connections_per_source`]) from the TCP
+/// accept on, and closed by the server once they idle ([`Limits::idle_timeout`]), so that clients
+/// which open connections and send nothing cannot keep the service from others.
 pub async fn serve<S: Store>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -468,8 +482,11 @@ pub async fn serve<S: Store>(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
+    let limits = service.limits().clone();
+    let per_source = PerSource::new(limits.max_connections_per_source);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Every connection task holds a receiver: `closed()` tells when the last one has ended.
+    let (stop, stopping) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -490,52 +507,123 @@ pub async fn serve<S: Store>(
             },
             () = &mut shutdown => break,
         };
+        let Some(source_slot) = per_source.admit(remote.ip()) else {
+            tracing::debug!(%remote, "connection refused: its source holds its maximum");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let trust = service.trust();
-        let watcher = graceful.watcher();
+        let connection = Connection {
+            acceptor: acceptor.clone(),
+            app: app.clone(),
+            trust: service.trust(),
+            limits: limits.clone(),
+            remote,
+            stopping: stopping.clone(),
+        };
         tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%remote, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let peer = tls.get_ref().1.peer_certificates().and_then(|certs| {
-                peerchat_pki::tls::verified_peer(Some(certs), &trust, SystemTime::now()).ok()
-            });
-            let info = ConnectionInfo { peer, remote };
-            let service = app.map_request(
-                move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(info.clone());
-                    request.map(Body::new)
-                },
-            );
-            let connection = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(
-                    TokioIo::new(tls),
-                    TowerToHyperService::new(service),
-                )
-                .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
-            }
+            let _slots = (permit, source_slot);
+            connection.serve(tcp).await;
         });
     }
     drop(listener);
     service.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    let _ = stop.send(true);
+    drop(stopping);
+    if tokio::time::timeout(SHUTDOWN_GRACE, stop.closed())
         .await
         .is_err()
     {
         tracing::warn!("requests still in flight after the grace period were dropped");
     }
     Ok(())
+}
+
+/// One accepted TCP connection and what serving it needs.
+struct Connection {
+    acceptor: TlsAcceptor,
+    app: Router,
+    trust: Arc<peerchat_pki::TrustStore>,
+    limits: Limits,
+    remote: SocketAddr,
+    stopping: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn serve(mut self, tcp: tokio::net::TcpStream) {
+        let remote = self.remote;
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "TLS handshake timed out");
+                return;
+            }
+        };
+        let peer = tls.get_ref().1.peer_certificates().and_then(|certs| {
+            peerchat_pki::tls::verified_peer(Some(certs), &self.trust, SystemTime::now()).ok()
+        });
+        let info = ConnectionInfo { peer, remote };
+        let activity = Activity::new();
+        let in_flight = activity.clone();
+        let service = self
+            .app
+            .map_request(
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(info.clone());
+                    request.map(Body::new)
+                },
+            )
+            .map_future(move |answer| {
+                let request = in_flight.begin();
+                async move {
+                    let response = answer.await;
+                    drop(request);
+                    response
+                }
+            });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_read_timeout);
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(service));
+        tokio::pin!(connection);
+        let idle_timeout = self.limits.idle_timeout;
+        let mut closing = *self.stopping.borrow();
+        if closing {
+            connection.as_mut().graceful_shutdown();
+        }
+        loop {
+            // While a request is in flight, look again one idle period later.
+            let check_at = activity
+                .idle_since()
+                .map_or(Instant::now() + idle_timeout, |since| since + idle_timeout);
+            tokio::select! {
+                ended = connection.as_mut() => {
+                    if let Err(e) = ended {
+                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = tokio::time::sleep_until(check_at), if !closing => {
+                    if activity.idle_since().is_some_and(|since| since.elapsed() >= idle_timeout) {
+                        // No request is in flight, so nothing is lost by closing at once; a
+                        // graceful close would wait for headers that may never come.
+                        tracing::debug!(%remote, "closing an idle connection");
+                        return;
+                    }
+                }
+                changed = self.stopping.changed(), if !closing => {
+                    let _ = changed;
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
 }

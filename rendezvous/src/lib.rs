@@ -7,6 +7,7 @@
 //! for tests), [`http`] the HTTPS adapter.
 
 pub mod api;
+pub mod connections;
 pub mod error;
 pub mod http;
 pub mod limits;

@@ -43,6 +43,17 @@ pub struct Limits {
     pub deposits_per_user: Rate,
     /// Argon2id memory cost in KiB (time cost 2, one lane).
     pub argon2_memory_kib: u32,
+    /// Most connections open at once from one source (an IPv4 address or an IPv6 /64),
+    /// counted from the TCP accept, TLS handshake included. Further ones are closed at once,
+    /// so one source cannot take the slots everyone else needs.
+    pub max_connections_per_source: usize,
+    /// A connection with no request in flight for this long is closed by the server. A
+    /// request's headers must also arrive within it (they are not a request in flight yet).
+    pub idle_timeout: Duration,
+    /// Time a client has to send a request's headers on HTTP/1 once it has started one.
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a request's body once its headers are in.
+    pub body_read_timeout: Duration,
 }
 
 /// A token bucket: `burst` requests at once, then one per `period`.
@@ -88,6 +99,10 @@ impl Default for Limits {
                 period: Duration::from_millis(50),
             },
             argon2_memory_kib: 19 * 1024,
+            max_connections_per_source: 64,
+            idle_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }

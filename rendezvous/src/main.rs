@@ -48,6 +48,22 @@ struct Args {
         default_value_t = 1200
     )]
     deposits_per_minute: u32,
+    /// Most connections open at once from one IPv4 address or IPv6 /64; further ones are
+    /// closed at once.
+    #[arg(
+        long,
+        env = "PEERCHAT_RENDEZVOUS_MAX_CONNECTIONS_PER_SOURCE",
+        default_value_t = 64
+    )]
+    max_connections_per_source: usize,
+    /// Seconds after which a connection with no request in flight is closed (a request's
+    /// headers must arrive within it too).
+    #[arg(
+        long,
+        env = "PEERCHAT_RENDEZVOUS_IDLE_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    idle_timeout_secs: u64,
     /// Also write the CA certificate (public, PEM) to this file, for nodes to trust without a
     /// manual step (e.g. a volume shared with node containers). The CA key never leaves
     /// `--data-dir`.
@@ -85,6 +101,8 @@ async fn serve(args: Args) -> Result<(), BoxError> {
         limits: Limits {
             lookups_per_user: per_minute(args.lookups_per_minute),
             deposits_per_user: per_minute(args.deposits_per_minute),
+            max_connections_per_source: args.max_connections_per_source.max(1),
+            idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
             ..Limits::default()
         },
     };

@@ -48,6 +48,9 @@ fn client(
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(TIMEOUT)
+        // The rendezvous closes connections idle for 10 s (header-read timeout); dropping ours
+        // first keeps a request from racing the server's close.
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .map_err(|e| DirectoryError::Unavailable(e.to_string()))
 }

@@ -364,3 +364,187 @@ async fn the_certificate_must_certify_the_identity_key() {
         Err(peerchat::driven::p2p::StartError::Certificate(_))
     ));
 }
+
+/// A sender that announces a full-size envelope, sends 1 KiB of it, then trickles a byte every
+/// 100 ms and never finishes: each such request holds one stream of the receiver.
+#[derive(Clone, Default)]
+struct HalfSend;
+
+impl libp2p::request_response::Codec for HalfSend {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = ();
+    type Response = ();
+
+    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &Self::Protocol,
+        _: &mut T,
+    ) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+
+    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &Self::Protocol,
+        _: &mut T,
+    ) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+
+    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        (): (),
+    ) -> std::io::Result<()> {
+        use futures::AsyncWriteExt;
+        io.write_all(&(MAX as u32).to_be_bytes()).await?;
+        io.write_all(&[0u8; 1024]).await?;
+        io.flush().await?;
+        // A reset stream fails the next write: that is how the test sees a refusal.
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            io.write_all(&[0]).await?;
+            io.flush().await?;
+        }
+    }
+
+    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &Self::Protocol,
+        _: &mut T,
+        (): (),
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Mallory: a peer with a valid certificate of `ca` whose swarm speaks `/peerchat/msg/1` with
+/// [`HalfSend`], without any of the sender's own bounds.
+fn mallory(
+    ca: &CertificateAuthority,
+) -> libp2p::Swarm<libp2p::request_response::Behaviour<HalfSend>> {
+    use libp2p::Transport as _;
+    let key = SigningKey::generate(&mut OsRng);
+    let username = Username::new("mallory").unwrap();
+    let cert = ca
+        .issue_peer(
+            &build_csr(&key, &username).unwrap(),
+            &username,
+            SystemTime::now(),
+            peerchat_pki::DEFAULT_PEER_VALIDITY,
+            &mut OsRng,
+        )
+        .unwrap();
+    let upgrade = peerchat::driven::p2p::upgrade::MtlsUpgrade::new(
+        Credentials::new(vec![cert.der], key.clone()),
+        Arc::new(TrustStore::new(ca.certificate().clone())),
+        Arc::default(),
+    )
+    .unwrap();
+    let mut seed = key.to_bytes();
+    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut seed).unwrap();
+    libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_other_transport(move |_| {
+            libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default())
+                .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                .authenticate(upgrade)
+                .multiplex(libp2p::yamux::Config::default())
+        })
+        .unwrap()
+        .with_behaviour(|_| {
+            libp2p::request_response::Behaviour::with_codec(
+                HalfSend,
+                [(
+                    libp2p::StreamProtocol::new("/peerchat/msg/1"),
+                    libp2p::request_response::ProtocolSupport::Outbound,
+                )],
+                libp2p::request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(60))
+                    .with_max_concurrent_streams(10_000),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_holding_half_sent_envelopes_and_extra_connections_is_bounded_and_others_get_through()
+ {
+    use futures::StreamExt as _;
+    use libp2p::request_response::Event;
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+
+    let ca = ca();
+    let alice = node("alice", &ca, &ca, MAX).await;
+    let bob = node("bob", &ca, &ca, MAX).await;
+    let bob_addr = bob.net.listen_addrs()[0].clone();
+    let bob_id = bob.net.local_peer_id();
+    let mut mallory = mallory(&ca);
+
+    // Five connections to bob at once: he keeps two (his per-peer bound) and closes the rest.
+    for _ in 0..5 {
+        mallory
+            .dial(
+                DialOpts::peer_id(bob_id)
+                    .addresses(vec![bob_addr.clone()])
+                    .condition(PeerCondition::Always)
+                    .build(),
+            )
+            .unwrap();
+    }
+    let mut open = 0i32;
+    let mut closed_by_bob = 0;
+    let settle = tokio::time::sleep(Duration::from_secs(3));
+    tokio::pin!(settle);
+    loop {
+        tokio::select! {
+            () = &mut settle => break,
+            event = mallory.select_next_some() => match event {
+                SwarmEvent::ConnectionEstablished { .. } => open += 1,
+                SwarmEvent::ConnectionClosed { .. } => { open -= 1; closed_by_bob += 1; }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(open, 2, "bob keeps at most two connections per peer");
+    assert_eq!(closed_by_bob, 3);
+
+    // 400 half-sent envelopes: bob holds at most 16 streams per connection and resets the rest.
+    let requests = 400;
+    for _ in 0..requests {
+        mallory.behaviour_mut().send_request(&bob_id, ());
+    }
+    let mut refused = 0;
+    let alice_to_bob = {
+        let (net, to) = (alice.net.clone(), bob.recipient());
+        tokio::spawn(async move { net.deliver(&to, envelope(b"real mail".to_vec())).await })
+    };
+    let settle = tokio::time::sleep(Duration::from_secs(4));
+    tokio::pin!(settle);
+    loop {
+        tokio::select! {
+            () = &mut settle => break,
+            event = mallory.select_next_some() => {
+                if let SwarmEvent::Behaviour(Event::OutboundFailure { .. }) = event {
+                    refused += 1;
+                }
+            }
+        }
+    }
+    let held = requests - refused;
+    assert!(
+        (1..=2 * 16).contains(&held),
+        "bob holds {held} half-sent envelopes of one peer, more than 2 connections × 16 streams"
+    );
+    // Meanwhile another peer's envelope was received and acknowledged.
+    assert_eq!(alice_to_bob.await.unwrap(), Ok(Ack::Stored));
+    assert!(
+        bob.received()
+            .iter()
+            .any(|(from, e)| from.as_str() == "alice" && e.payload == b"real mail")
+    );
+}

@@ -14,10 +14,16 @@ use crate::support::{NO_BODY, User, cert_der};
 
 /// Starts the binary on 127.0.0.1:0 and reads the address it prints.
 fn start(dir: &Path) -> (Child, u16) {
+    start_with(dir, &[])
+}
+
+/// Starts the binary on 127.0.0.1:0 with `args` and reads the address it prints.
+pub fn start_with(dir: &Path, args: &[&str]) -> (Child, u16) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_peerchat-rendezvous"))
         .arg("--data-dir")
         .arg(dir)
         .args(["--listen", "127.0.0.1:0"])
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

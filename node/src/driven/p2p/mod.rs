@@ -19,7 +19,7 @@ use futures::stream::FuturesUnordered;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::{DialError, NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
+use libp2p::{Multiaddr, PeerId, Swarm, connection_limits, identify, ping};
 use peerchat_pki::TrustStore;
 use peerchat_pki::Username;
 use peerchat_pki::tls::Credentials;
@@ -52,6 +52,18 @@ pub struct P2pConfig {
     pub inbound_capacity: usize,
     /// Closes connections idle for this long.
     pub idle_timeout: Duration,
+    /// Most connections open at once with one peer (both directions); further ones are closed
+    /// after the handshake.
+    pub max_connections_per_peer: u32,
+    /// Most envelopes being received or sent at once on one connection; further inbound
+    /// streams are reset (the sender retries), so one peer holds at most
+    /// `max_connections_per_peer × max_streams_per_connection × max_envelope_bytes` of our memory,
+    /// and only as much as it really sent.
+    pub max_streams_per_connection: usize,
+    /// Most connections from all peers together (inbound, established).
+    pub max_incoming_connections: u32,
+    /// Most inbound connections still in their handshake.
+    pub max_pending_incoming: u32,
     /// Told when a peer comes online (`true`: first connection) or goes offline (`false`: last
     /// connection closed).
     pub on_presence: Option<PresenceHook>,
@@ -85,6 +97,10 @@ impl P2pConfig {
             request_timeout: Duration::from_secs(10),
             inbound_capacity: 1024,
             idle_timeout: Duration::from_secs(60),
+            max_connections_per_peer: 2,
+            max_streams_per_connection: 16,
+            max_incoming_connections: 256,
+            max_pending_incoming: 64,
             on_presence: None,
         }
     }
@@ -134,20 +150,24 @@ pub enum StartError {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: connection_limits::Behaviour,
     messages: request_response::Behaviour<EnvelopeCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
 }
 
 enum Command {
-    Deliver {
-        peer_id: PeerId,
-        username: Username,
-        addresses: Vec<Multiaddr>,
-        envelope: Envelope,
-        reply: oneshot::Sender<Result<Ack, DeliveryError>>,
-    },
+    Deliver(Outgoing),
     DropRevoked,
+}
+
+/// One envelope on its way to a peer.
+struct Outgoing {
+    peer_id: PeerId,
+    username: Username,
+    addresses: Vec<Multiaddr>,
+    envelope: Envelope,
+    reply: oneshot::Sender<Result<Ack, DeliveryError>>,
 }
 
 /// Handle to the running swarm: the outbound [`Network`] port. Cheap to clone; the swarm stops
@@ -235,13 +255,13 @@ impl Network for P2pNetwork {
             .collect();
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Deliver {
+            .send(Command::Deliver(Outgoing {
                 peer_id,
                 username: to.username.clone(),
                 addresses,
                 envelope,
                 reply,
-            })
+            }))
             .await
             .map_err(|_| DeliveryError::Unreachable("the network has stopped".into()))?;
         answer
@@ -336,6 +356,14 @@ pub async fn start(config: P2pConfig) -> Result<(P2pNetwork, mpsc::Receiver<Inbo
         max_envelope_bytes: config.max_envelope_bytes,
     };
     let timeout = config.request_timeout;
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established_per_peer(Some(config.max_connections_per_peer))
+        .with_max_established_incoming(Some(config.max_incoming_connections))
+        .with_max_pending_incoming(Some(config.max_pending_incoming));
+    let streams = config.max_streams_per_connection;
+    let mut yamux = libp2p::yamux::Config::default();
+    // Room for identify and ping beside the envelopes; yamux resets streams past it.
+    yamux.set_max_num_streams(streams + 8);
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_other_transport(move |_| {
@@ -345,17 +373,18 @@ pub async fn start(config: P2pConfig) -> Result<(P2pNetwork, mpsc::Receiver<Inbo
             ))
             .upgrade(libp2p::core::upgrade::Version::V1Lazy)
             .authenticate(upgrade)
-            .multiplex(libp2p::yamux::Config::default())
+            .multiplex(yamux)
             .timeout(Duration::from_secs(20))
         })
         .map_err(|e| StartError::Transport(e.to_string()))?
         .with_behaviour(|key| Behaviour {
+            limits: connection_limits::Behaviour::new(limits),
             messages: request_response::Behaviour::with_codec(
                 codec,
                 [(codec::PROTOCOL, request_response::ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(timeout)
-                    .with_max_concurrent_streams(1024),
+                    .with_max_concurrent_streams(streams),
             ),
             identify: identify::Behaviour::new(identify::Config::new(
                 "/peerchat/1.0.0".into(),
@@ -419,6 +448,10 @@ pub async fn start(config: P2pConfig) -> Result<(P2pNetwork, mpsc::Receiver<Inbo
         inbound: inbound_tx,
         max_answers: config.inbound_capacity,
         pending: HashMap::new(),
+        // Half of a connection's streams: the peer's requests to us share them.
+        max_outbound_per_peer: (config.max_streams_per_connection / 2).max(1),
+        in_flight: HashMap::new(),
+        waiting: HashMap::new(),
         dial_errors: HashMap::new(),
         answers: FuturesUnordered::new(),
         on_presence: config.on_presence.clone(),
@@ -453,6 +486,11 @@ struct Driver {
     inbound: mpsc::Sender<Inbound>,
     max_answers: usize,
     pending: HashMap<OutboundRequestId, Pending>,
+    /// Most requests in flight to one peer; further envelopes wait in `waiting`, so a burst of
+    /// sends queues here instead of failing on the connection's stream bound.
+    max_outbound_per_peer: usize,
+    in_flight: HashMap<PeerId, usize>,
+    waiting: HashMap<PeerId, std::collections::VecDeque<Outgoing>>,
     /// The last dial error per peer, to explain a request's `DialFailure`.
     dial_errors: HashMap<PeerId, DeliveryError>,
     answers: FuturesUnordered<Answer>,
@@ -478,26 +516,16 @@ impl Driver {
 
     fn command(&mut self, command: Command) {
         match command {
-            Command::Deliver {
-                peer_id,
-                username,
-                addresses,
-                envelope,
-                reply,
-            } => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .messages
-                    .send_request_with_addresses(&peer_id, envelope, addresses);
-                self.pending.insert(
-                    id,
-                    Pending {
-                        peer_id,
-                        username,
-                        reply,
-                    },
-                );
+            Command::Deliver(outgoing) => {
+                let in_flight = self.in_flight.get(&outgoing.peer_id).copied().unwrap_or(0);
+                if in_flight < self.max_outbound_per_peer {
+                    self.send(outgoing);
+                } else {
+                    self.waiting
+                        .entry(outgoing.peer_id)
+                        .or_default()
+                        .push_back(outgoing);
+                }
             }
             Command::DropRevoked => {
                 let Some(crl) = self.trust.crl() else { return };
@@ -506,6 +534,54 @@ impl Driver {
                     let _ = self.swarm.disconnect_peer_id(peer);
                 }
             }
+        }
+    }
+
+    fn send(&mut self, outgoing: Outgoing) {
+        let Outgoing {
+            peer_id,
+            username,
+            addresses,
+            envelope,
+            reply,
+        } = outgoing;
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .messages
+            .send_request_with_addresses(&peer_id, envelope, addresses);
+        *self.in_flight.entry(peer_id).or_default() += 1;
+        self.pending.insert(
+            id,
+            Pending {
+                peer_id,
+                username,
+                reply,
+            },
+        );
+    }
+
+    /// A request to `peer` has ended: the next waiting envelope for it goes out.
+    fn finished(&mut self, peer: PeerId) {
+        if let Some(count) = self.in_flight.get_mut(&peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.in_flight.remove(&peer);
+            }
+        }
+        let next = self
+            .waiting
+            .get_mut(&peer)
+            .and_then(|queue| queue.pop_front());
+        if self
+            .waiting
+            .get(&peer)
+            .is_some_and(|queue| queue.is_empty())
+        {
+            self.waiting.remove(&peer);
+        }
+        if let Some(next) = next {
+            self.send(next);
         }
     }
 
@@ -573,6 +649,7 @@ impl Driver {
                     let Some(pending) = self.pending.remove(&request_id) else {
                         return;
                     };
+                    self.finished(pending.peer_id);
                     // The PeerId pins the key; check the CA-certified name too.
                     let result = match self.registry.get(&pending.peer_id) {
                         Some(p) if p.username == pending.username && peer == pending.peer_id => {
@@ -592,6 +669,7 @@ impl Driver {
                 let Some(pending) = self.pending.remove(&request_id) else {
                     return;
                 };
+                self.finished(pending.peer_id);
                 let failure = match error {
                     OutboundFailure::DialFailure => {
                         self.dial_errors.remove(&peer).unwrap_or_else(|| {
