@@ -117,6 +117,21 @@ pub struct Contact {
     pub pending_key: Option<IdentityKey>,
 }
 
+/// Most envelopes held from one contact's unaccepted new key; past it, the sender (or the
+/// mailbox) keeps them.
+pub const MAX_HELD_INBOUND: usize = 1000;
+
+/// An envelope from a key the user has not accepted yet, kept as it arrived.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeldInbound {
+    /// The sender, as its certificate named it.
+    pub from: Username,
+    /// The key the sender's certificate carried.
+    pub identity_key: IdentityKey,
+    /// The envelope, still encrypted.
+    pub envelope: Envelope,
+}
+
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -147,6 +162,9 @@ pub enum MessageStatus {
     Received,
     /// Waiting for the user to accept the recipient's new key.
     Held,
+    /// A message we received that could not be decrypted (kept so that it does not vanish
+    /// without a trace; its text is empty).
+    Undecryptable,
 }
 
 /// Whether a receipt may move an outgoing message from `from` to `to`: statuses only move
@@ -266,7 +284,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// The receive step: the message, the advanced session and the removal of the one-time prekey
     /// it consumed, in one atomic write. MUST return [`Recorded::Duplicate`] and change nothing
-    /// when a message with that id from that peer is already stored.
+    /// when a message with that id from that peer is already stored, unless that one is
+    /// `Undecryptable`: then it is replaced in place.
     fn record_incoming(
         &self,
         message: &StoredMessage,
@@ -311,6 +330,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Envelopes not yet acknowledged, oldest first.
     fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    /// Records a received message that could not be decrypted (status `Undecryptable`, empty
+    /// text), so that it is seen; MUST return `Duplicate` and change nothing when a message with
+    /// its id from its peer is stored already. A later copy that decrypts replaces it
+    /// ([`Store::record_incoming`]).
+    fn record_undecryptable(&self, message: &StoredMessage) -> Result<Recorded, StoreError>;
+
+    /// Keeps an envelope from a contact's new, not yet accepted key until the user decides.
+    /// MUST return `false` (and keep nothing) when `held.from` already has [`MAX_HELD_INBOUND`]
+    /// envelopes waiting, and `true` without a second copy when one with its id waits already.
+    fn hold_inbound(&self, held: &HeldInbound) -> Result<bool, StoreError>;
+    /// The envelopes held from `peer`, in the order they arrived.
+    fn held_inbound(&self, peer: &Username) -> Result<Vec<HeldInbound>, StoreError>;
+    /// Forgets a held envelope (it was taken, or refused for good).
+    fn release_inbound(&self, peer: &Username, id: &MessageId) -> Result<(), StoreError>;
 
     /// Makes every write so far durable.
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -372,6 +406,9 @@ pub struct MailItem {
     pub sender: Username,
     /// The envelope bytes.
     pub envelope: Vec<u8>,
+    /// The key of the depositor's certificate, as the rendezvous recorded it (absent from an
+    /// older rendezvous: then the sender's certified key is looked up).
+    pub sender_key: Option<IdentityKey>,
 }
 
 /// A second factor being enabled: the shared secret, for an authenticator app.

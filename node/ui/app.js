@@ -20,6 +20,7 @@ const STATUS_LABELS = {
   failed: "not sent",
   held: "held: key changed",
   received: "",
+  undecryptable: "could not be decrypted",
 };
 
 class ApiError extends Error {
@@ -301,7 +302,8 @@ function messageItem(m) {
   item.dataset.id = m.id;
   const text = document.createElement("p");
   text.className = "text";
-  text.textContent = m.text;
+  text.textContent = m.status === "undecryptable" ? "This message could not be decrypted." : m.text;
+  if (m.status === "undecryptable") text.classList.add("undecryptable");
   const meta = document.createElement("span");
   meta.className = "meta";
   const time = document.createElement("time");

@@ -208,6 +208,10 @@ pub struct MailboxEnvelope {
     pub envelope: String,
     /// When it was deposited, Unix seconds.
     pub deposited_at: u64,
+    /// The Ed25519 key of the depositor's certificate (32 bytes, base64), so the recipient
+    /// decrypts with the key that really sent it, without a lookup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_key: Option<String>,
 }
 
 /// `GET /v1/mailbox/{username}[?wait=SECONDS]`: waiting envelopes, oldest first.

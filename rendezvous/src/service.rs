@@ -578,6 +578,7 @@ impl<S: Store> Rendezvous<S> {
             envelope,
             deposited_at: unix(now),
             expires_at: unix(now + self.limits.mailbox_expiry),
+            sender_key: Some(caller.identity_key.to_bytes()),
         };
         let quota = Quota {
             max_envelopes: self.limits.mailbox_max_envelopes,
@@ -666,6 +667,7 @@ impl<S: Store> Rendezvous<S> {
                             sender: e.sender,
                             envelope: B64.encode(&e.envelope),
                             deposited_at: e.deposited_at,
+                            sender_key: e.sender_key.map(|k| B64.encode(k)),
                         })
                         .collect(),
                 });

@@ -65,6 +65,15 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// A mailbox record, in today's form or the one before the depositor's key was recorded.
+fn decode_envelope(bytes: &[u8]) -> Result<StoredEnvelope, StoreError> {
+    decode::<StoredEnvelope>(bytes).or_else(|e| {
+        postcard::from_bytes::<crate::store::LegacyStoredEnvelope>(bytes)
+            .map(StoredEnvelope::from)
+            .map_err(|_| e)
+    })
+}
+
 fn key(username: &Username, suffix: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(username.as_str().len() + 1 + suffix.len());
     k.extend_from_slice(username.as_str().as_bytes());
@@ -153,7 +162,7 @@ impl SledStore {
                     return Ok(false);
                 };
                 let (count, bytes) = mail_meta_decode(meta.get(&meta_key)?.as_deref());
-                let len = decode::<StoredEnvelope>(&value)
+                let len = decode_envelope(&value)
                     .map(|e| e.envelope.len() as u64)
                     .unwrap_or(0);
                 meta.insert(
@@ -430,7 +439,7 @@ impl Store for SledStore {
     ) -> Result<Vec<StoredEnvelope>, StoreError> {
         let mut out = Vec::new();
         for item in self.mail.scan_prefix(prefix(recipient)).values() {
-            let envelope: StoredEnvelope = decode(&item.map_err(backend)?)?;
+            let envelope = decode_envelope(&item.map_err(backend)?)?;
             if envelope.expires_at > now {
                 out.push(envelope);
                 if out.len() == limit {
@@ -450,7 +459,7 @@ impl Store for SledStore {
         let mut expired = Vec::new();
         for item in self.mail.iter() {
             let (k, v) = item.map_err(backend)?;
-            let envelope: StoredEnvelope = decode(&v)?;
+            let envelope = decode_envelope(&v)?;
             if envelope.expires_at > now {
                 continue;
             }

@@ -92,6 +92,32 @@ pub struct StoredEnvelope {
     pub deposited_at: u64,
     /// When it is dropped unread, Unix seconds.
     pub expires_at: u64,
+    /// The Ed25519 key of the depositor's certificate, so the recipient knows which key sent it
+    /// without a lookup (`None` for envelopes stored before it was recorded).
+    pub sender_key: Option<[u8; 32]>,
+}
+
+/// A mailbox record as stored before the depositor's key was recorded.
+#[derive(Deserialize)]
+pub(crate) struct LegacyStoredEnvelope {
+    id: [u8; 16],
+    sender: Username,
+    envelope: Vec<u8>,
+    deposited_at: u64,
+    expires_at: u64,
+}
+
+impl From<LegacyStoredEnvelope> for StoredEnvelope {
+    fn from(e: LegacyStoredEnvelope) -> Self {
+        Self {
+            id: e.id,
+            sender: e.sender,
+            envelope: e.envelope,
+            deposited_at: e.deposited_at,
+            expires_at: e.expires_at,
+            sender_key: None,
+        }
+    }
 }
 
 /// Result of a deposit.

@@ -10,8 +10,9 @@ use crate::domain::{
     Ack, Envelope, MessageId, OneTimePreKeyPair, PreKeyId, RejectReason, Session, SignedPreKeyPair,
 };
 use crate::ports::{
-    Contact, Conversation, DeliveryError, Event, Inbound, LocalIdentity, MessageStatus, Network,
-    Notifier, OutboxEntry, Recipient, Recorded, Store, StoreError, StoredMessage,
+    Contact, Conversation, DeliveryError, Event, HeldInbound, Inbound, LocalIdentity,
+    MAX_HELD_INBOUND, MessageStatus, Network, Notifier, OutboxEntry, Recipient, Recorded, Store,
+    StoreError, StoredMessage,
 };
 
 #[derive(Default)]
@@ -27,6 +28,7 @@ struct Inner {
     outbox: Vec<OutboxEntry>,
     order: u64,
     last_activity: HashMap<Username, u64>,
+    held_inbound: HashMap<Username, Vec<HeldInbound>>,
 }
 
 impl Inner {
@@ -62,6 +64,48 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
+    fn record_undecryptable(&self, message: &StoredMessage) -> Result<Recorded, StoreError> {
+        let mut inner = self.inner();
+        if inner
+            .messages
+            .get(&message.peer)
+            .is_some_and(|m| m.iter().any(|m2| m2.id == message.id))
+        {
+            return Ok(Recorded::Duplicate);
+        }
+        inner.append(message);
+        Ok(Recorded::Stored)
+    }
+
+    fn hold_inbound(&self, held: &HeldInbound) -> Result<bool, StoreError> {
+        let mut inner = self.inner();
+        let list = inner.held_inbound.entry(held.from.clone()).or_default();
+        if list.iter().any(|h| h.envelope.id == held.envelope.id) {
+            return Ok(true);
+        }
+        if list.len() >= MAX_HELD_INBOUND {
+            return Ok(false);
+        }
+        list.push(held.clone());
+        Ok(true)
+    }
+
+    fn held_inbound(&self, peer: &Username) -> Result<Vec<HeldInbound>, StoreError> {
+        Ok(self
+            .inner()
+            .held_inbound
+            .get(peer)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn release_inbound(&self, peer: &Username, id: &MessageId) -> Result<(), StoreError> {
+        if let Some(list) = self.inner().held_inbound.get_mut(peer) {
+            list.retain(|h| h.envelope.id != *id);
+        }
+        Ok(())
+    }
+
     fn identity(&self) -> Result<Option<LocalIdentity>, StoreError> {
         Ok(self.inner().identity.clone())
     }
@@ -227,17 +271,19 @@ impl Store for MemoryStore {
         consumed: Option<PreKeyId>,
     ) -> Result<Recorded, StoreError> {
         let mut inner = self.inner();
-        if inner
+        let earlier = inner
             .messages
-            .get(&message.peer)
-            .is_some_and(|m| m.iter().any(|m2| m2.id == message.id))
-        {
-            return Ok(Recorded::Duplicate);
+            .get_mut(&message.peer)
+            .and_then(|m| m.iter_mut().find(|m2| m2.id == message.id));
+        match earlier {
+            // A copy that could not be decrypted is replaced by one that could.
+            Some(m) if m.status == MessageStatus::Undecryptable => *m = message.clone(),
+            Some(_) => return Ok(Recorded::Duplicate),
+            None => inner.append(message),
         }
         inner
             .sessions
             .insert(message.peer.clone(), session.to_bytes().to_vec());
-        inner.append(message);
         if let Some(id) = consumed {
             inner.one_time.remove(&id);
         }

@@ -81,5 +81,11 @@ pub fn mail_item(wire: api::MailboxEnvelope) -> Result<crate::ports::MailItem, D
         id: wire.id.parse().map_err(|_| bad("envelope id"))?,
         sender: wire.sender,
         envelope: key(&wire.envelope, "envelope")?,
+        sender_key: wire
+            .sender_key
+            .map(|k| {
+                IdentityKey::from_bytes(&key(&k, "sender key")?).map_err(|_| bad("sender key"))
+            })
+            .transpose()?,
     })
 }

@@ -13,8 +13,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::domain::{MessageId, OneTimePreKeyPair, PreKeyId, Session, SignedPreKeyPair};
 use crate::ports::{
-    Contact, Conversation, LocalIdentity, MessageStatus, OutboxEntry, Recorded, Store, StoreError,
-    StoredMessage,
+    Contact, Conversation, HeldInbound, LocalIdentity, MAX_HELD_INBOUND, MessageStatus,
+    OutboxEntry, Recorded, Store, StoreError, StoredMessage,
 };
 
 /// sled page cache; the node's working set is small.
@@ -53,6 +53,7 @@ pub struct SledStore {
     message_ids: sled::Tree,
     outbox: sled::Tree,
     activity: sled::Tree,
+    held_inbound: sled::Tree,
     flushes_started: AtomicU64,
     flushes_done: AtomicU64,
     flushing: tokio::sync::Mutex<()>,
@@ -115,6 +116,7 @@ impl SledStore {
             message_ids: t("message_ids")?,
             outbox: t("outbox")?,
             activity: t("activity")?,
+            held_inbound: t("held_inbound")?,
             flushes_started: AtomicU64::new(0),
             flushes_done: AtomicU64::new(0),
             flushing: tokio::sync::Mutex::new(()),
@@ -413,18 +415,103 @@ impl Store for SledStore {
             &self.one_time,
         )
             .transaction(|(sessions, messages, ids, activity, one_time)| {
+                if let Some(seq) = ids.get(key(&message.peer, message.id.as_bytes()))? {
+                    // A copy that could not be decrypted is replaced by one that could.
+                    let at = key(&message.peer, &seq);
+                    let earlier: Option<StoredMessage> = messages
+                        .get(&at)?
+                        .map(|v| dec(&v))
+                        .transpose()
+                        .map_err(abort)?;
+                    if earlier.is_none_or(|m| m.status != MessageStatus::Undecryptable) {
+                        return Ok(Recorded::Duplicate);
+                    }
+                    messages.insert(at, enc(message).map_err(abort)?)?;
+                } else {
+                    Self::put_message(messages, ids, activity, message)?;
+                }
+                sessions.insert(message.peer.as_str(), state.as_slice())?;
+                if let Some(id) = consumed {
+                    one_time.remove(&id.0.to_be_bytes())?;
+                }
+                Ok(Recorded::Stored)
+            })
+            .map_err(tx)
+    }
+
+    #[tracing::instrument(name = "store.record_undecryptable", skip_all)]
+    fn record_undecryptable(&self, message: &StoredMessage) -> Result<Recorded, StoreError> {
+        (&self.messages, &self.message_ids, &self.activity)
+            .transaction(|(messages, ids, activity)| {
                 if ids
                     .get(key(&message.peer, message.id.as_bytes()))?
                     .is_some()
                 {
                     return Ok(Recorded::Duplicate);
                 }
-                sessions.insert(message.peer.as_str(), state.as_slice())?;
                 Self::put_message(messages, ids, activity, message)?;
-                if let Some(id) = consumed {
-                    one_time.remove(&id.0.to_be_bytes())?;
-                }
                 Ok(Recorded::Stored)
+            })
+            .map_err(tx)
+    }
+
+    #[tracing::instrument(name = "store.hold_inbound", skip_all)]
+    fn hold_inbound(&self, held: &HeldInbound) -> Result<bool, StoreError> {
+        // Keys: `peer ‖ 0 ‖ 0 ‖ sequence` for the envelopes in arrival order, and
+        // `peer ‖ 0 ‖ 1 ‖ id` → sequence for the id index.
+        let record = enc(held)?;
+        self.held_inbound
+            .transaction(|tree| -> TxResult<bool> {
+                let index = key(
+                    &held.from,
+                    &[&[1u8][..], held.envelope.id.as_bytes()].concat(),
+                );
+                if tree.get(&index)?.is_some() {
+                    return Ok(true);
+                }
+                let count_key = key(&held.from, &[2u8]);
+                let count = tree.get(&count_key)?.map_or(0, |v| {
+                    u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))
+                });
+                if count as usize >= MAX_HELD_INBOUND {
+                    return Ok(false);
+                }
+                let seq = tree.generate_id()?.to_be_bytes();
+                tree.insert(
+                    key(&held.from, &[&[0u8][..], &seq].concat()),
+                    record.clone(),
+                )?;
+                tree.insert(index, &seq[..])?;
+                tree.insert(count_key, &(count + 1).to_be_bytes()[..])?;
+                Ok(true)
+            })
+            .map_err(tx)
+    }
+
+    #[tracing::instrument(name = "store.held_inbound", skip_all)]
+    fn held_inbound(&self, peer: &Username) -> Result<Vec<HeldInbound>, StoreError> {
+        self.held_inbound
+            .scan_prefix(key(peer, &[0u8]))
+            .values()
+            .map(|v| dec(&v.map_err(backend)?))
+            .collect()
+    }
+
+    #[tracing::instrument(name = "store.release_inbound", skip_all)]
+    fn release_inbound(&self, peer: &Username, id: &MessageId) -> Result<(), StoreError> {
+        self.held_inbound
+            .transaction(|tree| -> TxResult<()> {
+                let index = key(peer, &[&[1u8][..], id.as_bytes()].concat());
+                let Some(seq) = tree.remove(index)? else {
+                    return Ok(());
+                };
+                tree.remove(key(peer, &[&[0u8][..], seq.as_ref()].concat()))?;
+                let count_key = key(peer, &[2u8]);
+                let count = tree.get(&count_key)?.map_or(0, |v| {
+                    u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))
+                });
+                tree.insert(count_key, &count.saturating_sub(1).to_be_bytes()[..])?;
+                Ok(())
             })
             .map_err(tx)
     }

@@ -10,7 +10,7 @@ use super::api::{
     TotpCodeBody, VerifyBody,
 };
 use super::ui::UiLink;
-use crate::ports::TotpEnrolment;
+use crate::ports::{MessageStatus, TotpEnrolment};
 use crate::usecases::NodeStatus;
 
 use reqwest::Method;
@@ -413,7 +413,7 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
                     "{} {}: {}  [{}]",
                     clock(m.sent_at_ms),
                     m.author,
-                    m.text,
+                    shown_text(&m),
                     status.trim_matches('"')
                 );
             }
@@ -521,7 +521,12 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
                                 .unwrap_or_default();
                             match history.iter().find(|m| m.id.to_string() == id) {
                                 Some(m) => {
-                                    println!("{} {}: {}", clock(m.sent_at_ms), m.author, m.text)
+                                    println!(
+                                        "{} {}: {}",
+                                        clock(m.sent_at_ms),
+                                        m.author,
+                                        shown_text(m)
+                                    )
                                 }
                                 None => println!("message {id} from {peer}"),
                             }
@@ -569,4 +574,50 @@ async fn client_events(
             let _ = tx.send((kind.to_owned(), data.to_owned()));
         })
         .await
+}
+
+/// A message's text as the terminal shows it: what others wrote can never move the cursor,
+/// change colours or start a line that looks like another message.
+fn shown_text(message: &MessageView) -> String {
+    if message.status == MessageStatus::Undecryptable {
+        return "(this message could not be decrypted)".to_owned();
+    }
+    escape_controls(&message.text)
+}
+
+/// `text` with every control character (C0, DEL, C1) and every bidirectional override escaped
+/// as `\u{..}` (newline and tab as `\n` and `\t`), so printing it cannot inject terminal
+/// sequences or forge lines. Backslashes stay as typed: without a control character, no text
+/// can start a line of its own.
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control()
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_controls;
+
+    #[test]
+    fn control_characters_and_bidi_overrides_are_escaped() {
+        assert_eq!(
+            escape_controls("hi\u{1b}[2J\n01:12:00 bob: pay me\r"),
+            "hi\\u{1b}[2J\\n01:12:00 bob: pay me\\u{d}"
+        );
+        assert_eq!(escape_controls("\u{9b}31m"), "\\u{9b}31m");
+        assert_eq!(escape_controls("abc\u{202e}def"), "abc\\u{202e}def");
+        assert_eq!(escape_controls("héllo, 世界 👋"), "héllo, 世界 👋");
+    }
 }

@@ -43,7 +43,10 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                         tracing::info_span!("mailbox.receive", from = %item.sender, id = %item.id);
                     peerchat_telemetry::continue_trace(&span, envelope.trace.as_deref());
                     let received = async {
-                        let key = self.sender_key(&item.sender).await?;
+                        let key = match item.sender_key {
+                            Some(key) => key,
+                            None => self.certified_key(&item.sender).await?,
+                        };
                         Ok::<_, NodeError>(self.receive(&item.sender, &key, envelope).await)
                     };
                     tracing::Instrument::instrument(received, span).await?
@@ -60,11 +63,13 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         Ok(count)
     }
 
-    /// The key the mailbox's depositor is known by: the pinned one, else the certified one.
-    async fn sender_key(&self, sender: &peerchat_pki::Username) -> Result<IdentityKey, NodeError> {
-        if let Some(contact) = self.store.contact(sender)? {
-            return Ok(contact.identity_key);
-        }
+    /// The key the depositor's certificate carries today, for mail from a rendezvous that did
+    /// not record it. Never the pinned key: mail from a contact's new install must be judged
+    /// against the key that sent it, so that it is held as a key change, not taken for garbage.
+    async fn certified_key(
+        &self,
+        sender: &peerchat_pki::Username,
+    ) -> Result<IdentityKey, NodeError> {
         Ok(self.directory.lookup(sender).await?.identity_key)
     }
 }

@@ -7,8 +7,8 @@ use rand::rngs::OsRng;
 use super::{Node, NodeError};
 use crate::domain::{Ack, Content, Envelope, IdentityKey, Message, RejectReason, Session};
 use crate::ports::{
-    Clock, Contact, Direction, Directory, Event, MessageStatus, Network, Notifier, Recorded, Store,
-    StoredMessage,
+    Clock, Contact, Direction, Directory, Event, HeldInbound, MessageStatus, Network, Notifier,
+    Recorded, Store, StoredMessage,
 };
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
@@ -37,7 +37,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         envelope: Envelope,
     ) -> Result<Ack, NodeError> {
         let me = self.me()?;
-        if self.store.message(from, &envelope.id)?.is_some() {
+        if self.already_stored(from, &envelope.id)? {
             return Ok(Ack::Duplicate);
         }
         let Ok(message) = Message::decode(&envelope.payload) else {
@@ -48,18 +48,28 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             .prekey()
             .is_some_and(|p| p.identity != *identity_key)
         {
-            return Ok(Ack::Rejected(RejectReason::Undecryptable));
+            return self.undecryptable(from, &envelope).await;
         }
         let contact = self.store.contact(from)?;
         if let Some(known) = contact.as_ref().filter(|c| c.identity_key != *identity_key) {
-            // A new key for a known contact: not taken until the user accepts it. `Busy` keeps
-            // the message with the sender (or in the mailbox) to be tried again afterwards.
+            // A new key for a known contact: not decrypted until the user accepts it, but kept
+            // here (acknowledged, so the sender and the mailbox are done with it) and taken
+            // after `accept-key`. Past the bound it stays with the sender.
             self.note_key_change(known.clone(), *identity_key).await?;
-            return Ok(Ack::Rejected(RejectReason::Busy));
+            let held = HeldInbound {
+                from: from.clone(),
+                identity_key: *identity_key,
+                envelope,
+            };
+            if !self.store.hold_inbound(&held)? {
+                return Ok(Ack::Rejected(RejectReason::Busy));
+            }
+            self.store.flush().await?;
+            return Ok(Ack::Stored);
         }
 
         let guard = self.peer_lock(from).lock_owned().await;
-        if self.store.message(from, &envelope.id)?.is_some() {
+        if self.already_stored(from, &envelope.id)? {
             return Ok(Ack::Duplicate);
         }
         let existing = self.store.session(from)?.filter(|s| s.belongs_to(&message));
@@ -68,14 +78,22 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 Ok(plaintext) => (session, plaintext, None),
                 // Already decrypted once (a replayed receipt, say): nothing to do again.
                 Err(crate::domain::DecryptError::Duplicate) => return Ok(Ack::Duplicate),
-                Err(_) => return Ok(Ack::Rejected(RejectReason::Undecryptable)),
+                Err(_) => {
+                    drop(guard);
+                    return self.undecryptable(from, &envelope).await;
+                }
             },
             None => {
-                let Some(header) = message.prekey() else {
-                    return Ok(Ack::Rejected(RejectReason::Undecryptable));
+                let signed = match message.prekey() {
+                    Some(header) => self
+                        .store
+                        .signed_prekey(header.signed_prekey_id)?
+                        .map(|signed| (header, signed)),
+                    None => None,
                 };
-                let Some(signed) = self.store.signed_prekey(header.signed_prekey_id)? else {
-                    return Ok(Ack::Rejected(RejectReason::Undecryptable));
+                let Some((header, signed)) = signed else {
+                    drop(guard);
+                    return self.undecryptable(from, &envelope).await;
                 };
                 let one_time = match header.one_time_prekey_id {
                     Some(id) => self.store.one_time_prekey(id)?,
@@ -83,7 +101,10 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 };
                 match Session::respond(&me.1, &signed, one_time.as_ref(), &message, &mut OsRng) {
                     Ok(r) => (r.session, r.plaintext, r.consumed_one_time_prekey),
-                    Err(_) => return Ok(Ack::Rejected(RejectReason::Undecryptable)),
+                    Err(_) => {
+                        drop(guard);
+                        return self.undecryptable(from, &envelope).await;
+                    }
                 }
             }
         };
@@ -150,6 +171,65 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 Ack::Stored
             }
         })
+    }
+
+    /// Whether a message with this id from `from` is stored already (one that could not be
+    /// decrypted does not count: a later copy may).
+    fn already_stored(
+        &self,
+        from: &Username,
+        id: &crate::domain::MessageId,
+    ) -> Result<bool, NodeError> {
+        Ok(self
+            .store
+            .message(from, id)?
+            .is_some_and(|m| m.status != MessageStatus::Undecryptable))
+    }
+
+    /// Keeps a trace of an envelope that could not be decrypted: it shows in the conversation as
+    /// undecryptable (never dropped silently), and the sender is told.
+    async fn undecryptable(&self, from: &Username, envelope: &Envelope) -> Result<Ack, NodeError> {
+        tracing::warn!(peer = %from, id = %envelope.id, "a message could not be decrypted");
+        let stored = StoredMessage {
+            id: envelope.id,
+            peer: from.clone(),
+            direction: Direction::Incoming,
+            body: String::new(),
+            sent_at_ms: self.clock.now_ms(),
+            status: MessageStatus::Undecryptable,
+        };
+        if self.store.record_undecryptable(&stored)? == Recorded::Stored {
+            self.store.flush().await?;
+            self.notifier.notify(Event::MessageReceived {
+                peer: from.clone(),
+                id: envelope.id,
+            });
+        }
+        Ok(Ack::Rejected(RejectReason::Undecryptable))
+    }
+
+    /// Takes the envelopes held from `peer`'s new key now that it is the pinned key, in the
+    /// order they arrived; envelopes from any other key stay held.
+    pub(super) async fn take_held_inbound(&self, peer: &Username) -> Result<(), NodeError> {
+        let Some(contact) = self.store.contact(peer)? else {
+            return Ok(());
+        };
+        for held in self.store.held_inbound(peer)? {
+            if held.identity_key != contact.identity_key {
+                continue;
+            }
+            let id = held.envelope.id;
+            match self
+                .receive(&held.from, &held.identity_key, held.envelope)
+                .await
+            {
+                // Could not be stored now: it stays held and is tried at the next accept.
+                Ack::Rejected(RejectReason::Busy | RejectReason::Internal) => {}
+                _ => self.store.release_inbound(peer, &id)?,
+            }
+        }
+        self.store.flush().await?;
+        Ok(())
     }
 
     /// Applies a receipt: our messages' statuses move forward, atomically with the session.

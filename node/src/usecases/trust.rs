@@ -48,6 +48,8 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         self.store.save_contact(&contact)?;
         self.store.flush().await?;
         self.forget_addresses(peer);
+        // Their mail first: its initial message makes the session ours then continue.
+        self.take_held_inbound(peer).await?;
         self.release_held(peer).await
     }
 

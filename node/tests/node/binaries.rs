@@ -54,7 +54,7 @@ impl Daemon {
         Self::start_with(dir, rendezvous, &[])
     }
 
-    fn start_with(dir: &Path, rendezvous: &str, extra: &[&str]) -> Self {
+    pub(crate) fn start_with(dir: &Path, rendezvous: &str, extra: &[&str]) -> Self {
         Self::start_with_env(dir, rendezvous, extra, &[])
     }
 
@@ -163,7 +163,7 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
     }

@@ -6,7 +6,8 @@ use peerchat::domain::{
 use peerchat::driven::memory::MemoryStore;
 use peerchat::driven::sled_store::SledStore;
 use peerchat::ports::{
-    Direction, LocalIdentity, MessageStatus, OutboxEntry, Recorded, Store, StoredMessage,
+    Direction, HeldInbound, LocalIdentity, MAX_HELD_INBOUND, MessageStatus, OutboxEntry, Recorded,
+    Store, StoredMessage,
 };
 use peerchat_pki::Username;
 
@@ -118,6 +119,69 @@ async fn contract(store: &impl Store) {
     assert!(
         store.outbox().unwrap().is_empty(),
         "acknowledged messages leave the outbox"
+    );
+
+    // Envelopes from an unaccepted key: kept in arrival order, once per id, bounded, released
+    // one by one.
+    let held = |n: u8| HeldInbound {
+        from: bob.clone(),
+        identity_key: *IdentityKeyPair::generate(&mut crate::support::rng(9)).public(),
+        envelope: Envelope {
+            id: MessageId::from_bytes([n; 16]),
+            trace: None,
+            payload: vec![n; 8],
+        },
+    };
+    assert!(store.hold_inbound(&held(3)).unwrap());
+    assert!(store.hold_inbound(&held(1)).unwrap());
+    assert!(
+        store.hold_inbound(&held(3)).unwrap(),
+        "a second copy is not kept"
+    );
+    let ids = |s: &dyn Fn() -> Vec<HeldInbound>| -> Vec<u8> {
+        s().iter().map(|h| h.envelope.id.as_bytes()[0]).collect()
+    };
+    assert_eq!(ids(&|| store.held_inbound(&bob).unwrap()), [3, 1]);
+    assert!(store.held_inbound(&carol).unwrap().is_empty());
+    store
+        .release_inbound(&bob, &MessageId::from_bytes([3; 16]))
+        .unwrap();
+    assert_eq!(ids(&|| store.held_inbound(&bob).unwrap()), [1]);
+    for n in 1..MAX_HELD_INBOUND {
+        let mut h = held(0);
+        h.envelope.id = MessageId::from_bytes((1000 + n as u128).to_be_bytes());
+        assert!(store.hold_inbound(&h).unwrap());
+    }
+    assert_eq!(store.held_inbound(&bob).unwrap().len(), MAX_HELD_INBOUND);
+    assert!(!store.hold_inbound(&held(200)).unwrap(), "past the bound");
+
+    // A message that could not be decrypted is kept once, and a good copy replaces it.
+    let mut broken = message(&carol, 7, Direction::Incoming);
+    broken.status = MessageStatus::Undecryptable;
+    broken.body.clear();
+    assert_eq!(
+        store.record_undecryptable(&broken).unwrap(),
+        Recorded::Stored
+    );
+    assert_eq!(
+        store.record_undecryptable(&broken).unwrap(),
+        Recorded::Duplicate
+    );
+    let (_, session_c, _) = established(3);
+    let good = message(&carol, 7, Direction::Incoming);
+    assert_eq!(
+        store.record_incoming(&good, &session_c, None).unwrap(),
+        Recorded::Stored
+    );
+    assert_eq!(store.message(&carol, &good.id).unwrap().unwrap(), good);
+    assert_eq!(
+        store
+            .history(&carol)
+            .unwrap()
+            .iter()
+            .filter(|m| m.id == good.id)
+            .count(),
+        1
     );
     store.flush().await.unwrap();
 }

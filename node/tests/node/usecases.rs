@@ -320,7 +320,8 @@ async fn given_neither_peer_nor_mailbox_reachable_then_the_message_waits_in_the_
 }
 
 #[tokio::test]
-async fn given_a_received_envelope_when_it_is_replayed_or_tampered_then_nothing_more_is_stored() {
+async fn given_a_received_envelope_when_it_is_tampered_then_it_is_kept_as_undecryptable_until_a_good_copy_replaces_it()
+ {
     let world = given_a_rendezvous();
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
@@ -341,8 +342,23 @@ async fn given_a_received_envelope_when_it_is_replayed_or_tampered_then_nothing_
         bob.node.receive(&alice.name, &alice_key, tampered).await,
         Ack::Rejected(RejectReason::Undecryptable)
     );
-    assert!(bob.node.history(&alice.name).unwrap().is_empty());
+    // Never dropped without a trace: it shows, marked undecryptable, with no text.
+    let shown = bob.node.history(&alice.name).unwrap();
+    assert_eq!(
+        shown
+            .iter()
+            .map(|m| (m.id, m.status, m.body.as_str()))
+            .collect::<Vec<_>>(),
+        [(id, MessageStatus::Undecryptable, "")]
+    );
+    assert!(
+        bob.events
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::MessageReceived { id: got, .. } if *got == id))
+    );
 
+    // The intact copy decrypts and takes its place; a replay of it changes nothing.
     assert_eq!(
         bob.node
             .receive(&alice.name, &alice_key, envelope.clone())
@@ -353,7 +369,14 @@ async fn given_a_received_envelope_when_it_is_replayed_or_tampered_then_nothing_
         bob.node.receive(&alice.name, &alice_key, envelope).await,
         Ack::Duplicate
     );
-    assert_eq!(bob.node.history(&alice.name).unwrap().len(), 1);
+    let shown = bob.node.history(&alice.name).unwrap();
+    assert_eq!(
+        shown
+            .iter()
+            .map(|m| (m.id, m.status, m.body.as_str()))
+            .collect::<Vec<_>>(),
+        [(id, MessageStatus::Received, "sealed")]
+    );
 }
 
 #[tokio::test]
@@ -381,7 +404,13 @@ async fn given_an_envelope_whose_x3dh_identity_is_not_the_authenticated_sender_t
         .receive(&mallory.name, &identity_of(&mallory), envelope)
         .await;
     assert_eq!(ack, Ack::Rejected(RejectReason::Undecryptable));
-    assert!(bob.node.history(&mallory.name).unwrap().is_empty());
+    let shown = bob.node.history(&mallory.name).unwrap();
+    assert_eq!(
+        shown.iter().map(|m| m.status).collect::<Vec<_>>(),
+        [MessageStatus::Undecryptable],
+        "kept as undecryptable from mallory, nothing taken for alice"
+    );
+    assert!(bob.node.history(&alice.name).unwrap().is_empty());
 }
 
 #[tokio::test]

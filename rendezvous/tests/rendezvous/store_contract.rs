@@ -12,6 +12,7 @@ fn envelope(id: u8, size: usize, expires_at: u64) -> StoredEnvelope {
         envelope: vec![id; size],
         deposited_at: 1,
         expires_at,
+        sender_key: Some([7; 32]),
     }
 }
 
