@@ -13,6 +13,7 @@ use peerchat_pki::tls::Credentials;
 use tokio::sync::broadcast;
 
 use crate::domain::{Ack, Envelope};
+use crate::driven::crl_file;
 use crate::driven::p2p::{self, P2pConfig, P2pNetwork};
 use crate::driven::rendezvous_http::{HttpDirectory, pin_ca};
 use crate::driven::sled_store::SledStore;
@@ -295,6 +296,27 @@ pub async fn run(
     Ok(())
 }
 
+/// Fetches the CRL and, if it is not older than the one in use, installs it and saves it for
+/// the next start. Returns whether one was installed.
+async fn install_crl(node: &DaemonNode, trust: &TrustStore, data_dir: &Path) -> bool {
+    match node.directory().crl().await {
+        Ok(crl) => {
+            let der = crl.clone();
+            if trust.set_crl(crl).is_err() {
+                return false;
+            }
+            if let Err(e) = crl_file::save(data_dir, &der) {
+                tracing::warn!(error = %e, "saving the CRL failed");
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "fetching the CRL failed");
+            false
+        }
+    }
+}
+
 async fn start_network(
     events: BroadcastNotifier,
     node: Arc<DaemonNode>,
@@ -313,12 +335,14 @@ async fn start_network(
     node.directory()
         .authenticate(&identity.certificate_pem, &key)
         .map_err(|e| e.to_string())?;
-    let trust = Arc::new(TrustStore::new(ca));
-    match node.directory().crl().await {
-        Ok(crl) => {
-            let _ = trust.set_crl(crl);
-        }
-        Err(e) => tracing::warn!(error = %e, "no CRL yet"),
+    let trust = Arc::new(TrustStore::new(ca.clone()));
+    // The last CRL we verified, so revocation holds even if the rendezvous is down now.
+    if let Some(saved) = crl_file::load(&config.data_dir, &ca) {
+        let _ = trust.set_crl(saved);
+    }
+    install_crl(&node, &trust, &config.data_dir).await;
+    if trust.crl().is_none() {
+        tracing::warn!("no CRL yet: only pinned contacts are let in until one is fetched");
     }
     let der = {
         use rustls::pki_types::pem::PemObject;
@@ -332,6 +356,15 @@ async fn start_network(
         trust.clone(),
         vec![config.listen.clone()],
     );
+    p2p_config.without_crl = {
+        let node = node.clone();
+        p2p::WithoutCrl::OnlyPinned(Arc::new(move |username, key| {
+            matches!(
+                node.store().contact(username),
+                Ok(Some(contact)) if contact.identity_key.verifying_key() == key
+            )
+        }))
+    };
     p2p_config.on_presence = Some(Arc::new(move |peer, online| {
         events.notify(if online {
             Event::PeerOnline { peer }
@@ -397,19 +430,19 @@ async fn start_network(
     }
     // The CRL: refreshed, handed to the transport, and connections of newly revoked peers closed.
     {
-        let (node, trust, net, every) =
-            (node.clone(), trust.clone(), net.clone(), config.crl_refresh);
+        let (node, trust, net, every, data_dir) = (
+            node.clone(),
+            trust.clone(),
+            net.clone(),
+            config.crl_refresh,
+            config.data_dir.clone(),
+        );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                match node.directory().crl().await {
-                    Ok(crl) => {
-                        if trust.set_crl(crl).is_ok() {
-                            net.drop_revoked().await;
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "refreshing the CRL failed"),
+                if install_crl(&node, &trust, &data_dir).await {
+                    net.drop_revoked().await;
                 }
             }
         });

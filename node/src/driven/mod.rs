@@ -1,5 +1,6 @@
 //! Adapters the use cases call.
 
+pub mod crl_file;
 pub mod memory;
 pub mod p2p;
 pub mod rendezvous_http;

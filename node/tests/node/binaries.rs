@@ -434,7 +434,7 @@ pub(crate) fn rendezvous_binary() -> PathBuf {
 }
 
 /// The real rendezvous binary on `port` (0: any), returning the child and the port.
-fn rendezvous_process(binary: &Path, dir: &Path, port: u16) -> (Child, u16) {
+pub(crate) fn rendezvous_process(binary: &Path, dir: &Path, port: u16) -> (Child, u16) {
     rendezvous_process_with_env(binary, dir, port, &[])
 }
 

@@ -8,6 +8,7 @@ mod e2ee_ratchet;
 mod e2ee_x3dh;
 mod held_mail;
 mod p2p;
+mod revocation;
 mod store_contract;
 mod support;
 mod traces;

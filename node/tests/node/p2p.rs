@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use ed25519_dalek::SigningKey;
 use peerchat::domain::{Ack, Envelope, IdentityKey, MessageId};
-use peerchat::driven::p2p::{P2pConfig, P2pNetwork, start};
+use peerchat::driven::p2p::{P2pConfig, P2pNetwork, WithoutCrl, start};
 use peerchat::driving::p2p_inbound;
 use peerchat::ports::{DeliveryError, Network, Recipient};
 use peerchat_pki::tls::Credentials;
@@ -48,6 +48,17 @@ async fn node(
     trusted: &CertificateAuthority,
     max_envelope: usize,
 ) -> Node {
+    node_with(name, issuer, trusted, max_envelope, |_| {}).await
+}
+
+/// [`node`], with its configuration changed by `tweak` before it starts.
+async fn node_with(
+    name: &str,
+    issuer: &CertificateAuthority,
+    trusted: &CertificateAuthority,
+    max_envelope: usize,
+    tweak: impl FnOnce(&mut P2pConfig),
+) -> Node {
     let key = SigningKey::generate(&mut OsRng);
     let username = Username::new(name).unwrap();
     let cert = issuer
@@ -68,6 +79,7 @@ async fn node(
     );
     config.max_envelope_bytes = max_envelope;
     config.request_timeout = Duration::from_secs(5);
+    tweak(&mut config);
     let (net, inbound) = start(config).await.unwrap();
     let received = Arc::new(Mutex::new(Vec::new()));
     let sink = received.clone();
@@ -546,5 +558,67 @@ async fn a_peer_holding_half_sent_envelopes_and_extra_connections_is_bounded_and
         bob.received()
             .iter()
             .any(|(from, e)| from.as_str() == "alice" && e.payload == b"real mail")
+    );
+}
+
+#[tokio::test]
+async fn without_a_crl_only_pinned_contacts_get_in_and_everyone_once_one_is_installed() {
+    let ca = ca();
+    let alice = node("alice", &ca, &ca, MAX).await;
+    let mallory = node("mallory", &ca, &ca, MAX).await;
+    let pinned = alice.key.verifying_key();
+    let bob = node_with("bob", &ca, &ca, MAX, move |config| {
+        config.without_crl = WithoutCrl::OnlyPinned(Arc::new(move |name, key| {
+            name.as_str() == "alice" && *key == pinned
+        }));
+    })
+    .await;
+    assert!(bob.trust.crl().is_none());
+
+    assert_eq!(
+        alice
+            .net
+            .deliver(&bob.recipient(), envelope(b"from a contact".to_vec()))
+            .await,
+        Ok(Ack::Stored)
+    );
+    assert!(
+        mallory
+            .net
+            .deliver(&bob.recipient(), envelope(b"from a stranger".to_vec()))
+            .await
+            .is_err(),
+        "no CRL: a peer that is not a pinned contact is refused"
+    );
+    // Bob dialling out is held to the same rule: an answer from a stranger does not count.
+    assert!(
+        bob.net
+            .deliver(&mallory.recipient(), envelope(b"to a stranger".to_vec()))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        bob.received()
+            .iter()
+            .map(|(from, _)| from.as_str())
+            .collect::<Vec<_>>(),
+        ["alice"]
+    );
+    assert!(mallory.received().is_empty());
+
+    let now = SystemTime::now();
+    bob.trust
+        .set_crl(
+            ca.sign_crl(&[], 1, now, now + Duration::from_secs(3600))
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        mallory
+            .net
+            .deliver(&bob.recipient(), envelope(b"now checked".to_vec()))
+            .await,
+        Ok(Ack::Stored),
+        "with a CRL, revocation is checked and every valid peer gets in"
     );
 }

@@ -67,7 +67,31 @@ pub struct P2pConfig {
     /// Told when a peer comes online (`true`: first connection) or goes offline (`false`: last
     /// connection closed).
     pub on_presence: Option<PresenceHook>,
+    /// Whom to let in while no CRL is installed (revocation cannot be checked then).
+    pub without_crl: WithoutCrl,
 }
+
+/// The policy for peers while the trust store holds no CRL.
+#[derive(Clone)]
+pub enum WithoutCrl {
+    /// Every peer with a certificate of the CA (for tests and tools that install no CRL).
+    AdmitAll,
+    /// Only peers for whom the function says yes (the daemon: contacts pinned to exactly the
+    /// certificate's key); everyone else is disconnected until a CRL is installed.
+    OnlyPinned(PinnedCheck),
+}
+
+impl std::fmt::Debug for WithoutCrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::AdmitAll => "AdmitAll",
+            Self::OnlyPinned(_) => "OnlyPinned",
+        })
+    }
+}
+
+/// Whether a username and Ed25519 key are a pinned contact.
+pub type PinnedCheck = Arc<dyn Fn(&Username, &ed25519_dalek::VerifyingKey) -> bool + Send + Sync>;
 
 /// Callback for peers coming online (`true`) and going offline (`false`).
 pub type PresenceHook = Arc<dyn Fn(Username, bool) + Send + Sync>;
@@ -102,6 +126,7 @@ impl P2pConfig {
             max_incoming_connections: 256,
             max_pending_incoming: 64,
             on_presence: None,
+            without_crl: WithoutCrl::AdmitAll,
         }
     }
 }
@@ -455,6 +480,7 @@ pub async fn start(config: P2pConfig) -> Result<(P2pNetwork, mpsc::Receiver<Inbo
         dial_errors: HashMap::new(),
         answers: FuturesUnordered::new(),
         on_presence: config.on_presence.clone(),
+        without_crl: config.without_crl.clone(),
     };
     tokio::spawn(driver.run(command_rx));
     Ok((
@@ -495,6 +521,7 @@ struct Driver {
     dial_errors: HashMap<PeerId, DeliveryError>,
     answers: FuturesUnordered<Answer>,
     on_presence: Option<PresenceHook>,
+    without_crl: WithoutCrl,
 }
 
 impl Driver {
@@ -534,6 +561,18 @@ impl Driver {
                     let _ = self.swarm.disconnect_peer_id(peer);
                 }
             }
+        }
+    }
+
+    /// Whether `peer` may talk to us now: always with a CRL installed (the handshake checked
+    /// revocation), else only if the policy admits it.
+    fn admitted(&self, peer: &peerchat_pki::VerifiedPeer) -> bool {
+        if self.trust.crl().is_some() {
+            return true;
+        }
+        match &self.without_crl {
+            WithoutCrl::AdmitAll => true,
+            WithoutCrl::OnlyPinned(pinned) => pinned(&peer.username, &peer.identity_key),
         }
     }
 
@@ -605,10 +644,18 @@ impl Driver {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
             } => {
+                if let Some(peer) = self.registry.get(&peer_id)
+                    && !self.admitted(&peer)
+                {
+                    tracing::info!(%peer_id, "no CRL yet: refusing a peer that is not a pinned contact");
+                    self.swarm.close_connection(connection_id);
+                    return;
+                }
                 tracing::debug!(%peer_id, dialer = endpoint.is_dialer(), "connected");
                 self.dial_errors.remove(&peer_id);
                 if num_established.get() == 1
@@ -629,8 +676,14 @@ impl Driver {
                 }
                 self.registry.remove(&peer_id);
             }
-            SwarmEvent::IncomingConnectionError { error, .. } => {
-                tracing::debug!(error = %error, "incoming connection refused");
+            SwarmEvent::IncomingConnectionError {
+                error,
+                send_back_addr,
+                ..
+            } => {
+                // Refusals are worth seeing (a revoked or foreign certificate); the connection
+                // bounds limit how many there can be.
+                tracing::info!(from = %send_back_addr, error = %error, "incoming connection refused");
             }
             _ => {}
         }
@@ -652,7 +705,11 @@ impl Driver {
                     self.finished(pending.peer_id);
                     // The PeerId pins the key; check the CA-certified name too.
                     let result = match self.registry.get(&pending.peer_id) {
-                        Some(p) if p.username == pending.username && peer == pending.peer_id => {
+                        Some(p)
+                            if p.username == pending.username
+                                && peer == pending.peer_id
+                                && self.admitted(&p) =>
+                        {
                             Ok(response)
                         }
                         _ => Err(DeliveryError::WrongPeer),
@@ -698,7 +755,7 @@ impl Driver {
     }
 
     fn inbound(&mut self, peer: PeerId, envelope: Envelope, channel: ResponseChannel<Ack>) {
-        let Some(verified) = self.registry.get(&peer) else {
+        let Some(verified) = self.registry.get(&peer).filter(|p| self.admitted(p)) else {
             let _ = self
                 .swarm
                 .behaviour_mut()
