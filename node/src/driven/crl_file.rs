@@ -72,7 +72,12 @@ mod tests {
             revoked_at: now,
         };
         let crl = ca
-            .sign_crl(&[revoked.clone()], 3, now, now + Duration::from_secs(3600))
+            .sign_crl(
+                std::slice::from_ref(&revoked),
+                3,
+                now,
+                now + Duration::from_secs(3600),
+            )
             .unwrap();
         save(dir.path(), &crl).unwrap();
         let loaded = load(dir.path(), ca.certificate()).unwrap();
