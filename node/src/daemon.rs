@@ -400,13 +400,30 @@ async fn start_network(
         addresses.join(", ")
     );
     // The mailbox: emptied at start, then whenever the rendezvous signals new mail (long poll).
+    // The same long poll answers when a certificate is revoked: the new CRL is fetched at once
+    // and the connections of peers it revokes are closed.
     {
-        let node = node.clone();
+        let (node, trust, net, data_dir) = (
+            node.clone(),
+            trust.clone(),
+            net.clone(),
+            config.data_dir.clone(),
+        );
         tokio::spawn(async move {
             loop {
-                if let Err(e) = node.fetch_mail(MAILBOX_WAIT.as_secs()).await {
-                    tracing::warn!(error = %e, "fetching mail failed");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                let known = trust.crl().map(|crl| crl.number());
+                match node.fetch_mail(MAILBOX_WAIT.as_secs(), known).await {
+                    Ok(fetched) => {
+                        if fetched.crl_number.is_some_and(|n| Some(n) > known)
+                            && install_crl(&node, &trust, &data_dir).await
+                        {
+                            net.drop_revoked().await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "fetching mail failed");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
                 }
             }
         });

@@ -397,6 +397,15 @@ pub struct PeerInfo {
     pub online: bool,
 }
 
+/// One answer of the mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    /// The waiting envelopes.
+    pub items: Vec<MailItem>,
+    /// The number of the CRL in force at the rendezvous (absent from an older rendezvous).
+    pub crl_number: Option<u64>,
+}
+
 /// An envelope from the mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailItem {
@@ -483,11 +492,13 @@ pub trait Directory: Send + Sync + 'static {
         id: &MessageId,
         envelope: &[u8],
     ) -> impl Future<Output = Result<(), DirectoryError>> + Send;
-    /// Our waiting envelopes, oldest first; waits up to `wait_secs` for one to arrive.
+    /// Our waiting envelopes, oldest first; waits up to `wait_secs` for one to arrive or for a
+    /// CRL newer than `known_crl` (answered at once when `known_crl` is older already).
     fn fetch_mail(
         &self,
         wait_secs: u64,
-    ) -> impl Future<Output = Result<Vec<MailItem>, DirectoryError>> + Send;
+        known_crl: Option<u64>,
+    ) -> impl Future<Output = Result<Mailbox, DirectoryError>> + Send;
     /// Deletes one of our envelopes (after it has been stored or refused for good).
     fn ack_mail(&self, id: &MessageId) -> impl Future<Output = Result<(), DirectoryError>> + Send;
     /// Announces our addresses for `ttl_secs`.

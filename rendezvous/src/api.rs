@@ -219,6 +219,11 @@ pub struct MailboxEnvelope {
 pub struct MailboxResponse {
     /// The envelopes.
     pub envelopes: Vec<MailboxEnvelope>,
+    /// The number of the CRL in force. A long poll also answers (with what mail there is) as
+    /// soon as a certificate is revoked, and at once when the caller's `crl` is older, so online
+    /// nodes learn of a revocation within a round trip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_number: Option<u64>,
 }
 
 /// Every error: a stable machine-readable code and a sentence for people.

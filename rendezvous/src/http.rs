@@ -430,6 +430,7 @@ async fn fetch<S: Store>(
     RawQuery(query): RawQuery,
 ) -> Result<Json<api::MailboxResponse>, ApiError> {
     let mut wait = Duration::ZERO;
+    let mut known_crl = None;
     for pair in query
         .as_deref()
         .unwrap_or_default()
@@ -443,10 +444,16 @@ async fn fetch<S: Store>(
                 })?;
                 wait = Duration::from_secs(secs);
             }
+            Some(("crl", number)) => {
+                known_crl =
+                    Some(number.parse().map_err(|_| {
+                        ApiError::bad_request("bad_query", "`crl` is a CRL number")
+                    })?);
+            }
             _ => {
                 return Err(ApiError::bad_request(
                     "bad_query",
-                    "the only parameter is `wait`",
+                    "the parameters are `wait` and `crl`",
                 ));
             }
         }
@@ -454,7 +461,7 @@ async fn fetch<S: Store>(
     Ok(Json(
         state
             .service
-            .fetch(&caller, &username(&owner)?, wait)
+            .fetch(&caller, &username(&owner)?, wait, known_crl)
             .await?,
     ))
 }

@@ -91,6 +91,8 @@ pub struct Rendezvous<S: Store> {
     waiters: Mutex<HashMap<Username, Arc<Notify>>>,
     /// Signalled when the server shuts down: long polls answer at once.
     closing: Notify,
+    /// Signalled when a new CRL is in force: long polls answer at once, with its number.
+    new_crl: Notify,
     closed: std::sync::atomic::AtomicBool,
     /// Verified against when an account does not exist, so a login takes as long either way.
     dummy_hash: String,
@@ -136,6 +138,7 @@ impl<S: Store> Rendezvous<S> {
             limits,
             waiters: Mutex::new(HashMap::new()),
             closing: Notify::new(),
+            new_crl: Notify::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
             dummy_hash,
         })
@@ -188,6 +191,11 @@ impl<S: Store> Rendezvous<S> {
         Ok(current)
     }
 
+    /// The number of the CRL in force.
+    fn current_crl_number(&self) -> u64 {
+        self.crl.read().unwrap_or_else(|p| p.into_inner()).number()
+    }
+
     fn refresh_crl(&self, now: SystemTime) -> Result<Arc<Crl>, ApiError> {
         let revoked = self.store.revoked()?;
         let number = self.store.next_crl_number()?;
@@ -202,6 +210,7 @@ impl<S: Store> Rendezvous<S> {
                 .set_crl(crl.clone())
                 .map_err(|e| internal("installing the CRL", e))?;
             *slot = Arc::new(crl);
+            self.new_crl.notify_waiters();
         }
         Ok(slot.clone())
     }
@@ -608,14 +617,16 @@ impl<S: Store> Rendezvous<S> {
         Ok(api::DepositResponse { status })
     }
 
-    /// The caller's waiting envelopes; with `wait`, holds the request until mail arrives or the
-    /// wait (capped) is over.
+    /// The caller's waiting envelopes; with `wait`, holds the request until mail arrives, a new
+    /// CRL is in force, or the wait (capped) is over. A caller whose `known_crl` is older than
+    /// the CRL in force is answered at once, so no revocation falls between two long polls.
     #[tracing::instrument(name = "service.fetch", skip_all)]
     pub async fn fetch(
         &self,
         caller: &Caller,
         owner: &Username,
         wait: Duration,
+        known_crl: Option<u64>,
     ) -> Result<api::MailboxResponse, ApiError> {
         own_mailbox(caller, owner)?;
         let wait = wait.min(self.limits.max_mailbox_wait);
@@ -627,9 +638,15 @@ impl<S: Store> Rendezvous<S> {
                 tokio::pin!(notified);
                 // Register before looking, so a deposit between the look and the wait is not missed.
                 notified.as_mut().enable();
+                let new_crl = self.new_crl.notified();
+                tokio::pin!(new_crl);
+                new_crl.as_mut().enable();
+                let behind = known_crl.is_some_and(|known| known < self.current_crl_number());
                 match self.store.mailbox(owner, unix(SystemTime::now()), 100) {
                     Err(e) => Err(e),
-                    Ok(envelopes) if !envelopes.is_empty() || wait.is_zero() => Ok(Some(envelopes)),
+                    Ok(envelopes) if !envelopes.is_empty() || wait.is_zero() || behind => {
+                        Ok(Some(envelopes))
+                    }
                     Ok(_) => {
                         let closing = self.closing.notified();
                         tokio::pin!(closing);
@@ -639,6 +656,8 @@ impl<S: Store> Rendezvous<S> {
                         } else {
                             tokio::select! {
                                 () = notified => Ok(None),
+                                // A revocation: tell the caller now (with no mail).
+                                () = new_crl => Ok(Some(Vec::new())),
                                 () = tokio::time::sleep_until(deadline) => Ok(Some(Vec::new())),
                                 // Shutting down: answer now, so the server can stop promptly.
                                 () = closing => Ok(Some(Vec::new())),
@@ -670,6 +689,7 @@ impl<S: Store> Rendezvous<S> {
                             sender_key: e.sender_key.map(|k| B64.encode(k)),
                         })
                         .collect(),
+                    crl_number: Some(self.current_crl_number()),
                 });
             }
         }

@@ -311,9 +311,13 @@ impl Directory for HttpDirectory {
     async fn fetch_mail(
         &self,
         wait_secs: u64,
-    ) -> Result<Vec<crate::ports::MailItem>, DirectoryError> {
+        known_crl: Option<u64>,
+    ) -> Result<crate::ports::Mailbox, DirectoryError> {
         let me = self.me()?;
-        let path = format!("/v1/mailbox/{me}?wait={wait_secs}");
+        let mut path = format!("/v1/mailbox/{me}?wait={wait_secs}");
+        if let Some(number) = known_crl {
+            path.push_str(&format!("&crl={number}"));
+        }
         let mail: api::MailboxResponse = self
             .call_with_timeout::<(), _>(
                 Method::GET,
@@ -322,10 +326,7 @@ impl Directory for HttpDirectory {
                 TIMEOUT + Duration::from_secs(wait_secs),
             )
             .await?;
-        mail.envelopes
-            .into_iter()
-            .map(rendezvous_wire::mail_item)
-            .collect()
+        rendezvous_wire::mailbox(mail)
     }
 
     async fn ack_mail(&self, id: &crate::domain::MessageId) -> Result<(), DirectoryError> {

@@ -232,7 +232,8 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
     async fn fetch_mail(
         &self,
         wait_secs: u64,
-    ) -> Result<Vec<crate::ports::MailItem>, DirectoryError> {
+        known_crl: Option<u64>,
+    ) -> Result<crate::ports::Mailbox, DirectoryError> {
         let caller = self.caller()?;
         let mail = self
             .service
@@ -240,13 +241,11 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
                 &caller,
                 &caller.username,
                 std::time::Duration::from_secs(wait_secs),
+                known_crl,
             )
             .await
             .map_err(translate)?;
-        mail.envelopes
-            .into_iter()
-            .map(rendezvous_wire::mail_item)
-            .collect()
+        rendezvous_wire::mailbox(mail)
     }
 
     async fn ack_mail(&self, id: &crate::domain::MessageId) -> Result<(), DirectoryError> {

@@ -75,6 +75,18 @@ pub fn refused(body: api::ErrorBody) -> DirectoryError {
     }
 }
 
+/// A mailbox answer from its wire form.
+pub fn mailbox(wire: api::MailboxResponse) -> Result<crate::ports::Mailbox, DirectoryError> {
+    Ok(crate::ports::Mailbox {
+        items: wire
+            .envelopes
+            .into_iter()
+            .map(mail_item)
+            .collect::<Result<_, _>>()?,
+        crl_number: wire.crl_number,
+    })
+}
+
 /// A mailbox envelope from its wire form.
 pub fn mail_item(wire: api::MailboxEnvelope) -> Result<crate::ports::MailItem, DirectoryError> {
     Ok(crate::ports::MailItem {

@@ -22,6 +22,7 @@ use peerchat_pki::Username;
 use crate::domain::{ContentError, EncryptError, IdentityKeyPair, SessionError};
 use crate::ports::{Clock, Directory, DirectoryError, Network, Notifier, Store, StoreError};
 
+pub use offline::MailFetched;
 pub use queries::NodeStatus;
 
 /// How many one-time prekeys are uploaded at registration and on each refill.

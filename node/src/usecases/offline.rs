@@ -5,6 +5,15 @@ use super::{Node, NodeError};
 use crate::domain::{Ack, Envelope, IdentityKey, RejectReason};
 use crate::ports::{Clock, Directory, MessageStatus, Network, Notifier, Store};
 
+/// What one mailbox fetch brought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailFetched {
+    /// Envelopes taken.
+    pub count: usize,
+    /// The number of the CRL in force at the rendezvous.
+    pub crl_number: Option<u64>,
+}
+
 /// How many outbox entries one sweep tries.
 pub const OUTBOX_SWEEP: usize = 64;
 
@@ -28,15 +37,23 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         Ok(())
     }
 
-    /// Takes our envelopes from the mailbox (waiting up to `wait_secs` for one), stores each
-    /// through the receive use case, and acknowledges it to the mailbox only once it is stored
-    /// (or refused for good).
+    /// Takes our envelopes from the mailbox (waiting up to `wait_secs` for one, or for a CRL
+    /// newer than `known_crl`), stores each through the receive use case, and acknowledges it to
+    /// the mailbox only once it is stored (or refused for good). Returns how many there were and
+    /// the number of the CRL in force, for the caller to fetch a newer one at once.
     #[tracing::instrument(name = "usecase.fetch_mail", skip_all)]
-    pub async fn fetch_mail(&self, wait_secs: u64) -> Result<usize, NodeError> {
+    pub async fn fetch_mail(
+        &self,
+        wait_secs: u64,
+        known_crl: Option<u64>,
+    ) -> Result<MailFetched, NodeError> {
         self.me()?;
-        let items = self.directory.fetch_mail(wait_secs).await?;
-        let count = items.len();
-        for item in items {
+        let mailbox = self.directory.fetch_mail(wait_secs, known_crl).await?;
+        let fetched = MailFetched {
+            count: mailbox.items.len(),
+            crl_number: mailbox.crl_number,
+        };
+        for item in mailbox.items {
             let ack = match Envelope::decode(&item.envelope) {
                 Ok(envelope) if envelope.id == item.id => {
                     let span =
@@ -60,7 +77,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 _ => self.directory.ack_mail(&item.id).await?,
             }
         }
-        Ok(count)
+        Ok(fetched)
     }
 
     /// The key the depositor's certificate carries today, for mail from a rendezvous that did

@@ -204,3 +204,55 @@ async fn the_last_crl_is_kept_across_a_restart_without_the_rendezvous_and_withou
         "no CRL: a pinned contact is let in (revocation cannot be checked)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_an_online_peer_at_once_and_the_old_install_gets_nothing_more() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = crate::binaries::rendezvous(&tmp.path().join("rendezvous")).await;
+    let alice_dir = tmp.path().join("alice");
+    // No periodic refresh during the test: only the rendezvous's signal can bring the CRL.
+    let alice = Daemon::start_with(&alice_dir, &url, &["--crl-refresh-secs", "3600"]);
+    let mut old_bob = Daemon::start(&tmp.path().join("bob"), &url);
+    alice.register("alice");
+    old_bob.register("bob");
+    assert!(old_bob.cli(&["send", "alice", "hello"]).status.success());
+    assert!(alice.cli(&["send", "bob", "hi bob"]).status.success());
+    eventually("both messages", || {
+        alice.history_json("bob").len() == 2 && old_bob.history_json("alice").len() == 2
+    })
+    .await;
+    let saved = alice_dir.join("crl.der");
+    let before = std::fs::metadata(&saved).unwrap().modified().unwrap();
+
+    // Bob logs in on a new install: the old install's certificate is revoked.
+    let new_bob = Daemon::start(&tmp.path().join("bob-new"), &url);
+    let out = new_bob.cli(&["login", "bob"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("alice's node to take the new CRL", || {
+        std::fs::metadata(&saved)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t > before)
+    })
+    .await;
+
+    // Alice's node still has the old install's address cached; it must not get through.
+    let out = alice.cli(&["send", "bob", "after the revocation"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !old_bob
+            .history_json("alice")
+            .iter()
+            .any(|m| m.text == "after the revocation"),
+        "the revoked install received a message after the revocation was signalled"
+    );
+    old_bob.kill();
+}

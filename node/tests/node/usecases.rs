@@ -213,14 +213,14 @@ async fn given_bob_offline_when_alice_sends_then_the_mailbox_keeps_it_until_bob_
     assert!(alice.node.store().outbox().unwrap().is_empty());
     assert!(bob.node.history(&alice.name).unwrap().is_empty());
 
-    assert_eq!(bob.node.fetch_mail(0).await.unwrap(), 1);
+    assert_eq!(bob.node.fetch_mail(0, None).await.unwrap().count, 1);
     let at_bob = bob.node.history(&alice.name).unwrap();
     assert_eq!(
         (at_bob.len(), at_bob[0].id, at_bob[0].body.as_str()),
         (1, id, "are you there?")
     );
     assert_eq!(
-        bob.node.fetch_mail(0).await.unwrap(),
+        bob.node.fetch_mail(0, None).await.unwrap().count,
         0,
         "stored mail is acknowledged and gone"
     );
@@ -512,8 +512,8 @@ fn identity_of(u: &User) -> IdentityKey {
 /// The envelope waiting in `u`'s mailbox (left there).
 async fn mailed(u: &User) -> Envelope {
     use peerchat::ports::Directory;
-    let items = u.node.directory().fetch_mail(0).await.unwrap();
-    Envelope::decode(&items[0].envelope).unwrap()
+    let mailbox = u.node.directory().fetch_mail(0, None).await.unwrap();
+    Envelope::decode(&mailbox.items[0].envelope).unwrap()
 }
 
 #[tokio::test]
@@ -662,7 +662,7 @@ async fn given_an_old_signed_prekey_then_it_is_rotated_and_the_previous_one_stil
     );
 
     world.hub.set_online(&bob.name, true);
-    assert_eq!(bob.node.fetch_mail(0).await.unwrap(), 1);
+    assert_eq!(bob.node.fetch_mail(0, None).await.unwrap().count, 1);
     assert_eq!(
         bob.node.history(&alice.name).unwrap()[0].body,
         "made with the old prekey"

@@ -429,3 +429,58 @@ async fn metrics_count_users_requests_and_mail() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_revocation_answers_a_held_long_poll_and_an_older_crl_number_is_answered_at_once() {
+    let server = Server::start(test_limits()).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let (code, mail) = alice
+        .call::<(), api::MailboxResponse>(Method::GET, "/v1/mailbox/alice", NO_BODY)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let known = mail.unwrap().crl_number.expect("the CRL number in force");
+
+    // Alice holds a long poll (up to 20 s); bob logs out, which revokes his certificate.
+    let started = std::time::Instant::now();
+    let poll = {
+        let http = alice.http.clone();
+        let url = alice.url(&format!("/v1/mailbox/alice?wait=20&crl={known}"));
+        tokio::spawn(async move {
+            send::<(), api::MailboxResponse>(&http, Method::GET, &url, None).await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (code, _) = bob
+        .call::<(), ()>(Method::DELETE, "/v1/certificates/current", NO_BODY)
+        .await;
+    assert_eq!(code, StatusCode::NO_CONTENT);
+    let (code, mail) = poll.await.unwrap();
+    assert_eq!(code, StatusCode::OK);
+    let mail = mail.unwrap();
+    assert!(mail.envelopes.is_empty());
+    let newer = mail.crl_number.unwrap();
+    assert!(newer > known, "the answer names the new CRL");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "answered by the revocation, not by the end of the wait"
+    );
+
+    // A caller that missed it (its number is older) is answered at once, without waiting.
+    let (code, mail) = alice
+        .call::<(), api::MailboxResponse>(
+            Method::GET,
+            &format!("/v1/mailbox/alice?wait=20&crl={known}"),
+            NO_BODY,
+        )
+        .await;
+    assert_eq!(
+        (code, mail.unwrap().crl_number),
+        (StatusCode::OK, Some(newer))
+    );
+    let (code, body) = alice
+        .call::<(), api::MailboxResponse>(Method::GET, "/v1/mailbox/alice?crl=x", NO_BODY)
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert_eq!(body.unwrap_err().error, "bad_query");
+}
