@@ -397,12 +397,21 @@ async function acceptKey() {
 async function openSafety() {
   const peer = state.current;
   const number = await api("GET", `/api/v1/contacts/${peerPath(peer)}/safety-number`);
-  $("safety-title").textContent = `Safety number with ${peer}`;
+  const pending = number.key === "pending";
+  $("safety-title").textContent = pending ? `Safety number of ${peer}'s new key` : `Safety number with ${peer}`;
+  $("safety-note").hidden = !pending && number.key !== "certified";
+  $("safety-note").textContent = pending
+    ? `${peer}'s key has changed. These digits are of the NEW key, not accepted yet: compare them before you accept it.`
+    : `${peer} is not a contact yet: these digits are of the key the rendezvous certifies for them.`;
   $("safety-digits").textContent = number.number;
+  $("safety-previous").hidden = !number.previous;
+  $("safety-previous").textContent = number.previous ? `The old key's number was: ${number.previous}` : "";
   $("safety-qr").src = `/api/v1/contacts/${peerPath(peer)}/safety-number/qr.svg?for=${number.scannable.slice(0, 16)}`;
   const contact = state.contacts.get(peer);
-  $("verify-button").disabled = Boolean(contact && contact.verified);
-  $("verify-button").textContent = contact && contact.verified ? "Verified" : "They match: mark as verified";
+  const verified = Boolean(contact && contact.verified) && !pending;
+  $("verify-button").hidden = number.key === "certified";
+  $("verify-button").disabled = verified;
+  $("verify-button").textContent = verified ? "Verified" : pending ? "They match: accept the new key and mark it verified" : "They match: mark as verified";
   $("safety-dialog").showModal();
   $("safety-close").focus();
 }

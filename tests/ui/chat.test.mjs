@@ -311,6 +311,16 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     await alicePage.waitForSelector('#messages .message.outgoing:has-text("Is this still you?") .status[data-status="held"]');
     assert.equal(await alicePage.isVisible("#peer-verified"), false, "a new key is not verified");
     await screenshot(alicePage, "alice-key-changed");
+    // Compare before accepting: the dialog shows the NEW key's number (the old one beside it),
+    // the one bob's new install shows for alice.
+    await alicePage.getByRole("button", { name: "Safety number" }).click();
+    await alicePage.waitForSelector("#safety-dialog[open]");
+    assert.match(await alicePage.textContent("#safety-note"), /NEW key, not accepted yet/);
+    const newDigits = await alicePage.textContent("#safety-digits");
+    assert.equal(newDigits, cli(bobDir, ["safety-number", "alice"]).trim(), "the new key's number matches bob's new install");
+    assert.notEqual(newDigits, digits, "not the old key's number");
+    assert.match(await alicePage.textContent("#safety-previous"), new RegExp(digits));
+    await alicePage.getByRole("button", { name: "Close" }).first().click();
     await alicePage.getByRole("button", { name: "Accept the new key" }).click();
     await alicePage.waitForSelector("#key-warning", { state: "hidden" });
     await alicePage.waitForSelector(

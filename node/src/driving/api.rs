@@ -22,7 +22,7 @@ use crate::domain::MessageId;
 use crate::ports::{
     Clock, Direction, Directory, DirectoryError, MessageStatus, Network, Notifier, Store,
 };
-use crate::usecases::{Node, NodeError, NodeStatus};
+use crate::usecases::{KeyKind, Node, NodeError, NodeStatus};
 
 /// Largest request body.
 const MAX_BODY: usize = 64 * 1024;
@@ -111,6 +111,12 @@ pub struct SafetyNumberView {
     pub number: String,
     /// The scannable form, hex (for a QR code).
     pub scannable: String,
+    /// Whose key it is made of: `pinned`, `pending` (a new key not accepted yet: compare this
+    /// one before accepting) or `certified` (not a contact yet).
+    pub key: KeyKind,
+    /// With a pending key: the pinned (old) key's number, for reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
 }
 
 /// `POST /api/v1/contacts/{peer}/verify`.
@@ -463,7 +469,7 @@ async fn safety_number_qr<S: Store, D: Directory, N: Network, E: Notifier, C: Cl
     State(state): Shared<S, D, N, E, C>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
-    let number = state.node.safety_number(&peer(&raw)?)?;
+    let number = state.node.safety_number(&peer(&raw)?).await?.shown;
     let svg = ui::qr_svg(&number.scannable()).ok_or_else(|| {
         ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -517,7 +523,8 @@ async fn contacts<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
                     .iter()
                     .map(|b| format!("{b:02x}"))
                     .collect(),
-                verified: c.verified,
+                // Verification was of the old key: not shown beside the warning.
+                verified: c.verified && c.pending_key.is_none(),
                 key_changed: c.pending_key.is_some(),
             })
             .collect(),
@@ -635,14 +642,17 @@ async fn safety_number<S: Store, D: Directory, N: Network, E: Notifier, C: Clock
     State(state): Shared<S, D, N, E, C>,
     Path(raw): Path<String>,
 ) -> Result<Json<SafetyNumberView>, ApiError> {
-    let number = state.node.safety_number(&peer(&raw)?)?;
+    let numbers = state.node.safety_number(&peer(&raw)?).await?;
     Ok(Json(SafetyNumberView {
-        number: number.grouped(),
-        scannable: number
+        number: numbers.shown.grouped(),
+        scannable: numbers
+            .shown
             .scannable()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect(),
+        key: numbers.of,
+        previous: numbers.pinned.map(|n| n.grouped()),
     }))
 }
 

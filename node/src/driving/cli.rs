@@ -11,7 +11,7 @@ use super::api::{
 };
 use super::ui::UiLink;
 use crate::ports::{MessageStatus, TotpEnrolment};
-use crate::usecases::NodeStatus;
+use crate::usecases::{KeyKind, NodeStatus};
 
 use reqwest::Method;
 use serde::Serialize;
@@ -431,7 +431,13 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
                     "{}  key {}…  {}",
                     c.username,
                     &c.identity_key[..16.min(c.identity_key.len())],
-                    if c.verified { "verified" } else { "unverified" }
+                    if c.key_changed {
+                        "key changed"
+                    } else if c.verified {
+                        "verified"
+                    } else {
+                        "unverified"
+                    }
                 );
                 if c.key_changed {
                     println!(
@@ -482,7 +488,22 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
                     None,
                 )
                 .await?;
+            // The number alone on standard output; what it is of on standard error.
             println!("{}", number.number);
+            match (number.key, number.previous) {
+                (KeyKind::Pending, previous) => {
+                    eprintln!(
+                        "This is the number of {peer}'s NEW key, not accepted yet. Compare it with {peer}'s screen; if it matches, `peerchat verify {peer} \"<number>\"` accepts and verifies it."
+                    );
+                    if let Some(previous) = previous {
+                        eprintln!("The old key's number was: {previous}");
+                    }
+                }
+                (KeyKind::Certified, _) => eprintln!(
+                    "{peer} is not a contact yet: this is the number of the key the rendezvous certifies for them."
+                ),
+                (KeyKind::Pinned, _) => {}
+            }
             Ok(())
         }
         CliCommand::Verify { name, number } => {

@@ -24,6 +24,7 @@ use crate::ports::{Clock, Directory, DirectoryError, Network, Notifier, Store, S
 
 pub use offline::MailFetched;
 pub use queries::NodeStatus;
+pub use trust::{KeyKind, SafetyNumbers};
 
 /// How many one-time prekeys are uploaded at registration and on each refill.
 pub const PREKEY_BATCH: u32 = 100;

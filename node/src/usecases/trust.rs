@@ -11,6 +11,29 @@ use crate::ports::{
     Clock, Contact, Directory, Event, MessageStatus, Network, Notifier, OutboxEntry, Store,
 };
 
+/// Whose key a safety number is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyKind {
+    /// The contact's pinned key.
+    Pinned,
+    /// A new key the contact presents, not accepted yet.
+    Pending,
+    /// The key the CA certifies for someone who is not a contact yet.
+    Certified,
+}
+
+/// The safety number to compare now, and what it is of.
+#[derive(Debug, Clone)]
+pub struct SafetyNumbers {
+    /// The number to compare.
+    pub shown: SafetyNumber,
+    /// Whose key it is made of.
+    pub of: KeyKind,
+    /// With a pending key: the pinned key's number, for reference.
+    pub pinned: Option<SafetyNumber>,
+}
+
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
     /// Records that `contact` now presents `new_key` (once), and tells the UI.
     pub(super) async fn note_key_change(
@@ -141,27 +164,53 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         Ok(Session::initiate(&me.1, &bundle, &mut OsRng)?)
     }
 
-    /// The safety number of the conversation with `peer` (their pinned key).
+    /// The safety number to compare with `peer` now: of the new key while one is pending (with
+    /// the pinned key's beside it), of the pinned key for a contact, and of the key the CA
+    /// certifies for someone who is not a contact yet (a lookup), so it can be compared before
+    /// the first message.
     #[tracing::instrument(name = "usecase.safety_number", skip_all, fields(peer = %peer))]
-    pub fn safety_number(&self, peer: &Username) -> Result<SafetyNumber, NodeError> {
+    pub async fn safety_number(&self, peer: &Username) -> Result<SafetyNumbers, NodeError> {
         let me = self.me()?;
-        let contact = self
-            .store
-            .contact(peer)?
-            .ok_or_else(|| NodeError::UnknownContact(peer.clone()))?;
-        Ok(SafetyNumber::new(
-            me.0.as_str(),
-            me.1.public(),
-            peer.as_str(),
-            &contact.identity_key,
-        ))
+        let number =
+            |key: &IdentityKey| SafetyNumber::new(me.0.as_str(), me.1.public(), peer.as_str(), key);
+        Ok(match self.store.contact(peer)? {
+            Some(Contact {
+                identity_key,
+                pending_key: Some(new_key),
+                ..
+            }) => SafetyNumbers {
+                shown: number(&new_key),
+                of: KeyKind::Pending,
+                pinned: Some(number(&identity_key)),
+            },
+            Some(contact) => SafetyNumbers {
+                shown: number(&contact.identity_key),
+                of: KeyKind::Pinned,
+                pinned: None,
+            },
+            None if peer == &me.0 => return Err(NodeError::OwnAccount(peer.clone())),
+            None => SafetyNumbers {
+                shown: number(&self.directory.lookup(peer).await?.identity_key),
+                of: KeyKind::Certified,
+                pinned: None,
+            },
+        })
     }
 
-    /// Marks `peer` verified when `number` is the safety number both sides see.
+    /// Marks `peer` verified when `number` is the safety number both sides see. When `peer`
+    /// has a new key pending and `number` is that key's, the key is accepted (held messages both
+    /// ways go out) and verified in one step.
     #[tracing::instrument(name = "usecase.verify", skip_all, fields(peer = %peer))]
     pub async fn verify(&self, peer: &Username, number: &str) -> Result<(), NodeError> {
-        if !self.safety_number(peer)?.matches_digits(number) {
+        let numbers = self.safety_number(peer).await?;
+        if numbers.of == KeyKind::Certified {
+            return Err(NodeError::UnknownContact(peer.clone()));
+        }
+        if !numbers.shown.matches_digits(number) {
             return Err(NodeError::SafetyNumberMismatch);
+        }
+        if numbers.of == KeyKind::Pending {
+            self.accept_key(peer).await?;
         }
         let mut contact = self
             .store

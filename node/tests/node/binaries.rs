@@ -637,6 +637,22 @@ async fn a_changed_key_is_visible_holds_sending_until_accepted_and_safety_number
         contacts.contains("WARNING: bob's key has changed"),
         "{contacts}"
     );
+    assert!(
+        contacts.contains("key changed") && !contacts.contains(" verified"),
+        "{contacts}"
+    );
+    // Compare before accepting: alice's number is of bob's new key, and bob's new install
+    // (alice is not its contact yet) shows the number of alice's certified key: they match.
+    let pending = alice.cli(&["safety-number", "bob"]);
+    assert!(
+        String::from_utf8_lossy(&pending.stderr).contains("NEW key"),
+        "{}",
+        String::from_utf8_lossy(&pending.stderr)
+    );
+    let before_accept = String::from_utf8(pending.stdout).unwrap();
+    let new_bob_sees = String::from_utf8(bob.cli(&["safety-number", "alice"]).stdout).unwrap();
+    assert_eq!(before_accept, new_bob_sees);
+    assert_ne!(before_accept, old_number);
     let history = String::from_utf8(alice.cli(&["history", "bob"]).stdout).unwrap();
     assert!(
         history.starts_with("WARNING: bob's key has changed"),

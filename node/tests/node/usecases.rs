@@ -9,7 +9,7 @@ use peerchat::driven::memory::{Hub, HubNetwork, MemoryStore, RecordingNotifier};
 use peerchat::driven::rendezvous_inprocess::InProcessDirectory;
 use peerchat::driving::p2p_inbound;
 use peerchat::ports::{Direction, DirectoryError, Event, MessageStatus, Store, SystemClock};
-use peerchat::usecases::{Node, NodeError};
+use peerchat::usecases::{KeyKind, Node, NodeError};
 use peerchat_pki::{CertificateAuthority, Username};
 use peerchat_rendezvous::limits::{Limits, Rate};
 use peerchat_rendezvous::memory_store::MemoryStore as RendezvousMemory;
@@ -733,11 +733,45 @@ async fn given_bob_logs_in_with_a_new_key_then_alice_gets_a_key_change_event_and
     );
     assert!(new_bob.history(&alice.name).unwrap().is_empty());
 
-    alice.node.accept_key(&bob.name).await.unwrap();
-    assert_eq!(new_bob.history(&alice.name).unwrap()[0].body, "second");
+    // Compare before accepting: alice sees the number of bob's new key (the old one beside it),
+    // and bob's new install, for whom alice is not a contact yet, the number of her certified
+    // key: the two match.
+    let at_alice = alice.node.safety_number(&bob.name).await.unwrap();
+    let at_new_bob = new_bob.safety_number(&alice.name).await.unwrap();
+    assert_eq!(at_alice.of, KeyKind::Pending);
+    assert_eq!(at_new_bob.of, KeyKind::Certified);
+    assert_eq!(at_alice.shown.digits(), at_new_bob.shown.digits());
+    assert_ne!(
+        at_alice.pinned.as_ref().unwrap().digits(),
+        at_alice.shown.digits(),
+        "the old key's number is given beside it"
+    );
+    // A number that is not the new key's changes nothing.
+    assert!(matches!(
+        alice
+            .node
+            .verify(&bob.name, &at_alice.pinned.unwrap().grouped())
+            .await,
+        Err(NodeError::SafetyNumberMismatch)
+    ));
     assert_eq!(
-        alice.node.safety_number(&bob.name).unwrap().digits(),
-        new_bob.safety_number(&alice.name).unwrap().digits()
+        alice.node.history(&bob.name).unwrap()[1].status,
+        MessageStatus::Held
+    );
+
+    // Verifying the new key's number accepts it and marks it verified in one step.
+    alice
+        .node
+        .verify(&bob.name, &at_alice.shown.grouped())
+        .await
+        .unwrap();
+    assert_eq!(new_bob.history(&alice.name).unwrap()[0].body, "second");
+    let contact = alice.node.store().contact(&bob.name).unwrap().unwrap();
+    assert!(contact.verified && contact.pending_key.is_none());
+    assert_eq!(contact.identity_key, *key.public());
+    assert_eq!(
+        alice.node.safety_number(&bob.name).await.unwrap().of,
+        KeyKind::Pinned
     );
 }
 
