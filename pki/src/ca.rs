@@ -523,7 +523,9 @@ fn io_err(path: &Path, source: std::io::Error) -> CaError {
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
+/// Writes `bytes` to `path` with `mode`: to a temporary file, synced, then renamed, so a crash never
+/// leaves half a file behind.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
     let tmp = path.with_extension("tmp");
     let mut file = fs::OpenOptions::new()
         .write(true)

@@ -23,6 +23,7 @@ mod verify;
 
 pub use ca::{
     CaCertificate, CaError, CertificateAuthority, HostName, IssueError, IssuedCertificate,
+    write_atomically,
 };
 pub use crl::{Crl, CrlError, RevokedEntry};
 pub use csr::{CsrError, build_csr};

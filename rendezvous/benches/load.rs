@@ -212,6 +212,8 @@ fn main() {
         .args([
             "--listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
             "--lookups-per-minute",
             "100000000",
             "--deposits-per-minute",

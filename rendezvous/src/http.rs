@@ -166,13 +166,26 @@ fn username(raw: &str) -> Result<Username, ApiError> {
 
 /// The API router over `service`.
 pub fn router<S: Store>(service: Arc<Rendezvous<S>>) -> Router {
+    routers(service).0
+}
+
+/// The API router over `service`, and the operator's router (`GET /metrics`, Prometheus text)
+/// that reports on it. The second is served on its own address, never beside the API.
+pub fn routers<S: Store>(service: Arc<Rendezvous<S>>) -> (Router, Router) {
     let state = Arc::new(AppState {
         service,
         metrics: Metrics::new(),
     });
+    let operator = Router::new()
+        .route("/metrics", get(metrics::<S>))
+        .fallback(not_found)
+        .with_state(state.clone());
+    (api_router(state), operator)
+}
+
+fn api_router<S: Store>(state: Shared<S>) -> Router {
     Router::new()
         .route("/v1/healthz", get(health))
-        .route("/v1/metrics", get(metrics::<S>))
         .route("/v1/ca", get(ca::<S>))
         .route("/v1/crl", get(crl::<S>))
         .route("/v1/accounts", post(register::<S>))
@@ -245,10 +258,7 @@ async fn health() -> Json<api::Health> {
     })
 }
 
-async fn metrics<S: Store>(
-    State(state): State<Shared<S>>,
-    Authenticated(_): Authenticated,
-) -> Result<Response, ApiError> {
+async fn metrics<S: Store>(State(state): State<Shared<S>>) -> Result<Response, ApiError> {
     let store = state.service.store();
     state.metrics.users.set(store.count_accounts()? as i64);
     state.metrics.envelopes.set(store.count_envelopes()? as i64);

@@ -15,6 +15,7 @@ pub mod memory_store;
 pub mod service;
 pub mod sled_store;
 pub mod store;
+pub mod totp_key;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ use tokio::net::TcpListener;
 use crate::limits::Limits;
 use crate::service::Rendezvous;
 use crate::sled_store::SledStore;
+use crate::totp_key::TotpKey;
 
 /// Lifetime of the HTTPS server certificate; a fresh one is issued at every start.
 pub const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(397 * 24 * 3600);
@@ -36,7 +38,8 @@ pub const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(397 * 24 * 3600);
 /// What the server needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Holds `ca.pem`, `ca.key` and the database (`db/`).
+    /// Holds `ca.pem`, `ca.key`, `totp.key` and the database (`db/`), readable by the owner
+    /// only.
     pub data_dir: PathBuf,
     /// Names the HTTPS certificate is valid for.
     pub hostnames: Vec<HostName>,
@@ -56,6 +59,9 @@ pub enum StartError {
     /// The database could not be opened.
     #[error("opening the database: {0}")]
     Store(#[from] store::StoreError),
+    /// The key that seals TOTP secrets could not be loaded or created.
+    #[error(transparent)]
+    TotpKey(#[from] totp_key::TotpKeyError),
     /// Building the service failed.
     #[error("starting the service: {0}")]
     Service(#[from] error::ApiError),
@@ -91,8 +97,11 @@ pub fn prepare(config: &Config, now: SystemTime) -> Result<Prepared, StartError>
         SERVER_CERT_VALIDITY,
         &mut OsRng,
     )?;
+    let totp_key = TotpKey::load_or_create(&config.data_dir)?;
     let store = SledStore::open(&db_dir(&config.data_dir))?;
-    let service = Arc::new(Rendezvous::new(store, ca, config.limits.clone(), now)?);
+    private(&config.data_dir);
+    let service =
+        Arc::new(Rendezvous::new(store, ca, config.limits.clone(), now)?.with_totp_key(totp_key));
     let credentials = Credentials::new(vec![server_cert.der], server_key);
     let tls = Arc::new(rendezvous_server_config(credentials, service.trust())?);
     Ok(Prepared {
@@ -100,6 +109,28 @@ pub fn prepare(config: &Config, now: SystemTime) -> Result<Prepared, StartError>
         tls,
         created_ca,
     })
+}
+
+/// Makes the data directory and everything in it readable by its owner only: the database holds
+/// password hashes, sealed TOTP secrets and everyone's mailboxes.
+fn private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let walk = |path: &Path, is_dir: bool| {
+        let mode = if is_dir { 0o700 } else { 0o600 };
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot restrict permissions");
+        }
+    };
+    fn visit(path: &Path, walk: &dyn Fn(&Path, bool)) {
+        let is_dir = path.is_dir();
+        walk(path, is_dir);
+        if is_dir && let Ok(entries) = std::fs::read_dir(path) {
+            for entry in entries.flatten() {
+                visit(&entry.path(), walk);
+            }
+        }
+    }
+    visit(dir, &walk);
 }
 
 /// Where the database lives inside the data directory.
@@ -114,7 +145,31 @@ pub async fn run(
     prepared: Prepared,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let app = http::router(prepared.service.clone());
+    run_with_metrics(listener, None, prepared, shutdown).await
+}
+
+/// [`run`], with the operator's metrics (`GET /metrics`, plain HTTP) served on `metrics` too.
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    prepared: Prepared,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let (app, operator) = http::routers(prepared.service.clone());
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = metrics.map(|listener| {
+        tokio::spawn(async move {
+            let stopped = async {
+                let _ = metrics_stopped.await;
+            };
+            if let Err(e) = axum::serve(listener, operator)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                tracing::warn!(error = %e, "the metrics listener failed");
+            }
+        })
+    });
     let housekeeping = {
         let service = prepared.service.clone();
         tokio::spawn(async move {
@@ -136,6 +191,10 @@ pub async fn run(
     )
     .await;
     housekeeping.abort();
+    let _ = stop_metrics.send(());
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     if let Err(e) = prepared.service.flush().await {
         tracing::error!(error = %e, "final flush failed");
     }

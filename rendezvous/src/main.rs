@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use clap::Parser;
 use peerchat_pki::HostName;
 use peerchat_rendezvous::limits::{Limits, Rate};
-use peerchat_rendezvous::{Config, prepare, run};
+use peerchat_rendezvous::{Config, prepare, run_with_metrics};
 use peerchat_telemetry::Telemetry;
 
 /// The peerchat rendezvous server: accounts, certificate authority, prekeys, lookup, mailbox.
@@ -64,6 +64,14 @@ struct Args {
         default_value_t = 30
     )]
     idle_timeout_secs: u64,
+    /// Where to serve the operator's Prometheus metrics (`GET /metrics`, plain HTTP). Keep it on
+    /// loopback or an operator network; `127.0.0.1:0` picks a free port (printed at start).
+    #[arg(
+        long,
+        env = "PEERCHAT_RENDEZVOUS_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    metrics_listen: SocketAddr,
     /// Also write the CA certificate (public, PEM) to this file, for nodes to trust without a
     /// manual step (e.g. a volume shared with node containers). The CA key never leaves
     /// `--data-dir`.
@@ -114,19 +122,24 @@ async fn serve(args: Args) -> Result<(), BoxError> {
         std::fs::rename(&partial, out)?;
     }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let metrics = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .map_err(|e| format!("metrics address {}: {e}", args.metrics_listen))?;
     let fingerprint = prepared.service.ca().certificate().fingerprint();
+    // One line, so that whoever reads the first line learns both addresses.
     println!(
-        "peerchat rendezvous on https://{} (CA {}: {})",
+        "peerchat rendezvous on https://{} (CA {}: {}); metrics on http://{}/metrics",
         listener.local_addr()?,
         if prepared.created_ca {
             "created"
         } else {
             "loaded"
         },
-        fingerprint
+        fingerprint,
+        metrics.local_addr()?
     );
     tracing::info!(addr = %listener.local_addr()?, ca = %fingerprint, "serving");
-    run(listener, prepared, shutdown_signal()).await?;
+    run_with_metrics(listener, Some(metrics), prepared, shutdown_signal()).await?;
     tracing::info!("stopped; everything flushed");
     Ok(())
 }

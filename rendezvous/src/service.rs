@@ -26,8 +26,9 @@ use crate::error::ApiError;
 use crate::limits::{Limits, Rate};
 use crate::store::{
     Account, Deposit, OneTimePreKeyRecord, Presence, Quota, SignedPreKeyRecord, Store,
-    StoredEnvelope, TotpState,
+    StoredEnvelope, TotpSecret, TotpState,
 };
+use crate::totp_key::TotpKey;
 
 /// The caller of a protected route, as its (unrevoked) certificate names it.
 #[derive(Debug, Clone)]
@@ -96,6 +97,11 @@ pub struct Rendezvous<S: Store> {
     closed: std::sync::atomic::AtomicBool,
     /// Verified against when an account does not exist, so a login takes as long either way.
     dummy_hash: String,
+    /// Seals TOTP secrets in the store.
+    totp_key: TotpKey,
+    /// Serializes the check-and-record of TOTP codes, so a code is accepted once even when two
+    /// requests carry it at the same moment.
+    totp_lock: tokio::sync::Mutex<()>,
 }
 
 impl<S: Store> std::fmt::Debug for Rendezvous<S> {
@@ -141,7 +147,16 @@ impl<S: Store> Rendezvous<S> {
             new_crl: Notify::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
             dummy_hash,
+            totp_key: TotpKey::generate(),
+            totp_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Uses `key` to seal TOTP secrets (the binary loads it from beside `ca.key`; without this, a
+    /// random key lives as long as the service).
+    pub fn with_totp_key(mut self, key: TotpKey) -> Self {
+        self.totp_key = key;
+        self
     }
 
     /// The CA and current CRL, for the TLS server's client verifier.
@@ -275,15 +290,28 @@ impl<S: Store> Rendezvous<S> {
                 "wrong username or password",
             ));
         };
-        if let Some(totp) = account.totp.as_ref().filter(|t| t.confirmed) {
+        if account.totp.as_ref().is_some_and(|t| t.confirmed) {
+            let _one_at_a_time = self.totp_lock.lock().await;
+            // Read again under the lock: the last accepted step may have moved.
+            let mut fresh = self
+                .store
+                .account(&account.username)?
+                .ok_or_else(no_such_user)?;
             let code = request.totp.as_deref().unwrap_or_default();
-            if !totp_matches(&totp.secret, &account.username, code, now)? {
+            let accepted = match fresh.totp.as_mut() {
+                Some(state) => self.accept_totp_code(state, &fresh.username, code, now)?,
+                None => false,
+            };
+            if !accepted {
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "totp_required",
-                    "a valid TOTP code is required",
+                    "a valid TOTP code is required (each code works once)",
                 ));
             }
+            self.store.update_account(&fresh)?;
+            self.store.flush().await?;
+            account = fresh;
         }
         let issued = self.issue(&csr, &account.username, now)?;
         for serial in self.store.certificates_of(&account.username)? {
@@ -361,8 +389,9 @@ impl<S: Store> Rendezvous<S> {
             uri: totp.get_url(),
         };
         account.totp = Some(TotpState {
-            secret,
+            secret: TotpSecret::Sealed(self.totp_key.seal(&secret, caller.username.as_str())?),
             confirmed: false,
+            last_step: 0,
         });
         self.store.update_account(&account)?;
         self.store.flush().await?;
@@ -377,6 +406,7 @@ impl<S: Store> Rendezvous<S> {
         request: api::TotpConfirm,
         now: SystemTime,
     ) -> Result<(), ApiError> {
+        let _one_at_a_time = self.totp_lock.lock().await;
         let mut account = self.account_of(caller)?;
         let Some(state) = account.totp.as_mut() else {
             return Err(ApiError::new(
@@ -385,7 +415,7 @@ impl<S: Store> Rendezvous<S> {
                 "start enrolment first",
             ));
         };
-        if !totp_matches(&state.secret, &caller.username, &request.code, now)? {
+        if !self.accept_totp_code(state, &caller.username, &request.code, now)? {
             return Err(ApiError::bad_request(
                 "totp_invalid",
                 "the code is not valid now",
@@ -767,6 +797,33 @@ impl<S: Store> Rendezvous<S> {
         }
     }
 
+    /// Whether `code` is a valid code of `state` not used before; if so, its step is recorded
+    /// (and a secret still in the clear is sealed). The caller holds `totp_lock` and stores the
+    /// account.
+    fn accept_totp_code(
+        &self,
+        state: &mut TotpState,
+        username: &Username,
+        code: &str,
+        now: SystemTime,
+    ) -> Result<bool, ApiError> {
+        let secret = match &state.secret {
+            TotpSecret::Sealed(sealed) => self.totp_key.open(sealed, username.as_str())?,
+            TotpSecret::Plain(secret) => zeroize::Zeroizing::new(secret.clone()),
+        };
+        let Some(step) = totp_step(&secret, username, code, now)? else {
+            return Ok(false);
+        };
+        if step <= state.last_step {
+            return Ok(false);
+        }
+        state.last_step = step;
+        if matches!(state.secret, TotpSecret::Plain(_)) {
+            state.secret = TotpSecret::Sealed(self.totp_key.seal(&secret, username.as_str())?);
+        }
+        Ok(true)
+    }
+
     fn account_of(&self, caller: &Caller) -> Result<Account, ApiError> {
         self.store
             .account(&caller.username)?
@@ -861,14 +918,27 @@ fn totp(secret: &[u8], username: &Username) -> Result<totp_rs::TOTP, ApiError> {
     .map_err(|e| internal("TOTP", e))
 }
 
-fn totp_matches(
+/// The time step (30 s) among now's, the one before and the one after whose code is `code`.
+fn totp_step(
     secret: &[u8],
     username: &Username,
     code: &str,
     now: SystemTime,
-) -> Result<bool, ApiError> {
-    Ok(totp(secret, username)?.check(code.trim(), unix(now)))
+) -> Result<Option<u64>, ApiError> {
+    use subtle::ConstantTimeEq;
+    let totp = totp(secret, username)?;
+    let code = code.trim();
+    let step = unix(now) / TOTP_STEP_SECS;
+    Ok([step.saturating_sub(1), step, step + 1]
+        .into_iter()
+        .find(|s| {
+            let expected = totp.generate(s * TOTP_STEP_SECS);
+            expected.len() == code.len() && bool::from(expected.as_bytes().ct_eq(code.as_bytes()))
+        }))
 }
+
+/// Length of a TOTP time step.
+const TOTP_STEP_SECS: u64 = 30;
 
 fn own_mailbox(caller: &Caller, owner: &Username) -> Result<(), ApiError> {
     if caller.username != *owner {

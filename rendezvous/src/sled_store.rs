@@ -65,6 +65,15 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// An account record, in today's form or the one before TOTP secrets were sealed.
+fn decode_account(bytes: &[u8]) -> Result<Account, StoreError> {
+    decode::<Account>(bytes).or_else(|e| {
+        postcard::from_bytes::<crate::store::LegacyAccount>(bytes)
+            .map(Account::from)
+            .map_err(|_| e)
+    })
+}
+
 /// A mailbox record, in today's form or the one before the depositor's key was recorded.
 fn decode_envelope(bytes: &[u8]) -> Result<StoredEnvelope, StoreError> {
     decode::<StoredEnvelope>(bytes).or_else(|e| {
@@ -201,7 +210,7 @@ impl Store for SledStore {
         self.accounts
             .get(username.as_str())
             .map_err(backend)?
-            .map(|v| decode(&v))
+            .map(|v| decode_account(&v))
             .transpose()
     }
 

@@ -45,9 +45,59 @@ pub struct Account {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TotpState {
     /// The shared secret.
-    pub secret: Vec<u8>,
+    pub secret: TotpSecret,
     /// Confirmed with a valid code.
     pub confirmed: bool,
+    /// The last 30-second time step whose code was accepted (0: none). A code of this step or an
+    /// earlier one is refused, so each code works once.
+    pub last_step: u64,
+}
+
+/// How a TOTP secret is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TotpSecret {
+    /// Sealed with the key kept beside `ca.key` (see [`crate::totp_key`]).
+    Sealed(Vec<u8>),
+    /// In the clear: only accounts enrolled before secrets were sealed; sealed at their next use.
+    Plain(Vec<u8>),
+}
+
+/// An account as stored before TOTP secrets were sealed and their codes made single use.
+#[derive(Deserialize)]
+pub(crate) struct LegacyAccount {
+    username: Username,
+    password_hash: String,
+    identity_key: [u8; 32],
+    peer_id: String,
+    certificate: Vec<u8>,
+    serial: Serial,
+    totp: Option<LegacyTotpState>,
+    created_at: u64,
+}
+
+#[derive(Deserialize)]
+struct LegacyTotpState {
+    secret: Vec<u8>,
+    confirmed: bool,
+}
+
+impl From<LegacyAccount> for Account {
+    fn from(a: LegacyAccount) -> Self {
+        Self {
+            username: a.username,
+            password_hash: a.password_hash,
+            identity_key: a.identity_key,
+            peer_id: a.peer_id,
+            certificate: a.certificate,
+            serial: a.serial,
+            totp: a.totp.map(|t| TotpState {
+                secret: TotpSecret::Plain(t.secret),
+                confirmed: t.confirmed,
+                last_step: 0,
+            }),
+            created_at: a.created_at,
+        }
+    }
 }
 
 /// A stored signed prekey.

@@ -74,7 +74,7 @@ class Cluster {
 
   async startRendezvous(port = 0) {
     const child = launch(
-      [bin("peerchat-rendezvous"), "--data-dir", join(this.work, "rendezvous"), "--listen", `127.0.0.1:${port}`, "--ca-cert-out", this.ca],
+      [bin("peerchat-rendezvous"), "--data-dir", join(this.work, "rendezvous"), "--listen", `127.0.0.1:${port}`, "--metrics-listen", "127.0.0.1:0", "--ca-cert-out", this.ca],
       "rendezvous",
     );
     const bound = await waitFor("the rendezvous", () => child.output.match(/https:\/\/127\.0\.0\.1:(\d+)/)?.[1]);
@@ -136,8 +136,9 @@ async function signUp(page, name) {
 const outgoingStatus = (page, text) =>
   page.locator("#messages .message.outgoing", { hasText: text }).locator(".status");
 
-/** The current code of a base32 TOTP secret (RFC 6238: SHA-1, 6 digits, 30 s). */
-function totp(secret) {
+/** The code of a base32 TOTP secret (RFC 6238: SHA-1, 6 digits, 30 s), `step` steps from now
+ * (codes are single use: a second login takes the next step's). */
+function totp(secret, step = 0) {
   const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
   let bits = 0;
   let value = 0;
@@ -151,7 +152,7 @@ function totp(secret) {
     }
   }
   const counter = Buffer.alloc(8);
-  counter.writeBigUInt64BE(BigInt(Math.floor(Date.now() / 30_000)));
+  counter.writeBigUInt64BE(BigInt(Math.floor(Date.now() / 30_000) + step));
   const mac = createHmac("sha1", Buffer.from(key)).update(counter).digest();
   const offset = mac[mac.length - 1] & 15;
   return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, "0");
@@ -349,7 +350,7 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     await newAlicePage.getByRole("button", { name: "Log in" }).click();
     await newAlicePage.waitForSelector("#totp-row:not([hidden])");
     assert.match(await newAlicePage.textContent("#error-text"), /two-factor/);
-    await newAlicePage.getByLabel("Code from your authenticator app").fill(totp(secret));
+    await newAlicePage.getByLabel("Code from your authenticator app").fill(totp(secret, 1));
     await newAlicePage.getByRole("button", { name: "Log in" }).click();
     await newAlicePage.waitForSelector("#chat:not([hidden])");
     assert.equal(await newAlicePage.textContent("#me"), "alice");

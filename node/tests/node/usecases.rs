@@ -795,11 +795,12 @@ async fn given_a_second_factor_when_logging_in_on_a_new_install_then_the_code_is
     )
     .unwrap();
     assert!(alice.node.confirm_totp("000000x").await.is_err());
-    alice
-        .node
-        .confirm_totp(&totp.generate_current().unwrap())
-        .await
-        .unwrap();
+    // One moment for every code of the test, so that no step boundary falls between them.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    alice.node.confirm_totp(&totp.generate(now)).await.unwrap();
 
     let new_install = || {
         Node::new(
@@ -821,12 +822,25 @@ async fn given_a_second_factor_when_logging_in_on_a_new_install_then_the_code_is
     );
     assert!(without_code.store().identity().unwrap().is_none());
 
+    // The confirmation used this step's code, and each code works once: the next step's.
+    let with_used_code = new_install();
+    assert!(
+        with_used_code
+            .login(
+                &alice.name,
+                "correct horse battery",
+                Some(&totp.generate(now)),
+            )
+            .await
+            .is_err()
+    );
+    let next = now + 30;
     let with_code = new_install();
     with_code
         .login(
             &alice.name,
             "correct horse battery",
-            Some(&totp.generate_current().unwrap()),
+            Some(&totp.generate(next)),
         )
         .await
         .unwrap();

@@ -19,10 +19,22 @@ fn start(dir: &Path) -> (Child, u16) {
 
 /// Starts the binary on 127.0.0.1:0 with `args` and reads the address it prints.
 pub fn start_with(dir: &Path, args: &[&str]) -> (Child, u16) {
+    let (child, line) = start_line(dir, args);
+    let port = line
+        .split("https://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
+    (child, port)
+}
+
+/// Starts the binary on 127.0.0.1:0 with `args`; returns it and the first line it prints.
+fn start_line(dir: &Path, args: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_peerchat-rendezvous"))
         .arg("--data-dir")
         .arg(dir)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -33,13 +45,39 @@ pub fn start_with(dir: &Path, args: &[&str]) -> (Child, u16) {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let port = line
-        .split("https://127.0.0.1:")
+    (child, line)
+}
+
+#[tokio::test]
+async fn the_start_line_names_the_metrics_address_and_the_data_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("rv");
+    let (mut child, line) = start_line(&data, &[]);
+    let metrics = line
+        .split("metrics on ")
         .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
-    (child, port)
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no metrics address in {line:?}"));
+    assert!(metrics.starts_with("http://127.0.0.1:") && metrics.ends_with("/metrics"));
+    let text = crate::support::plain_http()
+        .get(metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("peerchat_rendezvous_registered_users 0"),
+        "{text}"
+    );
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("ca.key")), 0o600);
+    assert_eq!(mode(&data.join("totp.key")), 0o600);
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 /// A minimal server handle so the `support::User` helpers work against the external process.

@@ -31,7 +31,6 @@ async fn protected_routes_need_a_client_certificate() {
         (Method::POST, "/v1/certificates/renew"),
         (Method::DELETE, "/v1/certificates/current"),
         (Method::POST, "/v1/totp"),
-        (Method::GET, "/v1/metrics"),
     ] {
         let (code, err) =
             send::<(), serde_json::Value>(&http, method.clone(), &server.url(path), None).await;

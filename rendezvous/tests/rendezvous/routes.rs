@@ -348,12 +348,17 @@ async fn totp_enrolment_then_login_needs_the_code() {
         6,
         1,
         30,
-        secret,
+        secret.clone(),
         Some("peerchat".into()),
         "alice".into(),
     )
     .unwrap();
 
+    // One moment for every code of the test, so that no step boundary falls between them.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let (code, _) = alice
         .call::<_, ()>(
             Method::POST,
@@ -369,7 +374,7 @@ async fn totp_enrolment_then_login_needs_the_code() {
             Method::POST,
             "/v1/totp/confirm",
             Some(&api::TotpConfirm {
-                code: totp.generate_current().unwrap(),
+                code: totp.generate(now),
             }),
         )
         .await;
@@ -390,28 +395,69 @@ async fn totp_enrolment_then_login_needs_the_code() {
         (code, err.unwrap_err().error.as_str()),
         (StatusCode::UNAUTHORIZED, "totp_required")
     );
-    login.totp = Some(totp.generate_current().unwrap());
+    // The confirmation used this step's code: it does not work again. The next step's does,
+    // once.
+    login.totp = Some(totp.generate(now));
+    let (code, _) =
+        send::<_, api::CertificateResponse>(&server.anonymous(), Method::POST, &url, Some(&login))
+            .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED, "a code is single use");
+    login.totp = Some(totp.generate(now + 30));
     let (code, _) =
         send::<_, api::CertificateResponse>(&server.anonymous(), Method::POST, &url, Some(&login))
             .await;
     assert_eq!(code, StatusCode::OK);
+    let (code, err) =
+        send::<_, api::CertificateResponse>(&server.anonymous(), Method::POST, &url, Some(&login))
+            .await;
+    assert_eq!(
+        (code, err.unwrap_err().error.as_str()),
+        (StatusCode::UNAUTHORIZED, "totp_required"),
+        "the same valid code is refused the second time"
+    );
+
+    // The secret is not in the clear anywhere in the data directory, which only its owner
+    // can read.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = server.data_dir();
+    assert_eq!(
+        std::fs::metadata(dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_slice()),
+                "the TOTP secret is in the clear in {}",
+                path.display()
+            );
+        }
+    }
 }
 
 #[tokio::test]
-async fn metrics_count_users_requests_and_mail() {
+async fn metrics_are_served_to_the_operator_apart_from_the_api() {
     let server = Server::start(test_limits()).await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     assert_eq!(bob.deposit("alice", 1, b"x").await.0, StatusCode::ACCEPTED);
-    let text = alice
-        .http
-        .get(alice.url("/v1/metrics"))
+    // Not on the API, even for a registered user.
+    let (code, _) = alice
+        .call::<(), serde_json::Value>(Method::GET, "/v1/metrics", NO_BODY)
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    // On the operator's address, plain HTTP.
+    let response = crate::support::plain_http()
+        .get(format!("http://{}/metrics", server.metrics))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
     assert!(
         text.contains("peerchat_rendezvous_registered_users 2"),
         "{text}"

@@ -11,7 +11,7 @@ use peerchat_pki::tls::{Credentials, rendezvous_client_config};
 use peerchat_pki::{CaCertificate, CertificateDer, Username, build_csr};
 use peerchat_rendezvous::api;
 use peerchat_rendezvous::limits::{Limits, Rate};
-use peerchat_rendezvous::{Config, prepare, run};
+use peerchat_rendezvous::{Config, prepare, run_with_metrics};
 use rand::rngs::OsRng;
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -46,6 +46,8 @@ pub fn test_limits() -> Limits {
 
 pub struct Server {
     pub addr: SocketAddr,
+    /// The operator's metrics address (plain HTTP).
+    pub metrics: SocketAddr,
     pub ca: CaCertificate,
     /// Deleted when the server is dropped.
     _dir: tempfile::TempDir,
@@ -68,9 +70,11 @@ impl Server {
         let ca = prepared.service.ca().certificate().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics = metrics_listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
-            run(listener, prepared, async {
+            run_with_metrics(listener, Some(metrics_listener), prepared, async {
                 let _ = stopped.await;
             })
             .await
@@ -78,6 +82,7 @@ impl Server {
         });
         Self {
             addr,
+            metrics,
             ca,
             _dir: dir,
             _stop: stop,
@@ -86,6 +91,11 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     /// A client without certificate.
@@ -125,6 +135,19 @@ pub fn client(ca: &CaCertificate, credentials: Option<Arc<Credentials>>) -> reqw
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// A client for plain HTTP (the operator's metrics): reqwest needs a TLS configuration even then.
+pub fn plain_http() -> reqwest::Client {
+    let tls = rustls::ClientConfig::builder_with_provider(peerchat_pki::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
         .build()
         .unwrap()
 }
