@@ -375,6 +375,18 @@ pub enum DirectoryError {
     CaMismatch(String),
 }
 
+impl DirectoryError {
+    /// Whether the same request may succeed later: the rendezvous is unreachable, or it asked
+    /// us to slow down.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Refused { code, .. } => code == "rate_limited",
+            _ => false,
+        }
+    }
+}
+
 /// Certificates issued at registration.
 #[derive(Debug, Clone)]
 pub struct Issued {

@@ -35,6 +35,38 @@ impl Source {
     }
 }
 
+/// A network for rate limits: an IPv4 /24 or an IPv6 /48 (roughly one customer or site), so
+/// that taking a few more addresses of one's own network buys no more attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourcePrefix {
+    /// The first 24 bits of an IPv4 address (an IPv4-mapped IPv6 address counts as IPv4).
+    V4([u8; 3]),
+    /// The first 48 bits of an IPv6 address.
+    V6([u8; 6]),
+}
+
+impl SourcePrefix {
+    /// The prefix `ip` belongs to.
+    pub fn of(ip: IpAddr) -> Self {
+        let v4 = match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+        };
+        match (v4, ip) {
+            (Some(v4), _) => {
+                let [a, b, c, _] = v4.octets();
+                Self::V4([a, b, c])
+            }
+            (None, IpAddr::V6(v6)) => {
+                let mut prefix = [0u8; 6];
+                prefix.copy_from_slice(&v6.octets()[..6]);
+                Self::V6(prefix)
+            }
+            (None, IpAddr::V4(_)) => Self::V4([0; 3]),
+        }
+    }
+}
+
 /// Open connections per source, bounded. Cloning shares the counts.
 #[derive(Debug, Clone)]
 pub struct PerSource {
@@ -158,6 +190,16 @@ mod tests {
             Source::of(v4),
             Source::of("198.18.0.2".parse::<IpAddr>().unwrap())
         );
+    }
+
+    #[test]
+    fn rate_limit_prefixes_are_ipv4_24_and_ipv6_48() {
+        let of = |s: &str| SourcePrefix::of(s.parse().unwrap());
+        assert_eq!(of("198.18.7.1"), of("198.18.7.254"));
+        assert_ne!(of("198.18.7.1"), of("198.18.8.1"));
+        assert_eq!(of("::ffff:198.18.7.9"), of("198.18.7.1"));
+        assert_eq!(of("2001:db8:1::1"), of("2001:db8:1:ffff::2"));
+        assert_ne!(of("2001:db8:1::1"), of("2001:db8:2::1"));
     }
 
     #[test]

@@ -33,9 +33,16 @@ pub struct Limits {
     pub certificate_validity: Duration,
     /// Lifetime of each CRL (a new one is signed well before).
     pub crl_validity: Duration,
-    /// Registrations and logins per client IP: burst and refill period per request.
-    pub auth_per_ip: Rate,
-    /// Login attempts per account.
+    /// Registrations and logins per source network (IPv4 /24, IPv6 /48): burst and refill
+    /// period per request.
+    pub auth_per_prefix: Rate,
+    /// Registrations from everyone together: many addresses do not buy many accounts.
+    pub registrations: Rate,
+    /// Login attempts per account from one source network: a guesser elsewhere does not lock
+    /// the owner out.
+    pub login_per_account_prefix: Rate,
+    /// Login attempts per account from all networks together: the ceiling a guesser with many
+    /// networks meets.
     pub login_per_account: Rate,
     /// Lookups and bundle fetches per caller.
     pub lookups_per_user: Rate,
@@ -82,13 +89,21 @@ impl Default for Limits {
             max_presence_ttl: Duration::from_secs(3600),
             certificate_validity: peerchat_pki::DEFAULT_PEER_VALIDITY,
             crl_validity: Duration::from_secs(7 * 24 * 3600),
-            auth_per_ip: Rate {
+            auth_per_prefix: Rate {
                 burst: 10,
                 period: Duration::from_secs(6),
             },
-            login_per_account: Rate {
+            registrations: Rate {
+                burst: 60,
+                period: Duration::from_secs(1),
+            },
+            login_per_account_prefix: Rate {
                 burst: 5,
                 period: Duration::from_secs(60),
+            },
+            login_per_account: Rate {
+                burst: 50,
+                period: Duration::from_secs(10),
             },
             lookups_per_user: Rate {
                 burst: 120,

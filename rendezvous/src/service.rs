@@ -22,6 +22,7 @@ use rand::rngs::OsRng;
 use tokio::sync::Notify;
 
 use crate::api;
+use crate::connections::SourcePrefix;
 use crate::error::ApiError;
 use crate::limits::{Limits, Rate};
 use crate::store::{
@@ -42,7 +43,9 @@ pub struct Caller {
 }
 
 struct Limiters {
-    auth_per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    auth_per_prefix: DefaultKeyedRateLimiter<SourcePrefix>,
+    registrations: DefaultKeyedRateLimiter<()>,
+    login_per_account_prefix: DefaultKeyedRateLimiter<(Username, SourcePrefix)>,
     login_per_account: DefaultKeyedRateLimiter<Username>,
     lookups_per_user: DefaultKeyedRateLimiter<Username>,
     deposits_per_user: DefaultKeyedRateLimiter<Username>,
@@ -132,7 +135,9 @@ impl<S: Store> Rendezvous<S> {
             .map_err(|e| internal("installing the CRL", e))?;
         Ok(Self {
             limiters: Limiters {
-                auth_per_ip: limiter(limits.auth_per_ip),
+                auth_per_prefix: limiter(limits.auth_per_prefix),
+                registrations: limiter(limits.registrations),
+                login_per_account_prefix: limiter(limits.login_per_account_prefix),
                 login_per_account: limiter(limits.login_per_account),
                 lookups_per_user: limiter(limits.lookups_per_user),
                 deposits_per_user: limiter(limits.deposits_per_user),
@@ -238,8 +243,9 @@ impl<S: Store> Rendezvous<S> {
         request: api::RegisterRequest,
         now: SystemTime,
     ) -> Result<api::CertificateResponse, ApiError> {
-        check(&self.limiters.auth_per_ip, &client)?;
+        check(&self.limiters.auth_per_prefix, &SourcePrefix::of(client))?;
         validate_password(&request.password)?;
+        check(&self.limiters.registrations, &())?;
         let csr = decode_b64("csr", &request.csr)?;
         if self.store.account(&request.username)?.is_some() {
             return Err(taken());
@@ -275,7 +281,12 @@ impl<S: Store> Rendezvous<S> {
         request: api::LoginRequest,
         now: SystemTime,
     ) -> Result<api::CertificateResponse, ApiError> {
-        check(&self.limiters.auth_per_ip, &client)?;
+        let prefix = SourcePrefix::of(client);
+        check(&self.limiters.auth_per_prefix, &prefix)?;
+        check(
+            &self.limiters.login_per_account_prefix,
+            &(request.username.clone(), prefix),
+        )?;
         check(&self.limiters.login_per_account, &request.username)?;
         let csr = decode_b64("csr", &request.csr)?;
         let account = self.store.account(&request.username)?;
@@ -756,8 +767,10 @@ impl<S: Store> Rendezvous<S> {
             l.retain_recent();
             l.shrink_to_fit();
         }
-        self.limiters.auth_per_ip.retain_recent();
-        self.limiters.auth_per_ip.shrink_to_fit();
+        self.limiters.auth_per_prefix.retain_recent();
+        self.limiters.auth_per_prefix.shrink_to_fit();
+        self.limiters.login_per_account_prefix.retain_recent();
+        self.limiters.login_per_account_prefix.shrink_to_fit();
         self.crl(now)?;
         Ok(())
     }

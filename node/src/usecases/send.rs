@@ -5,8 +5,8 @@ use peerchat_pki::Username;
 use super::{Node, NodeError};
 use crate::domain::{Ack, Content, Envelope, MessageId};
 use crate::ports::{
-    Clock, Direction, Directory, DirectoryError, Event, MessageStatus, Network, Notifier,
-    OutboxEntry, Recipient, Store, StoredMessage,
+    Clock, Direction, Directory, Event, MessageStatus, Network, Notifier, OutboxEntry, Recipient,
+    Store, StoredMessage,
 };
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
@@ -30,10 +30,11 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         let contact = self.contact_for(to).await?;
         let contact = match self.current_key(to, contact.clone()).await {
             Ok(contact) => contact,
-            // The rendezvous is unreachable: the message is queued for the pinned key (a key
-            // change is still caught before delivery, and the receiver refuses a stale key).
-            Err(NodeError::Directory(DirectoryError::Unavailable(e))) => {
-                tracing::info!(error = %e, "key check skipped: the rendezvous is unreachable");
+            // The rendezvous is unreachable or asks us to slow down: the message is queued for
+            // the pinned key (a key change is still caught before delivery, and the receiver
+            // refuses a stale key).
+            Err(NodeError::Directory(e)) if e.is_transient() => {
+                tracing::info!(error = %e, "key check skipped for now");
                 contact
             }
             Err(e) => return Err(e),

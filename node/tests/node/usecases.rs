@@ -50,7 +50,15 @@ fn given_a_rendezvous() -> World {
             burst: 10_000,
             period: Duration::from_millis(1),
         },
-        auth_per_ip: Rate {
+        auth_per_prefix: Rate {
+            burst: 10_000,
+            period: Duration::from_millis(1),
+        },
+        registrations: Rate {
+            burst: 10_000,
+            period: Duration::from_millis(1),
+        },
+        login_per_account_prefix: Rate {
             burst: 10_000,
             period: Duration::from_millis(1),
         },

@@ -11,7 +11,7 @@ use peerchat_rendezvous::limits::Rate;
 use rand::rngs::OsRng;
 use reqwest::{Method, StatusCode};
 
-use crate::support::{NO_BODY, PASSWORD, Server, send, test_limits};
+use crate::support::{NO_BODY, PASSWORD, Server, User, send, test_limits};
 
 #[tokio::test]
 async fn twenty_parallel_bundle_fetches_hand_out_each_one_time_prekey_at_most_once() {
@@ -96,28 +96,86 @@ async fn mailbox_quota_and_size_limits_answer_as_specified() {
     );
 }
 
-#[tokio::test]
-async fn registration_is_rate_limited_per_client_ip() {
-    let mut limits = test_limits();
-    limits.auth_per_ip = Rate {
-        burst: 3,
-        period: Duration::from_secs(60),
-    };
-    let server = Server::start(limits).await;
-    for name in ["user1", "user2", "user3"] {
-        server.register(name).await;
-    }
+/// An anonymous client whose connections come from `from` (any 127.0.0.0/8 address is this host).
+fn client_from(server: &Server, from: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(
+            peerchat_pki::tls::rendezvous_client_config(&server.ca, None).unwrap(),
+        )
+        .local_address(std::net::IpAddr::from(from))
+        .build()
+        .unwrap()
+}
+
+async fn register_from(server: &Server, from: [u8; 4], name: &str) -> StatusCode {
     let key = SigningKey::generate(&mut OsRng);
-    let username = Username::new("user4").unwrap();
+    let username = Username::new(name).unwrap();
     let request = api::RegisterRequest {
         username: username.clone(),
         password: PASSWORD.into(),
         csr: B64.encode(build_csr(&key, &username).unwrap()),
     };
-    let response = server
-        .anonymous()
+    client_from(server, from)
         .post(server.url("/v1/accounts"))
         .json(&request)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+async fn login_from(server: &Server, from: [u8; 4], user: &User, password: &str) -> StatusCode {
+    let login = api::LoginRequest {
+        username: user.username.clone(),
+        password: password.into(),
+        totp: None,
+        csr: B64.encode(build_csr(&user.key, &user.username).unwrap()),
+    };
+    client_from(server, from)
+        .post(server.url("/v1/sessions"))
+        .json(&login)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn registrations_are_limited_per_network_and_in_all_whatever_the_addresses() {
+    let mut limits = test_limits();
+    limits.auth_per_prefix = Rate {
+        burst: 3,
+        period: Duration::from_secs(60),
+    };
+    limits.registrations = Rate {
+        burst: 5,
+        period: Duration::from_secs(60),
+    };
+    let server = Server::start(limits).await;
+    // Four addresses of one /24 count as one network.
+    let mut one_network = Vec::new();
+    for (i, host) in [1u8, 2, 3, 4].into_iter().enumerate() {
+        one_network.push(register_from(&server, [127, 0, 0, host], &format!("near{i}")).await);
+    }
+    assert_eq!(
+        one_network,
+        [
+            StatusCode::CREATED,
+            StatusCode::CREATED,
+            StatusCode::CREATED,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    // The refusal says when to come back, as JSON.
+    let key = SigningKey::generate(&mut OsRng);
+    let username = Username::new("near9").unwrap();
+    let response = client_from(&server, [127, 0, 0, 9])
+        .post(server.url("/v1/accounts"))
+        .json(&api::RegisterRequest {
+            username: username.clone(),
+            password: PASSWORD.into(),
+            csr: B64.encode(build_csr(&key, &username).unwrap()),
+        })
         .send()
         .await
         .unwrap();
@@ -130,39 +188,74 @@ async fn registration_is_rate_limited_per_client_ip() {
     assert!((1..=60).contains(&retry), "{retry}");
     let body: api::ErrorBody = response.json().await.unwrap();
     assert_eq!(body.error, "rate_limited");
+
+    // Many networks: the global rate caps them all (5 in all, 3 already taken).
+    let mut many = Vec::new();
+    for n in 1u8..=6 {
+        many.push(register_from(&server, [127, 0, n, 1], &format!("far{n}")).await);
+    }
+    assert_eq!(
+        many,
+        [
+            StatusCode::CREATED,
+            StatusCode::CREATED,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
 }
 
 #[tokio::test]
-async fn password_guesses_are_rate_limited_per_account() {
+async fn a_guesser_elsewhere_does_not_lock_the_owner_out_but_meets_a_ceiling_per_account() {
     let mut limits = test_limits();
+    limits.login_per_account_prefix = Rate {
+        burst: 3,
+        period: Duration::from_secs(60),
+    };
     limits.login_per_account = Rate {
-        burst: 2,
+        burst: 10,
         period: Duration::from_secs(60),
     };
     let server = Server::start(limits).await;
     let alice = server.register("alice").await;
-    let login = api::LoginRequest {
-        username: alice.username.clone(),
-        password: "wrong password".into(),
-        totp: None,
-        csr: B64.encode(build_csr(&alice.key, &alice.username).unwrap()),
-    };
-    let url = server.url("/v1/sessions");
-    let mut codes = Vec::new();
-    for _ in 0..3 {
-        let (code, _) =
-            send::<_, serde_json::Value>(&server.anonymous(), Method::POST, &url, Some(&login))
-                .await;
-        codes.push(code);
+
+    // The guesser's network is stopped after three tries...
+    let mut guesses = Vec::new();
+    for _ in 0..4 {
+        guesses.push(login_from(&server, [127, 0, 1, 1], &alice, "wrong password").await);
     }
     assert_eq!(
-        codes,
+        guesses,
         [
+            StatusCode::UNAUTHORIZED,
             StatusCode::UNAUTHORIZED,
             StatusCode::UNAUTHORIZED,
             StatusCode::TOO_MANY_REQUESTS
         ]
     );
+    // ...while the owner, on her own network, logs in.
+    assert_eq!(
+        login_from(&server, [127, 0, 0, 1], &alice, PASSWORD).await,
+        StatusCode::OK
+    );
+    // Guesses from many networks meet the account's ceiling: 10 attempts in all, 4 used (the
+    // refused fourth guess was stopped before it counted against the account).
+    let mut spread = Vec::new();
+    for n in 2u8..=5 {
+        for _ in 0..2 {
+            spread.push(login_from(&server, [127, 0, n, 1], &alice, "wrong password").await);
+        }
+    }
+    assert_eq!(
+        spread
+            .iter()
+            .filter(|c| **c == StatusCode::UNAUTHORIZED)
+            .count(),
+        6
+    );
+    assert_eq!(spread.last(), Some(&StatusCode::TOO_MANY_REQUESTS));
 }
 
 #[tokio::test]

@@ -24,7 +24,15 @@ pub const PASSWORD: &str = "correct horse battery";
 pub fn test_limits() -> Limits {
     Limits {
         argon2_memory_kib: 256,
-        auth_per_ip: Rate {
+        auth_per_prefix: Rate {
+            burst: 1000,
+            period: Duration::from_millis(1),
+        },
+        registrations: Rate {
+            burst: 1000,
+            period: Duration::from_millis(1),
+        },
+        login_per_account_prefix: Rate {
             burst: 1000,
             period: Duration::from_millis(1),
         },
