@@ -106,6 +106,7 @@ fn main() {
         let limits = Limits {
             argon2_memory_kib: 1024,
             lookups_per_user: Rate { burst: 1_000_000, period: Duration::from_nanos(1) },
+            one_time_prekeys_per_pair: Rate { burst: 1_000_000, period: Duration::from_nanos(1) },
             ..Limits::default()
         };
         let ca = CertificateAuthority::generate("bench CA", SystemTime::now(), &mut OsRng).unwrap();

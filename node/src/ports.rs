@@ -416,6 +416,8 @@ pub struct Mailbox {
     pub items: Vec<MailItem>,
     /// The number of the CRL in force at the rendezvous (absent from an older rendezvous).
     pub crl_number: Option<u64>,
+    /// Our one-time prekeys are running low at the rendezvous.
+    pub prekeys_low: bool,
 }
 
 /// An envelope from the mailbox.

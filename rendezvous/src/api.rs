@@ -224,6 +224,10 @@ pub struct MailboxResponse {
     /// nodes learn of a revocation within a round trip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crl_number: Option<u64>,
+    /// The owner's one-time prekeys are running low: upload more now. A long poll also answers
+    /// as soon as a bundle fetch leaves them low.
+    #[serde(default)]
+    pub prekeys_low: bool,
 }
 
 /// Every error: a stable machine-readable code and a sentence for people.

@@ -13,6 +13,10 @@ pub struct Limits {
     pub mailbox_max_envelopes: u32,
     /// Most bytes waiting for one recipient.
     pub mailbox_max_bytes: u64,
+    /// Most envelopes from one sender waiting for one recipient.
+    pub mailbox_max_envelopes_per_sender: u32,
+    /// Most bytes from one sender waiting for one recipient.
+    pub mailbox_max_bytes_per_sender: u64,
     /// How long an envelope waits before it is dropped unread.
     pub mailbox_expiry: Duration,
     /// Longest long-poll on the mailbox.
@@ -46,6 +50,9 @@ pub struct Limits {
     pub login_per_account: Rate,
     /// Lookups and bundle fetches per caller.
     pub lookups_per_user: Rate,
+    /// One-time prekeys one caller may take of one target's (a session needs one); past it,
+    /// bundles carry the signed prekey only.
+    pub one_time_prekeys_per_pair: Rate,
     /// Deposits per caller.
     pub deposits_per_user: Rate,
     /// Argon2id memory cost in KiB (time cost 2, one lane).
@@ -79,6 +86,8 @@ impl Default for Limits {
             max_envelope_bytes: 128 * 1024,
             mailbox_max_envelopes: 1000,
             mailbox_max_bytes: 16 * 1024 * 1024,
+            mailbox_max_envelopes_per_sender: 250,
+            mailbox_max_bytes_per_sender: 4 * 1024 * 1024,
             mailbox_expiry: Duration::from_secs(30 * 24 * 3600),
             max_mailbox_wait: Duration::from_secs(30),
             max_one_time_prekeys: 200,
@@ -108,6 +117,10 @@ impl Default for Limits {
             lookups_per_user: Rate {
                 burst: 120,
                 period: Duration::from_millis(100),
+            },
+            one_time_prekeys_per_pair: Rate {
+                burst: 3,
+                period: Duration::from_secs(3600),
             },
             deposits_per_user: Rate {
                 burst: 200,

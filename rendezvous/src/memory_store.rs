@@ -186,9 +186,14 @@ impl Store for MemoryStore {
         if mailbox.iter().any(|e| e.id == envelope.id) {
             return Ok(Deposit::Duplicate);
         }
+        let size = envelope.envelope.len() as u64;
         let bytes: u64 = mailbox.iter().map(|e| e.envelope.len() as u64).sum();
+        let from_sender = || mailbox.iter().filter(|e| e.sender == envelope.sender);
+        let sender_bytes: u64 = from_sender().map(|e| e.envelope.len() as u64).sum();
         if mailbox.len() as u32 >= quota.max_envelopes
-            || bytes + envelope.envelope.len() as u64 > quota.max_bytes
+            || bytes + size > quota.max_bytes
+            || from_sender().count() as u32 >= quota.max_envelopes_per_sender
+            || sender_bytes + size > quota.max_bytes_per_sender
         {
             return Ok(Deposit::QuotaExceeded);
         }

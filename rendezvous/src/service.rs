@@ -47,6 +47,7 @@ struct Limiters {
     registrations: DefaultKeyedRateLimiter<()>,
     login_per_account_prefix: DefaultKeyedRateLimiter<(Username, SourcePrefix)>,
     login_per_account: DefaultKeyedRateLimiter<Username>,
+    one_time_per_pair: DefaultKeyedRateLimiter<(Username, Username)>,
     lookups_per_user: DefaultKeyedRateLimiter<Username>,
     deposits_per_user: DefaultKeyedRateLimiter<Username>,
 }
@@ -139,6 +140,7 @@ impl<S: Store> Rendezvous<S> {
                 registrations: limiter(limits.registrations),
                 login_per_account_prefix: limiter(limits.login_per_account_prefix),
                 login_per_account: limiter(limits.login_per_account),
+                one_time_per_pair: limiter(limits.one_time_prekeys_per_pair),
                 lookups_per_user: limiter(limits.lookups_per_user),
                 deposits_per_user: limiter(limits.deposits_per_user),
             },
@@ -523,11 +525,26 @@ impl<S: Store> Rendezvous<S> {
         let signed = self.store.signed_prekey(target)?.ok_or_else(|| {
             ApiError::not_found("no_prekeys", "this user has not published prekeys yet")
         })?;
-        let one_time = self.store.take_one_time_prekey(target)?;
+        // One session needs one one-time prekey: past a few per (caller, target), the bundle
+        // carries the signed prekey only, so no one can drain another's supply.
+        let may_take = self
+            .limiters
+            .one_time_per_pair
+            .check_key(&(caller.username.clone(), target.clone()))
+            .is_ok();
+        let one_time = if may_take {
+            self.store.take_one_time_prekey(target)?
+        } else {
+            None
+        };
         if one_time.is_some() {
             self.store.flush().await?;
         }
         let left = self.store.count_one_time_prekeys(target)?;
+        if one_time.is_some() && left < self.limits.low_prekey_threshold {
+            // Tell the owner now, through the long poll it holds, not at its next refresh.
+            self.wake(target);
+        }
         Ok(api::BundleResponse {
             username: target.clone(),
             identity_key: B64.encode(account.identity_key),
@@ -633,6 +650,8 @@ impl<S: Store> Rendezvous<S> {
         let quota = Quota {
             max_envelopes: self.limits.mailbox_max_envelopes,
             max_bytes: self.limits.mailbox_max_bytes,
+            max_envelopes_per_sender: self.limits.mailbox_max_envelopes_per_sender,
+            max_bytes_per_sender: self.limits.mailbox_max_bytes_per_sender,
         };
         let status = match self.store.deposit(recipient, &stored, quota)? {
             Deposit::Stored => api::DepositStatus::Stored,
@@ -646,14 +665,8 @@ impl<S: Store> Rendezvous<S> {
             }
         };
         self.store.flush().await?;
-        if status == api::DepositStatus::Stored
-            && let Some(waiter) = self
-                .waiters
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(recipient)
-        {
-            waiter.notify_waiters();
+        if status == api::DepositStatus::Stored {
+            self.wake(recipient);
         }
         Ok(api::DepositResponse { status })
     }
@@ -717,8 +730,15 @@ impl<S: Store> Rendezvous<S> {
                     "this certificate has been revoked",
                 ));
             }
-            // `None`: woken by a deposit, look again.
-            if let Some(envelopes) = outcome? {
+            let prekeys_low =
+                self.store.count_one_time_prekeys(owner)? < self.limits.low_prekey_threshold;
+            // `None`: woken by a deposit (look again) or by a bundle that left the owner's
+            // prekeys low (answer now, so the owner tops up at once).
+            let outcome = match outcome? {
+                None if prekeys_low => Some(Vec::new()),
+                other => other,
+            };
+            if let Some(envelopes) = outcome {
                 return Ok(api::MailboxResponse {
                     envelopes: envelopes
                         .into_iter()
@@ -731,6 +751,7 @@ impl<S: Store> Rendezvous<S> {
                         })
                         .collect(),
                     crl_number: Some(self.current_crl_number()),
+                    prekeys_low,
                 });
             }
         }
@@ -769,6 +790,8 @@ impl<S: Store> Rendezvous<S> {
         }
         self.limiters.auth_per_prefix.retain_recent();
         self.limiters.auth_per_prefix.shrink_to_fit();
+        self.limiters.one_time_per_pair.retain_recent();
+        self.limiters.one_time_per_pair.shrink_to_fit();
         self.limiters.login_per_account_prefix.retain_recent();
         self.limiters.login_per_account_prefix.shrink_to_fit();
         self.crl(now)?;
@@ -787,6 +810,18 @@ impl<S: Store> Rendezvous<S> {
     pub async fn flush(&self) -> Result<(), ApiError> {
         self.store.flush().await?;
         Ok(())
+    }
+
+    /// Wakes `owner`'s long poll, if one is held.
+    fn wake(&self, owner: &Username) {
+        if let Some(waiter) = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(owner)
+        {
+            waiter.notify_waiters();
+        }
     }
 
     fn waiter(&self, owner: &Username) -> Arc<Notify> {

@@ -95,6 +95,12 @@ fn prefix(username: &Username) -> Vec<u8> {
     key(username, &[])
 }
 
+/// The key of one sender's totals in a recipient's mailbox: `recipient ‖ 0 ‖ sender` (the
+/// recipient's own totals are under `recipient ‖ 0`).
+fn sender_meta_key(recipient: &Username, sender: &Username) -> Vec<u8> {
+    key(recipient, sender.as_str().as_bytes())
+}
+
 fn mail_meta_decode(bytes: Option<&[u8]>) -> (u32, u64) {
     match bytes {
         Some(b) if b.len() == 12 => (
@@ -171,13 +177,25 @@ impl SledStore {
                     return Ok(false);
                 };
                 let (count, bytes) = mail_meta_decode(meta.get(&meta_key)?.as_deref());
-                let len = decode_envelope(&value)
-                    .map(|e| e.envelope.len() as u64)
-                    .unwrap_or(0);
+                let envelope = decode_envelope(&value).ok();
+                let len = envelope.as_ref().map_or(0, |e| e.envelope.len() as u64);
                 meta.insert(
                     meta_key.as_slice(),
                     mail_meta_encode(count.saturating_sub(1), bytes.saturating_sub(len)),
                 )?;
+                if let Some(envelope) = envelope {
+                    let sender_key = sender_meta_key(recipient, &envelope.sender);
+                    let (from_sender, sender_bytes) =
+                        mail_meta_decode(meta.get(&sender_key)?.as_deref());
+                    if from_sender <= 1 {
+                        meta.remove(sender_key.as_slice())?;
+                    } else {
+                        meta.insert(
+                            sender_key.as_slice(),
+                            mail_meta_encode(from_sender - 1, sender_bytes.saturating_sub(len)),
+                        )?;
+                    }
+                }
                 Ok::<_, ConflictableTransactionError<StoreError>>(true)
             })
             .map_err(tx_err)?;
@@ -412,6 +430,7 @@ impl Store for SledStore {
     ) -> Result<Deposit, StoreError> {
         let id_key = key(recipient, &envelope.id);
         let meta_key = prefix(recipient);
+        let sender_key = sender_meta_key(recipient, &envelope.sender);
         let value = encode(envelope)?;
         let size = envelope.envelope.len() as u64;
         let outcome = (&self.mail, &self.mail_ids, &self.mail_meta)
@@ -420,7 +439,13 @@ impl Store for SledStore {
                     return Ok(Deposit::Duplicate);
                 }
                 let (count, bytes) = mail_meta_decode(meta.get(&meta_key)?.as_deref());
-                if count >= quota.max_envelopes || bytes + size > quota.max_bytes {
+                let (from_sender, sender_bytes) =
+                    mail_meta_decode(meta.get(&sender_key)?.as_deref());
+                if count >= quota.max_envelopes
+                    || bytes + size > quota.max_bytes
+                    || from_sender >= quota.max_envelopes_per_sender
+                    || sender_bytes + size > quota.max_bytes_per_sender
+                {
                     return Ok(Deposit::QuotaExceeded);
                 }
                 let seq = mail.generate_id()?.to_be_bytes();
@@ -429,6 +454,10 @@ impl Store for SledStore {
                 meta.insert(
                     meta_key.as_slice(),
                     mail_meta_encode(count + 1, bytes + size),
+                )?;
+                meta.insert(
+                    sender_key.as_slice(),
+                    mail_meta_encode(from_sender + 1, sender_bytes + size),
                 )?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(Deposit::Stored)
             })

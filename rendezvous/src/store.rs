@@ -188,6 +188,10 @@ pub struct Quota {
     pub max_envelopes: u32,
     /// Most bytes.
     pub max_bytes: u64,
+    /// Most envelopes from one sender: junk from one account cannot fill the mailbox.
+    pub max_envelopes_per_sender: u32,
+    /// Most bytes from one sender.
+    pub max_bytes_per_sender: u64,
 }
 
 /// The storage port.

@@ -84,6 +84,7 @@ pub fn mailbox(wire: api::MailboxResponse) -> Result<crate::ports::Mailbox, Dire
             .map(mail_item)
             .collect::<Result<_, _>>()?,
         crl_number: wire.crl_number,
+        prekeys_low: wire.prekeys_low,
     })
 }
 

@@ -53,6 +53,11 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             count: mailbox.items.len(),
             crl_number: mailbox.crl_number,
         };
+        if mailbox.prekeys_low
+            && let Err(e) = self.refresh_prekeys().await
+        {
+            tracing::warn!(error = %e, "topping up one-time prekeys failed");
+        }
         for item in mailbox.items {
             let ack = match Envelope::decode(&item.envelope) {
                 Ok(envelope) if envelope.id == item.id => {

@@ -17,19 +17,39 @@ pub(crate) const PASSWORD: &str = "correct horse battery";
 
 /// A rendezvous served by this process on 127.0.0.1:0.
 pub(crate) async fn rendezvous(dir: &Path) -> String {
-    let config = Config {
-        data_dir: dir.to_path_buf(),
-        hostnames: vec![HostName::parse("localhost"), HostName::parse("127.0.0.1")],
-        limits: Limits {
+    rendezvous_with(
+        dir,
+        Limits {
             argon2_memory_kib: 1024,
             ..Limits::default()
         },
+    )
+    .await
+    .0
+}
+
+/// A rendezvous with `limits` served by this process on 127.0.0.1:0: its URL and its service
+/// (for looking into its store).
+pub(crate) async fn rendezvous_with(
+    dir: &Path,
+    limits: Limits,
+) -> (
+    String,
+    std::sync::Arc<
+        peerchat_rendezvous::service::Rendezvous<peerchat_rendezvous::sled_store::SledStore>,
+    >,
+) {
+    let config = Config {
+        data_dir: dir.to_path_buf(),
+        hostnames: vec![HostName::parse("localhost"), HostName::parse("127.0.0.1")],
+        limits,
     };
     let prepared = prepare(&config, SystemTime::now()).unwrap();
+    let service = prepared.service.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { run(listener, prepared, std::future::pending()).await });
-    format!("https://localhost:{port}")
+    (format!("https://localhost:{port}"), service)
 }
 
 /// The daemon's log, kept beside its data for people to look at when a test fails.

@@ -34,7 +34,7 @@ pub(crate) async fn eventually(what: &str, mut probe: impl FnMut() -> bool) {
 
 /// A user with no node: registered through the rendezvous API with a key the test holds, its
 /// certificate and key written to files for `peerchat probe`.
-struct Outsider {
+pub(crate) struct Outsider {
     http: reqwest::Client,
     base: String,
     cert: PathBuf,
@@ -42,7 +42,7 @@ struct Outsider {
 }
 
 impl Outsider {
-    async fn register(name: &str, base: &str, ca: &CaCertificate, dir: &Path) -> Self {
+    pub(crate) async fn register(name: &str, base: &str, ca: &CaCertificate, dir: &Path) -> Self {
         let key = SigningKey::generate(&mut OsRng);
         let username = Username::new(name).unwrap();
         let anonymous = reqwest::Client::builder()
@@ -101,6 +101,34 @@ impl Outsider {
             cert,
             key_file,
         }
+    }
+
+    /// Deposits `envelope` (already encoded) for `to` under `id`; returns the HTTP status.
+    pub(crate) async fn deposit(&self, to: &str, id: &str, envelope: &[u8]) -> u16 {
+        self.http
+            .post(format!("{}/v1/mailbox/{to}", self.base))
+            .json(&api::DepositRequest {
+                id: id.to_owned(),
+                envelope: B64.encode(envelope),
+            })
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// Fetches `target`'s prekey bundle; returns whether it held a one-time prekey.
+    pub(crate) async fn bundle_has_one_time_prekey(&self, target: &str) -> bool {
+        let response = self
+            .http
+            .post(format!("{}/v1/users/{target}/bundle", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        let bundle: api::BundleResponse = response.json().await.unwrap();
+        bundle.one_time_prekey.is_some()
     }
 
     async fn revoke(&self) {

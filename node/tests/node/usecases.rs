@@ -46,6 +46,10 @@ fn given_a_rendezvous() -> World {
             burst: 10_000,
             period: Duration::from_millis(1),
         },
+        one_time_prekeys_per_pair: Rate {
+            burst: 10_000,
+            period: Duration::from_millis(1),
+        },
         deposits_per_user: Rate {
             burst: 10_000,
             period: Duration::from_millis(1),

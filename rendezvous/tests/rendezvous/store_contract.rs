@@ -21,6 +21,8 @@ async fn contract(store: &impl Store) {
     let quota = Quota {
         max_envelopes: 2,
         max_bytes: 100,
+        max_envelopes_per_sender: 10,
+        max_bytes_per_sender: 1000,
     };
 
     assert_eq!(
@@ -66,6 +68,56 @@ async fn contract(store: &impl Store) {
         store.deposit(&alice, &envelope(5, 90, 500), quota).unwrap(),
         Deposit::Stored,
         "quota freed"
+    );
+
+    // One sender's share: bob may hold at most 2 of carol's 4 places; dave still gets in, and an
+    // acknowledgement gives bob his place back.
+    let carol = Username::new("carol").unwrap();
+    let shared = Quota {
+        max_envelopes: 4,
+        max_bytes: 1000,
+        max_envelopes_per_sender: 2,
+        max_bytes_per_sender: 1000,
+    };
+    let from = |sender: &str, id: u8| StoredEnvelope {
+        sender: Username::new(sender).unwrap(),
+        ..envelope(id, 10, 500)
+    };
+    assert_eq!(
+        store.deposit(&carol, &from("bob", 10), shared).unwrap(),
+        Deposit::Stored
+    );
+    assert_eq!(
+        store.deposit(&carol, &from("bob", 11), shared).unwrap(),
+        Deposit::Stored
+    );
+    assert_eq!(
+        store.deposit(&carol, &from("bob", 12), shared).unwrap(),
+        Deposit::QuotaExceeded,
+        "bob's share is used up"
+    );
+    assert_eq!(
+        store.deposit(&carol, &from("dave", 13), shared).unwrap(),
+        Deposit::Stored
+    );
+    assert!(store.ack(&carol, &[10; 16]).unwrap());
+    assert_eq!(
+        store.deposit(&carol, &from("bob", 12), shared).unwrap(),
+        Deposit::Stored
+    );
+    let per_byte = Quota {
+        max_envelopes: 10,
+        max_bytes_per_sender: 15,
+        ..shared
+    };
+    assert_eq!(
+        store.deposit(&carol, &from("erin", 14), per_byte).unwrap(),
+        Deposit::Stored
+    );
+    assert_eq!(
+        store.deposit(&carol, &from("erin", 15), per_byte).unwrap(),
+        Deposit::QuotaExceeded,
+        "erin's bytes are used up"
     );
 
     let keys: Vec<_> = (0..5)

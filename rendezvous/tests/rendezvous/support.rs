@@ -44,6 +44,10 @@ pub fn test_limits() -> Limits {
             burst: 1000,
             period: Duration::from_millis(1),
         },
+        one_time_prekeys_per_pair: Rate {
+            burst: 1000,
+            period: Duration::from_millis(1),
+        },
         deposits_per_user: Rate {
             burst: 1000,
             period: Duration::from_millis(1),
