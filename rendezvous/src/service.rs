@@ -685,7 +685,10 @@ impl<S: Store> Rendezvous<S> {
         own_mailbox(caller, owner)?;
         let wait = wait.min(self.limits.max_mailbox_wait);
         let deadline = tokio::time::Instant::now() + wait;
+        // Woken once already: if the owner's prekeys are low, that is news worth answering.
+        let mut woken = false;
         loop {
+            let low_news = woken && self.prekeys_low(owner)?;
             let notify = self.waiter(owner);
             let outcome = {
                 let notified = notify.notified();
@@ -698,7 +701,9 @@ impl<S: Store> Rendezvous<S> {
                 let behind = known_crl.is_some_and(|known| known < self.current_crl_number());
                 match self.store.mailbox(owner, unix(SystemTime::now()), 100) {
                     Err(e) => Err(e),
-                    Ok(envelopes) if !envelopes.is_empty() || wait.is_zero() || behind => {
+                    Ok(envelopes)
+                        if !envelopes.is_empty() || wait.is_zero() || behind || low_news =>
+                    {
                         Ok(Some(envelopes))
                     }
                     Ok(_) => {
@@ -730,30 +735,26 @@ impl<S: Store> Rendezvous<S> {
                     "this certificate has been revoked",
                 ));
             }
-            let prekeys_low =
-                self.store.count_one_time_prekeys(owner)? < self.limits.low_prekey_threshold;
-            // `None`: woken by a deposit (look again) or by a bundle that left the owner's
-            // prekeys low (answer now, so the owner tops up at once).
-            let outcome = match outcome? {
-                None if prekeys_low => Some(Vec::new()),
-                other => other,
+            // `None`: woken by a deposit, or by a bundle fetch that left the owner's prekeys
+            // low: look again (and answer the latter, so the owner tops up at once).
+            let Some(envelopes) = outcome? else {
+                woken = true;
+                continue;
             };
-            if let Some(envelopes) = outcome {
-                return Ok(api::MailboxResponse {
-                    envelopes: envelopes
-                        .into_iter()
-                        .map(|e| api::MailboxEnvelope {
-                            id: hex(&e.id),
-                            sender: e.sender,
-                            envelope: B64.encode(&e.envelope),
-                            deposited_at: e.deposited_at,
-                            sender_key: e.sender_key.map(|k| B64.encode(k)),
-                        })
-                        .collect(),
-                    crl_number: Some(self.current_crl_number()),
-                    prekeys_low,
-                });
-            }
+            return Ok(api::MailboxResponse {
+                envelopes: envelopes
+                    .into_iter()
+                    .map(|e| api::MailboxEnvelope {
+                        id: hex(&e.id),
+                        sender: e.sender,
+                        envelope: B64.encode(&e.envelope),
+                        deposited_at: e.deposited_at,
+                        sender_key: e.sender_key.map(|k| B64.encode(k)),
+                    })
+                    .collect(),
+                crl_number: Some(self.current_crl_number()),
+                prekeys_low: self.prekeys_low(owner)?,
+            });
         }
     }
 
@@ -810,6 +811,11 @@ impl<S: Store> Rendezvous<S> {
     pub async fn flush(&self) -> Result<(), ApiError> {
         self.store.flush().await?;
         Ok(())
+    }
+
+    /// Whether `owner` holds fewer one-time prekeys than the low threshold.
+    fn prekeys_low(&self, owner: &Username) -> Result<bool, ApiError> {
+        Ok(self.store.count_one_time_prekeys(owner)? < self.limits.low_prekey_threshold)
     }
 
     /// Wakes `owner`'s long poll, if one is held.

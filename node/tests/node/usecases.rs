@@ -245,9 +245,9 @@ async fn given_neither_peer_nor_mailbox_reachable_then_the_message_waits_in_the_
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
     world.hub.set_online(&bob.name, false);
-    // Fill bob's mailbox quota (1,000 envelopes) so deposits are refused.
+    // Fill alice's share of bob's mailbox (250 envelopes) so her deposits are refused.
     use peerchat::ports::Directory;
-    for i in 0..1000u32 {
+    for i in 0..Limits::default().mailbox_max_envelopes_per_sender {
         let mut bytes = [0u8; 16];
         bytes[..4].copy_from_slice(&i.to_be_bytes());
         alice
