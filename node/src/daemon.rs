@@ -22,8 +22,16 @@ use crate::ports::{DeliveryError, Event, Network, Notifier, Recipient, Store, Sy
 use crate::usecases::Node;
 use peerchat_telemetry::Telemetry;
 
-/// File (in the data directory) holding the API address, for the CLI.
+/// File (in the data directory) holding the API address, for the CLI; present only while the
+/// daemon runs.
 pub const API_ADDR_FILE: &str = "api.addr";
+/// File (in the data directory) holding the API port of the last run, so the next run listens
+/// on the same one (a bookmarked window keeps working).
+pub const API_PORT_FILE: &str = "api.port";
+/// File (in the data directory) naming the rendezvous the daemon last used, for the CLI's hints.
+pub const RENDEZVOUS_FILE: &str = "rendezvous.url";
+/// File (in the data directory) the running daemon holds locked; it names the daemon's pid.
+pub const LOCK_FILE: &str = "daemon.lock";
 /// File (mode 0600) holding the hashes of the chat window's sessions.
 pub const UI_SESSIONS_FILE: &str = "ui-sessions";
 /// File (mode 0600) holding the API bearer token.
@@ -163,6 +171,12 @@ pub async fn run(
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
     }
+    // Held until the daemon stops: a second daemon on this directory is told who runs it.
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let _ = std::fs::write(config.data_dir.join(RENDEZVOUS_FILE), &config.rendezvous);
+    // Every background task holds a receiver: it stops when `true` is sent, and `closed()` on
+    // the sender tells when the last one has stopped.
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let store = SledStore::open(&config.data_dir.join("db"))
         .map_err(|e| DaemonError::Start(e.to_string()))?;
     let me = store
@@ -202,12 +216,13 @@ pub async fn run(
     );
 
     let start = {
-        let (node, network, config, ca, notifier) = (
+        let (node, network, config, ca, notifier, closing) = (
             node.clone(),
             network.clone(),
             config.clone(),
             ca.clone(),
             node_events.clone(),
+            closing.clone(),
         );
         move || {
             let (node, network, config, ca, notifier) = (
@@ -217,8 +232,9 @@ pub async fn run(
                 ca.clone(),
                 notifier.clone(),
             );
-            tokio::spawn(async move {
-                if let Err(e) = start_network(notifier, node, network, &config, ca).await {
+            let tasks = closing.clone();
+            supervised(closing.clone(), async move {
+                if let Err(e) = start_network(notifier, node, network, &config, ca, tasks).await {
                     tracing::error!(error = %e, "the network did not start");
                     eprintln!("peerchat: the network did not start: {e}");
                 }
@@ -236,7 +252,7 @@ pub async fn run(
 
     if config.desktop_notifications {
         let mut events = node_events.0.subscribe();
-        tokio::spawn(async move {
+        supervised(closing.clone(), async move {
             loop {
                 match events.recv().await {
                     Ok(Event::MessageReceived { peer, .. }) => {
@@ -255,9 +271,7 @@ pub async fn run(
         });
     }
     let token = token(&config.data_dir)?;
-    let listener = tokio::net::TcpListener::bind(config.api)
-        .await
-        .map_err(|e| io("binding the API", e))?;
+    let listener = bind_api(&config).await?;
     let addr = listener.local_addr().map_err(|e| io("API address", e))?;
     if !addr.ip().is_loopback() && !config.api_any_address {
         return Err(DaemonError::Start(format!(
@@ -272,15 +286,18 @@ pub async fn run(
     };
     std::fs::write(config.data_dir.join(API_ADDR_FILE), local.to_string())
         .map_err(|e| io("writing the API address", e))?;
+    let _ = std::fs::write(config.data_dir.join(API_PORT_FILE), addr.port().to_string());
     println!(
         "peerchat: API on http://{addr} (token in {})",
         config.data_dir.join(API_TOKEN_FILE).display()
     );
     let events = node_events.clone();
-    let (closing_tx, closing) = tokio::sync::watch::channel(false);
-    let shutdown = async move {
-        shutdown.await;
-        let _ = closing_tx.send(true);
+    let shutdown = {
+        let closing_tx = closing_tx.clone();
+        async move {
+            shutdown.await;
+            let _ = closing_tx.send(true);
+        }
     };
     let app = api::router(api::ApiState {
         node,
@@ -290,10 +307,81 @@ pub async fn run(
         ui: crate::driving::ui::Sessions::persistent(config.data_dir.join(UI_SESSIONS_FILE)),
         closing,
     });
-    api::serve(listener, app, shutdown)
+    let served = api::serve(listener, app, shutdown).await;
+    // Nobody answers there any more: the CLI and health checks must not think otherwise.
+    let _ = std::fs::remove_file(config.data_dir.join(API_ADDR_FILE));
+    let _ = closing_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(5), closing_tx.closed())
         .await
-        .map_err(|e| io("serving the API", e))?;
+        .is_err()
+    {
+        tracing::warn!("background tasks still running after 5 s; stopping anyway");
+    }
+    served.map_err(|e| io("serving the API", e))?;
     Ok(())
+}
+
+/// Runs `task` on its own until it ends or `true` is sent on `stop`'s channel; the receiver is
+/// held until then, so the sender's `closed()` waits for it.
+fn supervised(
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.wait_for(|stopping| *stopping) => {}
+            () = task => {}
+        }
+    });
+}
+
+/// Locks `DIR/daemon.lock` (and writes our pid into it), or says which daemon holds it.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, DaemonError> {
+    use std::io::{Read, Seek, Write};
+    let path = data_dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io("opening the lock file", e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(DaemonError::Start(format!(
+                "another peerchat daemon (pid {}) is already running on {}; stop it first, or use another --data-dir",
+                pid.trim(),
+                data_dir.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io("locking the data directory", e)),
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(std::process::id().to_string().as_bytes()))
+        .map_err(|e| io("writing the lock file", e))?;
+    Ok(file)
+}
+
+/// Binds the API: on `--api` as given, except that with port 0 the port of the last run is
+/// taken again when it is free.
+async fn bind_api(config: &DaemonConfig) -> Result<tokio::net::TcpListener, DaemonError> {
+    if config.api.port() == 0
+        && let Some(port) = std::fs::read_to_string(config.data_dir.join(API_PORT_FILE))
+            .ok()
+            .and_then(|p| p.trim().parse::<u16>().ok())
+            .filter(|p| *p != 0)
+        && let Ok(listener) =
+            tokio::net::TcpListener::bind(SocketAddr::new(config.api.ip(), port)).await
+    {
+        return Ok(listener);
+    }
+    tokio::net::TcpListener::bind(config.api)
+        .await
+        .map_err(|e| io(&format!("binding the API on {}", config.api), e))
 }
 
 /// Fetches the CRL and, if it is not older than the one in use, installs it and saves it for
@@ -323,6 +411,7 @@ async fn start_network(
     network: LateNetwork,
     config: &DaemonConfig,
     ca: peerchat_pki::CaCertificate,
+    tasks: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
     let identity = node
         .store()
@@ -382,10 +471,13 @@ async fn start_network(
     let _ = network.0.set(net.clone());
     {
         let node = node.clone();
-        tokio::spawn(p2p_inbound::serve(inbound, move |from, key, envelope| {
-            let node = node.clone();
-            async move { node.receive(&from, &key, envelope).await }
-        }));
+        supervised(
+            tasks.clone(),
+            p2p_inbound::serve(inbound, move |from, key, envelope| {
+                let node = node.clone();
+                async move { node.receive(&from, &key, envelope).await }
+            }),
+        );
     }
     // Reachable before saying so.
     if let Err(e) = node
@@ -409,7 +501,7 @@ async fn start_network(
             net.clone(),
             config.data_dir.clone(),
         );
-        tokio::spawn(async move {
+        supervised(tasks.clone(), async move {
             loop {
                 let known = trust.crl().map(|crl| crl.number());
                 match node.fetch_mail(MAILBOX_WAIT.as_secs(), known).await {
@@ -432,7 +524,7 @@ async fn start_network(
     {
         let node = node.clone();
         let give_up_after = config.give_up_after.as_millis() as u64;
-        tokio::spawn(async move {
+        supervised(tasks.clone(), async move {
             let mut tick = tokio::time::interval(OUTBOX_RETRY);
             loop {
                 tokio::select! {
@@ -454,7 +546,7 @@ async fn start_network(
             config.crl_refresh,
             config.data_dir.clone(),
         );
-        tokio::spawn(async move {
+        supervised(tasks.clone(), async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
@@ -465,7 +557,7 @@ async fn start_network(
         });
     }
     // Presence, prekeys and the certificate, kept fresh.
-    tokio::spawn(async move {
+    supervised(tasks.clone(), async move {
         let mut tick = tokio::time::interval(PRESENCE_TTL / 2);
         let mut round: u64 = 0;
         loop {

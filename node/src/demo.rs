@@ -44,6 +44,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     let (stop, stopped) = watch::channel(false);
+    // The rendezvous stops after the nodes, so that no node sees it gone while still running.
+    let (stop_rendezvous, rendezvous_stopped) = watch::channel(false);
     let signal = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.changed().await;
     };
@@ -56,6 +58,7 @@ pub async fn run(
     };
     let prepared = peerchat_rendezvous::prepare(&config, SystemTime::now())
         .map_err(|e| DaemonError::Start(e.to_string()))?;
+    let fingerprint = prepared.service.ca().certificate().fingerprint();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| DaemonError::Io(e.to_string()))?;
@@ -66,10 +69,11 @@ pub async fn run(
     let rendezvous = tokio::spawn(peerchat_rendezvous::run(
         listener,
         prepared,
-        signal(stopped.clone()),
+        signal(rendezvous_stopped),
     ));
     let url = format!("https://localhost:{port}");
-    println!("peerchat demo: rendezvous on {url}");
+    println!("peerchat demo: rendezvous on {url}, CA {fingerprint}");
+    println!("  (each node prints the CA it pinned: it must be this one)");
 
     let mut nodes = Vec::new();
     let mut links = Vec::new();
@@ -141,6 +145,7 @@ pub async fn run(
     for node in nodes {
         let _ = node.await;
     }
+    let _ = stop_rendezvous.send(true);
     let _ = rendezvous.await;
     println!("peerchat demo: stopped");
     Ok(())

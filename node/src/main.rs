@@ -13,14 +13,10 @@ use peerchat_telemetry::Telemetry;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// The node's data directory (keys, messages, the daemon's API address and token).
-    #[arg(
-        long,
-        global = true,
-        env = "PEERCHAT_DATA_DIR",
-        default_value = "peerchat-data"
-    )]
-    data_dir: PathBuf,
+    /// The node's data directory (keys, messages, the daemon's API address and token); by
+    /// default the platform's data directory (~/.local/share/peerchat on Linux).
+    #[arg(long, global = true, env = "PEERCHAT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,7 +26,7 @@ enum Command {
     /// Runs the node.
     Daemon {
         /// The rendezvous, e.g. https://localhost:8443.
-        #[arg(long, env = "PEERCHAT_RENDEZVOUS")]
+        #[arg(long, env = "PEERCHAT_RENDEZVOUS", value_parser = https_url)]
         rendezvous: String,
         /// The rendezvous CA certificate to trust (else it is pinned on first contact).
         #[arg(long, env = "PEERCHAT_CA_CERT")]
@@ -216,8 +212,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--rendezvous` must be an `https://` URL: the rendezvous speaks nothing else.
+fn https_url(raw: &str) -> Result<String, String> {
+    let rest = raw.strip_prefix("https://").ok_or_else(|| {
+        format!("`{raw}` is not an https:// URL; the rendezvous is reached over HTTPS, e.g. https://localhost:8443")
+    })?;
+    if rest.trim_end_matches('/').is_empty() || rest.contains(char::is_whitespace) {
+        return Err(format!(
+            "`{raw}` names no host, e.g. https://localhost:8443"
+        ));
+    }
+    Ok(raw.trim_end_matches('/').to_owned())
+}
+
+/// The platform's data directory for peerchat (`~/.local/share/peerchat` on Linux), else
+/// `./peerchat-data` when the platform has none (no home directory).
+fn default_data_dir() -> PathBuf {
+    directories::ProjectDirs::from("", "", "peerchat").map_or_else(
+        || PathBuf::from("peerchat-data"),
+        |d| d.data_dir().to_path_buf(),
+    )
+}
+
 async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
-    let data_dir = args.data_dir;
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let command = match args.command {
         Command::Daemon {
             rendezvous,

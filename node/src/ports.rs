@@ -376,6 +376,14 @@ pub enum DirectoryError {
 }
 
 impl DirectoryError {
+    /// This error, naming `user` when the rendezvous said that no such user exists.
+    pub fn naming(self, user: &Username) -> Self {
+        match self {
+            Self::Refused { code, .. } if code == "no_such_user" => Self::NoSuchUser(user.clone()),
+            other => other,
+        }
+    }
+
     /// Whether the same request may succeed later: the rendezvous is unreachable, or it asked
     /// us to slow down.
     pub fn is_transient(&self) -> bool {

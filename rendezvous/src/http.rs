@@ -148,9 +148,14 @@ impl<S: Store, T: DeserializeOwned> FromRequest<Shared<S>> for ApiJson<T> {
             })?
             .map_err(|_| ApiError::too_large(format!("a request body is at most {limit} bytes")))?;
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
+            // serde's "at line 1 column 20" means nothing to a person.
+            let text = e.to_string();
+            let reason = text
+                .rfind(" at line ")
+                .map_or(text.as_str(), |at| &text[..at]);
             ApiError::bad_request(
                 "malformed_json",
-                format!("the request body is not valid: {e}"),
+                format!("the request body is not valid: {reason}"),
             )
         })
     }

@@ -359,6 +359,20 @@ pub enum PinError {
         /// Fingerprint of the other one.
         offered: String,
     },
+    /// The rendezvous presents another CA than the one this node pinned.
+    #[error(
+        "the rendezvous at {url} presents CA {presented}, but this node pinned CA {pinned}; \
+         is --rendezvous the server this node registered with? (a node never switches CAs: \
+         use another --data-dir for another rendezvous)"
+    )]
+    RendezvousCa {
+        /// The rendezvous.
+        url: String,
+        /// Fingerprint of the pinned CA.
+        pinned: String,
+        /// Fingerprint of the CA the rendezvous presents.
+        presented: String,
+    },
     /// Reading or writing the pin failed, or the file is not a CA.
     #[error("{0}")]
     File(String),
@@ -392,6 +406,18 @@ pub async fn pin_ca(
             return Err(PinError::Different {
                 pinned: pinned.fingerprint().to_string(),
                 offered: given.fingerprint().to_string(),
+            });
+        }
+        // Say so now if the rendezvous holds another CA, rather than failing every request
+        // later with "unavailable". An unreachable rendezvous is no reason not to start.
+        if let Ok(Ok(presented)) =
+            tokio::time::timeout(Duration::from_secs(5), fetch_ca(rendezvous)).await
+            && presented != pinned
+        {
+            return Err(PinError::RendezvousCa {
+                url: rendezvous.to_owned(),
+                pinned: pinned.fingerprint().to_string(),
+                presented: presented.fingerprint().to_string(),
             });
         }
         return Ok((pinned, false));

@@ -199,6 +199,9 @@ impl From<NodeError> for ApiError {
                 ApiError(StatusCode::BAD_REQUEST, "safety_number_mismatch", message)
             }
             NodeError::Content(_) => ApiError(StatusCode::BAD_REQUEST, "bad_message", message),
+            NodeError::Directory(DirectoryError::NoSuchUser(_)) => {
+                ApiError(StatusCode::NOT_FOUND, "no_such_user", message)
+            }
             NodeError::Directory(DirectoryError::Refused { code, .. }) => {
                 let (status, code) = match code.as_str() {
                     "no_such_user" => (StatusCode::NOT_FOUND, "no_such_user"),
@@ -241,9 +244,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
                     format!("a request is at most {MAX_BODY} bytes"),
                 )
             })?;
-        serde_json::from_slice(&bytes)
-            .map(Body)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "malformed_request", e.to_string()))
+        serde_json::from_slice(&bytes).map(Body).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "malformed_request",
+                format!("the request is not valid: {}", without_position(&e)),
+            )
+        })
+    }
+}
+
+/// A JSON error without serde's "at line 1 column 20", which means nothing to a person.
+fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
     }
 }
 
@@ -593,7 +609,8 @@ async fn history<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
     Ok(Json(
         state
             .node
-            .history(&peer)?
+            .conversation(&peer)
+            .await?
             .into_iter()
             .map(|m| view(m, &me))
             .collect(),

@@ -26,6 +26,7 @@ pub struct ApiClient {
     base: String,
     token: String,
     http: reqwest::Client,
+    data_dir: std::path::PathBuf,
 }
 
 impl ApiClient {
@@ -44,15 +45,18 @@ impl ApiClient {
     /// Reads the address and token the daemon wrote into `data_dir`.
     pub fn from_data_dir(data_dir: &Path) -> Result<Self, CliError> {
         let read = |name: &str| {
-            std::fs::read_to_string(data_dir.join(name)).map(|s| s.trim().to_owned()).map_err(|_| {
-                CliError(format!(
-                    "no running daemon found in {} (start it with `peerchat daemon --data-dir {}`)",
-                    data_dir.display(),
-                    data_dir.display()
-                ))
-            })
+            std::fs::read_to_string(data_dir.join(name))
+                .map(|s| s.trim().to_owned())
+                .map_err(|_| {
+                    CliError(format!(
+                        "no running daemon found in {} (start it with `{}`)",
+                        data_dir.display(),
+                        daemon_command(data_dir)
+                    ))
+                })
         };
         Ok(Self {
+            data_dir: data_dir.to_path_buf(),
             base: format!("http://{}", read(API_ADDR_FILE)?),
             token: read(API_TOKEN_FILE)?,
             http: reqwest::Client::builder()
@@ -96,6 +100,11 @@ impl ApiClient {
         }
         Err(CliError(
             match serde_json::from_slice::<ErrorView>(&bytes) {
+                // The daemon cannot know how this CLI was started; the hint can.
+                Ok(e) if e.error == "not_registered" => format!(
+                    "this node is not registered yet; run `{}` (or `login NAME` for an existing account)",
+                    hint(&self.data_dir, "register NAME")
+                ),
                 Ok(e) => e.message,
                 Err(_) => format!("the daemon answered {status}"),
             },
@@ -274,8 +283,11 @@ fn password() -> Result<String, CliError> {
     if let Ok(p) = std::env::var("PEERCHAT_PASSWORD") {
         return Ok(p);
     }
-    rpassword::prompt_password("password: ")
-        .map_err(|e| CliError(format!("cannot read the password: {e}")))
+    rpassword::prompt_password("password: ").map_err(|e| {
+        CliError(format!(
+            "no password: set PEERCHAT_PASSWORD, or run this in a terminal to be asked ({e})"
+        ))
+    })
 }
 
 fn clock(ms: u64) -> String {
@@ -331,7 +343,10 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
                 .await?;
             println!("secret: {}", enrolment.secret);
             println!("uri: {}", enrolment.uri);
-            println!("add it to your authenticator app, then: peerchat totp confirm CODE");
+            println!(
+                "add it to your authenticator app, then: {}",
+                hint(&data_dir, "totp confirm CODE")
+            );
             Ok(())
         }
         CliCommand::TotpConfirm { code } => {
@@ -404,7 +419,8 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
                 .await?;
             if contacts.iter().any(|c| c.username == peer && c.key_changed) {
                 println!(
-                    "WARNING: {peer}'s key has changed; messages to them are held until you run `peerchat accept-key {peer}`"
+                    "WARNING: {peer}'s key has changed; messages to them are held until you run `{}`",
+                    hint(&data_dir, &format!("accept-key {peer}"))
                 );
             }
             for m in messages {
@@ -441,8 +457,9 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
                 );
                 if c.key_changed {
                     println!(
-                        "  WARNING: {}'s key has changed; compare safety numbers, then `peerchat accept-key {}`",
-                        c.username, c.username
+                        "  WARNING: {}'s key has changed; compare safety numbers, then `{}`",
+                        c.username,
+                        hint(&data_dir, &format!("accept-key {}", c.username))
                     );
                 }
             }
@@ -493,7 +510,8 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
             match (number.key, number.previous) {
                 (KeyKind::Pending, previous) => {
                     eprintln!(
-                        "This is the number of {peer}'s NEW key, not accepted yet. Compare it with {peer}'s screen; if it matches, `peerchat verify {peer} \"<number>\"` accepts and verifies it."
+                        "This is the number of {peer}'s NEW key, not accepted yet. Compare it with {peer}'s screen; if it matches, `{}` accepts and verifies it.",
+                        hint(&data_dir, &format!("verify {peer} \"<number>\""))
                     );
                     if let Some(previous) = previous {
                         eprintln!("The old key's number was: {previous}");
@@ -578,7 +596,7 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
                     "registered as {name}; {} message(s) waiting for delivery",
                     status.outbox
                 ),
-                None => println!("not registered; run `peerchat register NAME`"),
+                None => println!("not registered; run `{}`", hint(&data_dir, "register NAME")),
             }
             Ok(())
         }
@@ -625,6 +643,40 @@ pub fn escape_controls(text: &str) -> String {
         }
     }
     out
+}
+
+/// A command line people can paste: `peerchat --data-dir DIR ARGS`.
+fn hint(data_dir: &Path, args: &str) -> String {
+    format!("peerchat --data-dir {} {args}", shell_word(data_dir))
+}
+
+/// The command that starts the daemon of `data_dir`, with the rendezvous it used last (saved
+/// by the daemon), else the local default.
+fn daemon_command(data_dir: &Path) -> String {
+    let rendezvous = std::fs::read_to_string(data_dir.join(crate::daemon::RENDEZVOUS_FILE))
+        .ok()
+        .map(|url| url.trim().to_owned())
+        .filter(|url| url.starts_with("https://"))
+        .unwrap_or_else(|| "https://localhost:8443".to_owned());
+    format!(
+        "peerchat daemon --data-dir {} --rendezvous {}",
+        shell_word(data_dir),
+        shell_word(Path::new(&rendezvous))
+    )
+}
+
+/// `path` as one shell word: quoted when it holds anything but plain characters.
+fn shell_word(path: &Path) -> String {
+    let text = path.display().to_string();
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:@%=,".contains(c))
+    {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }
 
 #[cfg(test)]

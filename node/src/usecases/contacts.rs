@@ -13,7 +13,11 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         if self.me()?.0 == *username {
             return Err(NodeError::OwnAccount(username.clone()));
         }
-        let info = self.directory.lookup(username).await?;
+        let info = self
+            .directory
+            .lookup(username)
+            .await
+            .map_err(|e| e.naming(username))?;
         match self.store.contact(username)? {
             Some(known) if known.identity_key != info.identity_key => {
                 Err(NodeError::KeyChanged(username.clone()))

@@ -12,7 +12,7 @@ use crate::ports::{
 pub struct NodeStatus {
     /// Our username, once registered.
     pub username: Option<Username>,
-    /// Envelopes waiting for an acknowledgement.
+    /// Messages waiting for an acknowledgement (receipts not counted).
     pub outbox: usize,
 }
 
@@ -21,6 +21,24 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     #[tracing::instrument(name = "usecase.history", skip_all, fields(peer = %peer))]
     pub fn history(&self, peer: &Username) -> Result<Vec<StoredMessage>, NodeError> {
         Ok(self.store.history(peer)?)
+    }
+
+    /// The conversation with `peer`, oldest first; for someone who is neither a contact nor in
+    /// any message, the rendezvous is asked whether they exist at all, so a mistyped name is an
+    /// error rather than an empty conversation.
+    #[tracing::instrument(name = "usecase.conversation", skip_all, fields(peer = %peer))]
+    pub async fn conversation(&self, peer: &Username) -> Result<Vec<StoredMessage>, NodeError> {
+        let messages = self.store.history(peer)?;
+        if messages.is_empty() && self.store.contact(peer)?.is_none() {
+            if self.me()?.0 == *peer {
+                return Err(NodeError::OwnAccount(peer.clone()));
+            }
+            self.directory
+                .lookup(peer)
+                .await
+                .map_err(|e| e.naming(peer))?;
+        }
+        Ok(messages)
     }
 
     /// How many messages from `peer` were not shown yet.
@@ -58,7 +76,14 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     pub fn status(&self) -> Result<NodeStatus, NodeError> {
         Ok(NodeStatus {
             username: self.store.identity()?.map(|i| i.username),
-            outbox: self.store.outbox()?.len(),
+            // Messages waiting, as `history` shows them `pending`: receipts in the outbox are
+            // not messages.
+            outbox: self
+                .store
+                .outbox()?
+                .iter()
+                .filter(|e| matches!(self.store.message(&e.to, &e.envelope.id), Ok(Some(_))))
+                .count(),
         })
     }
 }

@@ -190,7 +190,14 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             },
             None if peer == &me.0 => return Err(NodeError::OwnAccount(peer.clone())),
             None => SafetyNumbers {
-                shown: number(&self.directory.lookup(peer).await?.identity_key),
+                shown: number(
+                    &self
+                        .directory
+                        .lookup(peer)
+                        .await
+                        .map_err(|e| e.naming(peer))?
+                        .identity_key,
+                ),
                 of: KeyKind::Certified,
                 pinned: None,
             },

@@ -7,6 +7,7 @@ mod e2ee_properties;
 mod e2ee_ratchet;
 mod e2ee_x3dh;
 mod floods;
+mod friction;
 mod held_mail;
 mod p2p;
 mod revocation;

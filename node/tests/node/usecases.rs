@@ -436,7 +436,7 @@ async fn given_an_unknown_recipient_when_sending_then_a_clear_error_and_nothing_
         .await
         .unwrap_err();
     assert!(
-        matches!(err, NodeError::Directory(DirectoryError::Refused { ref code, .. }) if code == "no_such_user"),
+        matches!(err, NodeError::Directory(DirectoryError::NoSuchUser(ref name)) if *name == nobody),
         "{err}"
     );
     assert!(alice.node.history(&nobody).unwrap().is_empty());
@@ -860,4 +860,43 @@ async fn given_a_second_factor_when_logging_in_on_a_new_install_then_the_code_is
         with_code.status().unwrap().username.as_ref(),
         Some(&alice.name)
     );
+}
+
+#[tokio::test]
+async fn given_a_receipt_in_the_outbox_then_status_counts_only_messages_and_its_ack_is_no_event() {
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    let bob = world.given_a_registered_user("bob").await;
+    // Bob writes; alice stores it and queues a delivery receipt (sent by her next outbox run).
+    let id = MessageId::random(&mut OsRng);
+    bob.node
+        .send(&alice.name, id, "hello".into())
+        .await
+        .unwrap();
+    assert_eq!(alice.node.history(&bob.name).unwrap().len(), 1);
+    assert_eq!(alice.node.store().outbox().unwrap().len(), 1, "the receipt");
+    // `status` counts messages waiting, as `history` shows them: alice has none.
+    assert_eq!(alice.node.status().unwrap().outbox, 0);
+
+    // An acknowledged receipt is not a message: no status event names its id.
+    alice.node.retry_outbox(u64::MAX).await.unwrap();
+    assert!(
+        alice.node.store().outbox().unwrap().is_empty(),
+        "the receipt went out"
+    );
+    let ids_known: Vec<MessageId> = alice
+        .node
+        .history(&bob.name)
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    for event in alice.events.events() {
+        if let Event::StatusChanged { id, .. } = event {
+            assert!(
+                ids_known.contains(&id),
+                "an event for an id no history knows: {id}"
+            );
+        }
+    }
 }
