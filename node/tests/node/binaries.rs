@@ -786,12 +786,14 @@ async fn a_revoked_peer_is_refused_after_the_crl_refresh() {
 fn the_demo_starts_alice_and_bob_who_can_chat_and_stops_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
+    let log = tmp.path().join("demo.log");
     let mut demo = Command::new(env!("CARGO_BIN_EXE_peerchat"))
         .args(["demo", "--dir"])
         .arg(&dir)
-        .env("RUST_LOG", "off")
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
         .spawn()
         .unwrap();
     let (tx, lines) = mpsc::channel();
@@ -802,14 +804,31 @@ fn the_demo_starts_alice_and_bob_who_can_chat_and_stops_cleanly() {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut printed = Vec::new();
     loop {
         let line = lines
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("the demo never said it was ready");
-        if line.contains("alice and bob are online") {
+        let ready = line.contains("alice and bob are online");
+        printed.push(line);
+        if ready {
             break;
         }
     }
+    // The demo names the rendezvous's CA, and it is the one both nodes pinned.
+    let fingerprint = printed[0]
+        .split(", CA ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no CA fingerprint in {:?}", printed[0]))
+        .to_owned();
+    assert_eq!(
+        printed
+            .iter()
+            .filter(|l| l.contains(&format!("rendezvous CA {fingerprint}")))
+            .count(),
+        2,
+        "{printed:?}"
+    );
     let cli = |who: &str, args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_peerchat"))
             .arg("--data-dir")
@@ -835,5 +854,10 @@ fn the_demo_starts_alice_and_bob_who_can_chat_and_stops_cleanly() {
     assert!(
         status.success(),
         "the demo exits cleanly on Ctrl-C: {status:?}"
+    );
+    let warnings = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        warnings.trim().is_empty(),
+        "Ctrl-C stops without warnings: {warnings}"
     );
 }
