@@ -21,16 +21,9 @@ pub enum Source {
 impl Source {
     /// The source `ip` is counted against.
     pub fn of(ip: IpAddr) -> Self {
-        match ip {
+        match unmapped(ip) {
             IpAddr::V4(v4) => Self::V4(v4.octets()),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self::V4(v4.octets()),
-                None => {
-                    let mut prefix = [0u8; 8];
-                    prefix.copy_from_slice(&v6.octets()[..8]);
-                    Self::V6Prefix64(prefix)
-                }
-            },
+            IpAddr::V6(v6) => Self::V6Prefix64(leading(&v6.octets())),
         }
     }
 }
@@ -48,23 +41,26 @@ pub enum SourcePrefix {
 impl SourcePrefix {
     /// The prefix `ip` belongs to.
     pub fn of(ip: IpAddr) -> Self {
-        let v4 = match ip {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
-        };
-        match (v4, ip) {
-            (Some(v4), _) => {
-                let [a, b, c, _] = v4.octets();
-                Self::V4([a, b, c])
-            }
-            (None, IpAddr::V6(v6)) => {
-                let mut prefix = [0u8; 6];
-                prefix.copy_from_slice(&v6.octets()[..6]);
-                Self::V6(prefix)
-            }
-            (None, IpAddr::V4(_)) => Self::V4([0; 3]),
+        match unmapped(ip) {
+            IpAddr::V4(v4) => Self::V4(leading(&v4.octets())),
+            IpAddr::V6(v6) => Self::V6(leading(&v6.octets())),
         }
     }
+}
+
+/// `ip`, with an IPv4-mapped IPv6 address taken as the IPv4 address it carries.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The first `N` bytes of `octets` (`N` is never more than its length here).
+fn leading<const N: usize>(octets: &[u8]) -> [u8; N] {
+    let mut prefix = [0u8; N];
+    prefix.copy_from_slice(&octets[..N]);
+    prefix
 }
 
 /// Open connections per source, bounded. Cloning shares the counts.

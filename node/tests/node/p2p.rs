@@ -525,7 +525,7 @@ async fn a_peer_holding_half_sent_envelopes_and_extra_connections_is_bounded_and
     assert_eq!(open, 2, "bob keeps at most two connections per peer");
     assert_eq!(closed_by_bob, 3);
 
-    // 400 half-sent envelopes: bob holds at most 16 streams per connection and resets the rest.
+    // 400 half-sent envelopes: bob holds at most 64 streams per connection and resets the rest.
     let requests = 400;
     for _ in 0..requests {
         mallory.behaviour_mut().send_request(&bob_id, ());
@@ -549,8 +549,8 @@ async fn a_peer_holding_half_sent_envelopes_and_extra_connections_is_bounded_and
     }
     let held = requests - refused;
     assert!(
-        (1..=2 * 16).contains(&held),
-        "bob holds {held} half-sent envelopes of one peer, more than 2 connections × 16 streams"
+        (1..=2 * 64).contains(&held),
+        "bob holds {held} half-sent envelopes of one peer, more than 2 connections × 64 streams"
     );
     // Meanwhile another peer's envelope was received and acknowledged.
     assert_eq!(alice_to_bob.await.unwrap(), Ok(Ack::Stored));

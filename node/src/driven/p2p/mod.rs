@@ -122,7 +122,7 @@ impl P2pConfig {
             inbound_capacity: 1024,
             idle_timeout: Duration::from_secs(60),
             max_connections_per_peer: 2,
-            max_streams_per_connection: 16,
+            max_streams_per_connection: 64,
             max_incoming_connections: 256,
             max_pending_incoming: 64,
             on_presence: None,
