@@ -167,14 +167,74 @@ pub enum MessageStatus {
     Undecryptable,
 }
 
-/// Whether a receipt may move an outgoing message from `from` to `to`: statuses only move
-/// forward along pending → sent → delivered → read.
-pub fn upgrades(from: MessageStatus, to: MessageStatus) -> bool {
-    use MessageStatus::{Delivered, Pending, Read, Sent};
-    matches!(
-        (from, to),
-        (Pending | Sent, Delivered) | (Pending | Sent | Delivered, Read)
-    )
+impl MessageStatus {
+    /// Whether a message in this status may move to `next`. Statuses only move forward: an
+    /// outgoing message along pending → sent → delivered → read, so a late acknowledgement
+    /// (`sent`) never undoes a receipt that overtook it; one not acknowledged yet (pending,
+    /// held, failed) may also be held, released, given up on or retried; a received one may be
+    /// read. This is the one place the rule lives; stores apply it inside their writes.
+    pub fn may_become(self, next: Self) -> bool {
+        use MessageStatus::{Delivered, Failed, Held, Pending, Read, Received, Sent};
+        match (self, next) {
+            (from, to) if from == to => false,
+            (Pending | Held | Failed, Pending | Held | Failed | Sent | Delivered | Read) => true,
+            (Sent, Delivered | Read) | (Delivered, Read) => true,
+            (Received, Read) => true,
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MessageStatus::{self, *};
+
+    #[test]
+    fn statuses_only_move_forward() {
+        let all = [
+            Pending,
+            Sent,
+            Delivered,
+            Read,
+            Failed,
+            Received,
+            Held,
+            Undecryptable,
+        ];
+        let allowed: Vec<(MessageStatus, MessageStatus)> = all
+            .iter()
+            .flat_map(|a| all.iter().map(move |b| (*a, *b)))
+            .filter(|(a, b)| a.may_become(*b))
+            .collect();
+        for (from, to) in [
+            (Pending, Sent),
+            (Sent, Delivered),
+            (Delivered, Read),
+            (Pending, Delivered),
+            (Failed, Pending),
+            (Held, Pending),
+            (Pending, Failed),
+            (Received, Read),
+        ] {
+            assert!(allowed.contains(&(from, to)), "{from:?} -> {to:?}");
+        }
+        for (from, to) in [
+            (Delivered, Sent),
+            (Read, Delivered),
+            (Read, Sent),
+            (Sent, Pending),
+            (Sent, Failed),
+            (Read, Received),
+            (Received, Sent),
+            (Undecryptable, Read),
+        ] {
+            assert!(!allowed.contains(&(from, to)), "{from:?} -> {to:?}");
+        }
+        assert!(
+            all.iter().all(|s| !s.may_become(*s)),
+            "staying put is no move"
+        );
+    }
 }
 
 /// A message as stored on this node.
@@ -321,13 +381,15 @@ pub trait Store: Send + Sync + 'static {
         session: &Session,
         outbox: &OutboxEntry,
     ) -> Result<(), StoreError>;
-    /// Sets a message's status; reaching `Sent` (or beyond) also removes its outbox entry.
+    /// Moves a message to `status` if [`MessageStatus::may_become`] allows it, and returns
+    /// whether it moved; reaching `Sent` (or beyond) also removes its outbox entry (also for
+    /// an outbox entry that is no message, such as a receipt).
     fn set_status(
         &self,
         peer: &Username,
         id: &MessageId,
         status: MessageStatus,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
     /// Envelopes not yet acknowledged, oldest first.
     fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError>;
 

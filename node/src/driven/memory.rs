@@ -324,7 +324,7 @@ impl Store for MemoryStore {
             for m in messages.iter_mut() {
                 if ids.contains(&m.id)
                     && m.direction == crate::ports::Direction::Outgoing
-                    && crate::ports::upgrades(m.status, status)
+                    && m.status.may_become(status)
                 {
                     m.status = status;
                     changed.push(m.id);
@@ -366,21 +366,26 @@ impl Store for MemoryStore {
         peer: &Username,
         id: &MessageId,
         status: MessageStatus,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut inner = self.inner();
-        if let Some(m) = inner
-            .messages
-            .get_mut(peer)
-            .and_then(|m| m.iter_mut().find(|m| m.id == *id))
-        {
-            m.status = status;
-        }
         if status != MessageStatus::Pending {
             inner
                 .outbox
                 .retain(|o| !(o.to == *peer && o.envelope.id == *id));
         }
-        Ok(())
+        Ok(
+            match inner
+                .messages
+                .get_mut(peer)
+                .and_then(|m| m.iter_mut().find(|m| m.id == *id))
+            {
+                Some(m) if m.status.may_become(status) => {
+                    m.status = status;
+                    true
+                }
+                _ => false,
+            },
+        )
     }
 
     fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {

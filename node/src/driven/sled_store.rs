@@ -605,7 +605,7 @@ impl Store for SledStore {
                     let Some(v) = messages.get(&k)? else { continue };
                     let mut m: StoredMessage = dec(&v).map_err(abort)?;
                     if m.direction == crate::ports::Direction::Outgoing
-                        && crate::ports::upgrades(m.status, status)
+                        && m.status.may_become(status)
                     {
                         m.status = status;
                         messages.insert(k, enc(&m).map_err(abort)?)?;
@@ -623,7 +623,7 @@ impl Store for SledStore {
         peer: &Username,
         id: &MessageId,
         status: MessageStatus,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         (&self.messages, &self.message_ids, &self.outbox)
             .transaction(|(messages, ids, out)| {
                 if status != MessageStatus::Pending {
@@ -631,15 +631,19 @@ impl Store for SledStore {
                     out.remove(key(peer, id.as_bytes()))?;
                 }
                 let Some(seq) = ids.get(key(peer, id.as_bytes()))? else {
-                    return Ok(());
+                    return Ok(false);
                 };
                 let k = key(peer, &seq);
-                if let Some(v) = messages.get(&k)? {
-                    let mut m: StoredMessage = dec(&v).map_err(abort)?;
-                    m.status = status;
-                    messages.insert(k, enc(&m).map_err(abort)?)?;
+                let Some(v) = messages.get(&k)? else {
+                    return Ok(false);
+                };
+                let mut m: StoredMessage = dec(&v).map_err(abort)?;
+                if !m.status.may_become(status) {
+                    return Ok(false);
                 }
-                Ok(())
+                m.status = status;
+                messages.insert(k, enc(&m).map_err(abort)?)?;
+                Ok(true)
             })
             .map_err(tx)
     }

@@ -238,11 +238,9 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         id: &MessageId,
         status: MessageStatus,
     ) -> Result<(), NodeError> {
-        // Receipts travel as envelopes of their own, with ids no history knows: their
-        // acknowledgement empties the outbox but is no event for anyone.
-        let known = self.store.message(peer, id)?.is_some();
-        self.store.set_status(peer, id, status)?;
-        if known {
+        // Only a move is news: receipts travel as envelopes of their own, with ids no history
+        // knows, and a late acknowledgement does not undo a receipt that overtook it.
+        if self.store.set_status(peer, id, status)? {
             self.notifier.notify(Event::StatusChanged {
                 peer: peer.clone(),
                 id: *id,

@@ -109,12 +109,44 @@ async fn contract(store: &impl Store) {
     assert_eq!(conversations, ["carol", "bob"], "most recent first");
     assert_eq!(store.conversations().unwrap()[1].messages, 2);
 
-    store
-        .set_status(&bob, &out.id, MessageStatus::Sent)
-        .unwrap();
+    assert!(
+        store
+            .set_status(&bob, &out.id, MessageStatus::Sent)
+            .unwrap()
+    );
     assert_eq!(
         store.message(&bob, &out.id).unwrap().unwrap().status,
         MessageStatus::Sent
+    );
+    // Statuses only move forward: not back to pending, and a late `sent` after `read` changes
+    // nothing.
+    let status_of = |id| store.message(&bob, id).unwrap().unwrap().status;
+    assert!(
+        !store
+            .set_status(&bob, &out.id, MessageStatus::Pending)
+            .unwrap()
+    );
+    assert!(
+        store
+            .set_status(&bob, &out.id, MessageStatus::Read)
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_status(&bob, &out.id, MessageStatus::Sent)
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_status(&bob, &out.id, MessageStatus::Delivered)
+            .unwrap()
+    );
+    assert_eq!(status_of(&out.id), MessageStatus::Read);
+    assert!(
+        !store
+            .set_status(&bob, &MessageId::from_bytes([99; 16]), MessageStatus::Sent)
+            .unwrap(),
+        "no such message"
     );
     assert!(
         store.outbox().unwrap().is_empty(),

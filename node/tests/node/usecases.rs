@@ -900,3 +900,66 @@ async fn given_a_receipt_in_the_outbox_then_status_counts_only_messages_and_its_
         }
     }
 }
+
+#[tokio::test]
+async fn given_the_receipt_processed_before_the_ack_then_the_status_stays_delivered() {
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    // Bob's node answers each envelope only after it has sent its own delivery receipt, so
+    // alice processes the receipt before the acknowledgement of her send.
+    let bob_name = user("bob");
+    let (network, inbound) = world.hub.attach(bob_name.clone());
+    let bob = Arc::new(Node::new(
+        MemoryStore::default(),
+        InProcessDirectory::new(world.rendezvous.clone()),
+        network,
+        RecordingNotifier::default(),
+        SystemClock,
+    ));
+    bob.register(&bob_name, "correct horse battery")
+        .await
+        .unwrap();
+    let identity = bob.store().identity().unwrap().unwrap();
+    world.hub.set_key(
+        &bob_name,
+        *peerchat::domain::IdentityKeyPair::from_seed(&identity.seed).public(),
+    );
+    let receiver = bob.clone();
+    tokio::spawn(p2p_inbound::serve(inbound, move |from, key, envelope| {
+        let receiver = receiver.clone();
+        async move {
+            let ack = receiver.receive(&from, &key, envelope).await;
+            receiver.retry_outbox(u64::MAX).await.unwrap();
+            ack
+        }
+    }));
+
+    let id = MessageId::random(&mut OsRng);
+    alice
+        .node
+        .send(&bob_name, id, "receipt first".into())
+        .await
+        .unwrap();
+    let status = alice.node.history(&bob_name).unwrap()[0].status;
+    assert_eq!(
+        status,
+        MessageStatus::Delivered,
+        "the late acknowledgement did not take the status back"
+    );
+    let moves: Vec<MessageStatus> = alice
+        .events
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::StatusChanged {
+                id: got, status, ..
+            } if got == id => Some(status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        [MessageStatus::Delivered],
+        "only real moves are events"
+    );
+}
