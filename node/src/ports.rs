@@ -418,10 +418,37 @@ pub trait Store: Send + Sync + 'static {
 /// Why the rendezvous could not serve a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DirectoryError {
-    /// The server refused, with its error code and message.
+    /// The name is taken by another account.
+    #[error("that username is taken")]
+    UsernameTaken,
+    /// The rendezvous refused a username or password it will not accept, saying why.
+    #[error("{0}")]
+    Rejected(String),
+    /// Wrong username or password.
+    #[error("wrong username or password")]
+    BadCredentials,
+    /// The account has a second factor and the code was missing, wrong or used before.
+    #[error("a valid code of the account's second factor is needed (each code works once)")]
+    TotpRequired,
+    /// The code given to confirm a second factor is not valid now.
+    #[error("that code is not valid now")]
+    TotpInvalid,
+    /// A second factor is enabled already.
+    #[error("a second factor is already enabled")]
+    TotpAlreadyEnabled,
+    /// No second factor enrolment was started.
+    #[error("start enabling a second factor first")]
+    TotpNotEnrolled,
+    /// The rendezvous asks us to slow down.
+    #[error("too many requests; try again later")]
+    RateLimited,
+    /// The rendezvous has no such user (the caller names it with [`DirectoryError::naming`]).
+    #[error("no such user")]
+    UnknownUser,
+    /// Any other refusal, with the server's code and message.
     #[error("{message} ({code})")]
     Refused {
-        /// The server's code, e.g. `username_taken`.
+        /// The server's code.
         code: String,
         /// The server's explanation.
         message: String,
@@ -441,7 +468,7 @@ impl DirectoryError {
     /// This error, naming `user` when the rendezvous said that no such user exists.
     pub fn naming(self, user: &Username) -> Self {
         match self {
-            Self::Refused { code, .. } if code == "no_such_user" => Self::NoSuchUser(user.clone()),
+            Self::UnknownUser => Self::NoSuchUser(user.clone()),
             other => other,
         }
     }
@@ -449,10 +476,26 @@ impl DirectoryError {
     /// Whether the same request may succeed later: the rendezvous is unreachable, or it asked
     /// us to slow down.
     pub fn is_transient(&self) -> bool {
-        match self {
-            Self::Unavailable(_) => true,
-            Self::Refused { code, .. } => code == "rate_limited",
-            _ => false,
+        matches!(self, Self::Unavailable(_) | Self::RateLimited)
+    }
+
+    /// The rendezvous's error body as a typed error: its stable codes become variants here, at
+    /// the edge, so nothing past the adapters matches on strings.
+    pub fn from_code(code: &str, message: String) -> Self {
+        match code {
+            "username_taken" => Self::UsernameTaken,
+            "weak_password" | "bad_username" => Self::Rejected(message),
+            "bad_credentials" => Self::BadCredentials,
+            "totp_required" => Self::TotpRequired,
+            "totp_invalid" => Self::TotpInvalid,
+            "totp_enabled" => Self::TotpAlreadyEnabled,
+            "totp_not_enrolled" => Self::TotpNotEnrolled,
+            "rate_limited" => Self::RateLimited,
+            "no_such_user" => Self::UnknownUser,
+            _ => Self::Refused {
+                code: code.to_owned(),
+                message,
+            },
         }
     }
 }

@@ -49,10 +49,7 @@ impl<R: RendezvousStore> InProcessDirectory<R> {
 }
 
 fn translate(e: ApiError) -> DirectoryError {
-    DirectoryError::Refused {
-        code: e.code.into(),
-        message: e.message,
-    }
+    DirectoryError::from_code(e.code, e.message)
 }
 
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);

@@ -69,10 +69,7 @@ pub fn one_time_prekey(key: &OneTimePreKey) -> api::OneTimePreKeyWire {
 
 /// A rendezvous error body to a directory error.
 pub fn refused(body: api::ErrorBody) -> DirectoryError {
-    DirectoryError::Refused {
-        code: body.error,
-        message: body.message,
-    }
+    DirectoryError::from_code(&body.error, body.message)
 }
 
 /// A mailbox answer from its wire form.

@@ -199,26 +199,27 @@ impl From<NodeError> for ApiError {
                 ApiError(StatusCode::BAD_REQUEST, "safety_number_mismatch", message)
             }
             NodeError::Content(_) => ApiError(StatusCode::BAD_REQUEST, "bad_message", message),
-            NodeError::Directory(DirectoryError::NoSuchUser(_)) => {
-                ApiError(StatusCode::NOT_FOUND, "no_such_user", message)
-            }
-            NodeError::Directory(DirectoryError::Refused { code, .. }) => {
-                let (status, code) = match code.as_str() {
-                    "no_such_user" => (StatusCode::NOT_FOUND, "no_such_user"),
-                    "username_taken" => (StatusCode::CONFLICT, "username_taken"),
-                    "weak_password" | "bad_username" => (StatusCode::BAD_REQUEST, "rejected"),
-                    "bad_credentials" => (StatusCode::UNAUTHORIZED, "bad_credentials"),
-                    "totp_required" => (StatusCode::UNAUTHORIZED, "totp_required"),
-                    "totp_invalid" => (StatusCode::BAD_REQUEST, "totp_invalid"),
-                    "totp_enabled" => (StatusCode::CONFLICT, "totp_enabled"),
-                    "totp_not_enrolled" => (StatusCode::CONFLICT, "totp_not_enrolled"),
-                    "rate_limited" => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-                    _ => (StatusCode::BAD_GATEWAY, "rendezvous_refused"),
+            NodeError::Directory(d) => {
+                let (status, code) = match d {
+                    DirectoryError::NoSuchUser(_) | DirectoryError::UnknownUser => {
+                        (StatusCode::NOT_FOUND, "no_such_user")
+                    }
+                    DirectoryError::UsernameTaken => (StatusCode::CONFLICT, "username_taken"),
+                    DirectoryError::Rejected(_) => (StatusCode::BAD_REQUEST, "rejected"),
+                    DirectoryError::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
+                    DirectoryError::TotpRequired => (StatusCode::UNAUTHORIZED, "totp_required"),
+                    DirectoryError::TotpInvalid => (StatusCode::BAD_REQUEST, "totp_invalid"),
+                    DirectoryError::TotpAlreadyEnabled => (StatusCode::CONFLICT, "totp_enabled"),
+                    DirectoryError::TotpNotEnrolled => (StatusCode::CONFLICT, "totp_not_enrolled"),
+                    DirectoryError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+                    DirectoryError::Refused { .. } => {
+                        (StatusCode::BAD_GATEWAY, "rendezvous_refused")
+                    }
+                    DirectoryError::Unavailable(_) | DirectoryError::CaMismatch(_) => {
+                        (StatusCode::BAD_GATEWAY, "rendezvous_unavailable")
+                    }
                 };
                 ApiError(status, code, message)
-            }
-            NodeError::Directory(_) => {
-                ApiError(StatusCode::BAD_GATEWAY, "rendezvous_unavailable", message)
             }
             _ => {
                 tracing::error!(error = %e, "request failed");

@@ -829,7 +829,7 @@ async fn given_a_second_factor_when_logging_in_on_a_new_install_then_the_code_is
         .await
         .unwrap_err();
     assert!(
-        matches!(&refused, NodeError::Directory(DirectoryError::Refused { code, .. }) if code == "totp_required"),
+        matches!(&refused, NodeError::Directory(DirectoryError::TotpRequired)),
         "{refused:?}"
     );
     assert!(without_code.store().identity().unwrap().is_none());
