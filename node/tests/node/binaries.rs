@@ -183,6 +183,11 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// The daemon's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the daemon with SIGTERM and waits for it.
     pub(crate) fn terminate(&mut self) {
         stop(&mut self.child);

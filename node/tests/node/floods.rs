@@ -239,3 +239,134 @@ async fn one_user_cannot_drain_anothers_prekeys_and_a_low_supply_is_topped_up_at
     })
     .await;
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_flooding_a_daemon_with_connections_and_half_sent_envelopes_is_bounded() {
+    use futures::StreamExt as _;
+    use libp2p::request_response::Event;
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, service) = crate::binaries::rendezvous_with(
+        &tmp.path().join("rv"),
+        peerchat_rendezvous::limits::Limits {
+            argon2_memory_kib: 1024,
+            ..Default::default()
+        },
+    )
+    .await;
+    let ca = service.ca().certificate().clone();
+    let alice = Daemon::start(&tmp.path().join("alice"), &url);
+    let bob = Daemon::start(&tmp.path().join("bob"), &url);
+    alice.register("alice");
+    bob.register("bob");
+    // Bob's address, as he announced it (`register` waited until he listens).
+    let address: libp2p::Multiaddr = {
+        use peerchat_rendezvous::store::Store as _;
+        let presence = service
+            .store()
+            .presence(&Username::new("bob").unwrap())
+            .unwrap()
+            .expect("bob announced his addresses");
+        presence.addresses[0].parse().unwrap()
+    };
+    let bob_id = match address.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(id)) => id,
+        _ => panic!("no peer id in {address}"),
+    };
+
+    // Mallory holds a certificate of this CA, like every user.
+    let mallory_user =
+        crate::revocation::Outsider::register("mallory", &url, &ca, tmp.path()).await;
+    let mut mallory = crate::p2p::half_sender(
+        mallory_user.cert_der.clone(),
+        mallory_user.key.clone(),
+        ca.clone(),
+    );
+    let before = rss_kib(bob.pid());
+    for _ in 0..5 {
+        mallory
+            .dial(
+                DialOpts::peer_id(bob_id)
+                    .addresses(vec![address.clone()])
+                    .condition(PeerCondition::Always)
+                    .build(),
+            )
+            .unwrap();
+    }
+    let mut open = 0i32;
+    let settle = tokio::time::sleep(Duration::from_secs(3));
+    tokio::pin!(settle);
+    loop {
+        tokio::select! {
+            () = &mut settle => break,
+            event = mallory.select_next_some() => match event {
+                SwarmEvent::ConnectionEstablished { .. } => open += 1,
+                SwarmEvent::ConnectionClosed { .. } => open -= 1,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(open, 2, "the daemon keeps two connections per peer");
+
+    let requests = 400;
+    for _ in 0..requests {
+        mallory.behaviour_mut().send_request(&bob_id, ());
+    }
+    let mut refused = 0;
+    let mut peak = before;
+    let settle = tokio::time::sleep(Duration::from_secs(4));
+    tokio::pin!(settle);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            () = &mut settle => break,
+            _ = tick.tick() => peak = peak.max(rss_kib(bob.pid())),
+            event = mallory.select_next_some() => {
+                if let SwarmEvent::Behaviour(Event::OutboundFailure { .. }) = event {
+                    refused += 1;
+                }
+            }
+        }
+    }
+    let held = requests - refused;
+    assert!(
+        (1..=2 * 64).contains(&held),
+        "the daemon holds {held} half-sent envelopes of one peer"
+    );
+    // Meanwhile alice's message gets through.
+    let out = alice.cli(&["send", "bob", "still here"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("alice's message", || {
+        bob.history_json("alice")
+            .iter()
+            .any(|m| m.text == "still here")
+    })
+    .await;
+    eprintln!(
+        "bob's RSS: {} KiB before, {} KiB at most during the flood ({held} envelopes held)",
+        before, peak
+    );
+    // What one peer can make the daemon hold is bounded by its streams (2 × 64) times what it
+    // sent (1 KiB and a trickle each), far below the 128 × 256 KiB a full announcement names.
+    assert!(
+        peak.saturating_sub(before) < 32 * 1024,
+        "bob grew by {} KiB under one peer's flood",
+        peak.saturating_sub(before)
+    );
+}

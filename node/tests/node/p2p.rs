@@ -380,7 +380,7 @@ async fn the_certificate_must_certify_the_identity_key() {
 /// A sender that announces a full-size envelope, sends 1 KiB of it, then trickles a byte every
 /// 100 ms and never finishes: each such request holds one stream of the receiver.
 #[derive(Clone, Default)]
-struct HalfSend;
+pub(crate) struct HalfSend;
 
 impl libp2p::request_response::Codec for HalfSend {
     type Protocol = libp2p::StreamProtocol;
@@ -436,7 +436,6 @@ impl libp2p::request_response::Codec for HalfSend {
 fn mallory(
     ca: &CertificateAuthority,
 ) -> libp2p::Swarm<libp2p::request_response::Behaviour<HalfSend>> {
-    use libp2p::Transport as _;
     let key = SigningKey::generate(&mut OsRng);
     let username = Username::new("mallory").unwrap();
     let cert = ca
@@ -448,9 +447,20 @@ fn mallory(
             &mut OsRng,
         )
         .unwrap();
+    half_sender(cert.der, key, ca.certificate().clone())
+}
+
+/// A swarm that speaks `/peerchat/msg/1` with [`HalfSend`], presenting `cert` (for `key`) and
+/// trusting `ca`.
+pub(crate) fn half_sender(
+    cert: peerchat_pki::CertificateDer<'static>,
+    key: SigningKey,
+    ca: peerchat_pki::CaCertificate,
+) -> libp2p::Swarm<libp2p::request_response::Behaviour<HalfSend>> {
+    use libp2p::Transport as _;
     let upgrade = peerchat::driven::p2p::upgrade::MtlsUpgrade::new(
-        Credentials::new(vec![cert.der], key.clone()),
-        Arc::new(TrustStore::new(ca.certificate().clone())),
+        Credentials::new(vec![cert], key.clone()),
+        Arc::new(TrustStore::new(ca)),
         Arc::default(),
     )
     .unwrap();

@@ -39,6 +39,10 @@ pub(crate) struct Outsider {
     base: String,
     cert: PathBuf,
     key_file: PathBuf,
+    /// Its certificate, DER.
+    pub(crate) cert_der: peerchat_pki::CertificateDer<'static>,
+    /// Its key.
+    pub(crate) key: SigningKey,
 }
 
 impl Outsider {
@@ -73,6 +77,7 @@ impl Outsider {
             use rustls::pki_types::pem::PemObject;
             peerchat_pki::CertificateDer::from_pem_slice(issued.certificate.as_bytes()).unwrap()
         };
+        let der_for_self = der.clone();
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(
                 rendezvous_client_config(ca, Some(Credentials::new(vec![der], key.clone())))
@@ -100,6 +105,8 @@ impl Outsider {
             base: base.to_owned(),
             cert,
             key_file,
+            cert_der: der_for_self,
+            key,
         }
     }
 
