@@ -252,11 +252,6 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_flooding_a_daemon_with_connections_and_half_sent_envelopes_is_bounded() {
-    use futures::StreamExt as _;
-    use libp2p::request_response::Event;
-    use libp2p::swarm::SwarmEvent;
-    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-
     let tmp = tempfile::tempdir().unwrap();
     let (url, service) = crate::binaries::rendezvous_with(
         &tmp.path().join("rv"),
@@ -295,51 +290,16 @@ async fn a_peer_flooding_a_daemon_with_connections_and_half_sent_envelopes_is_bo
         ca.clone(),
     );
     let before = rss_kib(bob.pid());
-    for _ in 0..5 {
-        mallory
-            .dial(
-                DialOpts::peer_id(bob_id)
-                    .addresses(vec![address.clone()])
-                    .condition(PeerCondition::Always)
-                    .build(),
-            )
-            .unwrap();
-    }
-    let mut open = 0i32;
-    let settle = tokio::time::sleep(Duration::from_secs(3));
-    tokio::pin!(settle);
-    loop {
-        tokio::select! {
-            () = &mut settle => break,
-            event = mallory.select_next_some() => match event {
-                SwarmEvent::ConnectionEstablished { .. } => open += 1,
-                SwarmEvent::ConnectionClosed { .. } => open -= 1,
-                _ => {}
-            }
-        }
-    }
+    let (open, _) = crate::p2p::dial_five_times(&mut mallory, bob_id, address).await;
     assert_eq!(open, 2, "the daemon keeps two connections per peer");
 
     let requests = 400;
     for _ in 0..requests {
         mallory.behaviour_mut().send_request(&bob_id, ());
     }
-    let mut refused = 0;
     let mut peak = before;
-    let settle = tokio::time::sleep(Duration::from_secs(4));
-    tokio::pin!(settle);
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            () = &mut settle => break,
-            _ = tick.tick() => peak = peak.max(rss_kib(bob.pid())),
-            event = mallory.select_next_some() => {
-                if let SwarmEvent::Behaviour(Event::OutboundFailure { .. }) = event {
-                    refused += 1;
-                }
-            }
-        }
-    }
+    let refused =
+        crate::p2p::count_refused(&mut mallory, || peak = peak.max(rss_kib(bob.pid()))).await;
     let held = requests - refused;
     assert!(
         (1..=2 * 64).contains(&held),

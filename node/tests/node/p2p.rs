@@ -433,9 +433,7 @@ impl libp2p::request_response::Codec for HalfSend {
 
 /// Mallory: a peer with a valid certificate of `ca` whose swarm speaks `/peerchat/msg/1` with
 /// [`HalfSend`], without any of the sender's own bounds.
-fn mallory(
-    ca: &CertificateAuthority,
-) -> libp2p::Swarm<libp2p::request_response::Behaviour<HalfSend>> {
+fn mallory(ca: &CertificateAuthority) -> Mallory {
     let key = SigningKey::generate(&mut OsRng);
     let username = Username::new("mallory").unwrap();
     let cert = ca
@@ -456,7 +454,7 @@ pub(crate) fn half_sender(
     cert: peerchat_pki::CertificateDer<'static>,
     key: SigningKey,
     ca: peerchat_pki::CaCertificate,
-) -> libp2p::Swarm<libp2p::request_response::Behaviour<HalfSend>> {
+) -> Mallory {
     use libp2p::Transport as _;
     let upgrade = peerchat::driven::p2p::upgrade::MtlsUpgrade::new(
         Credentials::new(vec![cert], key.clone()),
@@ -492,14 +490,70 @@ pub(crate) fn half_sender(
         .build()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_holding_half_sent_envelopes_and_extra_connections_is_bounded_and_others_get_through()
- {
+/// Mallory's swarm.
+pub(crate) type Mallory = libp2p::Swarm<libp2p::request_response::Behaviour<HalfSend>>;
+
+/// Dials `target` five times at once and waits 3 s; returns how many connections are still
+/// open and how many the target closed.
+pub(crate) async fn dial_five_times(
+    mallory: &mut Mallory,
+    target: libp2p::PeerId,
+    address: libp2p::Multiaddr,
+) -> (i32, i32) {
+    use futures::StreamExt as _;
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+    for _ in 0..5 {
+        mallory
+            .dial(
+                DialOpts::peer_id(target)
+                    .addresses(vec![address.clone()])
+                    .condition(PeerCondition::Always)
+                    .build(),
+            )
+            .unwrap();
+    }
+    let (mut open, mut closed) = (0, 0);
+    let settle = tokio::time::sleep(Duration::from_secs(3));
+    tokio::pin!(settle);
+    loop {
+        tokio::select! {
+            () = &mut settle => return (open, closed),
+            event = mallory.select_next_some() => match event {
+                SwarmEvent::ConnectionEstablished { .. } => open += 1,
+                SwarmEvent::ConnectionClosed { .. } => { open -= 1; closed += 1; }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Drives mallory for 4 s, calling `on_tick` every 250 ms; returns how many of her requests
+/// failed (were refused by the target) meanwhile.
+pub(crate) async fn count_refused(mallory: &mut Mallory, mut on_tick: impl FnMut()) -> usize {
     use futures::StreamExt as _;
     use libp2p::request_response::Event;
     use libp2p::swarm::SwarmEvent;
-    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+    let mut refused = 0;
+    let settle = tokio::time::sleep(Duration::from_secs(4));
+    tokio::pin!(settle);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            () = &mut settle => return refused,
+            _ = tick.tick() => on_tick(),
+            event = mallory.select_next_some() => {
+                if let SwarmEvent::Behaviour(Event::OutboundFailure { .. }) = event {
+                    refused += 1;
+                }
+            }
+        }
+    }
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_holding_half_sent_envelopes_and_extra_connections_is_bounded_and_others_get_through()
+ {
     let ca = ca();
     let alice = node("alice", &ca, &ca, MAX).await;
     let bob = node("bob", &ca, &ca, MAX).await;
@@ -508,30 +562,7 @@ async fn a_peer_holding_half_sent_envelopes_and_extra_connections_is_bounded_and
     let mut mallory = mallory(&ca);
 
     // Five connections to bob at once: he keeps two (his per-peer bound) and closes the rest.
-    for _ in 0..5 {
-        mallory
-            .dial(
-                DialOpts::peer_id(bob_id)
-                    .addresses(vec![bob_addr.clone()])
-                    .condition(PeerCondition::Always)
-                    .build(),
-            )
-            .unwrap();
-    }
-    let mut open = 0i32;
-    let mut closed_by_bob = 0;
-    let settle = tokio::time::sleep(Duration::from_secs(3));
-    tokio::pin!(settle);
-    loop {
-        tokio::select! {
-            () = &mut settle => break,
-            event = mallory.select_next_some() => match event {
-                SwarmEvent::ConnectionEstablished { .. } => open += 1,
-                SwarmEvent::ConnectionClosed { .. } => { open -= 1; closed_by_bob += 1; }
-                _ => {}
-            }
-        }
-    }
+    let (open, closed_by_bob) = dial_five_times(&mut mallory, bob_id, bob_addr).await;
     assert_eq!(open, 2, "bob keeps at most two connections per peer");
     assert_eq!(closed_by_bob, 3);
 
@@ -540,23 +571,11 @@ async fn a_peer_holding_half_sent_envelopes_and_extra_connections_is_bounded_and
     for _ in 0..requests {
         mallory.behaviour_mut().send_request(&bob_id, ());
     }
-    let mut refused = 0;
     let alice_to_bob = {
         let (net, to) = (alice.net.clone(), bob.recipient());
         tokio::spawn(async move { net.deliver(&to, envelope(b"real mail".to_vec())).await })
     };
-    let settle = tokio::time::sleep(Duration::from_secs(4));
-    tokio::pin!(settle);
-    loop {
-        tokio::select! {
-            () = &mut settle => break,
-            event = mallory.select_next_some() => {
-                if let SwarmEvent::Behaviour(Event::OutboundFailure { .. }) = event {
-                    refused += 1;
-                }
-            }
-        }
-    }
+    let refused = count_refused(&mut mallory, || {}).await;
     let held = requests - refused;
     assert!(
         (1..=2 * 64).contains(&held),
