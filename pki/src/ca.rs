@@ -12,15 +12,13 @@ use std::time::{Duration, SystemTime};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::{CryptoRng, RngCore};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyUsagePurpose, RevokedCertParams,
-    SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyIdMethod, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::crl::{Crl, CrlError, RevokedEntry};
 use crate::csr::{CsrError, ED25519_OID, check_csr};
 use crate::signer::{RcgenPublicKey, RcgenSigner};
 use crate::types::{Fingerprint, Serial};
@@ -229,8 +227,8 @@ impl IssuedCertificate {
 
 /// The CA: its certificate and signing key. Only the rendezvous holds one.
 pub struct CertificateAuthority {
-    cert: CaCertificate,
-    issuer: Issuer<'static, RcgenSigner<SigningKey>>,
+    pub(crate) cert: CaCertificate,
+    pub(crate) issuer: Issuer<'static, RcgenSigner<SigningKey>>,
 }
 
 impl fmt::Debug for CertificateAuthority {
@@ -415,35 +413,6 @@ impl CertificateAuthority {
             .collect::<Result<_, IssueError>>()?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.sign_leaf(&params, *public_key)
-    }
-
-    /// Signs a CRL listing `revoked`, valid from `this_update` until `next_update`. `number` must
-    /// grow with every CRL the CA publishes; verifiers refuse to go back to a smaller one.
-    pub fn sign_crl(
-        &self,
-        revoked: &[RevokedEntry],
-        number: u64,
-        this_update: SystemTime,
-        next_update: SystemTime,
-    ) -> Result<Crl, CrlError> {
-        let params = CertificateRevocationListParams {
-            this_update: to_offset(this_update),
-            next_update: to_offset(next_update),
-            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
-            issuing_distribution_point: None,
-            revoked_certs: revoked
-                .iter()
-                .map(|r| RevokedCertParams {
-                    serial_number: SerialNumber::from_slice(r.serial.as_bytes()),
-                    revocation_time: to_offset(r.revoked_at),
-                    reason_code: None,
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method: KeyIdMethod::Sha256,
-        };
-        let crl = params.signed_by(&self.issuer).map_err(CrlError::Sign)?;
-        Crl::from_der(crl.der(), &self.cert)
     }
 
     fn sign_leaf(

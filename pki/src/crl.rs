@@ -4,10 +4,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::SystemTime;
 
+use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
-use crate::ca::{CaCertificate, from_unix, pem_encode};
+use crate::ca::{CaCertificate, CertificateAuthority, from_unix, pem_encode, to_offset};
 use crate::types::{Fingerprint, Serial};
 
 /// A revoked certificate, as the CA records it.
@@ -156,5 +157,38 @@ impl fmt::Debug for Crl {
             .field("number", &self.number)
             .field("revoked", &self.revoked.len())
             .finish_non_exhaustive()
+    }
+}
+
+// CRLs are signed here, beside their parsing, so that the CA module does not depend on this
+// one: `ca` knows certificates, `crl` knows revocation lists and the CA that signs them.
+impl CertificateAuthority {
+    /// Signs a CRL listing `revoked`, valid from `this_update` until `next_update`. `number` must
+    /// grow with every CRL the CA publishes; verifiers refuse to go back to a smaller one.
+    pub fn sign_crl(
+        &self,
+        revoked: &[RevokedEntry],
+        number: u64,
+        this_update: SystemTime,
+        next_update: SystemTime,
+    ) -> Result<Crl, CrlError> {
+        let params = CertificateRevocationListParams {
+            this_update: to_offset(this_update),
+            next_update: to_offset(next_update),
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|r| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(r.serial.as_bytes()),
+                    revocation_time: to_offset(r.revoked_at),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer).map_err(CrlError::Sign)?;
+        Crl::from_der(crl.der(), &self.cert)
     }
 }
