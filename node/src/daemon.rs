@@ -142,7 +142,7 @@ fn token(data_dir: &Path) -> Result<String, DaemonError> {
     if let Ok(token) = std::fs::read_to_string(&path) {
         return Ok(token.trim().to_owned());
     }
-    let token = api::new_token();
+    let token = crate::driving::token::new_token();
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use peerchat_pki::Username;
-use rand::RngCore;
 use rand::rngs::OsRng;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -281,13 +280,6 @@ fn view(m: crate::ports::StoredMessage, me: &Username) -> MessageView {
 
 fn peer(raw: &str) -> Result<Username, ApiError> {
     Username::new(raw).map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_username", e.to_string()))
-}
-
-/// A fresh random token, hex.
-pub fn new_token() -> String {
-    let mut bytes = [0u8; 32];
-    OsRng.fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What the API needs around the node: the token, and a hook run after registration.

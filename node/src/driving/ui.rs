@@ -107,7 +107,7 @@ impl Sessions {
 
     /// A new one-time link.
     pub fn link(&self) -> UiLink {
-        let code = super::api::new_token();
+        let code = super::token::new_token();
         let mut codes = self.codes.lock().unwrap_or_else(|p| p.into_inner());
         codes.retain(|_, made| made.elapsed() < LINK_TTL);
         if codes.len() >= MAX_CODES {
@@ -136,7 +136,7 @@ impl Sessions {
         if made.elapsed() >= LINK_TTL {
             return None;
         }
-        let token = super::api::new_token();
+        let token = super::token::new_token();
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         if sessions.len() >= MAX_SESSIONS {
             sessions.remove(0);
