@@ -11,8 +11,6 @@ use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use super::x3dh::X3dhError;
-
 /// Domain separation for signed-prekey signatures, so no other signature by the identity key can
 /// pass for one.
 const SIGNED_PREKEY_CONTEXT: &[u8] = b"peerchat signed prekey v1";
@@ -242,16 +240,21 @@ impl SignedPreKey {
     }
 
     /// Checks the signature against `identity`.
-    pub fn verify(&self, identity: &IdentityKey) -> Result<(), X3dhError> {
+    pub fn verify(&self, identity: &IdentityKey) -> Result<(), BadSignature> {
         identity
             .ed
             .verify(
                 &signed_prekey_message(self.id, &self.public),
                 &self.signature,
             )
-            .map_err(|_| X3dhError::BadSignedPreKeySignature)
+            .map_err(|_| BadSignature)
     }
 }
+
+/// A signed prekey whose signature does not verify against the identity key it came with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the signed prekey's signature does not verify against the identity key")]
+pub struct BadSignature;
 
 impl fmt::Debug for SignedPreKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

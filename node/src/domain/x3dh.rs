@@ -35,6 +35,12 @@ pub enum X3dhError {
     OneTimePreKeyMissing,
 }
 
+impl From<super::keys::BadSignature> for X3dhError {
+    fn from(_: super::keys::BadSignature) -> Self {
+        Self::BadSignedPreKeySignature
+    }
+}
+
 /// The shared secret both sides derive: the initial root key of the Double Ratchet.
 pub(crate) type SecretKey = Zeroizing<[u8; 32]>;
 
