@@ -8,6 +8,7 @@ use crate::domain::{
     Ack, Envelope, IdentityKey, MessageId, OneTimePreKey, OneTimePreKeyPair, PreKeyBundle,
     PreKeyId, Session, SignedPreKey, SignedPreKeyPair,
 };
+pub use crate::domain::{Contact, Direction, MessageStatus, StoredMessage};
 
 /// A peer to deliver to: who it is (username and the identity key the lookup or the pinned
 /// contact gave) and where it may listen.
@@ -102,21 +103,6 @@ impl std::fmt::Debug for LocalIdentity {
     }
 }
 
-/// A person we talk to, with the identity key pinned on first contact.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Contact {
-    /// Their username.
-    pub username: Username,
-    /// Their pinned identity key.
-    pub identity_key: IdentityKey,
-    /// Whether the safety number was compared and confirmed.
-    pub verified: bool,
-    /// A different key the contact now presents, not yet accepted by the user. While it is set,
-    /// messages to the contact are held and messages from the new key are not taken.
-    #[serde(default)]
-    pub pending_key: Option<IdentityKey>,
-}
-
 /// Most envelopes held from one contact's unaccepted new key; past it, the sender (or the
 /// mailbox) keeps them.
 pub const MAX_HELD_INBOUND: usize = 1000;
@@ -130,128 +116,6 @@ pub struct HeldInbound {
     pub identity_key: IdentityKey,
     /// The envelope, still encrypted.
     pub envelope: Envelope,
-}
-
-/// Who wrote a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// We sent it.
-    Outgoing,
-    /// They sent it.
-    Incoming,
-}
-
-/// Where a message is in its lifecycle.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum MessageStatus {
-    /// Stored and encrypted, not yet acknowledged by anyone.
-    Pending,
-    /// Acknowledged by the peer (or the mailbox).
-    Sent,
-    /// The peer confirmed it stored the message (encrypted receipt).
-    Delivered,
-    /// The peer showed it.
-    Read,
-    /// Could not be delivered.
-    Failed,
-    /// A message we received.
-    Received,
-    /// Waiting for the user to accept the recipient's new key.
-    Held,
-    /// A message we received that could not be decrypted (kept so that it does not vanish
-    /// without a trace; its text is empty).
-    Undecryptable,
-}
-
-impl MessageStatus {
-    /// Whether a message in this status may move to `next`. Statuses only move forward: an
-    /// outgoing message along pending → sent → delivered → read, so a late acknowledgement
-    /// (`sent`) never undoes a receipt that overtook it; one not acknowledged yet (pending,
-    /// held, failed) may also be held, released, given up on or retried; a received one may be
-    /// read. This is the one place the rule lives; stores apply it inside their writes.
-    pub fn may_become(self, next: Self) -> bool {
-        use MessageStatus::{Delivered, Failed, Held, Pending, Read, Received, Sent};
-        match (self, next) {
-            (from, to) if from == to => false,
-            (Pending | Held | Failed, Pending | Held | Failed | Sent | Delivered | Read) => true,
-            (Sent, Delivered | Read) | (Delivered, Read) => true,
-            (Received, Read) => true,
-            _ => false,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::MessageStatus::{self, *};
-
-    #[test]
-    fn statuses_only_move_forward() {
-        let all = [
-            Pending,
-            Sent,
-            Delivered,
-            Read,
-            Failed,
-            Received,
-            Held,
-            Undecryptable,
-        ];
-        let allowed: Vec<(MessageStatus, MessageStatus)> = all
-            .iter()
-            .flat_map(|a| all.iter().map(move |b| (*a, *b)))
-            .filter(|(a, b)| a.may_become(*b))
-            .collect();
-        for (from, to) in [
-            (Pending, Sent),
-            (Sent, Delivered),
-            (Delivered, Read),
-            (Pending, Delivered),
-            (Failed, Pending),
-            (Held, Pending),
-            (Pending, Failed),
-            (Received, Read),
-        ] {
-            assert!(allowed.contains(&(from, to)), "{from:?} -> {to:?}");
-        }
-        for (from, to) in [
-            (Delivered, Sent),
-            (Read, Delivered),
-            (Read, Sent),
-            (Sent, Pending),
-            (Sent, Failed),
-            (Read, Received),
-            (Received, Sent),
-            (Undecryptable, Read),
-        ] {
-            assert!(!allowed.contains(&(from, to)), "{from:?} -> {to:?}");
-        }
-        assert!(
-            all.iter().all(|s| !s.may_become(*s)),
-            "staying put is no move"
-        );
-    }
-}
-
-/// A message as stored on this node.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct StoredMessage {
-    /// The sender's id.
-    pub id: MessageId,
-    /// The other person.
-    pub peer: Username,
-    /// Who wrote it.
-    pub direction: Direction,
-    /// The text.
-    pub body: String,
-    /// The sender's clock, ms since the epoch.
-    pub sent_at_ms: u64,
-    /// Its status.
-    pub status: MessageStatus,
 }
 
 /// An envelope waiting to be acknowledged.

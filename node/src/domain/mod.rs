@@ -7,7 +7,9 @@ pub mod kdf;
 pub mod keys;
 pub mod message;
 pub mod ratchet;
+pub mod record;
 pub mod safety_number;
+pub mod status;
 pub mod x3dh;
 
 pub use content::{Content, ContentError};
@@ -19,5 +21,7 @@ pub use keys::{
 };
 pub use message::{Message, MessageDecodeError, PreKeyHeader};
 pub use ratchet::{DecryptError, EncryptError, Responded, Session, SessionError};
+pub use record::{Contact, Direction, StoredMessage};
 pub use safety_number::SafetyNumber;
+pub use status::MessageStatus;
 pub use x3dh::X3dhError;
