@@ -23,8 +23,7 @@ use peerchat::domain::MessageId;
 use peerchat::driven::p2p::{self, P2pConfig};
 use peerchat::driven::rendezvous_inprocess::InProcessDirectory;
 use peerchat::driven::sled_store::SledStore;
-use peerchat::driving::p2p_inbound;
-use peerchat::ports::{Event, Store, SystemClock};
+use peerchat::ports::{Event, SystemClock};
 use peerchat::usecases::Node;
 use peerchat_pki::tls::Credentials;
 use peerchat_pki::{CertificateAuthority, TrustStore, Username};
@@ -61,7 +60,7 @@ async fn node(
     node.register(&username, "correct horse battery")
         .await
         .unwrap();
-    let identity = node.store().identity().unwrap().unwrap();
+    let identity = node.resume().unwrap();
     let key = SigningKey::from_bytes(&identity.seed);
     let der = {
         use rustls::pki_types::pem::PemObject;
@@ -75,14 +74,9 @@ async fn node(
         vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
     );
     config.inbound_capacity = 4096;
-    let (net, inbound) = p2p::start(config).await.unwrap();
+    let net = p2p::start(config, node.clone()).await.unwrap();
     let addresses = net.listen_addrs().iter().map(|a| a.to_string()).collect();
     network.set(net);
-    let receiver = node.clone();
-    tokio::spawn(p2p_inbound::serve(inbound, move |from, key, envelope| {
-        let receiver = receiver.clone();
-        async move { receiver.receive(&from, &key, envelope).await }
-    }));
     node.announce_presence(addresses, 3600).await.unwrap();
     (node, notifier)
 }
@@ -132,7 +126,7 @@ fn main() {
         }
         let elapsed = started.elapsed();
         let stored = bob.history(&Username::new("alice").unwrap()).unwrap().len() - 1;
-        let outbox = alice.store().outbox().unwrap().len();
+        let outbox = alice.status().unwrap().outbox;
         assert_eq!(stored, messages, "bob stored every message");
         assert_eq!(outbox, 0, "every message acknowledged");
         let per_sec = messages as f64 / elapsed.as_secs_f64();

@@ -22,8 +22,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use peerchat::domain::{Ack, Envelope, IdentityKey, MessageId};
 use peerchat::driven::p2p::{P2pConfig, P2pNetwork, start};
-use peerchat::driving::p2p_inbound;
-use peerchat::ports::{Network, Recipient};
+use peerchat::ports::{EnvelopeFn, Messages, Recipient};
 use peerchat_pki::tls::{Credentials, PEER_SERVER_NAME, peer_client_config, peer_server_config};
 use peerchat_pki::{CertificateAuthority, TrustStore, Username, build_csr};
 use rand::rngs::OsRng;
@@ -76,9 +75,9 @@ async fn node(id: &Identity) -> P2pNetwork {
     config.max_envelope_bytes = 2 * MIB;
     config.inbound_capacity = 4096;
     config.request_timeout = Duration::from_secs(60);
-    let (net, inbound) = start(config).await.unwrap();
-    tokio::spawn(p2p_inbound::serve(inbound, |_, _, _| async { Ack::Stored }));
-    net
+    start(config, Arc::new(EnvelopeFn(|_, _| async { Ack::Stored })))
+        .await
+        .unwrap()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -7,19 +7,25 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
+use futures::FutureExt;
 use libp2p::Multiaddr;
-use peerchat_pki::TrustStore;
 use peerchat_pki::tls::Credentials;
 use tokio::sync::broadcast;
 
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
 use crate::domain::{Ack, Envelope};
-use crate::driven::crl_file;
 use crate::driven::p2p::{self, P2pConfig, P2pNetwork};
 use crate::driven::rendezvous_http::{HttpDirectory, pin_ca};
 use crate::driven::sled_store::SledStore;
-use crate::driving::{api, p2p_inbound};
-use crate::ports::{DeliveryError, Event, Network, Notifier, Recipient, Store, SystemClock};
-use crate::usecases::Node;
+use crate::driven::transport_trust::DaemonTrust;
+use crate::driving::api;
+use crate::ports::{
+    DeliveryError, Event, Messages, Notifier, PeerStream, Reachability, ReachabilityEvent,
+    Recipient, Store, Streams, SystemClock, TransportTrust,
+};
+use crate::usecases::{Node, Schedule};
 use peerchat_telemetry::Telemetry;
 
 /// File (in the data directory) holding the API address, for the CLI; present only while the
@@ -36,16 +42,10 @@ pub const LOCK_FILE: &str = "daemon.lock";
 pub const UI_SESSIONS_FILE: &str = "ui-sessions";
 /// File (mode 0600) holding the API bearer token.
 pub const API_TOKEN_FILE: &str = "api-token";
-/// How long a signed prekey is used before a new one replaces it.
-const SIGNED_PREKEY_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
-/// How long one mailbox request waits for new mail.
-const MAILBOX_WAIT: Duration = Duration::from_secs(25);
-/// How often undelivered messages are tried again.
-const OUTBOX_RETRY: Duration = Duration::from_secs(3);
 /// After this long an undelivered message is marked failed (unless configured otherwise).
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
-/// How long announced addresses stay valid; they are re-announced at half of it.
-const PRESENCE_TTL: Duration = Duration::from_secs(120);
+/// How long shutdown waits for the background tasks once they are cancelled.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
 /// The daemon's settings.
 #[derive(Debug, Clone)]
@@ -78,24 +78,64 @@ pub struct DaemonConfig {
 }
 
 /// The network, available once the node is registered and the swarm has started.
-#[derive(Debug, Clone, Default)]
-pub struct LateNetwork(Arc<OnceLock<P2pNetwork>>);
+#[derive(Debug, Clone)]
+pub struct LateNetwork {
+    started: Arc<OnceLock<P2pNetwork>>,
+    reachability: broadcast::Sender<ReachabilityEvent>,
+}
+
+impl Default for LateNetwork {
+    fn default() -> Self {
+        Self {
+            started: Arc::default(),
+            reachability: broadcast::channel(256).0,
+        }
+    }
+}
 
 impl LateNetwork {
     /// Provides the started network (once; later calls change nothing).
     pub fn set(&self, network: P2pNetwork) {
-        let _ = self.0.set(network);
+        let _ = self.started.set(network);
+    }
+
+    /// Where the network, once started, publishes its reachability.
+    pub fn reachability_sender(&self) -> broadcast::Sender<ReachabilityEvent> {
+        self.reachability.clone()
+    }
+
+    fn started(&self) -> Result<&P2pNetwork, DeliveryError> {
+        self.started
+            .get()
+            .ok_or_else(|| DeliveryError::Unreachable("the network has not started".into()))
     }
 }
 
-impl Network for LateNetwork {
+impl Messages for LateNetwork {
     async fn deliver(&self, to: &Recipient, envelope: Envelope) -> Result<Ack, DeliveryError> {
-        match self.0.get() {
-            Some(net) => net.deliver(to, envelope).await,
-            None => Err(DeliveryError::Unreachable(
-                "the network has not started".into(),
-            )),
-        }
+        self.started()?.deliver(to, envelope).await
+    }
+}
+
+impl Streams for LateNetwork {
+    async fn open_stream(
+        &self,
+        to: &Recipient,
+        protocol: &'static str,
+    ) -> Result<PeerStream, DeliveryError> {
+        self.started()?.open_stream(to, protocol).await
+    }
+}
+
+impl Reachability for LateNetwork {
+    fn own_addresses(&self) -> Vec<String> {
+        self.started()
+            .map(Reachability::own_addresses)
+            .unwrap_or_default()
+    }
+
+    fn reachability(&self) -> broadcast::Receiver<ReachabilityEvent> {
+        self.reachability.subscribe()
     }
 }
 
@@ -174,9 +214,6 @@ pub async fn run(
     // Held until the daemon stops: a second daemon on this directory is told who runs it.
     let _lock = lock_data_dir(&config.data_dir)?;
     let _ = std::fs::write(config.data_dir.join(RENDEZVOUS_FILE), &config.rendezvous);
-    // Every background task holds a receiver: it stops when `true` is sent, and `closed()` on
-    // the sender tells when the last one has stopped.
-    let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let store = SledStore::open(&config.data_dir.join("db"))
         .map_err(|e| DaemonError::Start(e.to_string()))?;
     let me = store
@@ -215,44 +252,44 @@ pub async fn run(
         .with_read_receipts(config.read_receipts),
     );
 
-    let start = {
-        let (node, network, config, ca, notifier, closing) = (
+    // Every background task runs in `tasks` and stops when `cancel` is cancelled; shutdown
+    // waits for them.
+    let cancel = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    // The network starts once the node has an account: now, or on the `Registered` event.
+    {
+        let mut registered = node_events.0.subscribe();
+        let already = node
+            .status()
+            .map_err(|e| DaemonError::Start(e.to_string()))?;
+        let (node, network, config, ca, cancel) = (
             node.clone(),
             network.clone(),
             config.clone(),
             ca.clone(),
-            node_events.clone(),
-            closing.clone(),
+            cancel.clone(),
         );
-        move || {
-            let (node, network, config, ca, notifier) = (
-                node.clone(),
-                network.clone(),
-                config.clone(),
-                ca.clone(),
-                notifier.clone(),
-            );
-            let tasks = closing.clone();
-            supervised(closing.clone(), async move {
-                if let Err(e) = start_network(notifier, node, network, &config, ca, tasks).await {
-                    tracing::error!(error = %e, "the network did not start");
-                    eprintln!("peerchat: the network did not start: {e}");
+        tasks.spawn(async move {
+            if already.username.is_none() {
+                loop {
+                    match registered.recv().await {
+                        Ok(Event::Registered { .. }) => break,
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
                 }
-            });
-        }
-    };
-    if node
-        .store()
-        .identity()
-        .map_err(|e| DaemonError::Start(e.to_string()))?
-        .is_some()
-    {
-        start();
+            }
+            if let Err(e) = run_network(node, network, &config, ca, cancel).await {
+                tracing::error!(error = %e, "the network did not start");
+                eprintln!("peerchat: the network did not start: {e}");
+            }
+        });
     }
 
     if config.desktop_notifications {
         let mut events = node_events.0.subscribe();
-        supervised(closing.clone(), async move {
+        let cancel = cancel.clone();
+        tasks.spawn(cancel.run_until_cancelled_owned(async move {
             loop {
                 match events.recv().await {
                     Ok(Event::MessageReceived { peer, .. }) => {
@@ -268,7 +305,7 @@ pub async fn run(
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
             }
-        });
+        }).map(drop));
     }
     let token = token(&config.data_dir)?;
     let listener = bind_api(&config).await?;
@@ -293,46 +330,36 @@ pub async fn run(
     );
     let events = node_events.clone();
     let shutdown = {
-        let closing_tx = closing_tx.clone();
+        let cancel = cancel.clone();
         async move {
             shutdown.await;
-            let _ = closing_tx.send(true);
+            cancel.cancel();
         }
     };
     let app = api::router(api::ApiState {
-        node,
+        node: node.clone(),
         token,
-        on_registered: Box::new(start),
         subscribe: Box::new(move || events.0.subscribe()),
         ui: crate::driving::ui::Sessions::persistent(config.data_dir.join(UI_SESSIONS_FILE)),
-        closing,
+        closing: cancel.clone(),
     });
     let served = api::serve(listener, app, shutdown).await;
     // Nobody answers there any more: the CLI and health checks must not think otherwise.
     let _ = std::fs::remove_file(config.data_dir.join(API_ADDR_FILE));
-    let _ = closing_tx.send(true);
-    if tokio::time::timeout(Duration::from_secs(5), closing_tx.closed())
-        .await
-        .is_err()
-    {
-        tracing::warn!("background tasks still running after 5 s; stopping anyway");
+    cancel.cancel();
+    let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if stopped.is_err() {
+        tracing::warn!("background tasks still running at shutdown; stopping anyway");
+        tasks.abort_all();
+    }
+    if let Err(e) = node.flush().await {
+        tracing::warn!(error = %e, "flushing the store at shutdown failed");
     }
     served.map_err(|e| io("serving the API", e))?;
     Ok(())
-}
-
-/// Runs `task` on its own until it ends or `true` is sent on `stop`'s channel; the receiver is
-/// held until then, so the sender's `closed()` waits for it.
-fn supervised(
-    mut stop: tokio::sync::watch::Receiver<bool>,
-    task: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = stop.wait_for(|stopping| *stopping) => {}
-            () = task => {}
-        }
-    });
 }
 
 /// Locks `DIR/daemon.lock` (and writes our pid into it), or says which daemon holds it.
@@ -384,104 +411,55 @@ async fn bind_api(config: &DaemonConfig) -> Result<tokio::net::TcpListener, Daem
         .map_err(|e| io(&format!("binding the API on {}", config.api), e))
 }
 
-/// Fetches the CRL and, if it is not older than the one in use, installs it and saves it for
-/// the next start. Returns whether one was installed.
-async fn install_crl(node: &DaemonNode, trust: &TrustStore, data_dir: &Path) -> bool {
-    match node.directory().crl().await {
-        Ok(crl) => {
-            let der = crl.clone();
-            if trust.set_crl(crl).is_err() {
-                return false;
-            }
-            if let Err(e) = crl_file::save(data_dir, &der) {
-                tracing::warn!(error = %e, "saving the CRL failed");
-            }
-            true
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "fetching the CRL failed");
-            false
-        }
-    }
-}
-
-async fn start_network(
-    events: BroadcastNotifier,
+/// Starts the network for the registered node, announces it, and maintains the node until
+/// `cancel` is cancelled.
+async fn run_network(
     node: Arc<DaemonNode>,
     network: LateNetwork,
     config: &DaemonConfig,
     ca: peerchat_pki::CaCertificate,
-    tasks: tokio::sync::watch::Receiver<bool>,
+    cancel: CancellationToken,
 ) -> Result<(), String> {
-    let identity = node
-        .store()
-        .identity()
-        .map_err(|e| e.to_string())?
-        .ok_or("not registered")?;
+    let identity = node.resume().map_err(|e| e.to_string())?;
     export_spans(config, Some(&identity.username));
     let key = SigningKey::from_bytes(&identity.seed);
-    use crate::ports::Directory;
-    node.directory()
-        .authenticate(&identity.certificate_pem, &key)
-        .map_err(|e| e.to_string())?;
-    let trust = Arc::new(TrustStore::new(ca.clone()));
-    // The last CRL we verified, so revocation holds even if the rendezvous is down now.
-    if let Some(saved) = crl_file::load(&config.data_dir, &ca) {
-        let _ = trust.set_crl(saved);
-    }
-    install_crl(&node, &trust, &config.data_dir).await;
-    if trust.crl().is_none() {
-        tracing::warn!("no CRL yet: only pinned contacts are let in until one is fetched");
-    }
     let der = {
         use rustls::pki_types::pem::PemObject;
         peerchat_pki::CertificateDer::from_pem_slice(identity.certificate_pem.as_bytes())
             .map_err(|e| e.to_string())?
     };
     let credentials = Credentials::new(vec![der], key.clone());
-    let mut p2p_config = P2pConfig::new(
-        key,
+    let trust = Arc::new(DaemonTrust::new(
+        ca,
         credentials.clone(),
-        trust.clone(),
-        vec![config.listen.clone()],
-    );
+        key.clone(),
+        config.data_dir.clone(),
+    ));
+    node.refresh_crl(&*trust).await;
+    if trust.crl_number().is_none() {
+        tracing::warn!("no CRL yet: only pinned contacts are let in until one is fetched");
+    }
+    let mut p2p_config =
+        P2pConfig::new(key, credentials, trust.store(), vec![config.listen.clone()]);
     p2p_config.without_crl = {
         let node = node.clone();
-        p2p::WithoutCrl::OnlyPinned(Arc::new(move |username, key| {
-            matches!(
-                node.store().contact(username),
-                Ok(Some(contact)) if contact.identity_key.verifying_key() == key
-            )
-        }))
+        p2p::WithoutCrl::OnlyPinned(Arc::new(move |username, key| node.is_pinned(username, key)))
     };
-    p2p_config.on_presence = Some(Arc::new(move |peer, online| {
-        events.notify(if online {
-            Event::PeerOnline { peer }
-        } else {
-            Event::PeerOffline { peer }
-        });
-    }));
-    let (net, inbound) = p2p::start(p2p_config).await.map_err(|e| e.to_string())?;
-    let addresses: Vec<String> = net
-        .reachable_addrs()
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-
-    let _ = network.0.set(net.clone());
-    {
-        let node = node.clone();
-        supervised(
-            tasks.clone(),
-            p2p_inbound::serve(inbound, move |from, key, envelope| {
-                let node = node.clone();
-                async move { node.receive(&from, &key, envelope).await }
-            }),
-        );
-    }
+    p2p_config.reachability = network.reachability_sender();
+    let net = p2p::start(p2p_config, node.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    trust.attach(net.clone());
+    network.set(net.clone());
+    let addresses = net.own_addresses();
+    let schedule = Schedule {
+        give_up_after: config.give_up_after,
+        crl_refresh: config.crl_refresh,
+        ..Schedule::default()
+    };
     // Reachable before saying so.
     if let Err(e) = node
-        .announce_presence(addresses.clone(), PRESENCE_TTL.as_secs())
+        .announce_presence(addresses.clone(), schedule.presence_ttl.as_secs())
         .await
     {
         tracing::warn!(error = %e, "announcing presence failed");
@@ -491,115 +469,8 @@ async fn start_network(
         identity.username,
         addresses.join(", ")
     );
-    // The mailbox: emptied at start, then whenever the rendezvous signals new mail (long poll).
-    // The same long poll answers when a certificate is revoked: the new CRL is fetched at once
-    // and the connections of peers it revokes are closed.
-    {
-        let (node, trust, net, data_dir) = (
-            node.clone(),
-            trust.clone(),
-            net.clone(),
-            config.data_dir.clone(),
-        );
-        supervised(tasks.clone(), async move {
-            loop {
-                let known = trust.crl().map(|crl| crl.number());
-                match node.fetch_mail(MAILBOX_WAIT.as_secs(), known).await {
-                    Ok(fetched) => {
-                        if fetched.crl_number.is_some_and(|n| Some(n) > known)
-                            && install_crl(&node, &trust, &data_dir).await
-                        {
-                            net.drop_revoked().await;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "fetching mail failed");
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
-                }
-            }
-        });
-    }
-    // The outbox: retried until acknowledged or too old.
-    {
-        let node = node.clone();
-        let give_up_after = config.give_up_after.as_millis() as u64;
-        supervised(tasks.clone(), async move {
-            let mut tick = tokio::time::interval(OUTBOX_RETRY);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = node.outbox_signal().notified() => {}
-                }
-                if let Err(e) = node.retry_outbox(give_up_after).await {
-                    tracing::warn!(error = %e, "retrying the outbox failed");
-                }
-            }
-        });
-    }
-    // The CRL: refreshed, handed to the transport, and connections of newly revoked peers closed.
-    {
-        let (node, trust, net, every, data_dir) = (
-            node.clone(),
-            trust.clone(),
-            net.clone(),
-            config.crl_refresh,
-            config.data_dir.clone(),
-        );
-        supervised(tasks.clone(), async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                if install_crl(&node, &trust, &data_dir).await {
-                    net.drop_revoked().await;
-                }
-            }
-        });
-    }
-    // Presence, prekeys and the certificate, kept fresh.
-    supervised(tasks.clone(), async move {
-        let mut tick = tokio::time::interval(PRESENCE_TTL / 2);
-        let mut round: u64 = 0;
-        loop {
-            tick.tick().await;
-            if let Err(e) = node
-                .announce_presence(addresses.clone(), PRESENCE_TTL.as_secs())
-                .await
-            {
-                tracing::warn!(error = %e, "announcing presence failed");
-            }
-            if round.is_multiple_of(10) {
-                if let Err(e) = node.refresh_prekeys().await {
-                    tracing::warn!(error = %e, "refreshing prekeys failed");
-                }
-                if let Err(e) = node
-                    .rotate_signed_prekey(SIGNED_PREKEY_MAX_AGE.as_millis() as u64)
-                    .await
-                {
-                    tracing::warn!(error = %e, "rotating the signed prekey failed");
-                }
-                // Renewed at two thirds of its life; the network presents the new one at once.
-                match node
-                    .renew_certificate(peerchat_pki::DEFAULT_PEER_VALIDITY, false)
-                    .await
-                {
-                    Ok(true) => {
-                        if let Ok(Some(identity)) = node.store().identity() {
-                            use rustls::pki_types::pem::PemObject;
-                            if let Ok(der) = peerchat_pki::CertificateDer::from_pem_slice(
-                                identity.certificate_pem.as_bytes(),
-                            ) {
-                                credentials
-                                    .replace(vec![der], SigningKey::from_bytes(&identity.seed));
-                            }
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "renewing the certificate failed"),
-                }
-            }
-            round += 1;
-        }
-    });
+    node.maintain(trust, schedule, cancel).await;
+    // The swarm stops with its last handle.
+    drop(net);
     Ok(())
 }

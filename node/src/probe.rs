@@ -17,9 +17,9 @@ use peerchat_pki::{CaCertificate, TrustStore, Username};
 use rand::rngs::OsRng;
 use zeroize::Zeroizing;
 
-use crate::domain::{Ack, Envelope, IdentityKey, MessageId};
+use crate::domain::{Ack, Envelope, IdentityKey, MessageId, RejectReason};
 use crate::driven::p2p::{self, P2pConfig};
-use crate::ports::{Network, Recipient};
+use crate::ports::{EnvelopeFn, Messages, Recipient};
 
 /// What to probe, and as whom.
 #[derive(Debug, Clone)]
@@ -113,7 +113,9 @@ pub async fn run(probe: &Probe) -> Result<Ack, ProbeError> {
         std::sync::Arc::new(TrustStore::new(ca)),
         Vec::new(),
     );
-    let (network, _inbound) = p2p::start(config)
+    // The probe only sends: whatever a peer might send it is refused.
+    let refuse = EnvelopeFn(|_, _| async { Ack::Rejected(RejectReason::Internal) });
+    let network = p2p::start(config, std::sync::Arc::new(refuse))
         .await
         .map_err(|e| ProbeError::Start(e.to_string()))?;
     let envelope = Envelope {

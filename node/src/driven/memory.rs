@@ -10,9 +10,10 @@ use crate::domain::{
     Ack, Envelope, MessageId, OneTimePreKeyPair, PreKeyId, RejectReason, Session, SignedPreKeyPair,
 };
 use crate::ports::{
-    Contact, Conversation, DeliveryError, Event, HeldInbound, Inbound, LocalIdentity,
-    MAX_HELD_INBOUND, MessageStatus, Network, Notifier, OutboxEntry, Recipient, Recorded, Store,
-    StoreError, StoredMessage,
+    AuthenticatedPeer, Contact, Conversation, DeliveryError, Event, HeldInbound, Inbound,
+    LocalIdentity, MAX_HELD_INBOUND, MessageStatus, Messages, Notifier, OutboxEntry, PeerStream,
+    Reachability, ReachabilityEvent, Recipient, Recorded, Store, StoreError, StoredMessage,
+    Streams,
 };
 
 #[derive(Default)]
@@ -44,8 +45,9 @@ impl Inner {
 }
 
 /// The in-memory [`Store`]: same contract as the sled adapter, nothing survives the process.
-#[derive(Default)]
-pub struct MemoryStore(Mutex<Inner>);
+/// Clones share the same data (a test keeps one to look inside the node's).
+#[derive(Default, Clone)]
+pub struct MemoryStore(Arc<Mutex<Inner>>);
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -415,7 +417,8 @@ impl Notifier for RecordingNotifier {
 }
 
 /// An in-process network: nodes attach under their username and identity key; delivery hands
-/// the envelope to the recipient's inbound queue and waits for its acknowledgement.
+/// the envelope to the recipient's [`HubInbox`] and waits for its acknowledgement, and streams
+/// are in-memory pipes.
 #[derive(Debug, Default, Clone)]
 pub struct Hub(Arc<Mutex<HashMap<Username, HubEntry>>>);
 
@@ -423,8 +426,47 @@ pub struct Hub(Arc<Mutex<HashMap<Username, HubEntry>>>);
 struct HubEntry {
     /// The key the node authenticates with, once it has one.
     key: Option<crate::domain::IdentityKey>,
-    queue: mpsc::Sender<Inbound>,
+    queue: mpsc::Sender<HubItem>,
     online: bool,
+}
+
+#[derive(Debug)]
+enum HubItem {
+    Envelope {
+        from: AuthenticatedPeer,
+        envelope: Envelope,
+        reply: oneshot::Sender<Ack>,
+    },
+    Stream(PeerStream),
+}
+
+/// What arrives for one node on a [`Hub`], until [`HubInbox::serve`] hands it to the node.
+#[derive(Debug)]
+pub struct HubInbox(mpsc::Receiver<HubItem>);
+
+impl HubInbox {
+    /// Hands everything that arrives to `inbound` (envelopes up to 64 at once). Returns when
+    /// the hub is dropped.
+    pub async fn serve<I: Inbound>(self, inbound: Arc<I>) {
+        let mut queue = self.0;
+        let stream = futures::stream::poll_fn(move |cx| queue.poll_recv(cx));
+        futures::StreamExt::for_each_concurrent(stream, 64, |item| {
+            let inbound = inbound.clone();
+            async move {
+                match item {
+                    HubItem::Envelope {
+                        from,
+                        envelope,
+                        reply,
+                    } => {
+                        let _ = reply.send(inbound.envelope(from, envelope).await);
+                    }
+                    HubItem::Stream(stream) => inbound.stream(stream).await,
+                }
+            }
+        })
+        .await;
+    }
 }
 
 /// One node's connection to a [`Hub`].
@@ -432,6 +474,7 @@ struct HubEntry {
 pub struct HubNetwork {
     hub: Hub,
     me: Username,
+    reachability: tokio::sync::broadcast::Sender<ReachabilityEvent>,
 }
 
 impl Hub {
@@ -439,8 +482,8 @@ impl Hub {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Attaches a node; returns its network and its inbound queue.
-    pub fn attach(&self, username: Username) -> (HubNetwork, mpsc::Receiver<Inbound>) {
+    /// Attaches a node; returns its network and what arrives for it.
+    pub fn attach(&self, username: Username) -> (HubNetwork, HubInbox) {
         let (queue, rx) = mpsc::channel(1024);
         self.entries().insert(
             username.clone(),
@@ -454,8 +497,9 @@ impl Hub {
             HubNetwork {
                 hub: self.clone(),
                 me: username,
+                reachability: tokio::sync::broadcast::channel(64).0,
             },
-            rx,
+            HubInbox(rx),
         )
     }
 
@@ -474,35 +518,44 @@ impl Hub {
     }
 }
 
-impl Network for HubNetwork {
-    async fn deliver(&self, to: &Recipient, envelope: Envelope) -> Result<Ack, DeliveryError> {
-        let (target, sender_key) = {
-            let entries = self.hub.entries();
-            (
-                entries.get(&to.username).cloned(),
-                entries.get(&self.me).and_then(|e| e.key),
-            )
-        };
-        let Some(target) = target.filter(|t| t.online) else {
-            return Err(DeliveryError::Unreachable(format!(
-                "{} is not on the hub",
-                to.username
-            )));
-        };
-        let Some(sender_key) = sender_key else {
-            return Err(DeliveryError::Refused(
-                "this node has no identity yet".into(),
-            ));
-        };
+impl HubNetwork {
+    /// The recipient's queue and our own authenticated identity, if `to` is reachable as the
+    /// key it is expected to have.
+    fn route(
+        &self,
+        to: &Recipient,
+    ) -> Result<(mpsc::Sender<HubItem>, AuthenticatedPeer), DeliveryError> {
+        let entries = self.hub.entries();
+        let target = entries
+            .get(&to.username)
+            .filter(|t| t.online)
+            .ok_or_else(|| {
+                DeliveryError::Unreachable(format!("{} is not on the hub", to.username))
+            })?;
+        let sender_key = entries
+            .get(&self.me)
+            .and_then(|e| e.key)
+            .ok_or_else(|| DeliveryError::Refused("this node has no identity yet".into()))?;
         if target.key != Some(to.identity_key) {
             return Err(DeliveryError::WrongPeer);
         }
-        let queue = target.queue;
+        Ok((
+            target.queue.clone(),
+            AuthenticatedPeer {
+                username: self.me.clone(),
+                identity_key: sender_key,
+            },
+        ))
+    }
+}
+
+impl Messages for HubNetwork {
+    async fn deliver(&self, to: &Recipient, envelope: Envelope) -> Result<Ack, DeliveryError> {
+        let (queue, from) = self.route(to)?;
         let (reply, answer) = oneshot::channel();
         queue
-            .send(Inbound {
-                from: self.me.clone(),
-                identity_key: sender_key,
+            .send(HubItem::Envelope {
+                from,
                 envelope,
                 reply,
             })
@@ -511,5 +564,43 @@ impl Network for HubNetwork {
         Ok(answer
             .await
             .unwrap_or(Ack::Rejected(RejectReason::Internal)))
+    }
+}
+
+impl Streams for HubNetwork {
+    async fn open_stream(
+        &self,
+        to: &Recipient,
+        protocol: &'static str,
+    ) -> Result<PeerStream, DeliveryError> {
+        use tokio_util::compat::TokioAsyncReadCompatExt;
+        let (queue, from) = self.route(to)?;
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        queue
+            .send(HubItem::Stream(PeerStream {
+                peer: from,
+                protocol: protocol.to_owned(),
+                io: Box::pin(theirs.compat()),
+            }))
+            .await
+            .map_err(|_| DeliveryError::Refused("the peer stopped".into()))?;
+        Ok(PeerStream {
+            peer: AuthenticatedPeer {
+                username: to.username.clone(),
+                identity_key: to.identity_key,
+            },
+            protocol: protocol.to_owned(),
+            io: Box::pin(ours.compat()),
+        })
+    }
+}
+
+impl Reachability for HubNetwork {
+    fn own_addresses(&self) -> Vec<String> {
+        vec![format!("hub:{}", self.me)]
+    }
+
+    fn reachability(&self) -> tokio::sync::broadcast::Receiver<ReachabilityEvent> {
+        self.reachability.subscribe()
     }
 }

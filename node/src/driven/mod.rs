@@ -7,3 +7,4 @@ pub mod rendezvous_http;
 pub mod rendezvous_inprocess;
 pub mod rendezvous_wire;
 pub mod sled_store;
+pub mod transport_trust;

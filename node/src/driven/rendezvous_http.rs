@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::SigningKey;
 use peerchat_pki::tls::{Credentials, rendezvous_client_config};
-use peerchat_pki::{CaCertificate, Crl, Username};
+use peerchat_pki::{CaCertificate, Username};
 use peerchat_rendezvous::api;
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -141,9 +141,10 @@ impl HttpDirectory {
             ca_pem: issued.ca,
         })
     }
+}
 
-    /// The current CRL, checked against the pinned CA.
-    pub async fn crl(&self) -> Result<Crl, DirectoryError> {
+impl Directory for HttpDirectory {
+    async fn crl(&self) -> Result<Vec<u8>, DirectoryError> {
         let response = self
             .http()
             .get(format!("{}/v1/crl", self.base))
@@ -156,12 +157,9 @@ impl HttpDirectory {
                 response.status()
             )));
         }
-        let der = response.bytes().await.map_err(unavailable)?;
-        Crl::from_der(&der, &self.ca).map_err(|e| DirectoryError::Unavailable(e.to_string()))
+        Ok(response.bytes().await.map_err(unavailable)?.to_vec())
     }
-}
 
-impl Directory for HttpDirectory {
     async fn register(
         &self,
         username: &Username,

@@ -21,7 +21,17 @@ use crate::ports::{Directory, DirectoryError, Issued, PeerInfo, TotpEnrolment};
 /// A directory client that calls the service directly.
 pub struct InProcessDirectory<R: RendezvousStore> {
     service: Arc<Rendezvous<R>>,
-    caller: RwLock<Option<Caller>>,
+    caller: Arc<RwLock<Option<Caller>>>,
+}
+
+/// Clones share the service and the authenticated caller.
+impl<R: RendezvousStore> Clone for InProcessDirectory<R> {
+    fn clone(&self) -> Self {
+        Self {
+            service: self.service.clone(),
+            caller: self.caller.clone(),
+        }
+    }
 }
 
 impl<R: RendezvousStore> std::fmt::Debug for InProcessDirectory<R> {
@@ -35,7 +45,7 @@ impl<R: RendezvousStore> InProcessDirectory<R> {
     pub fn new(service: Arc<Rendezvous<R>>) -> Self {
         Self {
             service,
-            caller: RwLock::new(None),
+            caller: Arc::new(RwLock::new(None)),
         }
     }
 
@@ -251,6 +261,11 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
             .ack(&caller, &caller.username, &id.to_string())
             .await
             .map_err(translate)
+    }
+
+    async fn crl(&self) -> Result<Vec<u8>, DirectoryError> {
+        let crl = self.service.crl(SystemTime::now()).map_err(translate)?;
+        Ok(crl.der().to_vec())
     }
 
     async fn announce(&self, addresses: Vec<String>, ttl_secs: u64) -> Result<(), DirectoryError> {

@@ -282,22 +282,20 @@ fn peer(raw: &str) -> Result<Username, ApiError> {
     Username::new(raw).map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_username", e.to_string()))
 }
 
-/// What the API needs around the node: the token, and a hook run after registration.
+/// What the API needs around the node: the token, events, window sessions and shutdown.
 pub struct ApiState<S, D, N, E, C> {
     /// The node.
     pub node: Arc<Node<S, D, N, E, C>>,
     /// The bearer token.
     pub token: String,
-    /// Called once the node has registered (the daemon starts networking).
-    pub on_registered: Box<dyn Fn() + Send + Sync>,
     /// A new subscription to the node's real-time events.
     pub subscribe:
         Box<dyn Fn() -> tokio::sync::broadcast::Receiver<crate::ports::Event> + Send + Sync>,
     /// The chat window's one-time links and sessions.
     pub ui: ui::Sessions,
-    /// Becomes `true` when the daemon stops: event streams end, so shutdown need not wait for
-    /// open windows.
-    pub closing: tokio::sync::watch::Receiver<bool>,
+    /// Cancelled when the daemon stops: event streams end, so shutdown need not wait for open
+    /// windows.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 /// The API router.
@@ -500,7 +498,6 @@ async fn register<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
     Body(body): Body<RegisterBody>,
 ) -> Result<StatusCode, ApiError> {
     state.node.register(&body.username, &body.password).await?;
-    (state.on_registered)();
     Ok(StatusCode::CREATED)
 }
 
@@ -512,7 +509,6 @@ async fn login<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
         .node
         .login(&body.username, &body.password, body.totp.as_deref())
         .await?;
-    (state.on_registered)();
     Ok(StatusCode::OK)
 }
 
@@ -685,12 +681,11 @@ async fn events<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
     use tokio::sync::broadcast::error::RecvError;
     let receiver = (state.subscribe)();
     let closing = state.closing.clone();
-    let stream = futures::stream::unfold(
-        (receiver, closing),
-        |(mut receiver, mut closing)| async move {
+    let stream =
+        futures::stream::unfold((receiver, closing), |(mut receiver, closing)| async move {
             loop {
                 let received = tokio::select! {
-                    _ = closing.wait_for(|closing| *closing) => return None,
+                    () = closing.cancelled() => return None,
                     received = receiver.recv() => received,
                 };
                 match received {
@@ -701,6 +696,7 @@ async fn events<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
                             crate::ports::Event::KeyChanged { .. } => "key_changed",
                             crate::ports::Event::PeerOnline { .. } => "peer_online",
                             crate::ports::Event::PeerOffline { .. } => "peer_offline",
+                            crate::ports::Event::Registered { .. } => "registered",
                         };
                         let sse = axum::response::sse::Event::default()
                             .event(kind)
@@ -714,8 +710,7 @@ async fn events<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
                     Err(RecvError::Closed) => return None,
                 }
             }
-        },
-    );
+        });
     axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default())
 }
 

@@ -2,6 +2,5 @@
 
 pub mod api;
 pub mod cli;
-pub mod p2p_inbound;
 pub mod token;
 pub mod ui;

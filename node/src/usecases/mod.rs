@@ -6,6 +6,7 @@
 
 mod certificates;
 mod contacts;
+mod maintain;
 mod offline;
 mod prekeys;
 mod queries;
@@ -22,6 +23,7 @@ use peerchat_pki::Username;
 use crate::domain::{ContentError, EncryptError, IdentityKeyPair, SessionError};
 use crate::ports::{Clock, Directory, DirectoryError, Network, Notifier, Store, StoreError};
 
+pub use maintain::Schedule;
 pub use offline::MailFetched;
 pub use queries::NodeStatus;
 pub use trust::{KeyKind, SafetyNumbers};
@@ -130,19 +132,9 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         self
     }
 
-    /// Signalled when the outbox has something new to send.
-    pub fn outbox_signal(&self) -> &tokio::sync::Notify {
-        &self.outbox_signal
-    }
-
-    /// The store (for adapters that read it directly).
-    pub fn store(&self) -> &S {
-        &self.store
-    }
-
-    /// The directory.
-    pub fn directory(&self) -> &D {
-        &self.directory
+    /// Makes every write so far durable (at shutdown).
+    pub async fn flush(&self) -> Result<(), NodeError> {
+        Ok(self.store.flush().await?)
     }
 
     /// Our username and identity key, loaded once.

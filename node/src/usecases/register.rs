@@ -5,7 +5,9 @@ use rand::rngs::OsRng;
 
 use super::{Node, NodeError, PREKEY_BATCH};
 use crate::domain::{IdentityKeyPair, OneTimePreKeyPair, PreKeyId, SignedPreKeyPair};
-use crate::ports::{Clock, Directory, LocalIdentity, Network, Notifier, Store, TotpEnrolment};
+use crate::ports::{
+    Clock, Directory, Event, LocalIdentity, Network, Notifier, Store, TotpEnrolment,
+};
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
     /// Creates the account `username`: generates the identity key, obtains a certificate for it,
@@ -93,6 +95,9 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         *self.identity.write().unwrap_or_else(|p| p.into_inner()) =
             Some(std::sync::Arc::new((username.clone(), identity)));
         tracing::info!(login = login.is_some(), "enrolled");
+        self.notifier.notify(Event::Registered {
+            user: username.clone(),
+        });
         Ok(())
     }
 }

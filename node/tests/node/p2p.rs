@@ -7,8 +7,7 @@ use std::time::{Duration, SystemTime};
 use ed25519_dalek::SigningKey;
 use peerchat::domain::{Ack, Envelope, IdentityKey, MessageId};
 use peerchat::driven::p2p::{P2pConfig, P2pNetwork, WithoutCrl, start};
-use peerchat::driving::p2p_inbound;
-use peerchat::ports::{DeliveryError, Network, Recipient};
+use peerchat::ports::{DeliveryError, EnvelopeFn, Messages, Recipient};
 use peerchat_pki::tls::Credentials;
 use peerchat_pki::{CertificateAuthority, RevokedEntry, Serial, TrustStore, Username, build_csr};
 use rand::rngs::OsRng;
@@ -80,16 +79,16 @@ async fn node_with(
     config.max_envelope_bytes = max_envelope;
     config.request_timeout = Duration::from_secs(5);
     tweak(&mut config);
-    let (net, inbound) = start(config).await.unwrap();
     let received = Arc::new(Mutex::new(Vec::new()));
     let sink = received.clone();
-    tokio::spawn(p2p_inbound::serve(inbound, move |from, _key, envelope| {
+    let inbound = EnvelopeFn(move |from: peerchat::ports::AuthenticatedPeer, envelope| {
         let sink = sink.clone();
         async move {
-            sink.lock().unwrap().push((from, envelope));
+            sink.lock().unwrap().push((from.username, envelope));
             Ack::Stored
         }
-    }));
+    });
+    let net = start(config, Arc::new(inbound)).await.unwrap();
     Node {
         name: username,
         key,
@@ -372,7 +371,7 @@ async fn the_certificate_must_certify_the_identity_key() {
         vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
     );
     assert!(matches!(
-        start(config).await,
+        start(config, Arc::new(EnvelopeFn(|_, _| async { Ack::Stored }))).await,
         Err(peerchat::driven::p2p::StartError::Certificate(_))
     ));
 }

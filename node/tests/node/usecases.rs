@@ -7,8 +7,10 @@ use std::time::{Duration, SystemTime};
 use peerchat::domain::{Ack, Envelope, IdentityKey, MessageId, RejectReason};
 use peerchat::driven::memory::{Hub, HubNetwork, MemoryStore, RecordingNotifier};
 use peerchat::driven::rendezvous_inprocess::InProcessDirectory;
-use peerchat::driving::p2p_inbound;
-use peerchat::ports::{Direction, DirectoryError, Event, MessageStatus, Store, SystemClock};
+use peerchat::ports::{
+    AuthenticatedPeer, Direction, DirectoryError, EnvelopeFn, Event, MessageStatus, Store,
+    SystemClock,
+};
 use peerchat::usecases::{KeyKind, Node, NodeError};
 use peerchat_pki::{CertificateAuthority, Username};
 use peerchat_rendezvous::limits::{Limits, Rate};
@@ -33,6 +35,10 @@ struct User {
     name: Username,
     node: Arc<TestNode>,
     events: RecordingNotifier,
+    /// The node's store, shared, to look inside.
+    store: MemoryStore,
+    /// The node's rendezvous client, shared (authenticated as the node).
+    directory: InProcessDirectory<RendezvousMemory>,
 }
 
 fn user(name: &str) -> Username {
@@ -82,23 +88,27 @@ impl World {
         let name = user(name);
         let (network, inbound) = self.hub.attach(name.clone());
         let events = RecordingNotifier::default();
+        let store = MemoryStore::default();
+        let directory = InProcessDirectory::new(self.rendezvous.clone());
         let node = Arc::new(Node::new(
-            MemoryStore::default(),
-            InProcessDirectory::new(self.rendezvous.clone()),
+            store.clone(),
+            directory.clone(),
             network,
             events.clone(),
             SystemClock,
         ));
         node.register(&name, "correct horse battery").await.unwrap();
-        let identity = node.store().identity().unwrap().unwrap();
+        let identity = store.identity().unwrap().unwrap();
         let key = peerchat::domain::IdentityKeyPair::from_seed(&identity.seed);
         self.hub.set_key(&name, *key.public());
-        let receiver = node.clone();
-        tokio::spawn(p2p_inbound::serve(inbound, move |from, key, envelope| {
-            let receiver = receiver.clone();
-            async move { receiver.receive(&from, &key, envelope).await }
-        }));
-        User { name, node, events }
+        tokio::spawn(inbound.serve(node.clone()));
+        User {
+            name,
+            node,
+            events,
+            store,
+            directory,
+        }
     }
 }
 
@@ -131,7 +141,7 @@ async fn given_two_users_when_alice_sends_then_bob_stores_it_and_alice_sees_sent
     );
     let at_alice = alice.node.history(&bob.name).unwrap();
     assert_eq!(at_alice[0].status, MessageStatus::Sent);
-    assert!(alice.node.store().outbox().unwrap().is_empty());
+    assert!(alice.store.outbox().unwrap().is_empty());
     assert!(bob.events.events().contains(&Event::MessageReceived {
         peer: alice.name.clone(),
         id
@@ -222,7 +232,7 @@ async fn given_bob_offline_when_alice_sends_then_the_mailbox_keeps_it_until_bob_
         MessageStatus::Sent,
         "the mailbox acknowledged it"
     );
-    assert!(alice.node.store().outbox().unwrap().is_empty());
+    assert!(alice.store.outbox().unwrap().is_empty());
     assert!(bob.node.history(&alice.name).unwrap().is_empty());
 
     assert_eq!(bob.node.fetch_mail(0, None).await.unwrap().count, 1);
@@ -251,8 +261,7 @@ async fn given_neither_peer_nor_mailbox_reachable_then_the_message_waits_in_the_
         let mut bytes = [0u8; 16];
         bytes[..4].copy_from_slice(&i.to_be_bytes());
         alice
-            .node
-            .directory()
+            .directory
             .deposit(&bob.name, &MessageId::from_bytes(bytes), b"x")
             .await
             .unwrap();
@@ -267,7 +276,7 @@ async fn given_neither_peer_nor_mailbox_reachable_then_the_message_waits_in_the_
         alice.node.history(&bob.name).unwrap()[0].status,
         MessageStatus::Pending
     );
-    assert_eq!(alice.node.store().outbox().unwrap().len(), 1);
+    assert_eq!(alice.store.outbox().unwrap().len(), 1);
 
     world.hub.set_online(&bob.name, true);
     alice.node.retry_outbox(u64::MAX).await.unwrap();
@@ -302,7 +311,7 @@ async fn given_neither_peer_nor_mailbox_reachable_then_the_message_waits_in_the_
         .status;
     assert_eq!(status, MessageStatus::Failed);
     assert!(
-        alice.node.store().outbox().unwrap().is_empty(),
+        alice.store.outbox().unwrap().is_empty(),
         "a failed message leaves the outbox"
     );
 
@@ -440,7 +449,7 @@ async fn given_an_unknown_recipient_when_sending_then_a_clear_error_and_nothing_
         "{err}"
     );
     assert!(alice.node.history(&nobody).unwrap().is_empty());
-    assert!(alice.node.store().outbox().unwrap().is_empty());
+    assert!(alice.store.outbox().unwrap().is_empty());
 
     // Nor is one's own name a contact.
     let err = alice
@@ -450,7 +459,7 @@ async fn given_an_unknown_recipient_when_sending_then_a_clear_error_and_nothing_
         .unwrap_err();
     assert!(matches!(err, NodeError::OwnAccount(_)), "{err}");
     assert!(alice.node.contacts().unwrap().is_empty());
-    assert!(alice.node.store().outbox().unwrap().is_empty());
+    assert!(alice.store.outbox().unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -486,24 +495,15 @@ async fn given_a_drained_prekey_supply_when_refreshing_then_a_new_batch_is_publi
     let bob = world.given_a_registered_user("bob").await;
     use peerchat::ports::Directory;
     for _ in 0..90 {
-        alice.node.directory().bundle(&bob.name).await.unwrap();
+        alice.directory.bundle(&bob.name).await.unwrap();
     }
-    let before = bob
-        .node
-        .directory()
-        .upload_prekeys(None, vec![])
-        .await
-        .unwrap();
+    let before = bob.directory.upload_prekeys(None, vec![]).await.unwrap();
     assert_eq!(before, 10);
 
     bob.node.refresh_prekeys().await.unwrap();
 
     assert_eq!(
-        bob.node
-            .directory()
-            .upload_prekeys(None, vec![])
-            .await
-            .unwrap(),
+        bob.directory.upload_prekeys(None, vec![]).await.unwrap(),
         110
     );
     // The new keys work: a fresh initiator gets one and bob can answer.
@@ -517,14 +517,14 @@ async fn given_a_drained_prekey_supply_when_refreshing_then_a_new_batch_is_publi
 }
 
 fn identity_of(u: &User) -> IdentityKey {
-    let identity = u.node.store().identity().unwrap().unwrap();
+    let identity = u.store.identity().unwrap().unwrap();
     *peerchat::domain::IdentityKeyPair::from_seed(&identity.seed).public()
 }
 
 /// The envelope waiting in `u`'s mailbox (left there).
 async fn mailed(u: &User) -> Envelope {
     use peerchat::ports::Directory;
-    let mailbox = u.node.directory().fetch_mail(0, None).await.unwrap();
+    let mailbox = u.directory.fetch_mail(0, None).await.unwrap();
     Envelope::decode(&mailbox.items[0].envelope).unwrap()
 }
 
@@ -567,7 +567,7 @@ async fn given_a_stored_message_then_receipts_move_the_senders_status_to_deliver
         MessageStatus::Read
     );
     assert!(
-        bob.node.store().outbox().unwrap().is_empty(),
+        bob.store.outbox().unwrap().is_empty(),
         "receipts leave the outbox once acknowledged"
     );
 }
@@ -577,13 +577,7 @@ async fn given_a_registered_node_then_it_renews_its_certificate_and_logout_revok
     let world = given_a_rendezvous();
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
-    let before = alice
-        .node
-        .store()
-        .identity()
-        .unwrap()
-        .unwrap()
-        .certificate_pem;
+    let before = alice.store.identity().unwrap().unwrap().certificate_pem;
 
     // Not due yet (a fresh 30-day certificate), then forced.
     assert!(
@@ -600,13 +594,7 @@ async fn given_a_registered_node_then_it_renews_its_certificate_and_logout_revok
             .await
             .unwrap()
     );
-    let after = alice
-        .node
-        .store()
-        .identity()
-        .unwrap()
-        .unwrap()
-        .certificate_pem;
+    let after = alice.store.identity().unwrap().unwrap().certificate_pem;
     assert_ne!(before, after);
     // Still the same identity: the conversation goes on.
     alice
@@ -666,7 +654,7 @@ async fn given_an_old_signed_prekey_then_it_is_rotated_and_the_previous_one_stil
 
     use peerchat::ports::Directory;
     let carol = world.given_a_registered_user("carol").await;
-    let bundle = carol.node.directory().bundle(&bob.name).await.unwrap();
+    let bundle = carol.directory.bundle(&bob.name).await.unwrap();
     assert_ne!(
         bundle.signed_prekey.id,
         peerchat::domain::PreKeyId(1),
@@ -720,15 +708,9 @@ async fn given_bob_logs_in_with_a_new_key_then_alice_gets_a_key_change_event_and
         .login(&bob.name, "correct horse battery", None)
         .await
         .unwrap();
-    let key = peerchat::domain::IdentityKeyPair::from_seed(
-        &new_bob.store().identity().unwrap().unwrap().seed,
-    );
+    let key = peerchat::domain::IdentityKeyPair::from_seed(&new_bob.resume().unwrap().seed);
     world.hub.set_key(&bob.name, *key.public());
-    let receiver = new_bob.clone();
-    tokio::spawn(p2p_inbound::serve(inbound, move |from, key, envelope| {
-        let receiver = receiver.clone();
-        async move { receiver.receive(&from, &key, envelope).await }
-    }));
+    tokio::spawn(inbound.serve(new_bob.clone()));
 
     let id = MessageId::random(&mut OsRng);
     alice
@@ -778,7 +760,7 @@ async fn given_bob_logs_in_with_a_new_key_then_alice_gets_a_key_change_event_and
         .await
         .unwrap();
     assert_eq!(new_bob.history(&alice.name).unwrap()[0].body, "second");
-    let contact = alice.node.store().contact(&bob.name).unwrap().unwrap();
+    let contact = alice.store.contact(&bob.name).unwrap().unwrap();
     assert!(contact.verified && contact.pending_key.is_none());
     assert_eq!(contact.identity_key, *key.public());
     assert_eq!(
@@ -832,7 +814,7 @@ async fn given_a_second_factor_when_logging_in_on_a_new_install_then_the_code_is
         matches!(&refused, NodeError::Directory(DirectoryError::TotpRequired)),
         "{refused:?}"
     );
-    assert!(without_code.store().identity().unwrap().is_none());
+    assert!(without_code.status().unwrap().username.is_none());
 
     // The confirmation used this step's code, and each code works once: the next step's.
     let with_used_code = new_install();
@@ -874,14 +856,14 @@ async fn given_a_receipt_in_the_outbox_then_status_counts_only_messages_and_its_
         .await
         .unwrap();
     assert_eq!(alice.node.history(&bob.name).unwrap().len(), 1);
-    assert_eq!(alice.node.store().outbox().unwrap().len(), 1, "the receipt");
+    assert_eq!(alice.store.outbox().unwrap().len(), 1, "the receipt");
     // `status` counts messages waiting, as `history` shows them: alice has none.
     assert_eq!(alice.node.status().unwrap().outbox, 0);
 
     // An acknowledged receipt is not a message: no status event names its id.
     alice.node.retry_outbox(u64::MAX).await.unwrap();
     assert!(
-        alice.node.store().outbox().unwrap().is_empty(),
+        alice.store.outbox().unwrap().is_empty(),
         "the receipt went out"
     );
     let ids_known: Vec<MessageId> = alice
@@ -919,20 +901,24 @@ async fn given_the_receipt_processed_before_the_ack_then_the_status_stays_delive
     bob.register(&bob_name, "correct horse battery")
         .await
         .unwrap();
-    let identity = bob.store().identity().unwrap().unwrap();
+    let identity = bob.resume().unwrap();
     world.hub.set_key(
         &bob_name,
         *peerchat::domain::IdentityKeyPair::from_seed(&identity.seed).public(),
     );
     let receiver = bob.clone();
-    tokio::spawn(p2p_inbound::serve(inbound, move |from, key, envelope| {
-        let receiver = receiver.clone();
-        async move {
-            let ack = receiver.receive(&from, &key, envelope).await;
-            receiver.retry_outbox(u64::MAX).await.unwrap();
-            ack
-        }
-    }));
+    tokio::spawn(inbound.serve(Arc::new(EnvelopeFn(
+        move |from: AuthenticatedPeer, envelope| {
+            let receiver = receiver.clone();
+            async move {
+                let ack = receiver
+                    .receive(&from.username, &from.identity_key, envelope)
+                    .await;
+                receiver.retry_outbox(u64::MAX).await.unwrap();
+                ack
+            }
+        },
+    ))));
 
     let id = MessageId::random(&mut OsRng);
     alice

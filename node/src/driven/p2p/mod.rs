@@ -1,10 +1,12 @@
 //! The libp2p network adapter: a swarm on TCP + yamux whose security layer is our mutual TLS
 //! ([`upgrade`]), speaking `/peerchat/msg/1` ([`codec`]) plus identify and ping.
 //!
-//! [`start`] spawns the swarm on its own task and returns a [`P2pNetwork`] handle (the outbound
-//! [`Network`] port) and a bounded stream of [`Inbound`] envelopes from authenticated peers.
+//! [`start`] spawns the swarm on its own task and returns a [`P2pNetwork`] handle: the
+//! [`Messages`], [`Streams`] and [`Reachability`] ports. What authenticated peers send goes to
+//! the [`Inbound`] port given to [`start`] ([`inbound`] feeds it).
 
 pub mod codec;
+mod inbound;
 pub mod registry;
 pub mod upgrade;
 
@@ -23,14 +25,18 @@ use libp2p::{Multiaddr, PeerId, Swarm, connection_limits, identify, ping};
 use peerchat_pki::TrustStore;
 use peerchat_pki::Username;
 use peerchat_pki::tls::Credentials;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use zeroize::Zeroize;
 
 use self::codec::EnvelopeCodec;
+use self::inbound::Received;
 use self::registry::PeerRegistry;
 use self::upgrade::{MtlsUpgrade, peer_id_of};
 use crate::domain::{Ack, Envelope, IdentityKey, RejectReason};
-use crate::ports::{DeliveryError, Inbound, Network, Recipient};
+use crate::ports::{
+    AuthenticatedPeer, DeliveryError, Inbound, Messages, Path, PeerStream, Reachability,
+    ReachabilityEvent, Recipient, StreamError, Streams,
+};
 
 /// Settings of the network adapter.
 #[derive(Clone)]
@@ -64,9 +70,10 @@ pub struct P2pConfig {
     pub max_incoming_connections: u32,
     /// Most inbound connections still in their handshake.
     pub max_pending_incoming: u32,
-    /// Told when a peer comes online (`true`: first connection) or goes offline (`false`: last
-    /// connection closed).
-    pub on_presence: Option<PresenceHook>,
+    /// Where our address changes and peers' connections and disconnections are published.
+    pub reachability: broadcast::Sender<ReachabilityEvent>,
+    /// The stream protocols peers may open to us (each handed to [`Inbound::stream`]).
+    pub stream_protocols: Vec<&'static str>,
     /// Whom to let in while no CRL is installed (revocation cannot be checked then).
     pub without_crl: WithoutCrl,
 }
@@ -92,9 +99,6 @@ impl std::fmt::Debug for WithoutCrl {
 
 /// Whether a username and Ed25519 key are a pinned contact.
 pub type PinnedCheck = Arc<dyn Fn(&Username, &ed25519_dalek::VerifyingKey) -> bool + Send + Sync>;
-
-/// Callback for peers coming online (`true`) and going offline (`false`).
-pub type PresenceHook = Arc<dyn Fn(Username, bool) + Send + Sync>;
 
 impl std::fmt::Debug for P2pConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,7 +129,8 @@ impl P2pConfig {
             max_streams_per_connection: 64,
             max_incoming_connections: 256,
             max_pending_incoming: 64,
-            on_presence: None,
+            reachability: broadcast::channel(256).0,
+            stream_protocols: Vec::new(),
             without_crl: WithoutCrl::AdmitAll,
         }
     }
@@ -177,12 +182,19 @@ pub enum StartError {
 struct Behaviour {
     limits: connection_limits::Behaviour,
     messages: request_response::Behaviour<EnvelopeCodec>,
+    streams: libp2p_stream::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
 }
 
 enum Command {
     Deliver(Outgoing),
+    /// Dials the peer unless a connection is open or being made; answers once one is open.
+    Connect {
+        peer_id: PeerId,
+        addresses: Vec<Multiaddr>,
+        reply: oneshot::Sender<Result<(), DeliveryError>>,
+    },
     DropRevoked,
 }
 
@@ -201,10 +213,13 @@ struct Outgoing {
 pub struct P2pNetwork {
     commands: mpsc::Sender<Command>,
     registry: Arc<PeerRegistry>,
+    admission: Admission,
     local_peer_id: PeerId,
-    listen_addrs: Vec<Multiaddr>,
+    listen_addrs: Arc<std::sync::RwLock<Vec<Multiaddr>>>,
     max_envelope_bytes: usize,
     peer_ids: Arc<std::sync::Mutex<HashMap<[u8; 32], PeerId>>>,
+    streams: libp2p_stream::Control,
+    reachability: broadcast::Sender<ReachabilityEvent>,
 }
 
 impl std::fmt::Debug for P2pNetwork {
@@ -239,14 +254,29 @@ impl P2pNetwork {
     }
 
     /// The addresses we listen on (with the ports the OS chose), each ending in `/p2p/<our id>`.
-    pub fn listen_addrs(&self) -> &[Multiaddr] {
-        &self.listen_addrs
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.listen_addrs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The addresses to give peers: loopback ones only when there is nothing else (a peer's
     /// 127.0.0.1 is itself, unless everything runs on one host).
     pub fn reachable_addrs(&self) -> Vec<Multiaddr> {
-        reachable(&self.listen_addrs)
+        reachable(&self.listen_addrs())
+    }
+
+    /// The `PeerId` and dialable addresses of `to`.
+    fn target(&self, to: &Recipient) -> Result<(PeerId, Vec<Multiaddr>), DeliveryError> {
+        let peer_id = self.peer_id(&to.identity_key)?;
+        let addresses = to
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            .filter_map(|a| with_peer_id(a, peer_id))
+            .collect();
+        Ok((peer_id, addresses))
     }
 
     /// The verified identities of connected peers.
@@ -261,7 +291,7 @@ impl P2pNetwork {
     }
 }
 
-impl Network for P2pNetwork {
+impl Messages for P2pNetwork {
     #[tracing::instrument(name = "p2p.deliver", skip_all, fields(peer = %to.username, id = %envelope.id))]
     async fn deliver(&self, to: &Recipient, mut envelope: Envelope) -> Result<Ack, DeliveryError> {
         // The receiver's spans become children of this one.
@@ -271,13 +301,7 @@ impl Network for P2pNetwork {
         if envelope.encoded_len_bound() > self.max_envelope_bytes {
             return Err(DeliveryError::TooLarge);
         }
-        let peer_id = self.peer_id(&to.identity_key)?;
-        let addresses = to
-            .addresses
-            .iter()
-            .filter_map(|a| a.parse::<Multiaddr>().ok())
-            .filter_map(|a| with_peer_id(a, peer_id))
-            .collect();
+        let (peer_id, addresses) = self.target(to)?;
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Deliver(Outgoing {
@@ -292,6 +316,87 @@ impl Network for P2pNetwork {
         answer
             .await
             .map_err(|_| DeliveryError::Unreachable("the network has stopped".into()))?
+    }
+}
+
+impl Streams for P2pNetwork {
+    #[tracing::instrument(name = "p2p.open_stream", skip_all, fields(peer = %to.username, protocol))]
+    async fn open_stream(
+        &self,
+        to: &Recipient,
+        protocol: &'static str,
+    ) -> Result<PeerStream, StreamError> {
+        let stream_protocol = libp2p::StreamProtocol::new(protocol);
+        let (peer_id, addresses) = self.target(to)?;
+        let (reply, connected) = oneshot::channel();
+        let stopped = || DeliveryError::Unreachable("the network has stopped".into());
+        self.commands
+            .send(Command::Connect {
+                peer_id,
+                addresses,
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        connected.await.map_err(|_| stopped())??;
+        // The PeerId pins the key; the CA-certified name must be the one asked for too.
+        let peer = self
+            .registry
+            .get(&peer_id)
+            .filter(|p| p.username == to.username && self.admission.admits(p))
+            .ok_or(DeliveryError::WrongPeer)?;
+        let io = self
+            .streams
+            .clone()
+            .open_stream(peer_id, stream_protocol)
+            .await
+            .map_err(|e| match e {
+                libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => {
+                    DeliveryError::Refused(format!("the peer does not speak {protocol}"))
+                }
+                other => DeliveryError::Refused(other.to_string()),
+            })?;
+        Ok(PeerStream {
+            peer: AuthenticatedPeer {
+                username: peer.username,
+                identity_key: IdentityKey::from_verifying_key(peer.identity_key),
+            },
+            protocol: protocol.to_owned(),
+            io: Box::pin(io),
+        })
+    }
+}
+
+impl Reachability for P2pNetwork {
+    fn own_addresses(&self) -> Vec<String> {
+        self.reachable_addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    fn reachability(&self) -> broadcast::Receiver<ReachabilityEvent> {
+        self.reachability.subscribe()
+    }
+}
+
+/// Who may talk to us: with a CRL installed, everyone the handshake let in (it checked
+/// revocation); without one, whom the policy admits.
+#[derive(Clone)]
+struct Admission {
+    trust: Arc<TrustStore>,
+    without_crl: WithoutCrl,
+}
+
+impl Admission {
+    fn admits(&self, peer: &peerchat_pki::VerifiedPeer) -> bool {
+        if self.trust.crl().is_some() {
+            return true;
+        }
+        match &self.without_crl {
+            WithoutCrl::AdmitAll => true,
+            WithoutCrl::OnlyPinned(pinned) => pinned(&peer.username, &peer.identity_key),
+        }
     }
 }
 
@@ -353,8 +458,12 @@ impl<T: libp2p::Transport + Unpin> libp2p::Transport for FreshPort<T> {
     }
 }
 
-/// Starts the swarm, waits until it listens, and returns the handle and the inbound stream.
-pub async fn start(config: P2pConfig) -> Result<(P2pNetwork, mpsc::Receiver<Inbound>), StartError> {
+/// Starts the swarm, waits until it listens, and returns the handle; what peers send goes to
+/// `inbound`. The swarm stops when every handle is dropped.
+pub async fn start<I: Inbound>(
+    config: P2pConfig,
+    inbound: Arc<I>,
+) -> Result<P2pNetwork, StartError> {
     // One key for everything: the certificate must carry the libp2p identity key.
     let chain = config.credentials.chain();
     let leaf = chain
@@ -404,6 +513,7 @@ pub async fn start(config: P2pConfig) -> Result<(P2pNetwork, mpsc::Receiver<Inbo
         .map_err(|e| StartError::Transport(e.to_string()))?
         .with_behaviour(|key| Behaviour {
             limits: connection_limits::Behaviour::new(limits),
+            streams: libp2p_stream::Behaviour::new(),
             messages: request_response::Behaviour::with_codec(
                 codec,
                 [(codec::PROTOCOL, request_response::ProtocolSupport::Full)],
@@ -466,10 +576,36 @@ pub async fn start(config: P2pConfig) -> Result<(P2pNetwork, mpsc::Receiver<Inbo
     }
     let (commands, command_rx) = mpsc::channel(1024);
     let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity);
+    let admission = Admission {
+        trust: config.trust.clone(),
+        without_crl: config.without_crl.clone(),
+    };
+    let mut control = swarm.behaviour().streams.new_control();
+    for protocol in &config.stream_protocols {
+        let incoming = control
+            .accept(libp2p::StreamProtocol::new(protocol))
+            .map_err(|e| StartError::Transport(e.to_string()))?;
+        tokio::spawn(inbound::streams(
+            incoming,
+            protocol,
+            registry.clone(),
+            admission.clone(),
+            inbound.clone(),
+            config.max_streams_per_connection,
+        ));
+    }
+    tokio::spawn(inbound::envelopes(inbound_rx, inbound));
+    let listen_addrs = Arc::new(std::sync::RwLock::new(listen_addrs));
+    let _ = config.reachability.send(ReachabilityEvent::OwnAddresses(
+        reachable(&listen_addrs.read().unwrap_or_else(|p| p.into_inner()))
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+    ));
     let driver = Driver {
         swarm,
         registry: registry.clone(),
-        trust: config.trust.clone(),
+        admission: admission.clone(),
         inbound: inbound_tx,
         max_answers: config.inbound_capacity,
         pending: HashMap::new(),
@@ -479,21 +615,22 @@ pub async fn start(config: P2pConfig) -> Result<(P2pNetwork, mpsc::Receiver<Inbo
         waiting: HashMap::new(),
         dial_errors: HashMap::new(),
         answers: FuturesUnordered::new(),
-        on_presence: config.on_presence.clone(),
-        without_crl: config.without_crl.clone(),
+        connecting: HashMap::new(),
+        listen_addrs: listen_addrs.clone(),
+        reachability: config.reachability.clone(),
     };
     tokio::spawn(driver.run(command_rx));
-    Ok((
-        P2pNetwork {
-            commands,
-            registry,
-            local_peer_id,
-            listen_addrs,
-            max_envelope_bytes: config.max_envelope_bytes,
-            peer_ids: Arc::default(),
-        },
-        inbound_rx,
-    ))
+    Ok(P2pNetwork {
+        commands,
+        registry,
+        admission,
+        local_peer_id,
+        listen_addrs,
+        max_envelope_bytes: config.max_envelope_bytes,
+        peer_ids: Arc::default(),
+        streams: control,
+        reachability: config.reachability,
+    })
 }
 
 struct Pending {
@@ -508,8 +645,8 @@ type Answer = BoxFuture<'static, (ResponseChannel<Ack>, Ack)>;
 struct Driver {
     swarm: Swarm<Behaviour>,
     registry: Arc<PeerRegistry>,
-    trust: Arc<TrustStore>,
-    inbound: mpsc::Sender<Inbound>,
+    admission: Admission,
+    inbound: mpsc::Sender<Received>,
     max_answers: usize,
     pending: HashMap<OutboundRequestId, Pending>,
     /// Most requests in flight to one peer; further envelopes wait in `waiting`, so a burst of
@@ -520,8 +657,11 @@ struct Driver {
     /// The last dial error per peer, to explain a request's `DialFailure`.
     dial_errors: HashMap<PeerId, DeliveryError>,
     answers: FuturesUnordered<Answer>,
-    on_presence: Option<PresenceHook>,
-    without_crl: WithoutCrl,
+    /// Callers waiting for a connection to a peer (streams).
+    connecting: HashMap<PeerId, Vec<oneshot::Sender<Result<(), DeliveryError>>>>,
+    /// Our listen addresses, shared with the handle.
+    listen_addrs: Arc<std::sync::RwLock<Vec<Multiaddr>>>,
+    reachability: broadcast::Sender<ReachabilityEvent>,
 }
 
 impl Driver {
@@ -554,8 +694,32 @@ impl Driver {
                         .push_back(outgoing);
                 }
             }
+            Command::Connect {
+                peer_id,
+                addresses,
+                reply,
+            } => {
+                if self.swarm.is_connected(&peer_id) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                let dial = libp2p::swarm::dial_opts::DialOpts::peer_id(peer_id)
+                    .addresses(addresses)
+                    .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                match self.swarm.dial(dial) {
+                    Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
+                        self.connecting.entry(peer_id).or_default().push(reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(dial_failure(&e)));
+                    }
+                }
+            }
             Command::DropRevoked => {
-                let Some(crl) = self.trust.crl() else { return };
+                let Some(crl) = self.admission.trust.crl() else {
+                    return;
+                };
                 for peer in self.registry.revoked(|p| crl.is_revoked(&p.serial)) {
                     tracing::info!(%peer, "closing the connection of a revoked peer");
                     let _ = self.swarm.disconnect_peer_id(peer);
@@ -564,16 +728,21 @@ impl Driver {
         }
     }
 
-    /// Whether `peer` may talk to us now: always with a CRL installed (the handshake checked
-    /// revocation), else only if the policy admits it.
+    /// Whether `peer` may talk to us now.
     fn admitted(&self, peer: &peerchat_pki::VerifiedPeer) -> bool {
-        if self.trust.crl().is_some() {
-            return true;
-        }
-        match &self.without_crl {
-            WithoutCrl::AdmitAll => true,
-            WithoutCrl::OnlyPinned(pinned) => pinned(&peer.username, &peer.identity_key),
-        }
+        self.admission.admits(peer)
+    }
+
+    fn publish(&self, event: ReachabilityEvent) {
+        let _ = self.reachability.send(event);
+    }
+
+    fn publish_addresses(&self) {
+        let addresses = reachable(&self.listen_addrs.read().unwrap_or_else(|p| p.into_inner()))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        self.publish(ReachabilityEvent::OwnAddresses(addresses));
     }
 
     fn send(&mut self, outgoing: Outgoing) {
@@ -632,11 +801,11 @@ impl Driver {
                 error,
                 ..
             } => {
-                let failure = match &error {
-                    DialError::WrongPeerId { .. } => DeliveryError::WrongPeer,
-                    other => DeliveryError::Unreachable(other.to_string()),
-                };
+                let failure = dial_failure(&error);
                 tracing::debug!(%peer, error = %error, "dial failed");
+                for waiting in self.connecting.remove(&peer).unwrap_or_default() {
+                    let _ = waiting.send(Err(failure.clone()));
+                }
                 if self.dial_errors.len() > 1024 {
                     self.dial_errors.clear();
                 }
@@ -658,11 +827,21 @@ impl Driver {
                 }
                 tracing::debug!(%peer_id, dialer = endpoint.is_dialer(), "connected");
                 self.dial_errors.remove(&peer_id);
+                for waiting in self.connecting.remove(&peer_id).unwrap_or_default() {
+                    let _ = waiting.send(Ok(()));
+                }
                 if num_established.get() == 1
-                    && let (Some(notify), Some(peer)) =
-                        (&self.on_presence, self.registry.get(&peer_id))
+                    && let Some(peer) = self.registry.get(&peer_id)
                 {
-                    notify(peer.username, true);
+                    let path = if endpoint.is_relayed() {
+                        Path::Relayed
+                    } else {
+                        Path::Direct
+                    };
+                    self.publish(ReachabilityEvent::PeerOnline {
+                        peer: peer.username,
+                        path,
+                    });
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -670,11 +849,36 @@ impl Driver {
                 num_established: 0,
                 ..
             } => {
-                if let (Some(notify), Some(peer)) = (&self.on_presence, self.registry.get(&peer_id))
-                {
-                    notify(peer.username, false);
+                if let Some(peer) = self.registry.get(&peer_id) {
+                    self.publish(ReachabilityEvent::PeerOffline {
+                        peer: peer.username,
+                    });
                 }
                 self.registry.remove(&peer_id);
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let address = address
+                    .with_p2p(*self.swarm.local_peer_id())
+                    .unwrap_or_else(|a| a);
+                let mut listen = self.listen_addrs.write().unwrap_or_else(|p| p.into_inner());
+                if !listen.contains(&address) {
+                    listen.push(address);
+                    drop(listen);
+                    self.publish_addresses();
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let address = address
+                    .with_p2p(*self.swarm.local_peer_id())
+                    .unwrap_or_else(|a| a);
+                let mut listen = self.listen_addrs.write().unwrap_or_else(|p| p.into_inner());
+                let before = listen.len();
+                listen.retain(|a| *a != address);
+                let changed = listen.len() != before;
+                drop(listen);
+                if changed {
+                    self.publish_addresses();
+                }
             }
             SwarmEvent::IncomingConnectionError {
                 error,
@@ -772,9 +976,11 @@ impl Driver {
             return;
         }
         let (reply, answer) = oneshot::channel();
-        let item = Inbound {
-            from: verified.username,
-            identity_key: IdentityKey::from_verifying_key(verified.identity_key),
+        let item = Received {
+            from: AuthenticatedPeer {
+                username: verified.username,
+                identity_key: IdentityKey::from_verifying_key(verified.identity_key),
+            },
             envelope,
             reply,
         };
@@ -793,6 +999,14 @@ impl Driver {
                 .unwrap_or(Ack::Rejected(RejectReason::Internal));
             (channel, ack)
         }));
+    }
+}
+
+/// What a failed dial means for the caller.
+fn dial_failure(error: &DialError) -> DeliveryError {
+    match error {
+        DialError::WrongPeerId { .. } => DeliveryError::WrongPeer,
+        other => DeliveryError::Unreachable(other.to_string()),
     }
 }
 

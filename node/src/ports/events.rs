@@ -1,0 +1,72 @@
+//! Notifications for the user interface, and the time.
+
+use peerchat_pki::Username;
+
+use crate::domain::{MessageId, MessageStatus};
+
+/// Something the UI should learn of at once.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// This node has an account now (registered or logged in): its network can start.
+    Registered {
+        /// Our username.
+        user: Username,
+    },
+    /// A message arrived.
+    MessageReceived {
+        /// From whom.
+        peer: Username,
+        /// Its id.
+        id: MessageId,
+    },
+    /// A message of ours changed status.
+    StatusChanged {
+        /// To whom.
+        peer: Username,
+        /// Its id.
+        id: MessageId,
+        /// The new status.
+        status: MessageStatus,
+    },
+    /// A contact's identity key changed; sending to them is held until the user accepts it.
+    KeyChanged {
+        /// Whose.
+        peer: Username,
+    },
+    /// A peer connected to us directly (or we to them).
+    PeerOnline {
+        /// Who.
+        peer: Username,
+    },
+    /// The last direct connection with a peer closed.
+    PeerOffline {
+        /// Who.
+        peer: Username,
+    },
+}
+
+/// Real-time events for the UI. MUST NOT block.
+pub trait Notifier: Send + Sync + 'static {
+    /// Publishes an event.
+    fn notify(&self, event: Event);
+}
+
+/// The time, as a port so tests can set it.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
