@@ -193,6 +193,22 @@ impl Daemon {
         stop(&mut self.child);
     }
 
+    /// Sends SIGTERM and waits up to `limit` for the daemon to exit; its exit status, or
+    /// `None` if it still runs then.
+    pub(crate) fn terminate_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
@@ -500,6 +516,71 @@ pub(crate) fn rendezvous_process_with_env(
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("unexpected rendezvous output {line:?}"));
     (child, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_busy_daemon_within_two_seconds_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = rendezvous(&tmp.path().join("rendezvous")).await;
+    let alice_dir = tmp.path().join("alice");
+    let mut alice = Daemon::start(&alice_dir, &url);
+    let mut bob = Daemon::start(&tmp.path().join("bob"), &url);
+    alice.register("alice");
+    bob.register("bob");
+    // Bob goes away: alice's messages wait in her outbox and in bob's mailbox.
+    bob.terminate();
+    let texts: Vec<String> = (0..5).map(|i| format!("while you were away {i}")).collect();
+    for text in &texts {
+        let out = alice.cli(&["send", "bob", text]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A window's event stream is open, and the mailbox long poll is waiting at the rendezvous:
+    // neither may hold the shutdown.
+    let (http, base, token) = alice.api();
+    let events = http
+        .get(format!("{base}/api/v1/events"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(events.status().is_success());
+
+    let status = alice.terminate_within(Duration::from_secs(2));
+
+    let status = status.expect("the daemon still ran 2 s after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !alice_dir.join("api.addr").exists(),
+        "a stopped daemon leaves no API address behind"
+    );
+    drop(events);
+    // Everything is there after a restart, and the messages still go out.
+    let alice = Daemon::start(&alice_dir, &url);
+    alice.wait_for("listening on");
+    let history = alice.history_json("bob");
+    assert_eq!(
+        history.iter().map(|m| m.text.clone()).collect::<Vec<_>>(),
+        texts
+    );
+    let bob = Daemon::start(&tmp.path().join("bob"), &url);
+    bob.wait_for("listening on");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: Vec<String> = bob
+            .history_json("alice")
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        if got == texts {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob has {got:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 pub(crate) fn stop(child: &mut Child) {

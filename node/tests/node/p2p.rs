@@ -7,7 +7,10 @@ use std::time::{Duration, SystemTime};
 use ed25519_dalek::SigningKey;
 use peerchat::domain::{Ack, Envelope, IdentityKey, MessageId};
 use peerchat::driven::p2p::{P2pConfig, P2pNetwork, WithoutCrl, start};
-use peerchat::ports::{DeliveryError, EnvelopeFn, Messages, Recipient};
+use peerchat::ports::{
+    AuthenticatedPeer, DeliveryError, EnvelopeFn, Inbound, Messages, Path, PeerStream,
+    Reachability, ReachabilityEvent, Recipient, Streams,
+};
 use peerchat_pki::tls::Credentials;
 use peerchat_pki::{CertificateAuthority, RevokedEntry, Serial, TrustStore, Username, build_csr};
 use rand::rngs::OsRng;
@@ -19,6 +22,34 @@ struct Node {
     trust: Arc<TrustStore>,
     net: P2pNetwork,
     received: Arc<Mutex<Vec<(Username, Envelope)>>>,
+    streams: Arc<Mutex<Vec<Username>>>,
+}
+
+/// A stream protocol the test nodes serve: every byte read is written back.
+const ECHO: &str = "/peerchat/test-echo/1";
+
+/// The test nodes' inbound side: envelopes recorded and acknowledged, echo streams answered.
+struct Recorder {
+    received: Arc<Mutex<Vec<(Username, Envelope)>>>,
+    streams: Arc<Mutex<Vec<Username>>>,
+}
+
+impl Inbound for Recorder {
+    async fn envelope(&self, from: AuthenticatedPeer, envelope: Envelope) -> Ack {
+        self.received
+            .lock()
+            .unwrap()
+            .push((from.username, envelope));
+        Ack::Stored
+    }
+
+    async fn stream(&self, stream: PeerStream) {
+        use futures::{AsyncReadExt, AsyncWriteExt};
+        self.streams.lock().unwrap().push(stream.peer.username);
+        let (mut reader, mut writer) = stream.io.split();
+        let _ = futures::io::copy(&mut reader, &mut writer).await;
+        let _ = writer.close().await;
+    }
 }
 
 impl Node {
@@ -78,16 +109,14 @@ async fn node_with(
     );
     config.max_envelope_bytes = max_envelope;
     config.request_timeout = Duration::from_secs(5);
+    config.stream_protocols = vec![ECHO];
     tweak(&mut config);
     let received = Arc::new(Mutex::new(Vec::new()));
-    let sink = received.clone();
-    let inbound = EnvelopeFn(move |from: peerchat::ports::AuthenticatedPeer, envelope| {
-        let sink = sink.clone();
-        async move {
-            sink.lock().unwrap().push((from.username, envelope));
-            Ack::Stored
-        }
-    });
+    let streams = Arc::new(Mutex::new(Vec::new()));
+    let inbound = Recorder {
+        received: received.clone(),
+        streams: streams.clone(),
+    };
     let net = start(config, Arc::new(inbound)).await.unwrap();
     Node {
         name: username,
@@ -96,6 +125,7 @@ async fn node_with(
         trust,
         net,
         received,
+        streams,
     }
 }
 
@@ -648,5 +678,167 @@ async fn without_a_crl_only_pinned_contacts_get_in_and_everyone_once_one_is_inst
             .await,
         Ok(Ack::Stored),
         "with a CRL, revocation is checked and every valid peer gets in"
+    );
+}
+
+/// Sends `payload` on a new echo stream from `from` to `to` and returns what came back.
+async fn echo(from: &Node, to: &Recipient, payload: &[u8]) -> Result<Vec<u8>, DeliveryError> {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    let stream = from.net.open_stream(to, ECHO).await?;
+    assert_eq!(
+        stream.peer.username, to.username,
+        "the stream names its peer"
+    );
+    let (mut reader, mut writer) = stream.io.split();
+    let write = async {
+        writer.write_all(payload).await?;
+        writer.close().await
+    };
+    let read = async {
+        let mut back = Vec::new();
+        reader.read_to_end(&mut back).await.map(|_| back)
+    };
+    let (written, back) = tokio::join!(write, read);
+    let broken = |e: std::io::Error| DeliveryError::Refused(e.to_string());
+    written.map_err(broken)?;
+    back.map_err(broken)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_carries_bytes_both_ways_between_authenticated_peers() {
+    let ca = ca();
+    let alice = node("alice", &ca, &ca, MAX).await;
+    let bob = node("bob", &ca, &ca, MAX).await;
+    // Four times the largest envelope, in one stream.
+    let payload: Vec<u8> = (0..4 * MAX).map(|i| (i % 251) as u8).collect();
+
+    let back = echo(&alice, &bob.recipient(), &payload).await.unwrap();
+
+    assert_eq!(back.len(), payload.len());
+    assert!(back == payload, "the bytes come back intact");
+    assert_eq!(
+        bob.streams.lock().unwrap().as_slice(),
+        [alice.name.clone()],
+        "bob's side names alice, from her certificate"
+    );
+    // Several at once, on the same connection.
+    let to = bob.recipient();
+    let payloads: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 1000]).collect();
+    let many = futures::future::join_all(payloads.iter().map(|p| echo(&alice, &to, p))).await;
+    for (back, sent) in many.into_iter().zip(&payloads) {
+        assert_eq!(&back.unwrap(), sent);
+    }
+}
+
+#[tokio::test]
+async fn a_stream_goes_only_to_the_expected_peer_and_an_unserved_protocol_is_refused() {
+    let ca = ca();
+    let alice = node("alice", &ca, &ca, MAX).await;
+    let bob = node("bob", &ca, &ca, MAX).await;
+    let mallory = node("mallory", &ca, &ca, MAX).await;
+    // Bob's name and key, mallory's address.
+    let mut spoofed = bob.recipient();
+    spoofed.addresses = mallory.recipient().addresses;
+    assert_eq!(
+        echo(&alice, &spoofed, b"for bob").await.unwrap_err(),
+        DeliveryError::WrongPeer
+    );
+    // Mallory's key under bob's name: the certificate names mallory.
+    let mut renamed = mallory.recipient();
+    renamed.username = bob.name.clone();
+    assert_eq!(
+        echo(&alice, &renamed, b"for bob").await.unwrap_err(),
+        DeliveryError::WrongPeer
+    );
+    assert!(mallory.streams.lock().unwrap().is_empty());
+    // A protocol bob does not serve.
+    assert!(matches!(
+        alice
+            .net
+            .open_stream(&bob.recipient(), "/peerchat/unknown/1")
+            .await,
+        Err(DeliveryError::Refused(_))
+    ));
+    // A peer that does not listen.
+    let gone = Recipient {
+        username: Username::new("nobody").unwrap(),
+        identity_key: IdentityKey::from_verifying_key(
+            SigningKey::generate(&mut OsRng).verifying_key(),
+        ),
+        addresses: vec!["/ip4/127.0.0.1/tcp/9".into()],
+    };
+    assert!(matches!(
+        alice.net.open_stream(&gone, ECHO).await,
+        Err(DeliveryError::Unreachable(_))
+    ));
+}
+
+#[tokio::test]
+async fn without_a_crl_a_stranger_cannot_open_a_stream() {
+    let ca = ca();
+    let alice = node("alice", &ca, &ca, MAX).await;
+    let mallory = node("mallory", &ca, &ca, MAX).await;
+    let pinned = alice.key.verifying_key();
+    let bob = node_with("bob", &ca, &ca, MAX, move |config| {
+        config.without_crl = WithoutCrl::OnlyPinned(Arc::new(move |name, key| {
+            name.as_str() == "alice" && *key == pinned
+        }));
+    })
+    .await;
+
+    let refused = echo(&mallory, &bob.recipient(), b"stranger").await;
+    assert!(
+        !matches!(&refused, Ok(back) if !back.is_empty()),
+        "nothing comes back to a stranger: {refused:?}"
+    );
+    assert_eq!(
+        echo(&alice, &bob.recipient(), b"contact").await.unwrap(),
+        b"contact"
+    );
+    assert_eq!(bob.streams.lock().unwrap().as_slice(), [alice.name.clone()]);
+}
+
+#[tokio::test]
+async fn reachability_tells_our_addresses_and_each_peers_connection() {
+    let ca = ca();
+    let bob = node("bob", &ca, &ca, MAX).await;
+    assert_eq!(
+        bob.net.own_addresses(),
+        bob.net
+            .listen_addrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+    );
+    let mut changes = bob.net.reachability();
+    let alice = node("alice", &ca, &ca, MAX).await;
+
+    alice
+        .net
+        .deliver(&bob.recipient(), envelope(b"hello".to_vec()))
+        .await
+        .unwrap();
+    let online = tokio::time::timeout(Duration::from_secs(10), changes.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        online,
+        ReachabilityEvent::PeerOnline {
+            peer: alice.name.clone(),
+            path: Path::Direct
+        }
+    );
+    // Alice's node stops: her connection closes.
+    drop(alice);
+    let offline = tokio::time::timeout(Duration::from_secs(10), changes.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        offline,
+        ReachabilityEvent::PeerOffline {
+            peer: Username::new("alice").unwrap()
+        }
     );
 }

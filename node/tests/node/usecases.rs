@@ -9,7 +9,7 @@ use peerchat::driven::memory::{Hub, HubNetwork, MemoryStore, RecordingNotifier};
 use peerchat::driven::rendezvous_inprocess::InProcessDirectory;
 use peerchat::ports::{
     AuthenticatedPeer, Direction, DirectoryError, EnvelopeFn, Event, MessageStatus, Store,
-    SystemClock,
+    SystemClock, TransportTrust,
 };
 use peerchat::usecases::{KeyKind, Node, NodeError};
 use peerchat_pki::{CertificateAuthority, Username};
@@ -948,4 +948,103 @@ async fn given_the_receipt_processed_before_the_ack_then_the_status_stays_delive
         [MessageStatus::Delivered],
         "only real moves are events"
     );
+}
+
+/// The transport's trust as a test sees it: the CRLs handed to it.
+#[derive(Default)]
+struct RecordingTrust {
+    installed: std::sync::Mutex<Vec<u64>>,
+    presented: std::sync::Mutex<Vec<String>>,
+    ca: std::sync::OnceLock<peerchat_pki::CaCertificate>,
+}
+
+impl TransportTrust for RecordingTrust {
+    fn crl_number(&self) -> Option<u64> {
+        self.installed.lock().unwrap().last().copied()
+    }
+
+    async fn install_crl(&self, crl: Vec<u8>) -> bool {
+        let crl = peerchat_pki::Crl::from_der(&crl, self.ca.get().unwrap()).unwrap();
+        let mut installed = self.installed.lock().unwrap();
+        if installed.last().is_some_and(|n| *n > crl.number()) {
+            return false;
+        }
+        installed.push(crl.number());
+        true
+    }
+
+    fn present_certificate(&self, certificate_pem: &str) {
+        self.presented
+            .lock()
+            .unwrap()
+            .push(certificate_pem.to_owned());
+    }
+}
+
+#[tokio::test]
+async fn maintenance_empties_the_mailbox_follows_revocations_and_stops_when_cancelled() {
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    let bob = world.given_a_registered_user("bob").await;
+    let carol = world.given_a_registered_user("carol").await;
+    world.hub.set_online(&bob.name, false);
+    let id = MessageId::random(&mut OsRng);
+    alice
+        .node
+        .send(&bob.name, id, "while you were away".into())
+        .await
+        .unwrap();
+    world.hub.set_online(&bob.name, true);
+    let trust = Arc::new(RecordingTrust::default());
+    trust
+        .ca
+        .set(world.rendezvous.ca().certificate().clone())
+        .unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let schedule = peerchat::usecases::Schedule {
+        mailbox_wait: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let maintained = tokio::spawn(bob.node.clone().maintain(
+        trust.clone(),
+        schedule,
+        cancel.clone(),
+    ));
+
+    // The mailbox is emptied at once, and the CRL in force is fetched.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bob.node.history(&alice.name).unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mail never came"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(bob.node.history(&alice.name).unwrap()[0].id, id);
+    while trust.crl_number().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no CRL was installed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = trust.crl_number();
+    // Carol logs out: her certificate is revoked, and bob's waiting long poll answers with the
+    // new CRL number, so the new CRL is installed at once rather than at the next refresh.
+    carol.node.logout().await.unwrap();
+    while trust.crl_number() == first {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new CRL never came"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(trust.crl_number() > first);
+
+    // Cancelled, every task stops, even the long poll.
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), maintained)
+        .await
+        .expect("maintenance stopped")
+        .unwrap();
 }
