@@ -717,8 +717,8 @@ async fn a_stream_carries_bytes_both_ways_between_authenticated_peers() {
     assert_eq!(back.len(), payload.len());
     assert!(back == payload, "the bytes come back intact");
     assert_eq!(
-        bob.streams.lock().unwrap().as_slice(),
-        [alice.name.clone()],
+        *bob.streams.lock().unwrap(),
+        vec![alice.name.clone()],
         "bob's side names alice, from her certificate"
     );
     // Several at once, on the same connection.
@@ -795,7 +795,7 @@ async fn without_a_crl_a_stranger_cannot_open_a_stream() {
         echo(&alice, &bob.recipient(), b"contact").await.unwrap(),
         b"contact"
     );
-    assert_eq!(bob.streams.lock().unwrap().as_slice(), [alice.name.clone()]);
+    assert_eq!(*bob.streams.lock().unwrap(), vec![alice.name.clone()]);
 }
 
 #[tokio::test]
