@@ -6,6 +6,7 @@
 
 mod certificates;
 mod contacts;
+mod handlers;
 mod maintain;
 mod offline;
 mod prekeys;

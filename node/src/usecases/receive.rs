@@ -1,14 +1,16 @@
-//! Receive: reject duplicates, decrypt, persist message + session atomically and flushed, then
-//! acknowledge, then notify.
+//! Receive: reject duplicates, check the sender's key, decrypt, then hand the content to the
+//! handler of its kind ([`super::handlers`]), which persists it with the session atomically and
+//! flushed before the acknowledgement.
 
 use peerchat_pki::Username;
 use rand::rngs::OsRng;
 
+use super::handlers::Decrypted;
 use super::{Node, NodeError};
 use crate::domain::{Ack, Content, Envelope, IdentityKey, Message, RejectReason, Session};
 use crate::ports::{
-    Clock, Contact, Direction, Directory, Event, HeldInbound, MessageStatus, Network, Notifier,
-    Recorded, Store, StoredMessage,
+    Clock, Direction, Directory, Event, HeldInbound, MessageStatus, Network, Notifier, Recorded,
+    Store, StoredMessage,
 };
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
@@ -108,69 +110,19 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 }
             }
         };
-        let (id, sent_at_ms, body) = match Content::decode(&plaintext) {
-            Ok(Content::Text {
-                id,
-                sent_at_ms,
-                body,
-            }) if id == envelope.id => (id, sent_at_ms, body),
-            Ok(Content::DeliveryReceipt { ids }) => {
-                return self
-                    .apply_receipt(
-                        from,
-                        guard,
-                        &session,
-                        consumed,
-                        &ids,
-                        MessageStatus::Delivered,
-                    )
-                    .await;
-            }
-            Ok(Content::ReadReceipt { ids }) => {
-                return self
-                    .apply_receipt(from, guard, &session, consumed, &ids, MessageStatus::Read)
-                    .await;
-            }
-            _ => return Ok(Ack::Rejected(RejectReason::Malformed)),
+        let Ok(content) = Content::decode(&plaintext) else {
+            return Ok(Ack::Rejected(RejectReason::Malformed));
         };
-        if contact.is_none() {
-            self.store.save_contact(&Contact {
-                username: from.clone(),
-                identity_key: *identity_key,
-                verified: false,
-                pending_key: None,
-            })?;
-        }
-        let stored = StoredMessage {
-            id,
-            peer: from.clone(),
-            direction: Direction::Incoming,
-            body,
-            sent_at_ms,
-            status: MessageStatus::Received,
+        let decrypted = Decrypted {
+            from,
+            identity_key,
+            envelope_id: envelope.id,
+            session,
+            consumed,
+            new_contact: contact.is_none(),
+            guard,
         };
-        let recorded = self.store.record_incoming(&stored, &session, consumed)?;
-        // The session is recorded; later messages may proceed while this one is flushed (group
-        // commit). It is acknowledged only after the flush.
-        drop(guard);
-        self.store.flush().await?;
-        Ok(match recorded {
-            Recorded::Duplicate => Ack::Duplicate,
-            Recorded::Stored => {
-                self.notifier.notify(Event::MessageReceived {
-                    peer: from.clone(),
-                    id,
-                });
-                // Tell the sender it is stored (encrypted, through the outbox).
-                if let Err(e) = self
-                    .queue_receipt(from, Content::DeliveryReceipt { ids: vec![id] })
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not queue a delivery receipt");
-                }
-                Ack::Stored
-            }
-        })
+        self.handle(decrypted, content).await
     }
 
     /// Whether a message with this id from `from` is stored already (one that could not be
@@ -230,31 +182,6 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         }
         self.store.flush().await?;
         Ok(())
-    }
-
-    /// Applies a receipt: our messages' statuses move forward, atomically with the session.
-    async fn apply_receipt(
-        &self,
-        from: &Username,
-        guard: tokio::sync::OwnedMutexGuard<()>,
-        session: &Session,
-        consumed: Option<crate::domain::PreKeyId>,
-        ids: &[crate::domain::MessageId],
-        status: MessageStatus,
-    ) -> Result<Ack, NodeError> {
-        let changed = self
-            .store
-            .record_receipt(from, session, consumed, ids, status)?;
-        drop(guard);
-        self.store.flush().await?;
-        for id in changed {
-            self.notifier.notify(Event::StatusChanged {
-                peer: from.clone(),
-                id,
-                status,
-            });
-        }
-        Ok(Ack::Stored)
     }
 
     /// Encrypts a receipt for `peer` and queues it in the outbox (delivered by the next outbox

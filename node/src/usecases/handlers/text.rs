@@ -1,0 +1,72 @@
+//! A text message: stored with the session, acknowledged once durable, then announced and
+//! answered with a delivery receipt.
+
+use super::Decrypted;
+use crate::domain::{Ack, Content, MessageId, RejectReason};
+use crate::ports::{
+    Clock, Contact, Direction, Directory, Event, MessageStatus, Network, Notifier, Recorded,
+    Store, StoredMessage,
+};
+use crate::usecases::{Node, NodeError};
+
+impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
+    /// Stores a text message. Its id inside the ciphertext must be the envelope's.
+    pub(super) async fn handle_text(
+        &self,
+        decrypted: Decrypted<'_>,
+        id: MessageId,
+        sent_at_ms: u64,
+        body: String,
+    ) -> Result<Ack, NodeError> {
+        let Decrypted {
+            from,
+            identity_key,
+            envelope_id,
+            session,
+            consumed,
+            new_contact,
+            guard,
+        } = decrypted;
+        if id != envelope_id {
+            return Ok(Ack::Rejected(RejectReason::Malformed));
+        }
+        if new_contact {
+            self.store.save_contact(&Contact {
+                username: from.clone(),
+                identity_key: *identity_key,
+                verified: false,
+                pending_key: None,
+            })?;
+        }
+        let stored = StoredMessage {
+            id,
+            peer: from.clone(),
+            direction: Direction::Incoming,
+            body,
+            sent_at_ms,
+            status: MessageStatus::Received,
+        };
+        let recorded = self.store.record_incoming(&stored, &session, consumed)?;
+        // The session is recorded; later messages may proceed while this one is flushed (group
+        // commit). It is acknowledged only after the flush.
+        drop(guard);
+        self.store.flush().await?;
+        Ok(match recorded {
+            Recorded::Duplicate => Ack::Duplicate,
+            Recorded::Stored => {
+                self.notifier.notify(Event::MessageReceived {
+                    peer: from.clone(),
+                    id,
+                });
+                // Tell the sender it is stored (encrypted, through the outbox).
+                if let Err(e) = self
+                    .queue_receipt(from, Content::DeliveryReceipt { ids: vec![id] })
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not queue a delivery receipt");
+                }
+                Ack::Stored
+            }
+        })
+    }
+}
