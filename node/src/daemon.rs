@@ -22,8 +22,8 @@ use crate::driven::sled_store::SledStore;
 use crate::driven::transport_trust::DaemonTrust;
 use crate::driving::api;
 use crate::ports::{
-    DeliveryError, Event, Messages, Notifier, PeerStream, Reachability, ReachabilityEvent,
-    Recipient, Store, Streams, SystemClock, TransportTrust,
+    DeliveryError, Event, IdentityStore, Messages, Notifier, PeerStream, Reachability,
+    ReachabilityEvent, Recipient, Streams, SystemClock, TransportTrust,
 };
 use crate::usecases::{Node, Schedule};
 use peerchat_telemetry::Telemetry;
@@ -156,8 +156,17 @@ impl Notifier for BroadcastNotifier {
     }
 }
 
+/// The ports the daemon wires the node with.
+pub type DaemonPorts = (
+    SledStore,
+    HttpDirectory,
+    LateNetwork,
+    BroadcastNotifier,
+    SystemClock,
+);
+
 /// The node as the daemon wires it.
-pub type DaemonNode = Node<SledStore, HttpDirectory, LateNetwork, BroadcastNotifier, SystemClock>;
+pub type DaemonNode = crate::usecases::NodeOf<DaemonPorts>;
 
 /// Why the daemon stopped.
 #[derive(Debug, thiserror::Error)]
@@ -336,7 +345,7 @@ pub async fn run(
             cancel.cancel();
         }
     };
-    let app = api::router(api::ApiState {
+    let app = api::router::<DaemonPorts>(api::ApiState {
         node: node.clone(),
         token,
         subscribe: Box::new(move || events.0.subscribe()),

@@ -10,7 +10,13 @@ const state = {
   contacts: new Map(), // username -> contact view
   presence: new Map(), // username -> true / false
   events: null,
+  older: [], // messages of the open conversation loaded by scrolling up, oldest first
+  exhausted: false, // nothing older is left to load
+  loadingOlder: false,
 };
+
+// Messages per page: the latest page is loaded on every refresh, older pages on scroll.
+const PAGE = 50;
 
 const STATUS_LABELS = {
   pending: "sending…",
@@ -258,6 +264,8 @@ async function openConversation(peer) {
   $("pane").hidden = false;
   $("peer-name").textContent = peer;
   $("messages").replaceChildren();
+  state.older = [];
+  state.exhausted = false;
   await refreshContacts();
   await refreshConversation();
   await refreshConversations();
@@ -280,11 +288,35 @@ async function refreshConversation() {
   } else {
     warning.hidden = true;
   }
-  const messages = await api("GET", `/api/v1/conversations/${peerPath(peer)}`);
+  const latest = await api("GET", `/api/v1/conversations/${peerPath(peer)}?limit=${PAGE}`);
   if (state.current !== peer) return;
+  if (latest.length < PAGE && state.older.length === 0) state.exhausted = true;
+  const shown = new Set(latest.map((m) => m.id));
+  const messages = state.older.filter((m) => !shown.has(m.id)).concat(latest);
   renderMessages(messages);
   if (messages.some((m) => m.direction === "incoming" && m.status === "received") && document.visibilityState === "visible") {
     await api("POST", `/api/v1/conversations/${peerPath(peer)}/read`);
+  }
+}
+
+/** Loads the page before the oldest message shown, keeping the view where it is. */
+async function loadOlder() {
+  const peer = state.current;
+  const list = $("messages");
+  const first = list.querySelector(".message");
+  if (!peer || !first || state.exhausted || state.loadingOlder) return;
+  state.loadingOlder = true;
+  try {
+    const page = await api("GET", `/api/v1/conversations/${peerPath(peer)}?before=${first.dataset.id}&limit=${PAGE}`);
+    if (state.current !== peer) return;
+    if (page.length < PAGE) state.exhausted = true;
+    if (page.length === 0) return;
+    state.older = page.concat(state.older);
+    const fromBottom = list.scrollHeight - list.scrollTop;
+    list.prepend(...page.map(messageItem));
+    list.scrollTop = list.scrollHeight - fromBottom;
+  } finally {
+    state.loadingOlder = false;
   }
 }
 
@@ -494,6 +526,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("account-form").addEventListener("submit", (e) => guarded(() => submitAccount(e)));
   $("search-form").addEventListener("submit", (e) => guarded(() => searchSubmit(e)));
   $("composer").addEventListener("submit", (e) => guarded(() => sendSubmit(e)));
+  $("messages").addEventListener("scroll", () => {
+    if ($("messages").scrollTop < 40) guarded(loadOlder);
+  });
   $("message-input").addEventListener("keydown", composerKeys);
   $("accept-key-button").addEventListener("click", () => guarded(acceptKey));
   $("safety-button").addEventListener("click", () => guarded(openSafety));

@@ -247,6 +247,23 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     await screenshot(alicePage, "alice");
     await screenshot(bobPage, "bob");
 
+    // A long conversation: the window shows the latest page and loads older ones on scroll.
+    step("A long conversation loads older messages on scroll.");
+    for (let i = 1; i <= 60; i++) cli(bobDir, ["send", "alice", `backlog ${i}`]);
+    await alicePage.locator("#messages .message.incoming .text", { hasText: /^backlog 60$/ }).waitFor();
+    const firstPage = await alicePage.locator("#messages .message").count();
+    assert.ok(firstPage <= 50, `one page at first, not ${firstPage}`);
+    const oldest = alicePage.locator("#messages .message .text", { hasText: /^backlog 1$/ });
+    assert.equal(await oldest.count(), 0, "the oldest messages wait until scrolled to");
+    await alicePage.evaluate(() => {
+      const list = document.getElementById("messages");
+      list.scrollTop = 0;
+      list.dispatchEvent(new Event("scroll"));
+    });
+    await oldest.waitFor();
+    assert.equal(await alicePage.locator("#messages .message").count(), 63, "every message, each once");
+    assert.ok(await alicePage.evaluate(() => document.getElementById("messages").scrollTop > 0), "the view stays where it was");
+
     // Bob goes offline; alice's message waits in the mailbox; bob comes back and sees it in the
     step("Bob goes offline; alice's message waits in the mailbox; bob comes back and sees it in the");
     // window he left open.

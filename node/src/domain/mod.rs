@@ -1,5 +1,6 @@
 //! The pure core of the node. Time and randomness are parameters; nothing here performs IO.
 
+pub mod address;
 pub mod content;
 pub mod envelope;
 pub mod ids;
@@ -12,6 +13,7 @@ pub mod safety_number;
 pub mod status;
 pub mod x3dh;
 
+pub use address::{Address, BadAddress, ConversationId, DeviceId};
 pub use content::{Content, ContentError};
 pub use envelope::{Ack, Envelope, EnvelopeError, RejectReason};
 pub use ids::MessageId;

@@ -3,7 +3,7 @@
 
 use peerchat_pki::Username;
 
-use super::{IdentityKey, MessageId, MessageStatus};
+use super::{ConversationId, IdentityKey, MessageId, MessageStatus};
 
 /// A person we talk to, with the identity key pinned on first contact.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -45,4 +45,11 @@ pub struct StoredMessage {
     pub sent_at_ms: u64,
     /// Its status.
     pub status: MessageStatus,
+}
+
+impl StoredMessage {
+    /// The conversation it belongs to.
+    pub fn conversation(&self) -> ConversationId {
+        ConversationId::Direct(self.peer.clone())
+    }
 }

@@ -7,13 +7,15 @@ use peerchat_pki::Username;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{
-    Ack, Envelope, MessageId, OneTimePreKeyPair, PreKeyId, RejectReason, Session, SignedPreKeyPair,
+    Ack, Address, ConversationId, Envelope, MessageId, OneTimePreKeyPair, PreKeyId, RejectReason,
+    Session, SignedPreKeyPair,
 };
 use crate::ports::{
-    AuthenticatedPeer, Contact, Conversation, DeliveryError, Event, HeldInbound, Inbound,
-    LocalIdentity, MAX_HELD_INBOUND, MessageStatus, Messages, Notifier, OutboxEntry, PeerStream,
-    Reachability, ReachabilityEvent, Recipient, Recorded, Store, StoreError, StoredMessage,
-    Streams,
+    AuthenticatedPeer, Batch, Committed, Contact, ContactStore, Conversation, DeliveryError,
+    Direction, Event, HeldInbound, IdentityStore, IfStored, Inbound, LocalIdentity,
+    MAX_HELD_INBOUND, MessageStatus, MessageStore, Messages, Notifier, OutboxEntry, OutboxStore,
+    Page, PeerStream, PreKeyStore, Reachability, ReachabilityEvent, Recipient, SessionStore, Store,
+    StoreError, StoredMessage, Streams, Write,
 };
 
 #[derive(Default)]
@@ -24,11 +26,12 @@ struct Inner {
     next_prekey_id: u32,
     signed_rotated_at: Option<u64>,
     contacts: BTreeMap<Username, Contact>,
-    sessions: HashMap<Username, Vec<u8>>,
-    messages: HashMap<Username, Vec<StoredMessage>>,
+    sessions: HashMap<Address, Vec<u8>>,
+    messages: HashMap<ConversationId, Vec<StoredMessage>>,
+    unread: HashMap<ConversationId, u64>,
     outbox: Vec<OutboxEntry>,
     order: u64,
-    last_activity: HashMap<Username, u64>,
+    last_activity: HashMap<ConversationId, u64>,
     held_inbound: HashMap<Username, Vec<HeldInbound>>,
 }
 
@@ -36,11 +39,12 @@ impl Inner {
     /// Appends a message to its conversation and makes that conversation the most recent.
     fn append(&mut self, message: &StoredMessage) {
         self.messages
-            .entry(message.peer.clone())
+            .entry(message.conversation())
             .or_default()
             .push(message.clone());
         self.order += 1;
-        self.last_activity.insert(message.peer.clone(), self.order);
+        self.last_activity
+            .insert(message.conversation(), self.order);
     }
 }
 
@@ -65,18 +69,58 @@ impl MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
-    fn record_undecryptable(&self, message: &StoredMessage) -> Result<Recorded, StoreError> {
-        let mut inner = self.inner();
-        if inner
+impl MessageStore for MemoryStore {
+    fn message(
+        &self,
+        conversation: &ConversationId,
+        id: &MessageId,
+    ) -> Result<Option<StoredMessage>, StoreError> {
+        Ok(self
+            .inner()
             .messages
-            .get(&message.peer)
-            .is_some_and(|m| m.iter().any(|m2| m2.id == message.id))
-        {
-            return Ok(Recorded::Duplicate);
-        }
-        inner.append(message);
-        Ok(Recorded::Stored)
+            .get(conversation)
+            .and_then(|m| m.iter().find(|m| m.id == *id).cloned()))
+    }
+
+    fn history(
+        &self,
+        conversation: &ConversationId,
+        page: Page,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let inner = self.inner();
+        let Some(all) = inner.messages.get(conversation) else {
+            return Ok(Vec::new());
+        };
+        let end = match page.before {
+            None => all.len(),
+            Some(before) => match all.iter().position(|m| m.id == before) {
+                Some(at) => at,
+                None => return Ok(Vec::new()),
+            },
+        };
+        let start = end.saturating_sub(page.limit);
+        Ok(all[start..end].to_vec())
+    }
+
+    fn conversations(&self) -> Result<Vec<Conversation>, StoreError> {
+        let inner = self.inner();
+        let mut list: Vec<(u64, Conversation)> = inner
+            .messages
+            .iter()
+            .filter_map(|(id, messages)| {
+                Some((
+                    inner.last_activity.get(id).copied().unwrap_or(0),
+                    Conversation {
+                        id: id.clone(),
+                        messages: messages.len() as u64,
+                        unread: inner.unread.get(id).copied().unwrap_or(0),
+                        last: messages.last()?.clone(),
+                    },
+                ))
+            })
+            .collect();
+        list.sort_by_key(|(order, _)| std::cmp::Reverse(*order));
+        Ok(list.into_iter().map(|(_, c)| c).collect())
     }
 
     fn hold_inbound(&self, held: &HeldInbound) -> Result<bool, StoreError> {
@@ -107,7 +151,9 @@ impl Store for MemoryStore {
         }
         Ok(())
     }
+}
 
+impl IdentityStore for MemoryStore {
     fn identity(&self) -> Result<Option<LocalIdentity>, StoreError> {
         Ok(self.inner().identity.clone())
     }
@@ -139,7 +185,9 @@ impl Store for MemoryStore {
         }
         Ok(())
     }
+}
 
+impl PreKeyStore for MemoryStore {
     fn signed_prekey(&self, id: PreKeyId) -> Result<Option<SignedPreKeyPair>, StoreError> {
         self.inner()
             .signed
@@ -191,7 +239,9 @@ impl Store for MemoryStore {
         inner.signed_rotated_at = Some(at_ms);
         Ok(())
     }
+}
 
+impl ContactStore for MemoryStore {
     fn contact(&self, username: &Username) -> Result<Option<Contact>, StoreError> {
         Ok(self.inner().contacts.get(username).cloned())
     }
@@ -206,192 +256,130 @@ impl Store for MemoryStore {
     fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
         Ok(self.inner().contacts.values().cloned().collect())
     }
+}
 
-    fn session(&self, peer: &Username) -> Result<Option<Session>, StoreError> {
+impl SessionStore for MemoryStore {
+    fn session(&self, device: &Address) -> Result<Option<Session>, StoreError> {
         self.inner()
             .sessions
-            .get(peer)
+            .get(device)
             .map(|b| Session::from_bytes(b).map_err(corrupt))
             .transpose()
     }
+}
 
-    fn message(
-        &self,
-        peer: &Username,
+impl OutboxStore for MemoryStore {
+    fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        Ok(self.inner().outbox.clone())
+    }
+}
+
+/// Whether a message in this state counts as unread.
+fn is_unread(message: &StoredMessage) -> bool {
+    message.direction == Direction::Incoming && message.status == MessageStatus::Received
+}
+
+impl Inner {
+    fn find(
+        &mut self,
+        conversation: &ConversationId,
         id: &MessageId,
-    ) -> Result<Option<StoredMessage>, StoreError> {
-        Ok(self
-            .inner()
-            .messages
-            .get(peer)
-            .and_then(|m| m.iter().find(|m| m.id == *id).cloned()))
+    ) -> Option<&mut StoredMessage> {
+        self.messages
+            .get_mut(conversation)
+            .and_then(|m| m.iter_mut().find(|m| m.id == *id))
     }
 
-    fn history(&self, peer: &Username) -> Result<Vec<StoredMessage>, StoreError> {
-        Ok(self.inner().messages.get(peer).cloned().unwrap_or_default())
+    fn add_unread(&mut self, conversation: &ConversationId, delta: i64) {
+        let count = self.unread.entry(conversation.clone()).or_default();
+        *count = count.saturating_add_signed(delta);
     }
+}
 
-    fn conversations(&self) -> Result<Vec<Conversation>, StoreError> {
-        let inner = self.inner();
-        let mut list: Vec<(u64, Conversation)> = inner
-            .messages
-            .iter()
-            .filter_map(|(peer, messages)| {
-                Some((
-                    inner.last_activity.get(peer).copied().unwrap_or(0),
-                    Conversation {
-                        peer: peer.clone(),
-                        messages: messages.len() as u64,
-                        last: messages.last()?.clone(),
-                    },
-                ))
-            })
-            .collect();
-        list.sort_by_key(|(order, _)| std::cmp::Reverse(*order));
-        Ok(list.into_iter().map(|(_, c)| c).collect())
-    }
-
-    fn record_outgoing(
-        &self,
-        message: &StoredMessage,
-        session: &Session,
-        outbox: &OutboxEntry,
-    ) -> Result<(), StoreError> {
+impl Store for MemoryStore {
+    fn commit(&self, batch: &Batch) -> Result<Committed, StoreError> {
         let mut inner = self.inner();
-        inner
-            .sessions
-            .insert(message.peer.clone(), session.to_bytes().to_vec());
-        inner.append(message);
-        inner.outbox.push(outbox.clone());
-        Ok(())
-    }
-
-    fn record_incoming(
-        &self,
-        message: &StoredMessage,
-        session: &Session,
-        consumed: Option<PreKeyId>,
-    ) -> Result<Recorded, StoreError> {
-        let mut inner = self.inner();
-        let earlier = inner
-            .messages
-            .get_mut(&message.peer)
-            .and_then(|m| m.iter_mut().find(|m2| m2.id == message.id));
-        match earlier {
-            // A copy that could not be decrypted is replaced by one that could.
-            Some(m) if m.status == MessageStatus::Undecryptable => *m = message.clone(),
-            Some(_) => return Ok(Recorded::Duplicate),
-            None => inner.append(message),
-        }
-        inner
-            .sessions
-            .insert(message.peer.clone(), session.to_bytes().to_vec());
-        if let Some(id) = consumed {
-            inner.one_time.remove(&id);
-        }
-        Ok(Recorded::Stored)
-    }
-
-    fn record_control(
-        &self,
-        peer: &Username,
-        session: &Session,
-        outbox: &OutboxEntry,
-    ) -> Result<(), StoreError> {
-        let mut inner = self.inner();
-        inner
-            .sessions
-            .insert(peer.clone(), session.to_bytes().to_vec());
-        inner.outbox.push(outbox.clone());
-        Ok(())
-    }
-
-    fn record_receipt(
-        &self,
-        peer: &Username,
-        session: &Session,
-        consumed: Option<PreKeyId>,
-        ids: &[MessageId],
-        status: MessageStatus,
-    ) -> Result<Vec<MessageId>, StoreError> {
-        let mut inner = self.inner();
-        inner
-            .sessions
-            .insert(peer.clone(), session.to_bytes().to_vec());
-        if let Some(id) = consumed {
-            inner.one_time.remove(&id);
-        }
-        let mut changed = Vec::new();
-        if let Some(messages) = inner.messages.get_mut(peer) {
-            for m in messages.iter_mut() {
-                if ids.contains(&m.id)
-                    && m.direction == crate::ports::Direction::Outgoing
-                    && m.status.may_become(status)
-                {
-                    m.status = status;
-                    changed.push(m.id);
+        // All or nothing: the only refusal is a duplicate, checked before anything is written.
+        for write in &batch.0 {
+            if let Write::Message(message, if_stored) = write
+                && let Some(earlier) = inner.find(&message.conversation(), &message.id)
+            {
+                let replace = match if_stored {
+                    IfStored::Skip => false,
+                    IfStored::ReplaceUndecryptable => {
+                        earlier.status == MessageStatus::Undecryptable
+                    }
+                    IfStored::Replace => true,
+                };
+                if !replace {
+                    return Ok(Committed {
+                        duplicate: true,
+                        advanced: Vec::new(),
+                    });
                 }
             }
         }
-        Ok(changed)
-    }
-
-    fn record_held(&self, message: &StoredMessage) -> Result<(), StoreError> {
-        let mut inner = self.inner();
-        inner.append(message);
-        Ok(())
-    }
-
-    fn record_released(
-        &self,
-        message: &StoredMessage,
-        session: &Session,
-        outbox: &OutboxEntry,
-    ) -> Result<(), StoreError> {
-        let mut inner = self.inner();
-        inner
-            .sessions
-            .insert(message.peer.clone(), session.to_bytes().to_vec());
-        if let Some(m) = inner
-            .messages
-            .get_mut(&message.peer)
-            .and_then(|m| m.iter_mut().find(|m| m.id == message.id))
-        {
-            m.status = MessageStatus::Pending;
-        }
-        inner.outbox.push(outbox.clone());
-        Ok(())
-    }
-
-    fn set_status(
-        &self,
-        peer: &Username,
-        id: &MessageId,
-        status: MessageStatus,
-    ) -> Result<bool, StoreError> {
-        let mut inner = self.inner();
-        if status != MessageStatus::Pending {
-            inner
-                .outbox
-                .retain(|o| !(o.to == *peer && o.envelope.id == *id));
-        }
-        Ok(
-            match inner
-                .messages
-                .get_mut(peer)
-                .and_then(|m| m.iter_mut().find(|m| m.id == *id))
-            {
-                Some(m) if m.status.may_become(status) => {
-                    m.status = status;
-                    true
+        let mut committed = Committed::default();
+        for write in &batch.0 {
+            match write {
+                Write::Session(device, session) => {
+                    inner
+                        .sessions
+                        .insert(device.clone(), session.to_bytes().to_vec());
                 }
-                _ => false,
-            },
-        )
-    }
-
-    fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
-        Ok(self.inner().outbox.clone())
+                Write::ConsumePreKey(id) => {
+                    inner.one_time.remove(id);
+                }
+                Write::Message(message, _) => {
+                    let conversation = message.conversation();
+                    let now = i64::from(is_unread(message));
+                    match inner.find(&conversation, &message.id) {
+                        Some(earlier) => {
+                            let was = i64::from(is_unread(earlier));
+                            *earlier = message.clone();
+                            inner.add_unread(&conversation, now - was);
+                        }
+                        None => {
+                            inner.append(message);
+                            inner.add_unread(&conversation, now);
+                        }
+                    }
+                }
+                Write::Status {
+                    conversation,
+                    id,
+                    status,
+                    only,
+                } => {
+                    let Some(m) = inner.find(conversation, id) else {
+                        continue;
+                    };
+                    if only.is_some_and(|d| d != m.direction) || !m.status.may_become(*status) {
+                        continue;
+                    }
+                    let was = i64::from(is_unread(m));
+                    m.status = *status;
+                    let now = i64::from(is_unread(m));
+                    inner.add_unread(conversation, now - was);
+                    committed.advanced.push(*id);
+                }
+                Write::Enqueue(entry) => {
+                    if !inner
+                        .outbox
+                        .iter()
+                        .any(|o| o.to == entry.to && o.envelope.id == entry.envelope.id)
+                    {
+                        inner.outbox.push(entry.clone());
+                    }
+                }
+                Write::Dequeue(device, id) => {
+                    inner
+                        .outbox
+                        .retain(|o| !(o.to == *device && o.envelope.id == *id));
+                }
+            }
+        }
+        Ok(committed)
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

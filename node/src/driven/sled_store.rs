@@ -11,10 +11,13 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use crate::domain::{MessageId, OneTimePreKeyPair, PreKeyId, Session, SignedPreKeyPair};
+use crate::domain::{
+    Address, ConversationId, MessageId, OneTimePreKeyPair, PreKeyId, Session, SignedPreKeyPair,
+};
 use crate::ports::{
-    Contact, Conversation, HeldInbound, LocalIdentity, MAX_HELD_INBOUND, MessageStatus,
-    OutboxEntry, Recorded, Store, StoreError, StoredMessage,
+    Batch, Committed, Contact, ContactStore, Conversation, Direction, HeldInbound, IdentityStore,
+    IfStored, LocalIdentity, MAX_HELD_INBOUND, MessageStatus, MessageStore, OutboxEntry,
+    OutboxStore, Page, PreKeyStore, SessionStore, Store, StoreError, StoredMessage, Write,
 };
 
 /// sled page cache; the node's working set is small.
@@ -53,6 +56,7 @@ pub struct SledStore {
     message_ids: sled::Tree,
     outbox: sled::Tree,
     activity: sled::Tree,
+    unread: sled::Tree,
     held_inbound: sled::Tree,
     flushes_started: AtomicU64,
     flushes_done: AtomicU64,
@@ -77,8 +81,10 @@ fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
     postcard::from_bytes(b).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn key(peer: &Username, suffix: &[u8]) -> Vec<u8> {
-    let mut k = peer.as_str().as_bytes().to_vec();
+/// `name ‖ 0 ‖ suffix`: a record of a conversation, device or user (whose text forms contain no
+/// 0 byte), so each one's records are one prefix.
+fn key(name: &impl std::fmt::Display, suffix: &[u8]) -> Vec<u8> {
+    let mut k = name.to_string().into_bytes();
     k.push(0);
     k.extend_from_slice(suffix);
     k
@@ -106,7 +112,7 @@ impl SledStore {
             .open()
             .map_err(backend)?;
         let t = |n: &str| db.open_tree(n).map_err(backend);
-        Ok(Self {
+        let store = Self {
             meta: t("meta")?,
             signed: t("signed_prekeys")?,
             one_time: t("one_time_prekeys")?,
@@ -116,12 +122,41 @@ impl SledStore {
             message_ids: t("message_ids")?,
             outbox: t("outbox")?,
             activity: t("activity")?,
+            unread: t("unread")?,
             held_inbound: t("held_inbound")?,
             flushes_started: AtomicU64::new(0),
             flushes_done: AtomicU64::new(0),
             flushing: tokio::sync::Mutex::new(()),
             db,
-        })
+        };
+        store.count_unread_once()?;
+        Ok(store)
+    }
+
+    /// Unread counts are kept as messages arrive and are read; a store from before they were
+    /// kept has them counted once, here.
+    fn count_unread_once(&self) -> Result<(), StoreError> {
+        if self.meta.contains_key("unread_counted").map_err(backend)? {
+            return Ok(());
+        }
+        let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+        for value in self.messages.iter().values() {
+            let message: StoredMessage = dec(&value.map_err(backend)?)?;
+            if is_unread(&message) {
+                *counts
+                    .entry(message.conversation().to_string())
+                    .or_default() += 1;
+            }
+        }
+        for (conversation, count) in counts {
+            self.unread
+                .insert(conversation.as_bytes(), &count.to_be_bytes()[..])
+                .map_err(backend)?;
+        }
+        self.meta
+            .insert("unread_counted", &[1u8][..])
+            .map_err(backend)?;
+        Ok(())
     }
 
     fn get<T: DeserializeOwned>(
@@ -131,26 +166,25 @@ impl SledStore {
         tree.get(k).map_err(backend)?.map(|v| dec(&v)).transpose()
     }
 
-    /// Records a message in the transaction: the message under its sequence number, the id index
-    /// and the conversation's activity.
+    /// Records a message (`encoded`) in the transaction: the message under its sequence
+    /// number, the id index and the conversation's activity.
     fn put_message(
         messages: &sled::transaction::TransactionalTree,
         ids: &sled::transaction::TransactionalTree,
         activity: &sled::transaction::TransactionalTree,
         message: &StoredMessage,
-    ) -> TxResult<()> {
+        encoded: &[u8],
+    ) -> Result<(), ConflictableTransactionError<Stop>> {
+        let conversation = message.conversation();
         let seq = messages.generate_id()?;
-        messages.insert(
-            key(&message.peer, &seq.to_be_bytes()),
-            enc(message).map_err(abort)?,
-        )?;
+        messages.insert(key(&conversation, &seq.to_be_bytes()), encoded)?;
         ids.insert(
-            key(&message.peer, message.id.as_bytes()),
+            key(&conversation, message.id.as_bytes()),
             &seq.to_be_bytes()[..],
         )?;
-        let peer = message.peer.as_str().as_bytes();
-        let mut a: Activity = match activity.get(peer)? {
-            Some(v) => dec(&v).map_err(abort)?,
+        let name = conversation.to_string();
+        let mut a: Activity = match activity.get(name.as_bytes())? {
+            Some(v) => dec(&v)?,
             None => Activity {
                 order: 0,
                 messages: 0,
@@ -160,12 +194,12 @@ impl SledStore {
         a.order = seq;
         a.messages += 1;
         a.last_seq = seq;
-        activity.insert(peer, enc(&a).map_err(abort)?)?;
+        activity.insert(name.as_bytes(), enc(&a)?)?;
         Ok(())
     }
 }
 
-impl Store for SledStore {
+impl IdentityStore for SledStore {
     #[tracing::instrument(name = "store.identity", skip_all)]
     fn identity(&self) -> Result<Option<LocalIdentity>, StoreError> {
         let record: Option<IdentityRecord> = Self::get(&self.meta, "identity")?;
@@ -223,7 +257,9 @@ impl Store for SledStore {
             .map_err(backend)?;
         Ok(())
     }
+}
 
+impl PreKeyStore for SledStore {
     #[tracing::instrument(name = "store.signed_prekey", skip_all)]
     fn signed_prekey(&self, id: PreKeyId) -> Result<Option<SignedPreKeyPair>, StoreError> {
         Self::get(&self.signed, id.0.to_be_bytes())
@@ -290,7 +326,9 @@ impl Store for SledStore {
             })
             .map_err(tx)
     }
+}
 
+impl ContactStore for SledStore {
     #[tracing::instrument(name = "store.contact", skip_all)]
     fn contact(&self, username: &Username) -> Result<Option<Contact>, StoreError> {
         Self::get(&self.contacts, username.as_str())
@@ -312,147 +350,93 @@ impl Store for SledStore {
             .map(|v| dec(&v.map_err(backend)?))
             .collect()
     }
+}
 
+impl SessionStore for SledStore {
     #[tracing::instrument(name = "store.session", skip_all)]
-    fn session(&self, peer: &Username) -> Result<Option<Session>, StoreError> {
+    fn session(&self, device: &Address) -> Result<Option<Session>, StoreError> {
         self.sessions
-            .get(peer.as_str())
+            .get(device.to_string())
             .map_err(backend)?
             .map(|v| Session::from_bytes(&v).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
     }
+}
 
+impl MessageStore for SledStore {
     #[tracing::instrument(name = "store.message", skip_all)]
     fn message(
         &self,
-        peer: &Username,
+        conversation: &ConversationId,
         id: &MessageId,
     ) -> Result<Option<StoredMessage>, StoreError> {
         let Some(seq) = self
             .message_ids
-            .get(key(peer, id.as_bytes()))
+            .get(key(conversation, id.as_bytes()))
             .map_err(backend)?
         else {
             return Ok(None);
         };
-        Self::get(&self.messages, key(peer, &seq))
+        Self::get(&self.messages, key(conversation, &seq))
     }
 
     #[tracing::instrument(name = "store.history", skip_all)]
-    fn history(&self, peer: &Username) -> Result<Vec<StoredMessage>, StoreError> {
-        self.messages
-            .scan_prefix(key(peer, &[]))
-            .values()
-            .map(|v| dec(&v.map_err(backend)?))
-            .collect()
+    fn history(
+        &self,
+        conversation: &ConversationId,
+        page: Page,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let start = key(conversation, &[]);
+        let end = match page.before {
+            None => key(conversation, &[0xff; 9]),
+            Some(before) => {
+                match self
+                    .message_ids
+                    .get(key(conversation, before.as_bytes()))
+                    .map_err(backend)?
+                {
+                    Some(seq) => key(conversation, &seq),
+                    None => return Ok(Vec::new()),
+                }
+            }
+        };
+        let mut page_items = self
+            .messages
+            .range(start..end)
+            .rev()
+            .take(page.limit)
+            .map(|item| dec(&item.map_err(backend)?.1))
+            .collect::<Result<Vec<StoredMessage>, StoreError>>()?;
+        page_items.reverse();
+        Ok(page_items)
     }
 
     #[tracing::instrument(name = "store.conversations", skip_all)]
     fn conversations(&self) -> Result<Vec<Conversation>, StoreError> {
         let mut list = Vec::new();
         for item in self.activity.iter() {
-            let (peer, v) = item.map_err(backend)?;
+            let (conversation, v) = item.map_err(backend)?;
             let a: Activity = dec(&v)?;
-            let peer = std::str::from_utf8(&peer)
+            let id: ConversationId = std::str::from_utf8(&conversation)
                 .ok()
-                .and_then(|p| Username::new(p).ok())
+                .and_then(|c| c.parse().ok())
                 .ok_or_else(|| StoreError::Corrupt("conversation key".into()))?;
-            let Some(last) = Self::get(&self.messages, key(&peer, &a.last_seq.to_be_bytes()))?
-            else {
+            let Some(last) = Self::get(&self.messages, key(&id, &a.last_seq.to_be_bytes()))? else {
                 continue;
             };
+            let unread = counter(self.unread.get(&conversation).map_err(backend)?.as_deref());
             list.push((
                 a.order,
                 Conversation {
-                    peer,
+                    id,
                     messages: a.messages,
+                    unread,
                     last,
                 },
             ));
         }
         list.sort_by_key(|(order, _)| std::cmp::Reverse(*order));
         Ok(list.into_iter().map(|(_, c)| c).collect())
-    }
-
-    #[tracing::instrument(name = "store.record_outgoing", skip_all)]
-    fn record_outgoing(
-        &self,
-        message: &StoredMessage,
-        session: &Session,
-        outbox: &OutboxEntry,
-    ) -> Result<(), StoreError> {
-        let state = session.to_bytes();
-        let entry = enc(outbox)?;
-        (
-            &self.sessions,
-            &self.messages,
-            &self.message_ids,
-            &self.activity,
-            &self.outbox,
-        )
-            .transaction(|(sessions, messages, ids, activity, out)| {
-                sessions.insert(message.peer.as_str(), state.as_slice())?;
-                Self::put_message(messages, ids, activity, message)?;
-                out.insert(key(&message.peer, message.id.as_bytes()), entry.as_slice())?;
-                Ok(())
-            })
-            .map_err(tx)
-    }
-
-    #[tracing::instrument(name = "store.record_incoming", skip_all)]
-    fn record_incoming(
-        &self,
-        message: &StoredMessage,
-        session: &Session,
-        consumed: Option<PreKeyId>,
-    ) -> Result<Recorded, StoreError> {
-        let state = session.to_bytes();
-        (
-            &self.sessions,
-            &self.messages,
-            &self.message_ids,
-            &self.activity,
-            &self.one_time,
-        )
-            .transaction(|(sessions, messages, ids, activity, one_time)| {
-                if let Some(seq) = ids.get(key(&message.peer, message.id.as_bytes()))? {
-                    // A copy that could not be decrypted is replaced by one that could.
-                    let at = key(&message.peer, &seq);
-                    let earlier: Option<StoredMessage> = messages
-                        .get(&at)?
-                        .map(|v| dec(&v))
-                        .transpose()
-                        .map_err(abort)?;
-                    if earlier.is_none_or(|m| m.status != MessageStatus::Undecryptable) {
-                        return Ok(Recorded::Duplicate);
-                    }
-                    messages.insert(at, enc(message).map_err(abort)?)?;
-                } else {
-                    Self::put_message(messages, ids, activity, message)?;
-                }
-                sessions.insert(message.peer.as_str(), state.as_slice())?;
-                if let Some(id) = consumed {
-                    one_time.remove(&id.0.to_be_bytes())?;
-                }
-                Ok(Recorded::Stored)
-            })
-            .map_err(tx)
-    }
-
-    #[tracing::instrument(name = "store.record_undecryptable", skip_all)]
-    fn record_undecryptable(&self, message: &StoredMessage) -> Result<Recorded, StoreError> {
-        (&self.messages, &self.message_ids, &self.activity)
-            .transaction(|(messages, ids, activity)| {
-                if ids
-                    .get(key(&message.peer, message.id.as_bytes()))?
-                    .is_some()
-                {
-                    return Ok(Recorded::Duplicate);
-                }
-                Self::put_message(messages, ids, activity, message)?;
-                Ok(Recorded::Stored)
-            })
-            .map_err(tx)
     }
 
     #[tracing::instrument(name = "store.hold_inbound", skip_all)]
@@ -515,139 +499,9 @@ impl Store for SledStore {
             })
             .map_err(tx)
     }
+}
 
-    #[tracing::instrument(name = "store.record_held", skip_all)]
-    fn record_held(&self, message: &StoredMessage) -> Result<(), StoreError> {
-        (&self.messages, &self.message_ids, &self.activity)
-            .transaction(|(messages, ids, activity)| {
-                Self::put_message(messages, ids, activity, message)
-            })
-            .map_err(tx)
-    }
-
-    #[tracing::instrument(name = "store.record_released", skip_all)]
-    fn record_released(
-        &self,
-        message: &StoredMessage,
-        session: &Session,
-        outbox: &OutboxEntry,
-    ) -> Result<(), StoreError> {
-        let state = session.to_bytes();
-        let entry = enc(outbox)?;
-        (
-            &self.sessions,
-            &self.messages,
-            &self.message_ids,
-            &self.outbox,
-        )
-            .transaction(|(sessions, messages, ids, out)| {
-                let Some(seq) = ids.get(key(&message.peer, message.id.as_bytes()))? else {
-                    return Err(abort(StoreError::Corrupt(
-                        "released message not found".into(),
-                    )));
-                };
-                let k = key(&message.peer, &seq);
-                let mut stored = message.clone();
-                stored.status = MessageStatus::Pending;
-                messages.insert(k, enc(&stored).map_err(abort)?)?;
-                sessions.insert(message.peer.as_str(), state.as_slice())?;
-                out.insert(key(&message.peer, message.id.as_bytes()), entry.as_slice())?;
-                Ok(())
-            })
-            .map_err(tx)
-    }
-
-    #[tracing::instrument(name = "store.record_control", skip_all)]
-    fn record_control(
-        &self,
-        peer: &Username,
-        session: &Session,
-        outbox: &OutboxEntry,
-    ) -> Result<(), StoreError> {
-        let state = session.to_bytes();
-        let entry = enc(outbox)?;
-        (&self.sessions, &self.outbox)
-            .transaction(|(sessions, out)| {
-                sessions.insert(peer.as_str(), state.as_slice())?;
-                out.insert(key(peer, outbox.envelope.id.as_bytes()), entry.as_slice())?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(tx)
-    }
-
-    #[tracing::instrument(name = "store.record_receipt", skip_all)]
-    fn record_receipt(
-        &self,
-        peer: &Username,
-        session: &Session,
-        consumed: Option<PreKeyId>,
-        ids: &[MessageId],
-        status: MessageStatus,
-    ) -> Result<Vec<MessageId>, StoreError> {
-        let state = session.to_bytes();
-        (
-            &self.sessions,
-            &self.messages,
-            &self.message_ids,
-            &self.one_time,
-        )
-            .transaction(|(sessions, messages, index, one_time)| {
-                sessions.insert(peer.as_str(), state.as_slice())?;
-                if let Some(id) = consumed {
-                    one_time.remove(&id.0.to_be_bytes())?;
-                }
-                let mut changed = Vec::new();
-                for id in ids {
-                    let Some(seq) = index.get(key(peer, id.as_bytes()))? else {
-                        continue;
-                    };
-                    let k = key(peer, &seq);
-                    let Some(v) = messages.get(&k)? else { continue };
-                    let mut m: StoredMessage = dec(&v).map_err(abort)?;
-                    if m.direction == crate::ports::Direction::Outgoing
-                        && m.status.may_become(status)
-                    {
-                        m.status = status;
-                        messages.insert(k, enc(&m).map_err(abort)?)?;
-                        changed.push(*id);
-                    }
-                }
-                Ok(changed)
-            })
-            .map_err(tx)
-    }
-
-    #[tracing::instrument(name = "store.set_status", skip_all)]
-    fn set_status(
-        &self,
-        peer: &Username,
-        id: &MessageId,
-        status: MessageStatus,
-    ) -> Result<bool, StoreError> {
-        (&self.messages, &self.message_ids, &self.outbox)
-            .transaction(|(messages, ids, out)| {
-                if status != MessageStatus::Pending {
-                    // Also for outbox entries without a message (receipts).
-                    out.remove(key(peer, id.as_bytes()))?;
-                }
-                let Some(seq) = ids.get(key(peer, id.as_bytes()))? else {
-                    return Ok(false);
-                };
-                let k = key(peer, &seq);
-                let Some(v) = messages.get(&k)? else {
-                    return Ok(false);
-                };
-                let mut m: StoredMessage = dec(&v).map_err(abort)?;
-                if !m.status.may_become(status) {
-                    return Ok(false);
-                }
-                m.status = status;
-                messages.insert(k, enc(&m).map_err(abort)?)?;
-                Ok(true)
-            })
-            .map_err(tx)
-    }
-
+impl OutboxStore for SledStore {
     #[tracing::instrument(name = "store.outbox", skip_all)]
     fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
         self.outbox
@@ -655,6 +509,170 @@ impl Store for SledStore {
             .values()
             .map(|v| dec(&v.map_err(backend)?))
             .collect()
+    }
+}
+
+/// Why a commit's transaction stopped.
+enum Stop {
+    /// A message was stored already: nothing is written.
+    Duplicate,
+    /// A record could not be encoded or decoded.
+    Store(StoreError),
+}
+
+impl From<StoreError> for ConflictableTransactionError<Stop> {
+    fn from(e: StoreError) -> Self {
+        ConflictableTransactionError::Abort(Stop::Store(e))
+    }
+}
+
+/// A counter as stored (8 bytes, big-endian); absent or malformed is 0.
+fn counter(value: Option<&[u8]>) -> u64 {
+    value
+        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// Adds `delta` to the unread count of `conversation` in the transaction.
+fn add_unread(
+    unread: &sled::transaction::TransactionalTree,
+    conversation: &ConversationId,
+    delta: i64,
+) -> Result<(), ConflictableTransactionError<Stop>> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let k = conversation.to_string();
+    let now = counter(unread.get(k.as_bytes())?.as_deref());
+    let next = now.saturating_add_signed(delta);
+    unread.insert(k.as_bytes(), &next.to_be_bytes()[..])?;
+    Ok(())
+}
+
+/// Whether a message in this state counts as unread.
+fn is_unread(message: &StoredMessage) -> bool {
+    message.direction == Direction::Incoming && message.status == MessageStatus::Received
+}
+
+impl Store for SledStore {
+    #[tracing::instrument(name = "store.commit", skip_all, fields(writes = batch.0.len()))]
+    fn commit(&self, batch: &Batch) -> Result<Committed, StoreError> {
+        // Encoded once, outside the transaction (which may run more than once).
+        let mut encoded = Vec::with_capacity(batch.0.len());
+        for write in &batch.0 {
+            encoded.push(match write {
+                Write::Session(_, session) => Some(session.to_bytes().to_vec()),
+                Write::Message(message, _) => Some(enc(message)?),
+                Write::Enqueue(entry) => Some(enc(entry)?),
+                _ => None,
+            });
+        }
+        let result = (
+            &self.sessions,
+            &self.messages,
+            &self.message_ids,
+            &self.activity,
+            &self.unread,
+            &self.outbox,
+            &self.one_time,
+        )
+            .transaction(
+                |(sessions, messages, ids, activity, unread, out, one_time)| {
+                    let mut committed = Committed::default();
+                    for (write, bytes) in batch.0.iter().zip(&encoded) {
+                        let bytes = bytes.as_deref().unwrap_or_default();
+                        match write {
+                            Write::Session(device, _) => {
+                                sessions.insert(device.to_string().as_bytes(), bytes)?;
+                            }
+                            Write::ConsumePreKey(id) => {
+                                one_time.remove(&id.0.to_be_bytes())?;
+                            }
+                            Write::Message(message, if_stored) => {
+                                let conversation = message.conversation();
+                                let Some(seq) =
+                                    ids.get(key(&conversation, message.id.as_bytes()))?
+                                else {
+                                    Self::put_message(messages, ids, activity, message, bytes)?;
+                                    add_unread(
+                                        unread,
+                                        &conversation,
+                                        i64::from(is_unread(message)),
+                                    )?;
+                                    continue;
+                                };
+                                let at = key(&conversation, &seq);
+                                let earlier: Option<StoredMessage> =
+                                    messages.get(&at)?.map(|v| dec(&v)).transpose()?;
+                                let replace = match if_stored {
+                                    IfStored::Skip => false,
+                                    IfStored::ReplaceUndecryptable => earlier
+                                        .as_ref()
+                                        .is_some_and(|m| m.status == MessageStatus::Undecryptable),
+                                    IfStored::Replace => true,
+                                };
+                                if !replace {
+                                    return Err(ConflictableTransactionError::Abort(
+                                        Stop::Duplicate,
+                                    ));
+                                }
+                                messages.insert(at, bytes)?;
+                                let was = earlier.as_ref().is_some_and(is_unread);
+                                add_unread(
+                                    unread,
+                                    &conversation,
+                                    i64::from(is_unread(message)) - i64::from(was),
+                                )?;
+                            }
+                            Write::Status {
+                                conversation,
+                                id,
+                                status,
+                                only,
+                            } => {
+                                let Some(seq) = ids.get(key(conversation, id.as_bytes()))? else {
+                                    continue;
+                                };
+                                let at = key(conversation, &seq);
+                                let Some(v) = messages.get(&at)? else {
+                                    continue;
+                                };
+                                let mut m: StoredMessage = dec(&v)?;
+                                if only.is_some_and(|d| d != m.direction)
+                                    || !m.status.may_become(*status)
+                                {
+                                    continue;
+                                }
+                                let was = is_unread(&m);
+                                m.status = *status;
+                                messages.insert(at, enc(&m)?)?;
+                                add_unread(
+                                    unread,
+                                    conversation,
+                                    i64::from(is_unread(&m)) - i64::from(was),
+                                )?;
+                                committed.advanced.push(*id);
+                            }
+                            Write::Enqueue(entry) => {
+                                out.insert(key(&entry.to, entry.envelope.id.as_bytes()), bytes)?;
+                            }
+                            Write::Dequeue(device, id) => {
+                                out.remove(key(device, id.as_bytes()))?;
+                            }
+                        }
+                    }
+                    Ok(committed)
+                },
+            );
+        match result {
+            Ok(committed) => Ok(committed),
+            Err(TransactionError::Abort(Stop::Duplicate)) => Ok(Committed {
+                duplicate: true,
+                advanced: Vec::new(),
+            }),
+            Err(TransactionError::Abort(Stop::Store(e))) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(backend(e)),
+        }
     }
 
     #[tracing::instrument(name = "store.flush", skip_all)]

@@ -18,10 +18,8 @@ use subtle::ConstantTimeEq;
 
 use super::ui;
 use crate::domain::MessageId;
-use crate::ports::{
-    Clock, Direction, Directory, DirectoryError, MessageStatus, Network, Notifier, Store,
-};
-use crate::usecases::{KeyKind, Node, NodeError, NodeStatus};
+use crate::ports::{Direction, DirectoryError, MessageStatus, Page};
+use crate::usecases::{KeyKind, NodeError, NodeOf, NodeStatus, Ports};
 
 /// Largest request body.
 const MAX_BODY: usize = 64 * 1024;
@@ -283,9 +281,9 @@ fn peer(raw: &str) -> Result<Username, ApiError> {
 }
 
 /// What the API needs around the node: the token, events, window sessions and shutdown.
-pub struct ApiState<S, D, N, E, C> {
+pub struct ApiState<P: Ports> {
     /// The node.
-    pub node: Arc<Node<S, D, N, E, C>>,
+    pub node: Arc<NodeOf<P>>,
     /// The bearer token.
     pub token: String,
     /// A new subscription to the node's real-time events.
@@ -299,62 +297,45 @@ pub struct ApiState<S, D, N, E, C> {
 }
 
 /// The API router.
-pub fn router<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    state: ApiState<S, D, N, E, C>,
-) -> Router {
+pub fn router<P: Ports>(state: ApiState<P>) -> Router {
     let state = Arc::new(state);
     Router::new()
         .route("/", get(ui::index))
         .route("/ui/app.js", get(ui::script))
         .route("/ui/app.css", get(ui::style))
         .route("/favicon.ico", get(ui::favicon))
-        .route("/ui/open", get(open_ui::<S, D, N, E, C>))
-        .route("/api/v1/ui/link", post(ui_link::<S, D, N, E, C>))
-        .route("/api/v1/totp", post(enable_totp::<S, D, N, E, C>))
-        .route("/api/v1/totp/confirm", post(confirm_totp::<S, D, N, E, C>))
-        .route(
-            "/api/v1/contacts/{peer}/presence",
-            get(presence::<S, D, N, E, C>),
-        )
+        .route("/ui/open", get(open_ui::<P>))
+        .route("/api/v1/ui/link", post(ui_link::<P>))
+        .route("/api/v1/totp", post(enable_totp::<P>))
+        .route("/api/v1/totp/confirm", post(confirm_totp::<P>))
+        .route("/api/v1/contacts/{peer}/presence", get(presence::<P>))
         .route(
             "/api/v1/contacts/{peer}/safety-number/qr.svg",
-            get(safety_number_qr::<S, D, N, E, C>),
+            get(safety_number_qr::<P>),
         )
-        .route("/api/v1/status", get(status::<S, D, N, E, C>))
-        .route("/api/v1/register", post(register::<S, D, N, E, C>))
-        .route("/api/v1/login", post(login::<S, D, N, E, C>))
+        .route("/api/v1/status", get(status::<P>))
+        .route("/api/v1/register", post(register::<P>))
+        .route("/api/v1/login", post(login::<P>))
         .route(
             "/api/v1/contacts",
-            get(contacts::<S, D, N, E, C>).post(add_contact::<S, D, N, E, C>),
+            get(contacts::<P>).post(add_contact::<P>),
         )
-        .route("/api/v1/messages", post(send::<S, D, N, E, C>))
-        .route("/api/v1/conversations", get(conversations::<S, D, N, E, C>))
-        .route(
-            "/api/v1/conversations/{peer}",
-            get(history::<S, D, N, E, C>),
-        )
-        .route("/api/v1/events", get(events::<S, D, N, E, C>))
-        .route("/api/v1/logout", post(logout::<S, D, N, E, C>))
+        .route("/api/v1/messages", post(send::<P>))
+        .route("/api/v1/conversations", get(conversations::<P>))
+        .route("/api/v1/conversations/{peer}", get(history::<P>))
+        .route("/api/v1/events", get(events::<P>))
+        .route("/api/v1/logout", post(logout::<P>))
         .route(
             "/api/v1/conversations/{peer}/messages/{id}/retry",
-            post(retry::<S, D, N, E, C>),
+            post(retry::<P>),
         )
-        .route(
-            "/api/v1/conversations/{peer}/read",
-            post(mark_read::<S, D, N, E, C>),
-        )
-        .route(
-            "/api/v1/contacts/{peer}/accept-key",
-            post(accept_key::<S, D, N, E, C>),
-        )
+        .route("/api/v1/conversations/{peer}/read", post(mark_read::<P>))
+        .route("/api/v1/contacts/{peer}/accept-key", post(accept_key::<P>))
         .route(
             "/api/v1/contacts/{peer}/safety-number",
-            get(safety_number::<S, D, N, E, C>),
+            get(safety_number::<P>),
         )
-        .route(
-            "/api/v1/contacts/{peer}/verify",
-            post(verify::<S, D, N, E, C>),
-        )
+        .route("/api/v1/contacts/{peer}/verify", post(verify::<P>))
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,
@@ -362,19 +343,16 @@ pub fn router<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
                 "no such route".into(),
             )
         })
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            guard::<S, D, N, E, C>,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::<P>))
         .with_state(state)
 }
 
-type Shared<S, D, N, E, C> = State<Arc<ApiState<S, D, N, E, C>>>;
+type Shared<P> = State<Arc<ApiState<P>>>;
 
 /// Loopback `Host` only (no DNS rebinding); then the bearer token, or a browser session whose
 /// writes carry the CSRF header from this origin. Every answer gets the security headers.
-async fn guard<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
+async fn guard<P: Ports>(
+    State(state): Shared<P>,
     headers: HeaderMap,
     request: Request,
     next: Next,
@@ -384,8 +362,8 @@ async fn guard<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
     response
 }
 
-async fn check_and_run<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    state: &ApiState<S, D, N, E, C>,
+async fn check_and_run<P: Ports>(
+    state: &ApiState<P>,
     headers: &HeaderMap,
     request: Request,
     next: Next,
@@ -436,44 +414,42 @@ async fn check_and_run<S: Store, D: Directory, N: Network, E: Notifier, C: Clock
     tracing::Instrument::instrument(next.run(request), span).await
 }
 
-async fn open_ui<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
+async fn open_ui<P: Ports>(
+    State(state): Shared<P>,
     headers: HeaderMap,
     query: axum::extract::Query<ui::OpenQuery>,
 ) -> Response {
     ui::open(&state.ui, &headers, query)
 }
 
-async fn ui_link<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
-) -> Json<ui::UiLink> {
+async fn ui_link<P: Ports>(State(state): Shared<P>) -> Json<ui::UiLink> {
     Json(state.ui.link())
 }
 
-async fn enable_totp<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
+async fn enable_totp<P: Ports>(
+    State(state): Shared<P>,
 ) -> Result<Json<crate::ports::TotpEnrolment>, ApiError> {
     Ok(Json(state.node.enable_totp().await?))
 }
 
-async fn confirm_totp<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
+async fn confirm_totp<P: Ports>(
+    State(state): Shared<P>,
     Body(body): Body<TotpCodeBody>,
 ) -> Result<StatusCode, ApiError> {
     state.node.confirm_totp(&body.code).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn presence<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
+async fn presence<P: Ports>(
+    State(state): Shared<P>,
     Path(raw): Path<String>,
 ) -> Result<Json<PresenceView>, ApiError> {
     let online = state.node.presence(&peer(&raw)?).await?;
     Ok(Json(PresenceView { online }))
 }
 
-async fn safety_number_qr<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
+async fn safety_number_qr<P: Ports>(
+    State(state): Shared<P>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let number = state.node.safety_number(&peer(&raw)?).await?.shown;
@@ -487,22 +463,20 @@ async fn safety_number_qr<S: Store, D: Directory, N: Network, E: Notifier, C: Cl
     Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
 }
 
-async fn status<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
-) -> Result<Json<NodeStatus>, ApiError> {
+async fn status<P: Ports>(State(state): Shared<P>) -> Result<Json<NodeStatus>, ApiError> {
     Ok(Json(state.node.status()?))
 }
 
-async fn register<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
+async fn register<P: Ports>(
+    State(state): Shared<P>,
     Body(body): Body<RegisterBody>,
 ) -> Result<StatusCode, ApiError> {
     state.node.register(&body.username, &body.password).await?;
     Ok(StatusCode::CREATED)
 }
 
-async fn login<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
+async fn login<P: Ports>(
+    State(state): Shared<P>,
     Body(body): Body<LoginBody>,
 ) -> Result<StatusCode, ApiError> {
     state
@@ -512,9 +486,7 @@ async fn login<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
     Ok(StatusCode::OK)
 }
 
-async fn contacts<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
-) -> Result<Json<Vec<ContactView>>, ApiError> {
+async fn contacts<P: Ports>(State(state): Shared<P>) -> Result<Json<Vec<ContactView>>, ApiError> {
     Ok(Json(
         state
             .node
@@ -536,31 +508,25 @@ async fn contacts<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
     ))
 }
 
-async fn add_contact<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
+async fn add_contact<P: Ports>(
+    State(state): Shared<P>,
     Body(body): Body<AddContactBody>,
 ) -> Result<StatusCode, ApiError> {
     state.node.add_contact(&body.username).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn send<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
+async fn send<P: Ports>(
+    State(state): Shared<P>,
     Body(body): Body<SendBody>,
 ) -> Result<(StatusCode, Json<SendAnswer>), ApiError> {
     let id = body.id.unwrap_or_else(|| MessageId::random(&mut OsRng));
-    state.node.send(&body.to, id, body.text).await?;
-    let status = state
-        .node
-        .history(&body.to)?
-        .into_iter()
-        .find(|m| m.id == id)
-        .map_or(MessageStatus::Pending, |m| m.status);
+    let status = state.node.send(&body.to, id, body.text).await?;
     Ok((StatusCode::ACCEPTED, Json(SendAnswer { id, status })))
 }
 
-async fn conversations<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
+async fn conversations<P: Ports>(
+    State(state): Shared<P>,
 ) -> Result<Json<Vec<ConversationView>>, ApiError> {
     let me = state
         .node
@@ -572,23 +538,48 @@ async fn conversations<S: Store, D: Directory, N: Network, E: Notifier, C: Clock
             .node
             .conversations()?
             .into_iter()
-            .map(|c| {
-                let unread = state.node.unread(&c.peer)?;
-                Ok(ConversationView {
-                    messages: c.messages,
-                    unread,
-                    last: view(c.last, &me),
-                    peer: c.peer,
-                })
+            .map(|c| ConversationView {
+                peer: c.id.peer().clone(),
+                messages: c.messages,
+                unread: c.unread,
+                last: view(c.last, &me),
             })
-            .collect::<Result<_, NodeError>>()?,
+            .collect(),
     ))
 }
 
-async fn history<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
+/// `GET /api/v1/conversations/{peer}?before=ID&limit=N`: the page of the conversation before
+/// message `ID` (or the latest), at most `N` messages (default and most [`MAX_PAGE`]), oldest
+/// first.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct PageQuery {
+    /// The message the page ends before.
+    #[serde(default)]
+    pub before: Option<MessageId>,
+    /// Most messages.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// The most messages one page of history holds.
+pub const MAX_PAGE: usize = 500;
+
+async fn history<P: Ports>(
+    State(state): Shared<P>,
     Path(raw): Path<String>,
+    query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<MessageView>>, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_page",
+            format!("before is a message id and limit a number: {e}"),
+        )
+    })?;
+    let page = Page {
+        before: query.before,
+        limit: query.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE),
+    };
     let me = state
         .node
         .status()?
@@ -598,7 +589,7 @@ async fn history<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
     Ok(Json(
         state
             .node
-            .conversation(&peer)
+            .conversation(&peer, page)
             .await?
             .into_iter()
             .map(|m| view(m, &me))
@@ -606,8 +597,8 @@ async fn history<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
     ))
 }
 
-async fn retry<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
+async fn retry<P: Ports>(
+    State(state): Shared<P>,
     Path((raw, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let id: MessageId = id.parse().map_err(|_| {
@@ -621,31 +612,29 @@ async fn retry<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
     Ok(StatusCode::ACCEPTED)
 }
 
-async fn logout<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
-) -> Result<StatusCode, ApiError> {
+async fn logout<P: Ports>(State(state): Shared<P>) -> Result<StatusCode, ApiError> {
     state.node.logout().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn mark_read<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
+async fn mark_read<P: Ports>(
+    State(state): Shared<P>,
     Path(raw): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state.node.mark_read(&peer(&raw)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn accept_key<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
+async fn accept_key<P: Ports>(
+    State(state): Shared<P>,
     Path(raw): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state.node.accept_key(&peer(&raw)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn safety_number<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
+async fn safety_number<P: Ports>(
+    State(state): Shared<P>,
     Path(raw): Path<String>,
 ) -> Result<Json<SafetyNumberView>, ApiError> {
     let numbers = state.node.safety_number(&peer(&raw)?).await?;
@@ -662,8 +651,8 @@ async fn safety_number<S: Store, D: Directory, N: Network, E: Notifier, C: Clock
     }))
 }
 
-async fn verify<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
+async fn verify<P: Ports>(
+    State(state): Shared<P>,
     Path(raw): Path<String>,
     Body(body): Body<VerifyBody>,
 ) -> Result<StatusCode, ApiError> {
@@ -673,8 +662,8 @@ async fn verify<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
 
 /// Real-time events as server-sent events: `event: <type>`, `data: <JSON>`. A subscriber that
 /// falls far behind misses the oldest events rather than slowing the node down.
-async fn events<S: Store, D: Directory, N: Network, E: Notifier, C: Clock>(
-    State(state): Shared<S, D, N, E, C>,
+async fn events<P: Ports>(
+    State(state): Shared<P>,
 ) -> axum::response::sse::Sse<
     impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
 > {
@@ -725,7 +714,7 @@ pub async fn serve(
         .await
 }
 
-impl<S, D, N, E, C> std::fmt::Debug for ApiState<S, D, N, E, C> {
+impl<P: Ports> std::fmt::Debug for ApiState<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the token.
         f.debug_struct("ApiState").finish_non_exhaustive()

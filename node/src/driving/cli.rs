@@ -6,8 +6,8 @@ use std::path::Path;
 use peerchat_pki::Username;
 
 use super::api::{
-    ContactView, LoginBody, MessageView, RegisterBody, SafetyNumberView, SendAnswer, SendBody,
-    TotpCodeBody, VerifyBody,
+    ContactView, LoginBody, MAX_PAGE, MessageView, RegisterBody, SafetyNumberView, SendAnswer,
+    SendBody, TotpCodeBody, VerifyBody,
 };
 use super::ui::UiLink;
 use crate::ports::{MessageStatus, TotpEnrolment};
@@ -400,9 +400,26 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
         } => {
             let peer = username(&name)?;
             let client = ApiClient::from_data_dir(&data_dir)?;
-            let messages: Vec<MessageView> = client
-                .call::<(), _>(Method::GET, &format!("/api/v1/conversations/{peer}"), None)
-                .await?;
+            // Page by page, from the latest back to the first.
+            let mut messages: Vec<MessageView> = Vec::new();
+            loop {
+                let before = messages
+                    .first()
+                    .map(|m| format!("&before={}", m.id))
+                    .unwrap_or_default();
+                let page: Vec<MessageView> = client
+                    .call::<(), _>(
+                        Method::GET,
+                        &format!("/api/v1/conversations/{peer}?limit={MAX_PAGE}{before}"),
+                        None,
+                    )
+                    .await?;
+                let full = page.len() == MAX_PAGE;
+                messages.splice(0..0, page);
+                if !full {
+                    break;
+                }
+            }
             // Showing the conversation is reading it.
             client
                 .call::<(), ()>(
@@ -553,7 +570,7 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
                             let history: Vec<MessageView> = client
                                 .call::<(), _>(
                                     Method::GET,
-                                    &format!("/api/v1/conversations/{peer}"),
+                                    &format!("/api/v1/conversations/{peer}?limit=50"),
                                     None,
                                 )
                                 .await

@@ -1,12 +1,14 @@
-//! The storage port.
+//! The storage port, in small traits the way libsignal splits its stores: identity, prekeys,
+//! sessions, contacts, messages (per conversation) and the outbox, read one by one; every write
+//! of a lifecycle step goes through one atomic [`Store::commit`] of a [`Batch`].
 
 use std::future::Future;
 
 use peerchat_pki::Username;
 
 use crate::domain::{
-    Contact, Envelope, IdentityKey, MessageId, MessageStatus, OneTimePreKeyPair, PreKeyId, Session,
-    SignedPreKeyPair, StoredMessage,
+    Address, Contact, ConversationId, Direction, Envelope, IdentityKey, MessageId, MessageStatus,
+    OneTimePreKeyPair, PreKeyId, Session, SignedPreKeyPair, StoredMessage,
 };
 
 /// A storage failure; adapters translate their own errors into it.
@@ -59,8 +61,8 @@ pub struct HeldInbound {
 /// An envelope waiting to be acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OutboxEntry {
-    /// The recipient.
-    pub to: Username,
+    /// The recipient's device.
+    pub to: Address,
     /// When it was queued, ms since the epoch.
     #[serde(default)]
     pub queued_at_ms: u64,
@@ -71,26 +73,116 @@ pub struct OutboxEntry {
 /// A conversation in the list.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Conversation {
-    /// The other person.
-    pub peer: Username,
+    /// Which.
+    pub id: ConversationId,
     /// Messages in it.
     pub messages: u64,
+    /// Messages received and not read yet (kept as they change, not counted per request).
+    pub unread: u64,
     /// The latest one.
     pub last: StoredMessage,
 }
 
-/// Result of recording a received message.
+/// A page of a conversation: up to `limit` messages stored before the message `before` (or
+/// the latest ones), oldest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recorded {
-    /// Stored.
-    Stored,
-    /// A message with that id from that peer was already stored; nothing changed.
-    Duplicate,
+pub struct Page {
+    /// The message the page ends before (exclusive); `None` for the latest messages.
+    pub before: Option<MessageId>,
+    /// Most messages in the page.
+    pub limit: usize,
 }
 
-/// The node's storage port. Each method is atomic on its own; writes become durable at
-/// [`Store::flush`], which use cases await before acknowledging anything.
-pub trait Store: Send + Sync + 'static {
+impl Page {
+    /// The whole conversation.
+    pub const ALL: Page = Page {
+        before: None,
+        limit: usize::MAX,
+    };
+
+    /// The latest `limit` messages.
+    pub fn latest(limit: usize) -> Self {
+        Self {
+            before: None,
+            limit,
+        }
+    }
+}
+
+/// What to do when a message added by a [`Batch`] is stored already (same conversation, same id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfStored {
+    /// Nothing in the batch is written; [`Committed::duplicate`] says so.
+    Skip,
+    /// As [`IfStored::Skip`], unless the stored one is `Undecryptable`: then it is replaced in
+    /// place (a later copy that decrypts).
+    ReplaceUndecryptable,
+    /// The stored one is replaced in place (a held message released).
+    Replace,
+}
+
+/// One write of a [`Batch`].
+#[derive(Debug)]
+pub enum Write {
+    /// Stores the session with a device.
+    Session(Address, Box<Session>),
+    /// Removes one of our one-time prekeys (a message consumed it).
+    ConsumePreKey(PreKeyId),
+    /// Adds a message to its conversation (last in its order); a received one counts as unread.
+    Message(StoredMessage, IfStored),
+    /// Moves a stored message to `status` where [`MessageStatus::may_become`] allows it (and,
+    /// with `only`, only a message of that direction); the ids that moved are returned in
+    /// [`Committed::advanced`]. A missing message is skipped.
+    Status {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The message.
+        id: MessageId,
+        /// The new status.
+        status: MessageStatus,
+        /// Only a message in this direction moves.
+        only: Option<Direction>,
+    },
+    /// Queues an envelope for delivery.
+    Enqueue(OutboxEntry),
+    /// Removes an outbox entry (acknowledged, or given up).
+    Dequeue(Address, MessageId),
+}
+
+/// The writes of one lifecycle step, applied by [`Store::commit`] all together or not at all.
+#[derive(Debug, Default)]
+pub struct Batch(pub Vec<Write>);
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a write.
+    pub fn with(mut self, write: Write) -> Self {
+        self.0.push(write);
+        self
+    }
+
+    /// Adds a write.
+    pub fn push(&mut self, write: Write) {
+        self.0.push(write);
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// A message of the batch was stored already and [`IfStored::Skip`] applied: nothing was
+    /// written.
+    pub duplicate: bool,
+    /// The messages whose status a [`Write::Status`] moved, in the batch's order.
+    pub advanced: Vec<MessageId>,
+}
+
+/// Our identity and certificate.
+pub trait IdentityStore {
     /// Our identity, if registered.
     fn identity(&self) -> Result<Option<LocalIdentity>, StoreError>;
     /// Saves our identity with its first signed prekey and one-time prekeys, in one write.
@@ -102,6 +194,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Replaces our certificate (after renewal).
     fn save_certificate(&self, certificate_pem: &str) -> Result<(), StoreError>;
+}
+
+/// Our prekeys.
+pub trait PreKeyStore {
     /// A signed prekey of ours by id.
     fn signed_prekey(&self, id: PreKeyId) -> Result<Option<SignedPreKeyPair>, StoreError>;
     /// A one-time prekey of ours by id (absent once used).
@@ -117,89 +213,41 @@ pub trait Store: Send + Sync + 'static {
     /// Adds a new signed prekey, rotated at `at_ms`. Older ones are kept, so initial messages
     /// made with them (which may arrive late, from the mailbox) still decrypt.
     fn add_signed_prekey(&self, key: &SignedPreKeyPair, at_ms: u64) -> Result<(), StoreError>;
+}
 
+/// Sessions, one per device we talk to (written through [`Write::Session`]).
+pub trait SessionStore {
+    /// The session with `device`, if any.
+    fn session(&self, device: &Address) -> Result<Option<Session>, StoreError>;
+}
+
+/// Contacts, with their pinned keys.
+pub trait ContactStore {
     /// A contact by name.
     fn contact(&self, username: &Username) -> Result<Option<Contact>, StoreError>;
     /// Adds or replaces a contact.
     fn save_contact(&self, contact: &Contact) -> Result<(), StoreError>;
     /// All contacts, by name.
     fn contacts(&self) -> Result<Vec<Contact>, StoreError>;
+}
 
-    /// The session with `peer`, if any.
-    fn session(&self, peer: &Username) -> Result<Option<Session>, StoreError>;
-
-    /// A message by peer and id.
-    fn message(&self, peer: &Username, id: &MessageId)
-    -> Result<Option<StoredMessage>, StoreError>;
-    /// The conversation with `peer`, in the order the messages were stored.
-    fn history(&self, peer: &Username) -> Result<Vec<StoredMessage>, StoreError>;
-    /// One summary per peer, most recent first.
-    fn conversations(&self) -> Result<Vec<Conversation>, StoreError>;
-
-    /// The send step: the message (pending), the advanced session and the outbox entry, in one
-    /// atomic write.
-    fn record_outgoing(
+/// Conversations and their messages (written through [`Write::Message`] and
+/// [`Write::Status`]), and envelopes held from keys not accepted yet.
+pub trait MessageStore {
+    /// A message by conversation and id.
+    fn message(
         &self,
-        message: &StoredMessage,
-        session: &Session,
-        outbox: &OutboxEntry,
-    ) -> Result<(), StoreError>;
-    /// The receive step: the message, the advanced session and the removal of the one-time prekey
-    /// it consumed, in one atomic write. MUST return [`Recorded::Duplicate`] and change nothing
-    /// when a message with that id from that peer is already stored, unless that one is
-    /// `Undecryptable`: then it is replaced in place.
-    fn record_incoming(
-        &self,
-        message: &StoredMessage,
-        session: &Session,
-        consumed: Option<PreKeyId>,
-    ) -> Result<Recorded, StoreError>;
-    /// The send step of a control message (a receipt): the advanced session and the outbox
-    /// entry, in one atomic write; no chat message is stored.
-    fn record_control(
-        &self,
-        peer: &Username,
-        session: &Session,
-        outbox: &OutboxEntry,
-    ) -> Result<(), StoreError>;
-    /// The receive step of a receipt: the advanced session (and consumed one-time prekey), and
-    /// the status of our messages `ids` to `peer` raised to `status` where that is an upgrade
-    /// (see [`upgrades`]), in one atomic write. Returns the ids whose status changed.
-    fn record_receipt(
-        &self,
-        peer: &Username,
-        session: &Session,
-        consumed: Option<PreKeyId>,
-        ids: &[MessageId],
-        status: MessageStatus,
-    ) -> Result<Vec<MessageId>, StoreError>;
-    /// Stores a message held back (status `Held`) without encrypting it.
-    fn record_held(&self, message: &StoredMessage) -> Result<(), StoreError>;
-    /// Releases a held message: its status becomes `Pending`, and the session and outbox entry are
-    /// recorded, in one atomic write.
-    fn record_released(
-        &self,
-        message: &StoredMessage,
-        session: &Session,
-        outbox: &OutboxEntry,
-    ) -> Result<(), StoreError>;
-    /// Moves a message to `status` if [`MessageStatus::may_become`] allows it, and returns
-    /// whether it moved; reaching `Sent` (or beyond) also removes its outbox entry (also for
-    /// an outbox entry that is no message, such as a receipt).
-    fn set_status(
-        &self,
-        peer: &Username,
+        conversation: &ConversationId,
         id: &MessageId,
-        status: MessageStatus,
-    ) -> Result<bool, StoreError>;
-    /// Envelopes not yet acknowledged, oldest first.
-    fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError>;
-
-    /// Records a received message that could not be decrypted (status `Undecryptable`, empty
-    /// text), so that it is seen; MUST return `Duplicate` and change nothing when a message with
-    /// its id from its peer is stored already. A later copy that decrypts replaces it
-    /// ([`Store::record_incoming`]).
-    fn record_undecryptable(&self, message: &StoredMessage) -> Result<Recorded, StoreError>;
+    ) -> Result<Option<StoredMessage>, StoreError>;
+    /// A page of the conversation, oldest first, in the order the messages were stored.
+    fn history(
+        &self,
+        conversation: &ConversationId,
+        page: Page,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+    /// One summary per conversation, most recent first.
+    fn conversations(&self) -> Result<Vec<Conversation>, StoreError>;
 
     /// Keeps an envelope from a contact's new, not yet accepted key until the user decides.
     /// MUST return `false` (and keep nothing) when `held.from` already has [`MAX_HELD_INBOUND`]
@@ -209,6 +257,31 @@ pub trait Store: Send + Sync + 'static {
     fn held_inbound(&self, peer: &Username) -> Result<Vec<HeldInbound>, StoreError>;
     /// Forgets a held envelope (it was taken, or refused for good).
     fn release_inbound(&self, peer: &Username, id: &MessageId) -> Result<(), StoreError>;
+}
+
+/// Envelopes waiting for an acknowledgement (written through [`Write::Enqueue`] and
+/// [`Write::Dequeue`]).
+pub trait OutboxStore {
+    /// Envelopes not yet acknowledged, oldest first.
+    fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError>;
+}
+
+/// The node's storage: the small stores, one atomic write per lifecycle step, and durability.
+/// Reads and single-record writes are atomic on their own; writes become durable at
+/// [`Store::flush`], which use cases await before acknowledging anything.
+pub trait Store:
+    IdentityStore
+    + PreKeyStore
+    + SessionStore
+    + ContactStore
+    + MessageStore
+    + OutboxStore
+    + Send
+    + Sync
+    + 'static
+{
+    /// Applies every write of `batch`, all or none (see [`IfStored`] for when none).
+    fn commit(&self, batch: &Batch) -> Result<Committed, StoreError>;
 
     /// Makes every write so far durable.
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

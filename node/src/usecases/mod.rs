@@ -82,6 +82,38 @@ pub enum NodeError {
     Store(#[from] StoreError),
 }
 
+/// The port types a node is wired with, as one type: what is generic over a node (the local
+/// API) takes one parameter instead of five.
+pub trait Ports: Send + Sync + 'static {
+    /// Storage.
+    type Store: Store;
+    /// The rendezvous.
+    type Directory: Directory;
+    /// The peer-to-peer network.
+    type Network: Network;
+    /// Real-time events.
+    type Notifier: Notifier;
+    /// The time.
+    type Clock: Clock;
+}
+
+impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Ports for (S, D, N, E, C) {
+    type Store = S;
+    type Directory = D;
+    type Network = N;
+    type Notifier = E;
+    type Clock = C;
+}
+
+/// The node wired with `P`'s ports.
+pub type NodeOf<P> = Node<
+    <P as Ports>::Store,
+    <P as Ports>::Directory,
+    <P as Ports>::Network,
+    <P as Ports>::Notifier,
+    <P as Ports>::Clock,
+>;
+
 /// The node: its use cases over its ports.
 pub struct Node<S, D, N, E, C> {
     store: S,

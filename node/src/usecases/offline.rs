@@ -28,11 +28,11 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             if entry.queued_at_ms > 0 && now.saturating_sub(entry.queued_at_ms) >= give_up_after_ms
             {
                 tracing::warn!(peer = %entry.to, id = %entry.envelope.id, "giving up on a message");
-                self.mark(&entry.to, &entry.envelope.id, MessageStatus::Failed)
+                self.mark(&entry.to.user, &entry.envelope.id, MessageStatus::Failed)
                     .await?;
                 continue;
             }
-            self.deliver(&entry.to, entry.envelope).await;
+            self.deliver(&entry.to.user, entry.envelope).await;
         }
         Ok(())
     }

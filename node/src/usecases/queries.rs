@@ -3,8 +3,9 @@
 use peerchat_pki::Username;
 
 use super::{Node, NodeError};
+use crate::domain::ConversationId;
 use crate::ports::{
-    Clock, Contact, Conversation, Directory, MessageStatus, Network, Notifier, Store, StoredMessage,
+    Clock, Contact, Conversation, Directory, Network, Notifier, Page, Store, StoredMessage,
 };
 
 /// What `status` reports.
@@ -17,19 +18,23 @@ pub struct NodeStatus {
 }
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
-    /// The conversation with `peer`, oldest first.
+    /// The whole conversation with `peer`, oldest first.
     #[tracing::instrument(name = "usecase.history", skip_all, fields(peer = %peer))]
     pub fn history(&self, peer: &Username) -> Result<Vec<StoredMessage>, NodeError> {
-        Ok(self.store.history(peer)?)
+        Ok(self.store.history(&peer.into(), Page::ALL)?)
     }
 
-    /// The conversation with `peer`, oldest first; for someone who is neither a contact nor in
-    /// any message, the rendezvous is asked whether they exist at all, so a mistyped name is an
-    /// error rather than an empty conversation.
+    /// A page of the conversation with `peer`, oldest first; for someone who is neither a
+    /// contact nor in any message, the rendezvous is asked whether they exist at all, so a
+    /// mistyped name is an error rather than an empty conversation.
     #[tracing::instrument(name = "usecase.conversation", skip_all, fields(peer = %peer))]
-    pub async fn conversation(&self, peer: &Username) -> Result<Vec<StoredMessage>, NodeError> {
-        let messages = self.store.history(peer)?;
-        if messages.is_empty() && self.store.contact(peer)?.is_none() {
+    pub async fn conversation(
+        &self,
+        peer: &Username,
+        page: Page,
+    ) -> Result<Vec<StoredMessage>, NodeError> {
+        let messages = self.store.history(&peer.into(), page)?;
+        if messages.is_empty() && page.before.is_none() && self.store.contact(peer)?.is_none() {
             if self.me()?.0 == *peer {
                 return Err(NodeError::OwnAccount(peer.clone()));
             }
@@ -41,15 +46,16 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         Ok(messages)
     }
 
-    /// How many messages from `peer` were not shown yet.
+    /// How many messages from `peer` were not shown yet (the count the store keeps).
     #[tracing::instrument(name = "usecase.unread", skip_all, fields(peer = %peer))]
     pub fn unread(&self, peer: &Username) -> Result<u64, NodeError> {
+        let conversation = ConversationId::from(peer);
         Ok(self
             .store
-            .history(peer)?
-            .iter()
-            .filter(|m| m.status == MessageStatus::Received)
-            .count() as u64)
+            .conversations()?
+            .into_iter()
+            .find(|c| c.id == conversation)
+            .map_or(0, |c| c.unread))
     }
 
     /// Whether `peer` is online, as far as the rendezvous knows (live announced addresses).
@@ -82,7 +88,12 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 .store
                 .outbox()?
                 .iter()
-                .filter(|e| matches!(self.store.message(&e.to, &e.envelope.id), Ok(Some(_))))
+                .filter(|e| {
+                    matches!(
+                        self.store.message(&(&e.to.user).into(), &e.envelope.id),
+                        Ok(Some(_))
+                    )
+                })
                 .count(),
         })
     }

@@ -7,10 +7,12 @@ use rand::rngs::OsRng;
 
 use super::handlers::Decrypted;
 use super::{Node, NodeError};
-use crate::domain::{Ack, Content, Envelope, IdentityKey, Message, RejectReason, Session};
+use crate::domain::{
+    Ack, Address, Content, ConversationId, Envelope, IdentityKey, Message, RejectReason, Session,
+};
 use crate::ports::{
-    Clock, Direction, Directory, Event, HeldInbound, MessageStatus, Network, Notifier, Recorded,
-    Store, StoredMessage,
+    Batch, Clock, Direction, Directory, Event, HeldInbound, IfStored, MessageStatus, Network,
+    Notifier, Page, Store, StoredMessage, Write,
 };
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
@@ -74,7 +76,10 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         if self.already_stored(from, &envelope.id)? {
             return Ok(Ack::Duplicate);
         }
-        let existing = self.store.session(from)?.filter(|s| s.belongs_to(&message));
+        let existing = self
+            .store
+            .session(&Address::first(from.clone()))?
+            .filter(|s| s.belongs_to(&message));
         let (session, plaintext, consumed) = match existing {
             Some(mut session) => match session.decrypt(&message, &mut OsRng) {
                 Ok(plaintext) => (session, plaintext, None),
@@ -134,7 +139,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     ) -> Result<bool, NodeError> {
         Ok(self
             .store
-            .message(from, id)?
+            .message(&from.into(), id)?
             .is_some_and(|m| m.status != MessageStatus::Undecryptable))
     }
 
@@ -150,7 +155,8 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             sent_at_ms: self.clock.now_ms(),
             status: MessageStatus::Undecryptable,
         };
-        if self.store.record_undecryptable(&stored)? == Recorded::Stored {
+        let batch = Batch::new().with(Write::Message(stored, IfStored::Skip));
+        if !self.store.commit(&batch)?.duplicate {
             self.store.flush().await?;
             self.notifier.notify(Event::MessageReceived {
                 peer: from.clone(),
@@ -194,7 +200,8 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         let plaintext = content.encode()?;
         {
             let _guard = self.peer_lock(peer).lock_owned().await;
-            let Some(mut session) = self.store.session(peer)? else {
+            let device = Address::first(peer.clone());
+            let Some(mut session) = self.store.session(&device)? else {
                 return Ok(());
             };
             let message = session.encrypt(&plaintext)?;
@@ -203,14 +210,15 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 trace: peerchat_telemetry::traceparent(),
                 payload: message.encode().to_vec(),
             };
-            self.store.record_control(
-                peer,
-                &session,
-                &crate::ports::OutboxEntry {
-                    to: peer.clone(),
-                    queued_at_ms: self.clock.now_ms(),
-                    envelope,
-                },
+            // No chat message: the advanced session and the outbox entry.
+            self.store.commit(
+                &Batch::new()
+                    .with(Write::Session(device.clone(), Box::new(session)))
+                    .with(Write::Enqueue(crate::ports::OutboxEntry {
+                        to: device,
+                        queued_at_ms: self.clock.now_ms(),
+                        envelope,
+                    })),
             )?;
         }
         self.store.flush().await?;
@@ -222,16 +230,24 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     #[tracing::instrument(name = "usecase.mark_read", skip_all, fields(peer = %peer))]
     pub async fn mark_read(&self, peer: &Username) -> Result<(), NodeError> {
         self.me()?;
-        let unread: Vec<_> = self
-            .store
-            .history(peer)?
-            .into_iter()
-            .filter(|m| m.status == MessageStatus::Received)
-            .map(|m| m.id)
-            .collect();
-        for id in &unread {
-            self.store.set_status(peer, id, MessageStatus::Read)?;
+        if self.unread(peer)? == 0 {
+            return Ok(());
         }
+        let conversation = ConversationId::from(peer);
+        let batch = Batch(
+            self.store
+                .history(&conversation, Page::ALL)?
+                .into_iter()
+                .filter(|m| m.status == MessageStatus::Received)
+                .map(|m| Write::Status {
+                    conversation: conversation.clone(),
+                    id: m.id,
+                    status: MessageStatus::Read,
+                    only: Some(Direction::Incoming),
+                })
+                .collect(),
+        );
+        let unread = self.store.commit(&batch)?.advanced;
         self.store.flush().await?;
         if self.read_receipts {
             for ids in unread.chunks(crate::domain::content::MAX_RECEIPT_IDS) {

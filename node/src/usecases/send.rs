@@ -3,22 +3,27 @@
 use peerchat_pki::Username;
 
 use super::{Node, NodeError};
-use crate::domain::{Ack, Content, Envelope, MessageId};
+use crate::domain::{Ack, Address, Content, Envelope, MessageId};
 use crate::ports::{
-    Clock, Direction, Directory, Event, MessageStatus, Network, Notifier, OutboxEntry, Recipient,
-    Store, StoredMessage,
+    Batch, Clock, Direction, Directory, Event, IfStored, MessageStatus, Network, Notifier,
+    OutboxEntry, Recipient, Store, StoredMessage, Write,
 };
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
     /// Sends `body` to `to` as message `id` (chosen by the client, so a retried command does not
     /// send twice). Returns once the message is stored durably as `pending`; it then goes to the
     /// peer directly and becomes `sent` on the peer's acknowledgement. A failed delivery leaves it
-    /// pending in the outbox.
+    /// pending in the outbox. Returns the message's status after this first attempt.
     #[tracing::instrument(name = "usecase.send", skip_all, fields(peer = %to, id = %id))]
-    pub async fn send(&self, to: &Username, id: MessageId, body: String) -> Result<(), NodeError> {
+    pub async fn send(
+        &self,
+        to: &Username,
+        id: MessageId,
+        body: String,
+    ) -> Result<MessageStatus, NodeError> {
         self.me()?;
-        if self.store.message(to, &id)?.is_some() {
-            return Ok(());
+        if let Some(sent) = self.store.message(&to.into(), &id)? {
+            return Ok(sent.status);
         }
         let sent_at_ms = self.clock.now_ms();
         let plaintext = Content::Text {
@@ -41,16 +46,18 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         };
         if contact.pending_key.is_some() {
             // Held until the user accepts the new key (`accept_key` sends it then).
-            self.store.record_held(&StoredMessage {
+            let held = StoredMessage {
                 id,
                 peer: to.clone(),
                 direction: Direction::Outgoing,
                 body,
                 sent_at_ms,
                 status: MessageStatus::Held,
-            })?;
+            };
+            self.store
+                .commit(&Batch::new().with(Write::Message(held, IfStored::Skip)))?;
             self.store.flush().await?;
-            return Ok(());
+            return Ok(MessageStatus::Held);
         }
         let envelope = {
             let _guard = self.peer_lock(to).lock_owned().await;
@@ -69,14 +76,16 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 sent_at_ms,
                 status: MessageStatus::Pending,
             };
-            self.store.record_outgoing(
-                &stored,
-                &session,
-                &OutboxEntry {
-                    to: to.clone(),
-                    queued_at_ms: sent_at_ms,
-                    envelope: envelope.clone(),
-                },
+            let device = Address::first(to.clone());
+            self.store.commit(
+                &Batch::new()
+                    .with(Write::Message(stored, IfStored::Skip))
+                    .with(Write::Session(device.clone(), Box::new(session)))
+                    .with(Write::Enqueue(OutboxEntry {
+                        to: device,
+                        queued_at_ms: sent_at_ms,
+                        envelope: envelope.clone(),
+                    })),
             )?;
             envelope
         };
@@ -84,7 +93,10 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         // next send already sees this session state, and a crash loses both or neither.
         self.store.flush().await?;
         self.deliver(to, envelope).await;
-        Ok(())
+        Ok(self
+            .store
+            .message(&to.into(), &id)?
+            .map_or(MessageStatus::Pending, |m| m.status))
     }
 
     /// Tries to deliver one envelope directly; on the peer's acknowledgement, marks it sent.
@@ -238,9 +250,20 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         id: &MessageId,
         status: MessageStatus,
     ) -> Result<(), NodeError> {
+        // Reaching `sent` (or beyond, or `held`) ends the delivery attempts: also for an outbox
+        // entry that is no message (a receipt).
+        let mut batch = Batch::new().with(Write::Status {
+            conversation: peer.into(),
+            id: *id,
+            status,
+            only: None,
+        });
+        if status != MessageStatus::Pending {
+            batch.push(Write::Dequeue(Address::first(peer.clone()), *id));
+        }
         // Only a move is news: receipts travel as envelopes of their own, with ids no history
         // knows, and a late acknowledgement does not undo a receipt that overtook it.
-        if self.store.set_status(peer, id, status)? {
+        if self.store.commit(&batch)?.advanced.contains(id) {
             self.notifier.notify(Event::StatusChanged {
                 peer: peer.clone(),
                 id: *id,

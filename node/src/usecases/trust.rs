@@ -6,9 +6,10 @@ use peerchat_pki::Username;
 use rand::rngs::OsRng;
 
 use super::{Node, NodeError};
-use crate::domain::{Content, Envelope, IdentityKey, SafetyNumber, Session};
+use crate::domain::{Address, Content, Envelope, IdentityKey, SafetyNumber, Session};
 use crate::ports::{
-    Clock, Contact, Directory, Event, MessageStatus, Network, Notifier, OutboxEntry, Store,
+    Batch, Clock, Contact, Directory, Event, IfStored, MessageStatus, Network, Notifier,
+    OutboxEntry, Page, Store, StoredMessage, Write,
 };
 
 /// Whose key a safety number is made of.
@@ -80,7 +81,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     async fn release_held(&self, peer: &Username) -> Result<(), NodeError> {
         let held: Vec<_> = self
             .store
-            .history(peer)?
+            .history(&peer.into(), Page::ALL)?
             .into_iter()
             .filter(|m| m.status == MessageStatus::Held)
             .collect();
@@ -98,7 +99,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         self.me()?;
         let message = self
             .store
-            .message(peer, id)?
+            .message(&peer.into(), id)?
             .filter(|m| m.status == MessageStatus::Failed)
             .ok_or(NodeError::NotRetryable)?;
         self.resend(peer, vec![message]).await
@@ -126,14 +127,20 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                     trace: peerchat_telemetry::traceparent(),
                     payload: encrypted.encode().to_vec(),
                 };
-                self.store.record_released(
-                    &message,
-                    &session,
-                    &OutboxEntry {
-                        to: peer.clone(),
-                        queued_at_ms: self.clock.now_ms(),
-                        envelope: envelope.clone(),
-                    },
+                let device = Address::first(peer.clone());
+                let released = StoredMessage {
+                    status: MessageStatus::Pending,
+                    ..message
+                };
+                self.store.commit(
+                    &Batch::new()
+                        .with(Write::Message(released, IfStored::Replace))
+                        .with(Write::Session(device.clone(), Box::new(session)))
+                        .with(Write::Enqueue(OutboxEntry {
+                            to: device,
+                            queued_at_ms: self.clock.now_ms(),
+                            envelope: envelope.clone(),
+                        })),
                 )?;
                 envelope
             };
@@ -151,7 +158,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             .store
             .contact(peer)?
             .ok_or_else(|| NodeError::UnknownContact(peer.clone()))?;
-        if let Some(session) = self.store.session(peer)?
+        if let Some(session) = self.store.session(&Address::first(peer.clone()))?
             && *session.remote_identity() == contact.identity_key
         {
             return Ok(session);

@@ -215,13 +215,7 @@ async fn one_send_is_one_trace_from_alice_through_the_rendezvous_to_bobs_store()
             })
             .cloned();
         if let Some(send) = &send
-            && find(
-                &spans,
-                "peerchat-bob",
-                "store.record_incoming",
-                &send.trace_id,
-            )
-            .is_some()
+            && find(&spans, "peerchat-bob", "store.commit", &send.trace_id).is_some()
             && find(&spans, "rendezvous-east", "http", &send.trace_id).is_some()
         {
             break (spans, send.clone());
@@ -277,10 +271,10 @@ async fn one_send_is_one_trace_from_alice_through_the_rendezvous_to_bobs_store()
     );
     let receive = find(&spans, "peerchat-bob", "usecase.receive", &trace).unwrap();
     assert_eq!(receive.parent_span_id, inbound.span_id);
-    let stored = find(&spans, "peerchat-bob", "store.record_incoming", &trace).unwrap();
+    let stored = find(&spans, "peerchat-bob", "store.commit", &trace).unwrap();
     let mut ancestor = parent_of(&spans, stored).unwrap();
     while ancestor.span_id != receive.span_id {
-        ancestor = parent_of(&spans, ancestor).expect("store.record_incoming under receive");
+        ancestor = parent_of(&spans, ancestor).expect("store.commit under receive");
     }
 
     // Both protocols carried spans.

@@ -8,8 +8,8 @@ use peerchat::domain::{Ack, Envelope, IdentityKey, MessageId, RejectReason};
 use peerchat::driven::memory::{Hub, HubNetwork, MemoryStore, RecordingNotifier};
 use peerchat::driven::rendezvous_inprocess::InProcessDirectory;
 use peerchat::ports::{
-    AuthenticatedPeer, Direction, DirectoryError, EnvelopeFn, Event, MessageStatus, Store,
-    SystemClock, TransportTrust,
+    AuthenticatedPeer, ContactStore, Direction, DirectoryError, EnvelopeFn, Event, IdentityStore,
+    MessageStatus, OutboxStore, SystemClock, TransportTrust,
 };
 use peerchat::usecases::{KeyKind, Node, NodeError};
 use peerchat_pki::{CertificateAuthority, Username};

@@ -2,8 +2,10 @@
 //! with the session.
 
 use super::Decrypted;
-use crate::domain::{Ack, MessageId};
-use crate::ports::{Clock, Directory, Event, MessageStatus, Network, Notifier, Store};
+use crate::domain::{Ack, Address, ConversationId, MessageId};
+use crate::ports::{
+    Batch, Clock, Direction, Directory, Event, MessageStatus, Network, Notifier, Store, Write,
+};
 use crate::usecases::{Node, NodeError};
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
@@ -21,9 +23,24 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             guard,
             ..
         } = decrypted;
-        let changed = self
-            .store
-            .record_receipt(from, &session, consumed, ids, status)?;
+        let conversation = ConversationId::from(from);
+        let mut batch = Batch::new().with(Write::Session(
+            Address::first(from.clone()),
+            Box::new(session),
+        ));
+        if let Some(prekey) = consumed {
+            batch.push(Write::ConsumePreKey(prekey));
+        }
+        // Only our own messages: a receipt cannot mark what the peer sent us.
+        for id in ids {
+            batch.push(Write::Status {
+                conversation: conversation.clone(),
+                id: *id,
+                status,
+                only: Some(Direction::Outgoing),
+            });
+        }
+        let changed = self.store.commit(&batch)?.advanced;
         drop(guard);
         self.store.flush().await?;
         for id in changed {

@@ -2,10 +2,10 @@
 //! answered with a delivery receipt.
 
 use super::Decrypted;
-use crate::domain::{Ack, Content, MessageId, RejectReason};
+use crate::domain::{Ack, Address, Content, MessageId, RejectReason};
 use crate::ports::{
-    Clock, Contact, Direction, Directory, Event, MessageStatus, Network, Notifier, Recorded,
-    Store, StoredMessage,
+    Batch, Clock, Contact, Direction, Directory, Event, IfStored, MessageStatus, Network, Notifier,
+    Store, StoredMessage, Write,
 };
 use crate::usecases::{Node, NodeError};
 
@@ -46,14 +46,21 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             sent_at_ms,
             status: MessageStatus::Received,
         };
-        let recorded = self.store.record_incoming(&stored, &session, consumed)?;
+        let device = Address::first(from.clone());
+        let mut batch = Batch::new()
+            .with(Write::Message(stored, IfStored::ReplaceUndecryptable))
+            .with(Write::Session(device, Box::new(session)));
+        if let Some(prekey) = consumed {
+            batch.push(Write::ConsumePreKey(prekey));
+        }
+        let duplicate = self.store.commit(&batch)?.duplicate;
         // The session is recorded; later messages may proceed while this one is flushed (group
         // commit). It is acknowledged only after the flush.
         drop(guard);
         self.store.flush().await?;
-        Ok(match recorded {
-            Recorded::Duplicate => Ack::Duplicate,
-            Recorded::Stored => {
+        Ok(match duplicate {
+            true => Ack::Duplicate,
+            false => {
                 self.notifier.notify(Event::MessageReceived {
                     peer: from.clone(),
                     id,
