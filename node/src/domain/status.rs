@@ -41,11 +41,28 @@ impl MessageStatus {
             _ => false,
         }
     }
+
+    /// Whether the peer (or the mailbox, for it) has acknowledged the message: `sent`, or a
+    /// receipt beyond it. Which of the three a sender sees at a given moment depends on whether
+    /// a receipt overtook the acknowledgement.
+    pub fn is_acknowledged(self) -> bool {
+        Self::Pending.may_become(self) && !matches!(self, Self::Pending | Self::Held | Self::Failed)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::MessageStatus::{self, *};
+
+    #[test]
+    fn acknowledged_means_sent_or_a_receipt_beyond_it() {
+        for status in [Sent, Delivered, Read] {
+            assert!(status.is_acknowledged(), "{status:?}");
+        }
+        for status in [Pending, Held, Failed, Received, Undecryptable] {
+            assert!(!status.is_acknowledged(), "{status:?}");
+        }
+    }
 
     #[test]
     fn statuses_only_move_forward() {
