@@ -112,3 +112,37 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+impl From<crate::service::ServiceError> for ApiError {
+    fn from(e: crate::service::ServiceError) -> Self {
+        use crate::service::ServiceError as E;
+        let message = e.to_string();
+        match e {
+            E::UsernameTaken => Self::new(StatusCode::CONFLICT, "username_taken", message),
+            E::WeakPassword => Self::bad_request("weak_password", message),
+            E::BadCredentials => Self::new(StatusCode::UNAUTHORIZED, "bad_credentials", message),
+            E::TotpRequired => Self::new(StatusCode::UNAUTHORIZED, "totp_required", message),
+            E::TotpInvalid => Self::bad_request("totp_invalid", message),
+            E::TotpAlreadyEnabled => Self::new(StatusCode::CONFLICT, "totp_enabled", message),
+            E::TotpNotEnrolled => Self::new(StatusCode::CONFLICT, "totp_not_enrolled", message),
+            E::RateLimited { retry_after } => Self::rate_limited(retry_after),
+            E::NoSuchUser => Self::not_found("no_such_user", message),
+            E::NoPrekeys => Self::not_found("no_prekeys", message),
+            E::Unauthenticated => Self::unauthenticated(),
+            E::CertificateRevoked => {
+                Self::new(StatusCode::UNAUTHORIZED, "certificate_revoked", message)
+            }
+            E::NotYourMailbox => Self::forbidden(message),
+            E::EnvelopeTooLarge(_) => Self::too_large(message),
+            E::MailboxFull => Self::new(StatusCode::INSUFFICIENT_STORAGE, "mailbox_full", message),
+            E::NoSuchEnvelope => Self::not_found("no_such_envelope", message),
+            E::BadSignature(_) => Self::bad_request("bad_signature", message),
+            E::BadCsr(_) => Self::bad_request("bad_csr", message),
+            E::KeyMismatch => Self::bad_request("key_mismatch", message),
+            E::TooManyPreKeys(_) => Self::bad_request("too_many_prekeys", message),
+            E::BadAddresses { .. } => Self::bad_request("bad_addresses", message),
+            E::Store(e) => e.into(),
+            E::Internal => Self::internal(),
+        }
+    }
+}

@@ -36,6 +36,7 @@ use crate::error::ApiError;
 use crate::limits::Limits;
 use crate::service::{Caller, Rendezvous};
 use crate::store::Store;
+use crate::wire;
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -124,7 +125,7 @@ impl<S: Store> FromRequestParts<Shared<S>> for Authenticated {
             .extensions
             .get::<ConnectionInfo>()
             .and_then(|c| c.peer.as_ref());
-        state.service.authenticate(peer).map(Authenticated)
+        Ok(Authenticated(state.service.authenticate(peer)?))
     }
 }
 
@@ -289,7 +290,7 @@ async fn ca<S: Store>(State(state): State<Shared<S>>) -> Json<api::CaResponse> {
 }
 
 async fn crl<S: Store>(State(state): State<Shared<S>>) -> Result<Response, ApiError> {
-    let crl = state.service.crl(SystemTime::now())?;
+    let crl = state.service.crl()?;
     Ok((
         [(header::CONTENT_TYPE, "application/pkix-crl")],
         Bytes::from(crl.der().to_vec()),
@@ -303,11 +304,12 @@ async fn register<S: Store>(
     ApiJson(request): ApiJson<api::RegisterRequest>,
 ) -> Result<(StatusCode, Json<api::CertificateResponse>), ApiError> {
     let ip = client_ip(info.as_deref());
+    let csr = wire::decode_b64("csr", &request.csr)?;
     let issued = state
         .service
-        .register(ip, request, SystemTime::now())
+        .register(ip, &request.username, request.password, &csr)
         .await?;
-    Ok((StatusCode::CREATED, Json(issued)))
+    Ok((StatusCode::CREATED, Json(wire::certificate(issued))))
 }
 
 async fn login<S: Store>(
@@ -316,16 +318,29 @@ async fn login<S: Store>(
     ApiJson(request): ApiJson<api::LoginRequest>,
 ) -> Result<Json<api::CertificateResponse>, ApiError> {
     let ip = client_ip(info.as_deref());
-    Ok(Json(
-        state.service.login(ip, request, SystemTime::now()).await?,
-    ))
+    let csr = wire::decode_b64("csr", &request.csr)?;
+    let issued = state
+        .service
+        .login(
+            ip,
+            &request.username,
+            request.password,
+            request.totp.as_deref(),
+            &csr,
+        )
+        .await?;
+    Ok(Json(wire::certificate(issued)))
 }
 
 async fn totp_enrol<S: Store>(
     State(state): State<Shared<S>>,
     Authenticated(caller): Authenticated,
 ) -> Result<Json<api::TotpEnrolment>, ApiError> {
-    Ok(Json(state.service.totp_enrol(&caller).await?))
+    let enrolment = state.service.totp_enrol(&caller).await?;
+    Ok(Json(api::TotpEnrolment {
+        secret: enrolment.secret,
+        uri: enrolment.uri,
+    }))
 }
 
 async fn totp_confirm<S: Store>(
@@ -333,10 +348,7 @@ async fn totp_confirm<S: Store>(
     Authenticated(caller): Authenticated,
     ApiJson(request): ApiJson<api::TotpConfirm>,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .service
-        .totp_confirm(&caller, request, SystemTime::now())
-        .await?;
+    state.service.totp_confirm(&caller, &request.code).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -345,19 +357,17 @@ async fn renew<S: Store>(
     Authenticated(caller): Authenticated,
     ApiJson(request): ApiJson<api::RenewRequest>,
 ) -> Result<Json<api::CertificateResponse>, ApiError> {
-    Ok(Json(
-        state
-            .service
-            .renew(&caller, request, SystemTime::now())
-            .await?,
-    ))
+    let csr = wire::decode_b64("csr", &request.csr)?;
+    Ok(Json(wire::certificate(
+        state.service.renew(&caller, &csr).await?,
+    )))
 }
 
 async fn revoke<S: Store>(
     State(state): State<Shared<S>>,
     Authenticated(caller): Authenticated,
 ) -> Result<StatusCode, ApiError> {
-    state.service.revoke(&caller, SystemTime::now()).await?;
+    state.service.revoke(&caller).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -365,7 +375,7 @@ async fn prekey_status<S: Store>(
     State(state): State<Shared<S>>,
     Authenticated(caller): Authenticated,
 ) -> Result<Json<api::PreKeyStatus>, ApiError> {
-    Ok(Json(state.service.prekey_status(&caller)?))
+    Ok(Json(wire::supply(state.service.prekey_status(&caller)?)))
 }
 
 async fn upload_signed_prekey<S: Store>(
@@ -373,9 +383,10 @@ async fn upload_signed_prekey<S: Store>(
     Authenticated(caller): Authenticated,
     ApiJson(request): ApiJson<api::SignedPreKeyWire>,
 ) -> Result<Json<api::PreKeyStatus>, ApiError> {
-    Ok(Json(
-        state.service.upload_signed_prekey(&caller, request).await?,
-    ))
+    let record = wire::signed_prekey(&request)?;
+    Ok(Json(wire::supply(
+        state.service.upload_signed_prekey(&caller, record).await?,
+    )))
 }
 
 async fn upload_one_time_prekeys<S: Store>(
@@ -383,12 +394,14 @@ async fn upload_one_time_prekeys<S: Store>(
     Authenticated(caller): Authenticated,
     ApiJson(request): ApiJson<api::OneTimePreKeysUpload>,
 ) -> Result<Json<api::PreKeyStatus>, ApiError> {
-    Ok(Json(
-        state
-            .service
-            .upload_one_time_prekeys(&caller, request)
-            .await?,
-    ))
+    let keys = request
+        .keys
+        .iter()
+        .map(wire::one_time_prekey)
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(Json(wire::supply(
+        state.service.upload_one_time_prekeys(&caller, keys).await?,
+    )))
 }
 
 async fn lookup<S: Store>(
@@ -396,11 +409,9 @@ async fn lookup<S: Store>(
     Authenticated(caller): Authenticated,
     Path(target): Path<String>,
 ) -> Result<Json<api::LookupResponse>, ApiError> {
-    Ok(Json(state.service.lookup(
-        &caller,
-        &username(&target)?,
-        SystemTime::now(),
-    )?))
+    Ok(Json(wire::lookup(
+        state.service.lookup(&caller, &username(&target)?)?,
+    )))
 }
 
 async fn bundle<S: Store>(
@@ -408,9 +419,9 @@ async fn bundle<S: Store>(
     Authenticated(caller): Authenticated,
     Path(target): Path<String>,
 ) -> Result<Json<api::BundleResponse>, ApiError> {
-    Ok(Json(
+    Ok(Json(wire::bundle(
         state.service.bundle(&caller, &username(&target)?).await?,
-    ))
+    )))
 }
 
 async fn announce<S: Store>(
@@ -420,7 +431,11 @@ async fn announce<S: Store>(
 ) -> Result<StatusCode, ApiError> {
     state
         .service
-        .announce(&caller, request, SystemTime::now())
+        .announce(
+            &caller,
+            request.addresses,
+            Duration::from_secs(request.ttl_secs),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -431,11 +446,17 @@ async fn deposit<S: Store>(
     Path(recipient): Path<String>,
     ApiJson(request): ApiJson<api::DepositRequest>,
 ) -> Result<(StatusCode, Json<api::DepositResponse>), ApiError> {
-    let response = state
+    let id = wire::envelope_id(&request.id)?;
+    let envelope = wire::decode_b64("envelope", &request.envelope)?;
+    let stored = state
         .service
-        .deposit(&caller, &username(&recipient)?, request, SystemTime::now())
+        .deposit(&caller, &username(&recipient)?, id, envelope)
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(response)))
+    let status = match stored {
+        crate::service::Stored::New => api::DepositStatus::Stored,
+        crate::service::Stored::Duplicate => api::DepositStatus::Duplicate,
+    };
+    Ok((StatusCode::ACCEPTED, Json(api::DepositResponse { status })))
 }
 
 async fn fetch<S: Store>(
@@ -473,12 +494,12 @@ async fn fetch<S: Store>(
             }
         }
     }
-    Ok(Json(
+    Ok(Json(wire::mailbox(
         state
             .service
             .fetch(&caller, &username(&owner)?, wait, known_crl)
             .await?,
-    ))
+    )))
 }
 
 async fn ack<S: Store>(
@@ -486,6 +507,7 @@ async fn ack<S: Store>(
     Authenticated(caller): Authenticated,
     Path((owner, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    let id = wire::envelope_id(&id)?;
     state.service.ack(&caller, &username(&owner)?, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,6 +7,7 @@
 //! for tests), [`http`] the HTTPS adapter.
 
 pub mod api;
+pub mod clock;
 pub mod connections;
 pub mod error;
 pub mod http;
@@ -16,6 +17,7 @@ pub mod service;
 pub mod sled_store;
 pub mod store;
 pub mod totp_key;
+mod wire;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -64,7 +66,7 @@ pub enum StartError {
     TotpKey(#[from] totp_key::TotpKeyError),
     /// Building the service failed.
     #[error("starting the service: {0}")]
-    Service(#[from] error::ApiError),
+    Service(#[from] service::ServiceError),
     /// The TLS configuration was refused.
     #[error("TLS: {0}")]
     Tls(#[from] peerchat_pki::tls::TlsError),
@@ -101,7 +103,7 @@ pub fn prepare(config: &Config, now: SystemTime) -> Result<Prepared, StartError>
     let store = SledStore::open(&db_dir(&config.data_dir))?;
     private(&config.data_dir);
     let service =
-        Arc::new(Rendezvous::new(store, ca, config.limits.clone(), now)?.with_totp_key(totp_key));
+        Arc::new(Rendezvous::new(store, ca, config.limits.clone())?.with_totp_key(totp_key));
     let credentials = Credentials::new(vec![server_cert.der], server_key);
     let tls = Arc::new(rendezvous_server_config(credentials, service.trust())?);
     Ok(Prepared {
@@ -176,7 +178,7 @@ pub async fn run_with_metrics(
             let mut tick = tokio::time::interval(Duration::from_secs(600));
             loop {
                 tick.tick().await;
-                if let Err(e) = service.housekeeping(SystemTime::now()).await {
+                if let Err(e) = service.housekeeping().await {
                     tracing::warn!(error = %e, "housekeeping failed");
                 }
             }

@@ -9,7 +9,7 @@ use rand::RngCore;
 use rand::rngs::OsRng;
 use zeroize::Zeroizing;
 
-use crate::error::ApiError;
+use crate::service::ServiceError;
 
 /// The file (in the data directory) holding the key.
 pub const TOTP_KEY_FILE: &str = "totp.key";
@@ -84,7 +84,7 @@ impl TotpKey {
     }
 
     /// `secret` sealed for `username`: nonce ‖ ciphertext.
-    pub fn seal(&self, secret: &[u8], username: &str) -> Result<Vec<u8>, ApiError> {
+    pub fn seal(&self, secret: &[u8], username: &str) -> Result<Vec<u8>, ServiceError> {
         let mut nonce = [0u8; NONCE_LEN];
         OsRng.fill_bytes(&mut nonce);
         let sealed = self
@@ -96,14 +96,14 @@ impl TotpKey {
                     aad: username.as_bytes(),
                 },
             )
-            .map_err(|_| ApiError::internal())?;
+            .map_err(|_| ServiceError::Internal)?;
         Ok([nonce.as_slice(), &sealed].concat())
     }
 
     /// The secret in `sealed`, if it was sealed with this key for `username`.
-    pub fn open(&self, sealed: &[u8], username: &str) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    pub fn open(&self, sealed: &[u8], username: &str) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
         if sealed.len() < NONCE_LEN {
-            return Err(ApiError::internal());
+            return Err(ServiceError::Internal);
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         self.cipher()
@@ -117,7 +117,7 @@ impl TotpKey {
             .map(Zeroizing::new)
             .map_err(|_| {
                 tracing::error!("a TOTP secret does not open with the TOTP key");
-                ApiError::internal()
+                ServiceError::Internal
             })
     }
 

@@ -3,20 +3,16 @@
 
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::SigningKey;
 use peerchat_pki::Username;
-use peerchat_rendezvous::api;
-use peerchat_rendezvous::error::ApiError;
-use peerchat_rendezvous::service::{Caller, Rendezvous};
-use peerchat_rendezvous::store::Store as RendezvousStore;
+use peerchat_rendezvous::service::{Caller, Rendezvous, ServiceError};
+use peerchat_rendezvous::store::{
+    OneTimePreKeyRecord, SignedPreKeyRecord, Store as RendezvousStore,
+};
 
-use super::rendezvous_wire;
-use crate::domain::{OneTimePreKey, PreKeyBundle, SignedPreKey};
-use crate::ports::{Directory, DirectoryError, Issued, PeerInfo, TotpEnrolment};
+use crate::domain::{IdentityKey, OneTimePreKey, PreKeyBundle, PreKeyId, SignedPreKey};
+use crate::ports::{Directory, DirectoryError, Issued, MailItem, Mailbox, PeerInfo, TotpEnrolment};
 
 /// A directory client that calls the service directly.
 pub struct InProcessDirectory<R: RendezvousStore> {
@@ -58,8 +54,37 @@ impl<R: RendezvousStore> InProcessDirectory<R> {
     }
 }
 
-fn translate(e: ApiError) -> DirectoryError {
-    DirectoryError::from_code(e.code, e.message)
+/// The service's typed refusal as the node's: variant to variant, no strings matched.
+fn translate(e: ServiceError) -> DirectoryError {
+    match e {
+        ServiceError::UsernameTaken => DirectoryError::UsernameTaken,
+        ServiceError::WeakPassword => DirectoryError::Rejected(e.to_string()),
+        ServiceError::BadCredentials => DirectoryError::BadCredentials,
+        ServiceError::TotpRequired => DirectoryError::TotpRequired,
+        ServiceError::TotpInvalid => DirectoryError::TotpInvalid,
+        ServiceError::TotpAlreadyEnabled => DirectoryError::TotpAlreadyEnabled,
+        ServiceError::TotpNotEnrolled => DirectoryError::TotpNotEnrolled,
+        ServiceError::RateLimited { .. } => DirectoryError::RateLimited,
+        ServiceError::NoSuchUser => DirectoryError::UnknownUser,
+        ServiceError::Store(_) | ServiceError::Internal => {
+            DirectoryError::Unavailable(e.to_string())
+        }
+        other => DirectoryError::Refused {
+            code: "refused".into(),
+            message: other.to_string(),
+        },
+    }
+}
+
+fn bad(what: &str) -> DirectoryError {
+    DirectoryError::Unavailable(format!("the rendezvous returned an invalid {what}"))
+}
+
+fn issued(issued: peerchat_rendezvous::service::Issued) -> Issued {
+    Issued {
+        certificate_pem: issued.certificate_pem,
+        ca_pem: issued.ca_pem,
+    }
 }
 
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -71,20 +96,11 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
         password: &str,
         csr: &[u8],
     ) -> Result<Issued, DirectoryError> {
-        let request = api::RegisterRequest {
-            username: username.clone(),
-            password: password.into(),
-            csr: B64.encode(csr),
-        };
-        let issued = self
-            .service
-            .register(LOCALHOST, request, SystemTime::now())
+        self.service
+            .register(LOCALHOST, username, password.into(), csr)
             .await
-            .map_err(translate)?;
-        Ok(Issued {
-            certificate_pem: issued.certificate,
-            ca_pem: issued.ca,
-        })
+            .map(issued)
+            .map_err(translate)
     }
 
     async fn login(
@@ -94,21 +110,11 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
         totp: Option<&str>,
         csr: &[u8],
     ) -> Result<Issued, DirectoryError> {
-        let request = api::LoginRequest {
-            username: username.clone(),
-            password: password.into(),
-            totp: totp.map(str::to_owned),
-            csr: B64.encode(csr),
-        };
-        let issued = self
-            .service
-            .login(LOCALHOST, request, SystemTime::now())
+        self.service
+            .login(LOCALHOST, username, password.into(), totp, csr)
             .await
-            .map_err(translate)?;
-        Ok(Issued {
-            certificate_pem: issued.certificate,
-            ca_pem: issued.ca,
-        })
+            .map(issued)
+            .map_err(translate)
     }
 
     fn authenticate(&self, certificate_pem: &str, _key: &SigningKey) -> Result<(), DirectoryError> {
@@ -118,7 +124,7 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
         let peer = self
             .service
             .trust()
-            .verify(&[der], SystemTime::now())
+            .verify(&[der], self.service.now())
             .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
         let caller = self.service.authenticate(Some(&peer)).map_err(translate)?;
         *self.caller.write().unwrap_or_else(|p| p.into_inner()) = Some(caller);
@@ -132,18 +138,26 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
     ) -> Result<u32, DirectoryError> {
         let caller = self.caller()?;
         if let Some(signed) = signed {
+            let record = SignedPreKeyRecord {
+                id: signed.id.0,
+                public_key: *signed.public.as_bytes(),
+                signature: signed.signature.to_bytes().to_vec(),
+            };
             self.service
-                .upload_signed_prekey(&caller, rendezvous_wire::signed_prekey(&signed))
+                .upload_signed_prekey(&caller, record)
                 .await
                 .map_err(translate)?;
         }
         if !one_time.is_empty() {
             let keys = one_time
                 .iter()
-                .map(rendezvous_wire::one_time_prekey)
+                .map(|k| OneTimePreKeyRecord {
+                    id: k.id.0,
+                    public_key: *k.public.as_bytes(),
+                })
                 .collect();
             self.service
-                .upload_one_time_prekeys(&caller, api::OneTimePreKeysUpload { keys })
+                .upload_one_time_prekeys(&caller, keys)
                 .await
                 .map_err(translate)?;
         }
@@ -156,40 +170,49 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
 
     async fn lookup(&self, username: &Username) -> Result<PeerInfo, DirectoryError> {
         let caller = self.caller()?;
-        let wire = self
-            .service
-            .lookup(&caller, username, SystemTime::now())
-            .map_err(translate)?;
-        rendezvous_wire::peer_info(wire)
+        let peer = self.service.lookup(&caller, username).map_err(translate)?;
+        Ok(PeerInfo {
+            username: peer.username,
+            identity_key: IdentityKey::from_bytes(&peer.identity_key)
+                .map_err(|_| bad("identity key"))?,
+            addresses: peer.addresses,
+            online: peer.online,
+        })
     }
 
     async fn bundle(&self, username: &Username) -> Result<PreKeyBundle, DirectoryError> {
         let caller = self.caller()?;
-        rendezvous_wire::bundle(
-            self.service
-                .bundle(&caller, username)
-                .await
-                .map_err(translate)?,
-        )
+        let bundle = self
+            .service
+            .bundle(&caller, username)
+            .await
+            .map_err(translate)?;
+        Ok(PreKeyBundle {
+            identity: IdentityKey::from_bytes(&bundle.identity_key)
+                .map_err(|_| bad("identity key"))?,
+            signed_prekey: SignedPreKey::from_parts(
+                PreKeyId(bundle.signed_prekey.id),
+                &bundle.signed_prekey.public_key,
+                &bundle.signed_prekey.signature,
+            )
+            .map_err(|_| bad("signed prekey"))?,
+            one_time_prekey: bundle
+                .one_time_prekey
+                .map(|k| {
+                    OneTimePreKey::from_parts(PreKeyId(k.id), &k.public_key)
+                        .map_err(|_| bad("one-time prekey"))
+                })
+                .transpose()?,
+        })
     }
 
     async fn renew(&self, csr: &[u8]) -> Result<Issued, DirectoryError> {
         let caller = self.caller()?;
-        let issued = self
-            .service
-            .renew(
-                &caller,
-                api::RenewRequest {
-                    csr: B64.encode(csr),
-                },
-                SystemTime::now(),
-            )
+        self.service
+            .renew(&caller, csr)
             .await
-            .map_err(translate)?;
-        Ok(Issued {
-            certificate_pem: issued.certificate,
-            ca_pem: issued.ca,
-        })
+            .map(issued)
+            .map_err(translate)
     }
 
     async fn totp_enrol(&self) -> Result<TotpEnrolment, DirectoryError> {
@@ -203,19 +226,15 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
 
     async fn totp_confirm(&self, code: &str) -> Result<(), DirectoryError> {
         let caller = self.caller()?;
-        let request = api::TotpConfirm { code: code.into() };
         self.service
-            .totp_confirm(&caller, request, SystemTime::now())
+            .totp_confirm(&caller, code)
             .await
             .map_err(translate)
     }
 
     async fn logout(&self) -> Result<(), DirectoryError> {
         let caller = self.caller()?;
-        self.service
-            .revoke(&caller, SystemTime::now())
-            .await
-            .map_err(translate)
+        self.service.revoke(&caller).await.map_err(translate)
     }
 
     async fn deposit(
@@ -225,12 +244,8 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
         envelope: &[u8],
     ) -> Result<(), DirectoryError> {
         let caller = self.caller()?;
-        let request = api::DepositRequest {
-            id: id.to_string(),
-            envelope: B64.encode(envelope),
-        };
         self.service
-            .deposit(&caller, to, request, SystemTime::now())
+            .deposit(&caller, to, *id.as_bytes(), envelope.to_vec())
             .await
             .map(|_| ())
             .map_err(translate)
@@ -240,7 +255,7 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
         &self,
         wait_secs: u64,
         known_crl: Option<u64>,
-    ) -> Result<crate::ports::Mailbox, DirectoryError> {
+    ) -> Result<Mailbox, DirectoryError> {
         let caller = self.caller()?;
         let mail = self
             .service
@@ -252,33 +267,44 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
             )
             .await
             .map_err(translate)?;
-        rendezvous_wire::mailbox(mail)
+        Ok(Mailbox {
+            items: mail
+                .envelopes
+                .into_iter()
+                .map(|e| {
+                    Ok(MailItem {
+                        id: crate::domain::MessageId::from_bytes(e.id),
+                        sender: e.sender,
+                        envelope: e.envelope,
+                        sender_key: e
+                            .sender_key
+                            .map(|k| IdentityKey::from_bytes(&k).map_err(|_| bad("sender key")))
+                            .transpose()?,
+                    })
+                })
+                .collect::<Result<_, DirectoryError>>()?,
+            crl_number: Some(mail.crl_number),
+            prekeys_low: mail.prekeys_low,
+        })
     }
 
     async fn ack_mail(&self, id: &crate::domain::MessageId) -> Result<(), DirectoryError> {
         let caller = self.caller()?;
         self.service
-            .ack(&caller, &caller.username, &id.to_string())
+            .ack(&caller, &caller.username, id.as_bytes())
             .await
             .map_err(translate)
     }
 
     async fn crl(&self) -> Result<Vec<u8>, DirectoryError> {
-        let crl = self.service.crl(SystemTime::now()).map_err(translate)?;
+        let crl = self.service.crl().map_err(translate)?;
         Ok(crl.der().to_vec())
     }
 
     async fn announce(&self, addresses: Vec<String>, ttl_secs: u64) -> Result<(), DirectoryError> {
         let caller = self.caller()?;
         self.service
-            .announce(
-                &caller,
-                api::PresenceRequest {
-                    addresses,
-                    ttl_secs,
-                },
-                SystemTime::now(),
-            )
+            .announce(&caller, addresses, std::time::Duration::from_secs(ttl_secs))
             .await
             .map_err(translate)
     }

@@ -76,9 +76,7 @@ fn given_a_rendezvous() -> World {
     };
     let ca = CertificateAuthority::generate("use-case CA", SystemTime::now(), &mut OsRng).unwrap();
     World {
-        rendezvous: Arc::new(
-            Rendezvous::new(RendezvousMemory::default(), ca, limits, SystemTime::now()).unwrap(),
-        ),
+        rendezvous: Arc::new(Rendezvous::new(RendezvousMemory::default(), ca, limits).unwrap()),
         hub: Hub::default(),
     }
 }
@@ -605,7 +603,7 @@ async fn given_a_registered_node_then_it_renews_its_certificate_and_logout_revok
     assert_eq!(bob.node.history(&alice.name).unwrap().len(), 1);
 
     alice.node.logout().await.unwrap();
-    let crl = world.rendezvous.crl(SystemTime::now()).unwrap();
+    let crl = world.rendezvous.crl().unwrap();
     let serial = {
         use rustls::pki_types::pem::PemObject;
         let der = peerchat_pki::CertificateDer::from_pem_slice(after.as_bytes()).unwrap();
