@@ -290,7 +290,8 @@ async function refreshConversation() {
   }
   const latest = await api("GET", `/api/v1/conversations/${peerPath(peer)}?limit=${PAGE}`);
   if (state.current !== peer) return;
-  if (latest.length < PAGE && state.older.length === 0) state.exhausted = true;
+  // Until older pages were loaded, whether there are any follows from the latest page.
+  if (state.older.length === 0) state.exhausted = latest.length < PAGE;
   const shown = new Set(latest.map((m) => m.id));
   const messages = state.older.filter((m) => !shown.has(m.id)).concat(latest);
   renderMessages(messages);
