@@ -21,7 +21,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         let ca =
             CaCertificate::from_pem(&identity.ca_pem).map_err(|_| NodeError::BadCertificate)?;
         let chain = vec![pem_certificate(&identity.certificate_pem)?];
-        let now = SystemTime::now();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(self.clock.now_ms());
         let current =
             peerchat_pki::verify(&chain, &ca, None, now).map_err(|_| NodeError::BadCertificate)?;
         let left = current.not_after.duration_since(now).unwrap_or_default();

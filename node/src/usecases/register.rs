@@ -65,8 +65,9 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         // The certificate must certify our key under our name, from the CA it came with.
         let ca = CaCertificate::from_pem(&issued.ca_pem).map_err(|_| NodeError::BadCertificate)?;
         let chain = vec![pem_certificate(&issued.certificate_pem)?];
-        let certified = peerchat_pki::verify(&chain, &ca, None, std::time::SystemTime::now())
-            .map_err(|_| NodeError::BadCertificate)?;
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.clock.now_ms());
+        let certified =
+            peerchat_pki::verify(&chain, &ca, None, now).map_err(|_| NodeError::BadCertificate)?;
         if certified.username != *username
             || certified.identity_key != identity.signing_key().verifying_key()
         {
