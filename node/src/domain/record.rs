@@ -3,9 +3,10 @@
 
 use peerchat_pki::Username;
 
-use super::{ConversationId, IdentityKey, MessageId, MessageStatus};
+use super::{Address, ConversationId, IdentityKey, MessageId, MessageStatus};
 
-/// A person we talk to, with the identity key pinned on first contact.
+/// A person we talk to, with the identity key of their device pinned on first contact (one
+/// device per user for now: the record of [`Contact::address`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Contact {
     /// Their username.
@@ -51,5 +52,12 @@ impl StoredMessage {
     /// The conversation it belongs to.
     pub fn conversation(&self) -> ConversationId {
         ConversationId::Direct(self.peer.clone())
+    }
+}
+
+impl Contact {
+    /// The device whose key this record pins.
+    pub fn address(&self) -> Address {
+        Address::first(self.username.clone())
     }
 }

@@ -25,7 +25,7 @@ struct Inner {
     one_time: HashMap<PreKeyId, Vec<u8>>,
     next_prekey_id: u32,
     signed_rotated_at: Option<u64>,
-    contacts: BTreeMap<Username, Contact>,
+    contacts: BTreeMap<Address, Contact>,
     sessions: HashMap<Address, Vec<u8>>,
     messages: HashMap<ConversationId, Vec<StoredMessage>>,
     unread: HashMap<ConversationId, u64>,
@@ -242,14 +242,14 @@ impl PreKeyStore for MemoryStore {
 }
 
 impl ContactStore for MemoryStore {
-    fn contact(&self, username: &Username) -> Result<Option<Contact>, StoreError> {
-        Ok(self.inner().contacts.get(username).cloned())
+    fn contact(&self, device: &Address) -> Result<Option<Contact>, StoreError> {
+        Ok(self.inner().contacts.get(device).cloned())
     }
 
     fn save_contact(&self, contact: &Contact) -> Result<(), StoreError> {
         self.inner()
             .contacts
-            .insert(contact.username.clone(), contact.clone());
+            .insert(contact.address(), contact.clone());
         Ok(())
     }
 

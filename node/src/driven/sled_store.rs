@@ -330,14 +330,14 @@ impl PreKeyStore for SledStore {
 
 impl ContactStore for SledStore {
     #[tracing::instrument(name = "store.contact", skip_all)]
-    fn contact(&self, username: &Username) -> Result<Option<Contact>, StoreError> {
-        Self::get(&self.contacts, username.as_str())
+    fn contact(&self, device: &Address) -> Result<Option<Contact>, StoreError> {
+        Self::get(&self.contacts, device.to_string())
     }
 
     #[tracing::instrument(name = "store.save_contact", skip_all)]
     fn save_contact(&self, contact: &Contact) -> Result<(), StoreError> {
         self.contacts
-            .insert(contact.username.as_str(), enc(contact)?)
+            .insert(contact.address().to_string(), enc(contact)?)
             .map_err(backend)?;
         Ok(())
     }

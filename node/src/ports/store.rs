@@ -221,11 +221,12 @@ pub trait SessionStore {
     fn session(&self, device: &Address) -> Result<Option<Session>, StoreError>;
 }
 
-/// Contacts, with their pinned keys.
+/// Contacts: the identity key pinned for each device we talk to (with its verification and any
+/// new key waiting to be accepted).
 pub trait ContactStore {
-    /// A contact by name.
-    fn contact(&self, username: &Username) -> Result<Option<Contact>, StoreError>;
-    /// Adds or replaces a contact.
+    /// The contact record of a device.
+    fn contact(&self, device: &Address) -> Result<Option<Contact>, StoreError>;
+    /// Adds or replaces the record of the contact's device ([`Contact::address`]).
     fn save_contact(&self, contact: &Contact) -> Result<(), StoreError>;
     /// All contacts, by name.
     fn contacts(&self) -> Result<Vec<Contact>, StoreError>;

@@ -18,7 +18,10 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             .lookup(username)
             .await
             .map_err(|e| e.naming(username))?;
-        match self.store.contact(username)? {
+        match self
+            .store
+            .contact(&crate::domain::Address::from(username))?
+        {
             Some(known) if known.identity_key != info.identity_key => {
                 Err(NodeError::KeyChanged(username.clone()))
             }
@@ -38,12 +41,15 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
 
     /// The contact, looked up and pinned if new.
     pub(super) async fn contact_for(&self, username: &Username) -> Result<Contact, NodeError> {
-        if let Some(contact) = self.store.contact(username)? {
+        if let Some(contact) = self
+            .store
+            .contact(&crate::domain::Address::from(username))?
+        {
             return Ok(contact);
         }
         self.add_contact(username).await?;
         self.store
-            .contact(username)?
+            .contact(&crate::domain::Address::from(username))?
             .ok_or(NodeError::NotRegistered)
     }
 }

@@ -247,7 +247,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         key: &ed25519_dalek::VerifyingKey,
     ) -> bool {
         matches!(
-            self.store.contact(username),
+            self.store.contact(&crate::domain::Address::from(username)),
             Ok(Some(contact)) if contact.identity_key.verifying_key() == key
         )
     }

@@ -34,7 +34,13 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         page: Page,
     ) -> Result<Vec<StoredMessage>, NodeError> {
         let messages = self.store.history(&peer.into(), page)?;
-        if messages.is_empty() && page.before.is_none() && self.store.contact(peer)?.is_none() {
+        if messages.is_empty()
+            && page.before.is_none()
+            && self
+                .store
+                .contact(&crate::domain::Address::from(peer))?
+                .is_none()
+        {
             if self.me()?.0 == *peer {
                 return Err(NodeError::OwnAccount(peer.clone()));
             }

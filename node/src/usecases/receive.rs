@@ -54,7 +54,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         {
             return self.undecryptable(from, &envelope).await;
         }
-        let contact = self.store.contact(from)?;
+        let contact = self.store.contact(&Address::from(from))?;
         if let Some(known) = contact.as_ref().filter(|c| c.identity_key != *identity_key) {
             // A new key for a known contact: not decrypted until the user accepts it, but kept
             // here (acknowledged, so the sender and the mailbox are done with it) and taken
@@ -169,7 +169,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     /// Takes the envelopes held from `peer`'s new key now that it is the pinned key, in the
     /// order they arrived; envelopes from any other key stay held.
     pub(super) async fn take_held_inbound(&self, peer: &Username) -> Result<(), NodeError> {
-        let Some(contact) = self.store.contact(peer)? else {
+        let Some(contact) = self.store.contact(&Address::from(peer))? else {
             return Ok(());
         };
         for held in self.store.held_inbound(peer)? {

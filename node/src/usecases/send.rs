@@ -215,7 +215,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             self.note_key_change(contact, info.identity_key).await?;
             return self
                 .store
-                .contact(peer)?
+                .contact(&Address::from(peer))?
                 .ok_or_else(|| NodeError::UnknownContact(peer.clone()));
         }
         Ok(contact)
@@ -224,7 +224,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     /// Whether a fresh lookup shows `peer` under another key than the pinned one (noting the
     /// change if so).
     async fn rekeyed(&self, peer: &Username) -> bool {
-        let Ok(Some(contact)) = self.store.contact(peer) else {
+        let Ok(Some(contact)) = self.store.contact(&Address::from(peer)) else {
             return false;
         };
         match self.current_key(peer, contact).await {

@@ -62,7 +62,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         self.me()?;
         let mut contact = self
             .store
-            .contact(peer)?
+            .contact(&Address::from(peer))?
             .ok_or_else(|| NodeError::UnknownContact(peer.clone()))?;
         let Some(new_key) = contact.pending_key.take() else {
             return Err(NodeError::NoKeyChange(peer.clone()));
@@ -156,7 +156,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         let me = self.me()?;
         let contact = self
             .store
-            .contact(peer)?
+            .contact(&Address::from(peer))?
             .ok_or_else(|| NodeError::UnknownContact(peer.clone()))?;
         if let Some(session) = self.store.session(&Address::first(peer.clone()))?
             && *session.remote_identity() == contact.identity_key
@@ -180,7 +180,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         let me = self.me()?;
         let number =
             |key: &IdentityKey| SafetyNumber::new(me.0.as_str(), me.1.public(), peer.as_str(), key);
-        Ok(match self.store.contact(peer)? {
+        Ok(match self.store.contact(&Address::from(peer))? {
             Some(Contact {
                 identity_key,
                 pending_key: Some(new_key),
@@ -228,7 +228,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         }
         let mut contact = self
             .store
-            .contact(peer)?
+            .contact(&Address::from(peer))?
             .ok_or_else(|| NodeError::UnknownContact(peer.clone()))?;
         contact.verified = true;
         self.store.save_contact(&contact)?;

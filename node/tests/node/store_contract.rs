@@ -152,10 +152,19 @@ fn contacts(store: &impl Store) {
             })
             .unwrap();
     }
-    let mut bob = store.contact(&user("bob")).unwrap().unwrap();
+    let mut bob = store
+        .contact(&Address::first(user("bob")))
+        .unwrap()
+        .unwrap();
     bob.verified = true;
     store.save_contact(&bob).unwrap();
-    assert!(store.contact(&user("bob")).unwrap().unwrap().verified);
+    assert!(
+        store
+            .contact(&Address::first(user("bob")))
+            .unwrap()
+            .unwrap()
+            .verified
+    );
     let names: Vec<String> = store
         .contacts()
         .unwrap()
@@ -163,7 +172,20 @@ fn contacts(store: &impl Store) {
         .map(|c| c.username.to_string())
         .collect();
     assert_eq!(names, ["bob", "carol"], "by name");
-    assert!(store.contact(&user("dave")).unwrap().is_none());
+    assert!(
+        store
+            .contact(&Address::first(user("dave")))
+            .unwrap()
+            .is_none()
+    );
+    let second_device = Address {
+        user: user("bob"),
+        device: DeviceId(2),
+    };
+    assert!(
+        store.contact(&second_device).unwrap().is_none(),
+        "a key is pinned per device"
+    );
 }
 
 /// Messages: atomic commits, duplicates, statuses only forward, unread counts, pages.

@@ -758,7 +758,7 @@ async fn given_bob_logs_in_with_a_new_key_then_alice_gets_a_key_change_event_and
         .await
         .unwrap();
     assert_eq!(new_bob.history(&alice.name).unwrap()[0].body, "second");
-    let contact = alice.store.contact(&bob.name).unwrap().unwrap();
+    let contact = alice.store.contact(&(&bob.name).into()).unwrap().unwrap();
     assert!(contact.verified && contact.pending_key.is_none());
     assert_eq!(contact.identity_key, *key.public());
     assert_eq!(
