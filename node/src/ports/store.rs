@@ -169,6 +169,20 @@ impl Batch {
     pub fn push(&mut self, write: Write) {
         self.0.push(write);
     }
+
+    /// The send step: the message (`pending`, written as `if_stored` says), the session that
+    /// encrypted it, and its envelope queued for the device, all together.
+    pub fn outgoing(
+        message: StoredMessage,
+        if_stored: IfStored,
+        session: Session,
+        queued: OutboxEntry,
+    ) -> Self {
+        Self::new()
+            .with(Write::Session(queued.to.clone(), Box::new(session)))
+            .with(Write::Message(message, if_stored))
+            .with(Write::Enqueue(queued))
+    }
 }
 
 /// What a commit did.

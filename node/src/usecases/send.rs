@@ -76,17 +76,13 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 sent_at_ms,
                 status: MessageStatus::Pending,
             };
-            let device = Address::first(to.clone());
-            self.store.commit(
-                &Batch::new()
-                    .with(Write::Message(stored, IfStored::Skip))
-                    .with(Write::Session(device.clone(), Box::new(session)))
-                    .with(Write::Enqueue(OutboxEntry {
-                        to: device,
-                        queued_at_ms: sent_at_ms,
-                        envelope: envelope.clone(),
-                    })),
-            )?;
+            let queued = OutboxEntry {
+                to: Address::first(to.clone()),
+                queued_at_ms: sent_at_ms,
+                envelope: envelope.clone(),
+            };
+            self.store
+                .commit(&Batch::outgoing(stored, IfStored::Skip, session, queued))?;
             envelope
         };
         // Flushed outside the peer lock, so concurrent sends share one flush (group commit); the

@@ -9,7 +9,7 @@ use super::{Node, NodeError};
 use crate::domain::{Address, Content, Envelope, IdentityKey, SafetyNumber, Session};
 use crate::ports::{
     Batch, Clock, Contact, Directory, Event, IfStored, MessageStatus, Network, Notifier,
-    OutboxEntry, Page, Store, StoredMessage, Write,
+    OutboxEntry, Page, Store, StoredMessage,
 };
 
 /// Whose key a safety number is made of.
@@ -127,21 +127,21 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                     trace: peerchat_telemetry::traceparent(),
                     payload: encrypted.encode().to_vec(),
                 };
-                let device = Address::first(peer.clone());
                 let released = StoredMessage {
                     status: MessageStatus::Pending,
                     ..message
                 };
-                self.store.commit(
-                    &Batch::new()
-                        .with(Write::Message(released, IfStored::Replace))
-                        .with(Write::Session(device.clone(), Box::new(session)))
-                        .with(Write::Enqueue(OutboxEntry {
-                            to: device,
-                            queued_at_ms: self.clock.now_ms(),
-                            envelope: envelope.clone(),
-                        })),
-                )?;
+                let queued = OutboxEntry {
+                    to: Address::first(peer.clone()),
+                    queued_at_ms: self.clock.now_ms(),
+                    envelope: envelope.clone(),
+                };
+                self.store.commit(&Batch::outgoing(
+                    released,
+                    IfStored::Replace,
+                    session,
+                    queued,
+                ))?;
                 envelope
             };
             self.store.flush().await?;

@@ -619,18 +619,24 @@ async fn a_peer_holding_half_sent_envelopes_and_extra_connections_is_bounded_and
     );
 }
 
-#[tokio::test]
-async fn without_a_crl_only_pinned_contacts_get_in_and_everyone_once_one_is_installed() {
-    let ca = ca();
-    let alice = node("alice", &ca, &ca, MAX).await;
-    let mallory = node("mallory", &ca, &ca, MAX).await;
+/// Alice, mallory, and bob, who has no CRL and has pinned only alice.
+async fn alice_mallory_and_bob_without_a_crl(ca: &CertificateAuthority) -> (Node, Node, Node) {
+    let alice = node("alice", ca, ca, MAX).await;
+    let mallory = node("mallory", ca, ca, MAX).await;
     let pinned = alice.key.verifying_key();
-    let bob = node_with("bob", &ca, &ca, MAX, move |config| {
+    let bob = node_with("bob", ca, ca, MAX, move |config| {
         config.without_crl = WithoutCrl::OnlyPinned(Arc::new(move |name, key| {
             name.as_str() == "alice" && *key == pinned
         }));
     })
     .await;
+    (alice, mallory, bob)
+}
+
+#[tokio::test]
+async fn without_a_crl_only_pinned_contacts_get_in_and_everyone_once_one_is_installed() {
+    let ca = ca();
+    let (alice, mallory, bob) = alice_mallory_and_bob_without_a_crl(&ca).await;
     assert!(bob.trust.crl().is_none());
 
     assert_eq!(
@@ -776,15 +782,7 @@ async fn a_stream_goes_only_to_the_expected_peer_and_an_unserved_protocol_is_ref
 #[tokio::test]
 async fn without_a_crl_a_stranger_cannot_open_a_stream() {
     let ca = ca();
-    let alice = node("alice", &ca, &ca, MAX).await;
-    let mallory = node("mallory", &ca, &ca, MAX).await;
-    let pinned = alice.key.verifying_key();
-    let bob = node_with("bob", &ca, &ca, MAX, move |config| {
-        config.without_crl = WithoutCrl::OnlyPinned(Arc::new(move |name, key| {
-            name.as_str() == "alice" && *key == pinned
-        }));
-    })
-    .await;
+    let (alice, mallory, bob) = alice_mallory_and_bob_without_a_crl(&ca).await;
 
     let refused = echo(&mallory, &bob.recipient(), b"stranger").await;
     assert!(
