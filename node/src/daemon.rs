@@ -34,6 +34,9 @@ pub const API_ADDR_FILE: &str = "api.addr";
 /// File (in the data directory) holding the API port of the last run, so the next run listens
 /// on the same one (a bookmarked window keeps working).
 pub const API_PORT_FILE: &str = "api.port";
+/// File (in the data directory) holding the peer-to-peer port of the last run, listened on again
+/// when `--listen` leaves the port to the system.
+pub const P2P_PORT_FILE: &str = "p2p.port";
 /// File (in the data directory) naming the rendezvous the daemon last used, for the CLI's hints.
 pub const RENDEZVOUS_FILE: &str = "rendezvous.url";
 /// File (in the data directory) the running daemon holds locked; it names the daemon's pid.
@@ -455,9 +458,26 @@ async fn run_network(
         p2p::WithoutCrl::OnlyPinned(Arc::new(move |username, key| node.is_pinned(username, key)))
     };
     p2p_config.reachability = network.reachability_sender();
-    let net = p2p::start(p2p_config, node.clone())
-        .await
-        .map_err(|e| e.to_string())?;
+    // The port of the last run, when the configuration leaves it to the system: contacts that
+    // know our address reach us after a restart without asking the rendezvous.
+    let net = match with_port(&config.listen, saved_p2p_port(&config.data_dir)) {
+        Some(previous) => {
+            let mut again = p2p_config.clone();
+            again.listen = vec![previous];
+            match p2p::start(again, node.clone()).await {
+                Ok(net) => net,
+                Err(_) => p2p::start(p2p_config, node.clone())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            }
+        }
+        None => p2p::start(p2p_config, node.clone())
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    if let Some(port) = net.listen_addrs().iter().find_map(tcp_port) {
+        let _ = std::fs::write(config.data_dir.join(P2P_PORT_FILE), port.to_string());
+    }
     trust.attach(net.clone());
     network.set(net.clone());
     let addresses = net.own_addresses();
@@ -482,4 +502,56 @@ async fn run_network(
     // The swarm stops with its last handle.
     drop(net);
     Ok(())
+}
+
+/// The TCP port of `addr`, if it has one.
+fn tcp_port(addr: &Multiaddr) -> Option<u16> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+        _ => None,
+    })
+}
+
+/// The port saved by the last run, if any.
+fn saved_p2p_port(data_dir: &Path) -> Option<u16> {
+    std::fs::read_to_string(data_dir.join(P2P_PORT_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|port| *port != 0)
+}
+
+/// `listen` with its TCP port 0 replaced by `port`; `None` when `listen` names a port itself or
+/// no port was saved.
+fn with_port(listen: &Multiaddr, port: Option<u16>) -> Option<Multiaddr> {
+    let port = port?;
+    (tcp_port(listen) == Some(0)).then(|| {
+        listen
+            .iter()
+            .map(|p| match p {
+                libp2p::multiaddr::Protocol::Tcp(0) => libp2p::multiaddr::Protocol::Tcp(port),
+                other => other,
+            })
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_system_chosen_port_is_replaced_by_the_saved_one_and_a_chosen_one_is_kept() {
+        let any: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
+        assert_eq!(
+            with_port(&any, Some(4711)),
+            Some("/ip4/127.0.0.1/tcp/4711".parse().unwrap())
+        );
+        assert_eq!(with_port(&any, None), None);
+        let chosen: Multiaddr = "/ip4/0.0.0.0/tcp/4001".parse().unwrap();
+        assert_eq!(with_port(&chosen, Some(4711)), None);
+    }
 }

@@ -26,6 +26,7 @@ struct Inner {
     next_prekey_id: u32,
     signed_rotated_at: Option<u64>,
     contacts: BTreeMap<Address, Contact>,
+    known_addresses: HashMap<Address, Vec<String>>,
     sessions: HashMap<Address, Vec<u8>>,
     messages: HashMap<ConversationId, Vec<StoredMessage>>,
     unread: HashMap<ConversationId, u64>,
@@ -255,6 +256,26 @@ impl ContactStore for MemoryStore {
 
     fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
         Ok(self.inner().contacts.values().cloned().collect())
+    }
+
+    fn known_addresses(&self, device: &Address) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .inner()
+            .known_addresses
+            .get(device)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn save_known_addresses(
+        &self,
+        device: &Address,
+        addresses: &[String],
+    ) -> Result<(), StoreError> {
+        self.inner()
+            .known_addresses
+            .insert(device.clone(), addresses.to_vec());
+        Ok(())
     }
 }
 

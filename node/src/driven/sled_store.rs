@@ -57,6 +57,7 @@ pub struct SledStore {
     outbox: sled::Tree,
     activity: sled::Tree,
     unread: sled::Tree,
+    known_addresses: sled::Tree,
     held_inbound: sled::Tree,
     flushes_started: AtomicU64,
     flushes_done: AtomicU64,
@@ -123,6 +124,7 @@ impl SledStore {
             outbox: t("outbox")?,
             activity: t("activity")?,
             unread: t("unread")?,
+            known_addresses: t("known_addresses")?,
             held_inbound: t("held_inbound")?,
             flushes_started: AtomicU64::new(0),
             flushes_done: AtomicU64::new(0),
@@ -349,6 +351,23 @@ impl ContactStore for SledStore {
             .values()
             .map(|v| dec(&v.map_err(backend)?))
             .collect()
+    }
+
+    #[tracing::instrument(name = "store.known_addresses", skip_all)]
+    fn known_addresses(&self, device: &Address) -> Result<Vec<String>, StoreError> {
+        Ok(Self::get(&self.known_addresses, device.to_string())?.unwrap_or_default())
+    }
+
+    #[tracing::instrument(name = "store.save_known_addresses", skip_all)]
+    fn save_known_addresses(
+        &self,
+        device: &Address,
+        addresses: &[String],
+    ) -> Result<(), StoreError> {
+        self.known_addresses
+            .insert(device.to_string(), enc(&addresses)?)
+            .map_err(backend)?;
+        Ok(())
     }
 }
 

@@ -244,6 +244,15 @@ pub trait ContactStore {
     fn save_contact(&self, contact: &Contact) -> Result<(), StoreError>;
     /// All contacts, by name.
     fn contacts(&self) -> Result<Vec<Contact>, StoreError>;
+    /// The addresses at which a delivery to `device` last succeeded (empty if none yet): tried
+    /// before asking the rendezvous, so known contacts reach each other without it.
+    fn known_addresses(&self, device: &Address) -> Result<Vec<String>, StoreError>;
+    /// Records the addresses at which a delivery to `device` succeeded.
+    fn save_known_addresses(
+        &self,
+        device: &Address,
+        addresses: &[String],
+    ) -> Result<(), StoreError>;
 }
 
 /// Conversations and their messages (written through [`Write::Message`] and

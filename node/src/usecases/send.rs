@@ -156,12 +156,24 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         use_cache: bool,
     ) -> Result<Result<Ack, crate::ports::DeliveryError>, NodeError> {
         let contact = self.contact_for(to).await?;
+        let device = Address::first(to.clone());
         let now = self.clock.now_ms();
-        let cached = use_cache
-            .then(|| self.cached_lookup(to, now))
-            .flatten()
-            .map(|info| info.addresses);
-        let addresses = match cached {
+        // A recent lookup, else the addresses that worked last time (open connections are used
+        // first anyway), and only then the rendezvous: known contacts reach each other without it.
+        let known = || {
+            self.store
+                .known_addresses(&device)
+                .ok()
+                .filter(|a| !a.is_empty())
+        };
+        let remembered = use_cache
+            .then(|| {
+                self.cached_lookup(to, now)
+                    .map(|info| info.addresses)
+                    .or_else(known)
+            })
+            .flatten();
+        let addresses = match remembered {
             Some(addresses) => addresses,
             None => self.fresh_lookup(to, now).await?.addresses,
         };
@@ -170,7 +182,16 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             identity_key: contact.identity_key,
             addresses,
         };
-        Ok(self.network.deliver(&recipient, envelope).await)
+        let outcome = self.network.deliver(&recipient, envelope).await;
+        if matches!(outcome, Ok(Ack::Stored | Ack::Duplicate))
+            && !recipient.addresses.is_empty()
+            && self.store.known_addresses(&device)? != recipient.addresses
+        {
+            // Not flushed on its own: the next flush (or sled's periodic one) keeps it.
+            self.store
+                .save_known_addresses(&device, &recipient.addresses)?;
+        }
+        Ok(outcome)
     }
 
     /// A lookup made less than [`super::ADDRESS_TTL_MS`] ago.

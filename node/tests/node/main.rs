@@ -16,3 +16,4 @@ mod support;
 mod traces;
 mod usecases;
 mod window;
+mod without_rendezvous;

@@ -1,0 +1,95 @@
+//! Known contacts reach each other with the rendezvous stopped: the addresses that worked are
+//! kept with the contact and tried before any lookup, and a restarted daemon listens on its
+//! port of before. Through the real binaries.
+
+use std::time::{Duration, Instant};
+
+use peerchat::ports::MessageStatus;
+
+use crate::binaries::{Daemon, rendezvous_binary, rendezvous_process, stop};
+
+fn send(from: &Daemon, to: &str, text: &str) -> String {
+    let out = from.cli(&["send", to, text]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Waits until `daemon`'s conversation with `peer` holds exactly `texts`, in order.
+fn wait_for_history(daemon: &Daemon, peer: &str, texts: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let history: Vec<String> = daemon
+            .history_json(peer)
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        if history == texts {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the history is {history:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_contacts_talk_directly_with_the_rendezvous_stopped_also_after_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let binary = rendezvous_binary();
+    let (mut rendezvous, port) = rendezvous_process(&binary, &tmp.path().join("rendezvous"), 0);
+    let url = format!("https://localhost:{port}");
+    let (alice_dir, bob_dir) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    let mut alice = Daemon::start(&alice_dir, &url);
+    let mut bob = Daemon::start(&bob_dir, &url);
+    alice.register("alice");
+    bob.register("bob");
+    // They meet through the rendezvous once.
+    send(&alice, "bob", "one");
+    send(&bob, "alice", "two");
+    wait_for_history(&bob, "alice", &["one", "two"]);
+
+    // The rendezvous goes away: no lookup, no mailbox. Each message is acknowledged by the
+    // other node itself, at the address that worked before.
+    stop(&mut rendezvous);
+    send(&alice, "bob", "three");
+    let status = |daemon: &Daemon, peer: &str, text: &str| {
+        daemon
+            .history_json(peer)
+            .into_iter()
+            .find(|m| m.text == text)
+            .map(|m| m.status)
+    };
+    assert!(status(&alice, "bob", "three").unwrap().is_acknowledged());
+    send(&bob, "alice", "four");
+    assert!(status(&bob, "alice", "four").unwrap().is_acknowledged());
+    wait_for_history(&alice, "bob", &["one", "two", "three", "four"]);
+
+    // Both daemons restart, the rendezvous still down: each listens on its port of before, and
+    // the other still knows it.
+    alice.terminate();
+    bob.terminate();
+    alice = Daemon::start(&alice_dir, &url);
+    bob = Daemon::start(&bob_dir, &url);
+    alice.wait_for("listening on");
+    bob.wait_for("listening on");
+    send(&alice, "bob", "five");
+    assert!(status(&alice, "bob", "five").unwrap().is_acknowledged());
+    send(&bob, "alice", "six");
+    assert!(status(&bob, "alice", "six").unwrap().is_acknowledged());
+    let all = ["one", "two", "three", "four", "five", "six"];
+    wait_for_history(&bob, "alice", &all);
+    wait_for_history(&alice, "bob", &all);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&alice, "bob", "five") != Some(MessageStatus::Read) {
+        assert!(Instant::now() < deadline, "no read receipt came back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        status(&alice, "bob", "five"),
+        Some(MessageStatus::Read),
+        "bob's history above showed it, and alice got his read receipt directly"
+    );
+}
