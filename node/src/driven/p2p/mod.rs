@@ -270,13 +270,10 @@ impl P2pNetwork {
     /// The `PeerId` and dialable addresses of `to`.
     fn target(&self, to: &Recipient) -> Result<(PeerId, Vec<Multiaddr>), DeliveryError> {
         let peer_id = self.peer_id(&to.identity_key)?;
-        let addresses = to
-            .addresses
-            .iter()
-            .filter_map(|a| a.parse::<Multiaddr>().ok())
-            .filter_map(|a| with_peer_id(a, peer_id))
-            .collect();
-        Ok((peer_id, addresses))
+        Ok((
+            peer_id,
+            dialable(&to.addresses, peer_id, &self.listen_addrs()),
+        ))
     }
 
     /// The verified identities of connected peers.
@@ -398,6 +395,51 @@ impl Admission {
             WithoutCrl::OnlyPinned(pinned) => pinned(&peer.username, &peer.identity_key),
         }
     }
+}
+
+/// Most announced addresses of one peer that are dialled.
+pub const MAX_DIAL_ADDRESSES: usize = 8;
+
+/// The addresses of a peer worth dialling, out of what it (or someone for it) announced, which
+/// are claims: each gets the peer's `/p2p/<id>` (so the handshake must be with its key),
+/// loopback and link-local addresses only when we listen on such a network ourselves (else they
+/// would reach a service of our own host or link), and at most [`MAX_DIAL_ADDRESSES`] of them.
+pub fn dialable(announced: &[String], peer_id: PeerId, own: &[Multiaddr]) -> Vec<Multiaddr> {
+    let we_listen_on = |scope: Scope| own.iter().any(|a| scope_of(a) == Some(scope));
+    announced
+        .iter()
+        .filter_map(|a| a.parse::<Multiaddr>().ok())
+        .filter(|a| match scope_of(a) {
+            Some(scope @ (Scope::Loopback | Scope::LinkLocal)) => we_listen_on(scope),
+            Some(Scope::Unspecified) => false,
+            _ => true,
+        })
+        .filter_map(|a| with_peer_id(a, peer_id))
+        .take(MAX_DIAL_ADDRESSES)
+        .collect()
+}
+
+/// Where an IP address reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Loopback,
+    LinkLocal,
+    Unspecified,
+    Other,
+}
+
+/// The scope of `addr`'s IP address (`None` for a name or no IP).
+fn scope_of(addr: &Multiaddr) -> Option<Scope> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) if ip.is_loopback() => Some(Scope::Loopback),
+        Protocol::Ip4(ip) if ip.is_link_local() => Some(Scope::LinkLocal),
+        Protocol::Ip4(ip) if ip.is_unspecified() => Some(Scope::Unspecified),
+        Protocol::Ip6(ip) if ip.is_loopback() => Some(Scope::Loopback),
+        Protocol::Ip6(ip) if ip.is_unicast_link_local() => Some(Scope::LinkLocal),
+        Protocol::Ip6(ip) if ip.is_unspecified() => Some(Scope::Unspecified),
+        Protocol::Ip4(_) | Protocol::Ip6(_) => Some(Scope::Other),
+        _ => None,
+    })
 }
 
 /// `addr` ending in `/p2p/<peer_id>`; `None` if it names another peer.
@@ -1018,6 +1060,46 @@ mod tests {
 
     fn addrs(list: &[&str]) -> Vec<Multiaddr> {
         list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn announced_addresses_are_dialled_only_with_the_peers_id_and_within_bounds() {
+        let peer = PeerId::random();
+        let other = PeerId::random();
+        let strings = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let public = addrs(&["/ip4/198.18.0.5/tcp/4001"]);
+        let announced = strings(&[
+            "/ip4/198.18.0.7/tcp/4001",
+            "/ip4/127.0.0.1/tcp/22",
+            "/ip4/169.254.1.1/tcp/22",
+            "/ip6/fe80::1/tcp/22",
+            "/ip4/0.0.0.0/tcp/1",
+            "not a multiaddr",
+        ]);
+        // From a node on a public segment: only the public address, with bob's id.
+        let dialled = dialable(&announced, peer, &public);
+        assert_eq!(
+            dialled,
+            vec![
+                format!("/ip4/198.18.0.7/tcp/4001/p2p/{peer}")
+                    .parse()
+                    .unwrap()
+            ]
+        );
+        // A node listening on loopback itself (everything on one host) may dial loopback.
+        let local = addrs(&["/ip4/127.0.0.1/tcp/4001"]);
+        assert_eq!(dialable(&announced, peer, &local).len(), 2);
+        // An address naming another peer is dialled as this peer's (the handshake checks).
+        let claimed = vec![format!("/ip4/198.18.0.9/tcp/1/p2p/{other}")];
+        assert_eq!(
+            dialable(&claimed, peer, &public),
+            vec![format!("/ip4/198.18.0.9/tcp/1/p2p/{peer}").parse().unwrap()]
+        );
+        // A flood of claims: at most a few dials.
+        let many: Vec<String> = (0..100)
+            .map(|i| format!("/ip4/198.18.1.{i}/tcp/4001"))
+            .collect();
+        assert_eq!(dialable(&many, peer, &public).len(), MAX_DIAL_ADDRESSES);
     }
 
     #[test]
