@@ -140,6 +140,10 @@ impl Reachability for LateNetwork {
     fn reachability(&self) -> broadcast::Receiver<ReachabilityEvent> {
         self.reachability.subscribe()
     }
+
+    fn connection(&self, peer: &peerchat_pki::Username) -> Option<crate::ports::PeerConnection> {
+        self.started().ok()?.connection(peer)
+    }
 }
 
 /// Events to every subscriber; a subscriber that falls more than 1,024 events behind misses the

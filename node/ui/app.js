@@ -373,7 +373,16 @@ function renderPresence() {
   for (const dot of document.querySelectorAll("[data-presence-of]")) {
     dot.className = "dot " + presenceLabel(dot.dataset.presenceOf);
   }
-  if (state.current) $("peer-presence").textContent = presenceLabel(state.current);
+  if (state.current) $("peer-presence").textContent = presenceText(state.current);
+}
+
+/** "online · direct" or "online · relayed" while a connection is open, else the presence. */
+function presenceText(peer) {
+  const contact = state.contacts.get(peer);
+  if (state.presence.get(peer) !== false && contact && contact.online && contact.path) {
+    return `online · ${contact.path}`;
+  }
+  return presenceLabel(peer);
 }
 
 async function searchSubmit(event) {
@@ -511,7 +520,11 @@ function listen() {
     events.addEventListener(name, (e) => {
       const event = JSON.parse(e.data);
       state.presence.set(event.peer, online);
-      renderPresence();
+      // The path of the connection comes with the contacts.
+      guarded(async () => {
+        await refreshContacts();
+        renderPresence();
+      });
     });
   }
 }

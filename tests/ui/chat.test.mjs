@@ -239,7 +239,7 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     await bobPage.getByLabel("Message", { exact: true }).fill("Hi Alice! Got it.");
     await bobPage.getByLabel("Message", { exact: true }).press("Enter");
     await alicePage.locator("#messages .message.incoming", { hasText: "Hi Alice! Got it." }).waitFor();
-    await alicePage.waitForSelector('#peer-presence:text("online")');
+    await alicePage.waitForSelector('#peer-presence:text("online · direct")');
     for (const page of [alicePage, bobPage]) {
       assert.equal(await page.isVisible("#error"), false, "no error is shown");
       assert.equal(await page.isVisible("#key-warning"), false, "no key warning before a key change");

@@ -612,4 +612,9 @@ impl Reachability for HubNetwork {
     fn reachability(&self) -> tokio::sync::broadcast::Receiver<ReachabilityEvent> {
         self.reachability.subscribe()
     }
+
+    fn connection(&self, _peer: &Username) -> Option<crate::ports::PeerConnection> {
+        // The hub has no connections: every delivery is a hand-over.
+        None
+    }
 }

@@ -99,6 +99,15 @@ pub struct ContactView {
     pub verified: bool,
     /// The contact presents a new key not yet accepted; messages to them are held.
     pub key_changed: bool,
+    /// A connection with them is open.
+    #[serde(default)]
+    pub online: bool,
+    /// Its path: `direct`, `relayed`, or `null` without one.
+    #[serde(default)]
+    pub path: Option<crate::ports::Path>,
+    /// Their address on it (a multiaddr), or `null`.
+    #[serde(default)]
+    pub remote_address: Option<String>,
 }
 
 /// `GET /api/v1/contacts/{peer}/safety-number`.
@@ -492,17 +501,23 @@ async fn contacts<P: Ports>(State(state): Shared<P>) -> Result<Json<Vec<ContactV
             .node
             .contacts()?
             .into_iter()
-            .map(|c| ContactView {
-                username: c.username,
-                identity_key: c
-                    .identity_key
-                    .to_bytes()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect(),
-                // Verification was of the old key: not shown beside the warning.
-                verified: c.verified && c.pending_key.is_none(),
-                key_changed: c.pending_key.is_some(),
+            .map(|c| {
+                let connection = state.node.connection(&c.username);
+                ContactView {
+                    online: connection.is_some(),
+                    path: connection.as_ref().map(|c| c.path),
+                    remote_address: connection.map(|c| c.remote_address),
+                    username: c.username,
+                    identity_key: c
+                        .identity_key
+                        .to_bytes()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect(),
+                    // Verification was of the old key: not shown beside the warning.
+                    verified: c.verified && c.pending_key.is_none(),
+                    key_changed: c.pending_key.is_some(),
+                }
             })
             .collect(),
     ))

@@ -10,7 +10,7 @@ use super::api::{
     SendBody, TotpCodeBody, VerifyBody,
 };
 use super::ui::UiLink;
-use crate::ports::{MessageStatus, TotpEnrolment};
+use crate::ports::{MessageStatus, Path as ConnectionPath, TotpEnrolment};
 use crate::usecases::{KeyKind, NodeStatus};
 
 use reqwest::Method;
@@ -460,8 +460,14 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
                 return json(&contacts);
             }
             for c in contacts {
+                let connection = match (c.online, c.path) {
+                    (true, Some(ConnectionPath::Direct)) => "online · direct",
+                    (true, Some(ConnectionPath::Relayed)) => "online · relayed",
+                    (true, None) => "online",
+                    (false, _) => "not connected",
+                };
                 println!(
-                    "{}  key {}…  {}",
+                    "{}  key {}…  {}  {}",
                     c.username,
                     &c.identity_key[..16.min(c.identity_key.len())],
                     if c.key_changed {
@@ -470,7 +476,8 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
                         "verified"
                     } else {
                         "unverified"
-                    }
+                    },
+                    connection
                 );
                 if c.key_changed {
                     println!(

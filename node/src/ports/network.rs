@@ -114,6 +114,8 @@ pub enum ReachabilityEvent {
         peer: Username,
         /// Over which path.
         path: Path,
+        /// The peer's address on that connection.
+        remote_address: String,
     },
     /// A peer's last connection closed.
     PeerOffline {
@@ -122,10 +124,21 @@ pub enum ReachabilityEvent {
     },
 }
 
+/// How we are connected with a peer right now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerConnection {
+    /// Direct or through a relay.
+    pub path: Path,
+    /// The peer's address on that connection (a multiaddr).
+    pub remote_address: String,
+}
+
 /// Reachability: our own addresses and each peer's connection, as they change.
 pub trait Reachability: Send + Sync + 'static {
     /// The addresses to give peers now (empty before the network runs).
     fn own_addresses(&self) -> Vec<String>;
+    /// The connection with `peer`, if one is open (the direct one when there are several).
+    fn connection(&self, peer: &Username) -> Option<PeerConnection>;
     /// The changes from now on. A subscriber that falls far behind misses the oldest.
     fn reachability(&self) -> tokio::sync::broadcast::Receiver<ReachabilityEvent>;
 }

@@ -77,6 +77,11 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         Ok(self.store.conversations()?)
     }
 
+    /// The open connection with `peer` (path and remote address), if any.
+    pub fn connection(&self, peer: &Username) -> Option<crate::ports::PeerConnection> {
+        self.network.connection(peer)
+    }
+
     /// Every contact.
     #[tracing::instrument(name = "usecase.contacts", skip_all)]
     pub fn contacts(&self) -> Result<Vec<Contact>, NodeError> {

@@ -820,14 +820,36 @@ async fn reachability_tells_our_addresses_and_each_peers_connection() {
         .await
         .unwrap()
         .unwrap();
+    let ReachabilityEvent::PeerOnline {
+        peer,
+        path,
+        remote_address,
+    } = online
+    else {
+        panic!("not an online event: {online:?}");
+    };
+    assert_eq!((peer, path), (alice.name.clone(), Path::Direct));
+    assert!(
+        remote_address.starts_with("/ip4/127.0.0.1/tcp/"),
+        "{remote_address}"
+    );
+    // The same is there to ask for, and only one event per peer.
+    let connection = bob.net.connection(&alice.name).unwrap();
     assert_eq!(
-        online,
-        ReachabilityEvent::PeerOnline {
-            peer: alice.name.clone(),
-            path: Path::Direct
-        }
+        (connection.path, connection.remote_address),
+        (Path::Direct, remote_address)
+    );
+    alice
+        .net
+        .deliver(&bob.recipient(), envelope(b"again".to_vec()))
+        .await
+        .unwrap();
+    assert!(
+        changes.try_recv().is_err(),
+        "no news on the same connection"
     );
     // Alice's node stops: her connection closes.
+    let alice_name = alice.name.clone();
     drop(alice);
     let offline = tokio::time::timeout(Duration::from_secs(10), changes.recv())
         .await
@@ -836,7 +858,8 @@ async fn reachability_tells_our_addresses_and_each_peers_connection() {
     assert_eq!(
         offline,
         ReachabilityEvent::PeerOffline {
-            peer: Username::new("alice").unwrap()
+            peer: alice_name.clone()
         }
     );
+    assert_eq!(bob.net.connection(&alice_name), None);
 }

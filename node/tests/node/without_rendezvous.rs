@@ -50,6 +50,21 @@ async fn known_contacts_talk_directly_with_the_rendezvous_stopped_also_after_res
     send(&alice, "bob", "one");
     send(&bob, "alice", "two");
     wait_for_history(&bob, "alice", &["one", "two"]);
+    // The path is visible: a direct connection, and where it goes.
+    let contacts = alice.cli(&["contacts", "--json"]);
+    let contacts: serde_json::Value = serde_json::from_slice(&contacts.stdout).unwrap();
+    let bob_entry = &contacts[0];
+    assert_eq!(bob_entry["username"], "bob");
+    assert_eq!(bob_entry["online"], true);
+    assert_eq!(bob_entry["path"], "direct");
+    assert!(
+        bob_entry["remote_address"]
+            .as_str()
+            .unwrap()
+            .starts_with("/ip4/127.0.0.1/tcp/")
+    );
+    let listed = String::from_utf8_lossy(&alice.cli(&["contacts"]).stdout).into_owned();
+    assert!(listed.contains("online · direct"), "{listed}");
 
     // The rendezvous goes away: no lookup, no mailbox. Each message is acknowledged by the
     // other node itself, at the address that worked before.

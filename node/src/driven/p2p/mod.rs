@@ -34,8 +34,8 @@ use self::registry::PeerRegistry;
 use self::upgrade::{MtlsUpgrade, peer_id_of};
 use crate::domain::{Ack, Envelope, IdentityKey, RejectReason};
 use crate::ports::{
-    AuthenticatedPeer, DeliveryError, Inbound, Messages, Path, PeerStream, Reachability,
-    ReachabilityEvent, Recipient, StreamError, Streams,
+    AuthenticatedPeer, DeliveryError, Inbound, Messages, Path, PeerConnection, PeerStream,
+    Reachability, ReachabilityEvent, Recipient, StreamError, Streams,
 };
 
 /// Settings of the network adapter.
@@ -220,7 +220,11 @@ pub struct P2pNetwork {
     peer_ids: Arc<std::sync::Mutex<HashMap<[u8; 32], PeerId>>>,
     streams: libp2p_stream::Control,
     reachability: broadcast::Sender<ReachabilityEvent>,
+    connections: Connections,
 }
+
+/// The open connection with each peer, by username, kept by the driver.
+type Connections = Arc<std::sync::Mutex<HashMap<Username, PeerConnection>>>;
 
 impl std::fmt::Debug for P2pNetwork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -374,6 +378,14 @@ impl Reachability for P2pNetwork {
 
     fn reachability(&self) -> broadcast::Receiver<ReachabilityEvent> {
         self.reachability.subscribe()
+    }
+
+    fn connection(&self, peer: &Username) -> Option<PeerConnection> {
+        self.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .cloned()
     }
 }
 
@@ -638,6 +650,7 @@ pub async fn start<I: Inbound>(
     }
     tokio::spawn(inbound::envelopes(inbound_rx, inbound));
     let listen_addrs = Arc::new(std::sync::RwLock::new(listen_addrs));
+    let connections = Connections::default();
     let _ = config.reachability.send(ReachabilityEvent::OwnAddresses(
         reachable(&listen_addrs.read().unwrap_or_else(|p| p.into_inner()))
             .iter()
@@ -660,6 +673,7 @@ pub async fn start<I: Inbound>(
         connecting: HashMap::new(),
         listen_addrs: listen_addrs.clone(),
         reachability: config.reachability.clone(),
+        connections: connections.clone(),
     };
     tokio::spawn(driver.run(command_rx));
     Ok(P2pNetwork {
@@ -672,6 +686,7 @@ pub async fn start<I: Inbound>(
         peer_ids: Arc::default(),
         streams: control,
         reachability: config.reachability,
+        connections,
     })
 }
 
@@ -704,6 +719,7 @@ struct Driver {
     /// Our listen addresses, shared with the handle.
     listen_addrs: Arc<std::sync::RwLock<Vec<Multiaddr>>>,
     reachability: broadcast::Sender<ReachabilityEvent>,
+    connections: Connections,
 }
 
 impl Driver {
@@ -857,7 +873,7 @@ impl Driver {
                 peer_id,
                 connection_id,
                 endpoint,
-                num_established,
+                num_established: _,
                 ..
             } => {
                 if let Some(peer) = self.registry.get(&peer_id)
@@ -872,18 +888,32 @@ impl Driver {
                 for waiting in self.connecting.remove(&peer_id).unwrap_or_default() {
                     let _ = waiting.send(Ok(()));
                 }
-                if num_established.get() == 1
-                    && let Some(peer) = self.registry.get(&peer_id)
-                {
-                    let path = if endpoint.is_relayed() {
-                        Path::Relayed
-                    } else {
-                        Path::Direct
+                if let Some(peer) = self.registry.get(&peer_id) {
+                    let connection = PeerConnection {
+                        path: if endpoint.is_relayed() {
+                            Path::Relayed
+                        } else {
+                            Path::Direct
+                        },
+                        remote_address: endpoint.get_remote_address().to_string(),
                     };
-                    self.publish(ReachabilityEvent::PeerOnline {
-                        peer: peer.username,
-                        path,
-                    });
+                    let mut open = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+                    // The first connection, or a direct one beside a relayed one, is news.
+                    let news = match open.get(&peer.username) {
+                        None => true,
+                        Some(known) => {
+                            known.path == Path::Relayed && connection.path == Path::Direct
+                        }
+                    };
+                    if news {
+                        open.insert(peer.username.clone(), connection.clone());
+                        drop(open);
+                        self.publish(ReachabilityEvent::PeerOnline {
+                            peer: peer.username,
+                            path: connection.path,
+                            remote_address: connection.remote_address,
+                        });
+                    }
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -892,6 +922,10 @@ impl Driver {
                 ..
             } => {
                 if let Some(peer) = self.registry.get(&peer_id) {
+                    self.connections
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&peer.username);
                     self.publish(ReachabilityEvent::PeerOffline {
                         peer: peer.username,
                     });
