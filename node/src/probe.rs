@@ -107,12 +107,14 @@ pub async fn run(probe: &Probe) -> Result<Ack, ProbeError> {
         identity_key: key_of(&probe.address)?,
         addresses: vec![probe.address.to_string()],
     };
-    let config = P2pConfig::new(
+    let mut config = P2pConfig::new(
         key.clone(),
         Credentials::new(vec![certificate], key),
         std::sync::Arc::new(TrustStore::new(ca)),
         Vec::new(),
     );
+    // The address is the one the user gave, wherever it points.
+    config.dial_any_local = true;
     // The probe only sends: whatever a peer might send it is refused.
     let refuse = EnvelopeFn(|_, _| async { Ack::Rejected(RejectReason::Internal) });
     let network = p2p::start(config, std::sync::Arc::new(refuse))

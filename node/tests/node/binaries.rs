@@ -577,6 +577,57 @@ async fn sigterm_stops_a_busy_daemon_within_two_seconds_and_loses_nothing() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_comes_in_pages_before_a_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = rendezvous(&tmp.path().join("rendezvous")).await;
+    let alice = Daemon::start(&tmp.path().join("alice"), &url);
+    let bob = Daemon::start(&tmp.path().join("bob"), &url);
+    alice.register("alice");
+    bob.register("bob");
+    for i in 1..=5 {
+        let out = alice.cli(&["send", "bob", &format!("m{i}")]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (http, base, token) = alice.api();
+    let page = |query: &str| {
+        let request = http
+            .get(format!("{base}/api/v1/conversations/bob{query}"))
+            .bearer_auth(&token);
+        async move { request.send().await.unwrap() }
+    };
+    let texts =
+        |messages: Vec<MessageView>| messages.into_iter().map(|m| m.text).collect::<Vec<_>>();
+    let latest: Vec<MessageView> = page("?limit=2").await.json().await.unwrap();
+    assert_eq!(texts(latest.clone()), ["m4", "m5"]);
+    let before: Vec<MessageView> = page(&format!("?before={}&limit=2", latest[0].id))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(texts(before.clone()), ["m2", "m3"]);
+    let first: Vec<MessageView> = page(&format!("?before={}&limit=2", before[0].id))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(texts(first), ["m1"]);
+    let all: Vec<MessageView> = page("").await.json().await.unwrap();
+    assert_eq!(texts(all), ["m1", "m2", "m3", "m4", "m5"]);
+    // The CLI pages through everything.
+    assert_eq!(alice.history_json("bob").len(), 5);
+    for bad in ["?before=nothex", "?limit=many"] {
+        let response = page(bad).await;
+        assert_eq!(response.status(), 400, "{bad}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "bad_page", "{bad}");
+    }
+}
+
 pub(crate) fn stop(child: &mut Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -76,6 +76,10 @@ pub struct P2pConfig {
     pub stream_protocols: Vec<&'static str>,
     /// Whom to let in while no CRL is installed (revocation cannot be checked then).
     pub without_crl: WithoutCrl,
+    /// Dial loopback and link-local addresses even where this node does not listen on such a
+    /// network: for a tool whose addresses the user typed (`peerchat probe`), never for
+    /// addresses other nodes announced.
+    pub dial_any_local: bool,
 }
 
 /// The policy for peers while the trust store holds no CRL.
@@ -132,6 +136,7 @@ impl P2pConfig {
             reachability: broadcast::channel(256).0,
             stream_protocols: Vec::new(),
             without_crl: WithoutCrl::AdmitAll,
+            dial_any_local: false,
         }
     }
 }
@@ -221,6 +226,7 @@ pub struct P2pNetwork {
     streams: libp2p_stream::Control,
     reachability: broadcast::Sender<ReachabilityEvent>,
     connections: Connections,
+    dial_any_local: bool,
 }
 
 /// The open connection with each peer, by username, kept by the driver.
@@ -274,10 +280,17 @@ impl P2pNetwork {
     /// The `PeerId` and dialable addresses of `to`.
     fn target(&self, to: &Recipient) -> Result<(PeerId, Vec<Multiaddr>), DeliveryError> {
         let peer_id = self.peer_id(&to.identity_key)?;
-        Ok((
-            peer_id,
-            dialable(&to.addresses, peer_id, &self.listen_addrs()),
-        ))
+        let addresses = if self.dial_any_local {
+            to.addresses
+                .iter()
+                .filter_map(|a| a.parse::<Multiaddr>().ok())
+                .filter_map(|a| with_peer_id(a, peer_id))
+                .take(MAX_DIAL_ADDRESSES)
+                .collect()
+        } else {
+            dialable(&to.addresses, peer_id, &self.listen_addrs())
+        };
+        Ok((peer_id, addresses))
     }
 
     /// The verified identities of connected peers.
@@ -687,6 +700,7 @@ pub async fn start<I: Inbound>(
         streams: control,
         reachability: config.reachability,
         connections,
+        dial_any_local: config.dial_any_local,
     })
 }
 
