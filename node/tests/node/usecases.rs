@@ -1046,3 +1046,69 @@ async fn maintenance_empties_the_mailbox_follows_revocations_and_stops_when_canc
         .expect("maintenance stopped")
         .unwrap();
 }
+
+/// Echoes every stream and acknowledges every envelope: bob's side of the hub test.
+struct Echo;
+
+impl peerchat::ports::Inbound for Echo {
+    async fn envelope(&self, _from: AuthenticatedPeer, _envelope: Envelope) -> Ack {
+        Ack::Stored
+    }
+
+    async fn stream(&self, stream: peerchat::ports::PeerStream) {
+        use futures::{AsyncReadExt, AsyncWriteExt};
+        let greeting = format!("hello {}", stream.peer.username);
+        let (mut reader, mut writer) = stream.io.split();
+        let mut asked = Vec::new();
+        reader.read_to_end(&mut asked).await.unwrap();
+        writer
+            .write_all(&[greeting.as_bytes(), &asked].concat())
+            .await
+            .unwrap();
+        writer.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_in_memory_hub_carries_authenticated_streams() {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    use peerchat::ports::{Recipient, Streams};
+    let hub = Hub::default();
+    let (alice, _alice_inbox) = hub.attach(user("alice"));
+    let (_bob, bob_inbox) = hub.attach(user("bob"));
+    let key = |seed| {
+        *peerchat::domain::IdentityKeyPair::generate(&mut crate::support::rng(seed)).public()
+    };
+    hub.set_key(&user("alice"), key(1));
+    hub.set_key(&user("bob"), key(2));
+    tokio::spawn(bob_inbox.serve(Arc::new(Echo)));
+    let bob = Recipient {
+        username: user("bob"),
+        identity_key: key(2),
+        addresses: Vec::new(),
+    };
+
+    let stream = alice.open_stream(&bob, "/peerchat/test/1").await.unwrap();
+    assert_eq!(stream.peer.username, user("bob"));
+    let (mut reader, mut writer) = stream.io.split();
+    writer.write_all(b", 1 MiB follows").await.unwrap();
+    writer.write_all(&vec![7u8; 1 << 20]).await.unwrap();
+    writer.close().await.unwrap();
+    let mut back = Vec::new();
+    reader.read_to_end(&mut back).await.unwrap();
+    assert!(
+        back.starts_with(b"hello alice, 1 MiB follows"),
+        "bob's side names alice"
+    );
+    assert_eq!(back.len(), b"hello alice, 1 MiB follows".len() + (1 << 20));
+
+    // Another key under bob's name is not bob.
+    let impostor = Recipient {
+        identity_key: key(3),
+        ..bob
+    };
+    assert!(matches!(
+        alice.open_stream(&impostor, "/peerchat/test/1").await,
+        Err(peerchat::ports::DeliveryError::WrongPeer)
+    ));
+}
