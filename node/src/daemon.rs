@@ -502,10 +502,20 @@ async fn run_network(
         identity.username,
         addresses.join(", ")
     );
+    // Whether maintenance ends or this task is aborted, the network stops with it, before the
+    // store's last flush: nothing is received (and acknowledged) after shutdown began.
+    let _network = StopOnDrop(net);
     node.maintain(trust, schedule, cancel).await;
-    // The swarm stops with its last handle.
-    drop(net);
     Ok(())
+}
+
+/// Stops the network when dropped.
+struct StopOnDrop(P2pNetwork);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
 }
 
 /// The TCP port of `addr`, if it has one.

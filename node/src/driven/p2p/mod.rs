@@ -227,6 +227,7 @@ pub struct P2pNetwork {
     reachability: broadcast::Sender<ReachabilityEvent>,
     connections: Connections,
     dial_any_local: bool,
+    stop: tokio_util::sync::CancellationToken,
 }
 
 /// The open connection with each peer, by username, kept by the driver.
@@ -296,6 +297,12 @@ impl P2pNetwork {
     /// The verified identities of connected peers.
     pub fn registry(&self) -> &PeerRegistry {
         &self.registry
+    }
+
+    /// Stops the swarm (closing every connection) and hands nothing more to the inbound port;
+    /// what it was handling is dropped unacknowledged, so the peer sends it again.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
     }
 
     /// Closes connections to peers that the current CRL revokes (call after installing a CRL;
@@ -643,6 +650,8 @@ pub async fn start<I: Inbound>(
     }
     let (commands, command_rx) = mpsc::channel(1024);
     let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity);
+    // Stops the swarm and everything it feeds at once ([`P2pNetwork::shutdown`]).
+    let stop = tokio_util::sync::CancellationToken::new();
     let admission = Admission {
         trust: config.trust.clone(),
         without_crl: config.without_crl.clone(),
@@ -652,16 +661,19 @@ pub async fn start<I: Inbound>(
         let incoming = control
             .accept(libp2p::StreamProtocol::new(protocol))
             .map_err(|e| StartError::Transport(e.to_string()))?;
-        tokio::spawn(inbound::streams(
+        tokio::spawn(stop.clone().run_until_cancelled_owned(inbound::streams(
             incoming,
             protocol,
             registry.clone(),
             admission.clone(),
             inbound.clone(),
             config.max_streams_per_connection,
-        ));
+        )));
     }
-    tokio::spawn(inbound::envelopes(inbound_rx, inbound));
+    tokio::spawn(
+        stop.clone()
+            .run_until_cancelled_owned(inbound::envelopes(inbound_rx, inbound)),
+    );
     let listen_addrs = Arc::new(std::sync::RwLock::new(listen_addrs));
     let connections = Connections::default();
     let _ = config.reachability.send(ReachabilityEvent::OwnAddresses(
@@ -688,7 +700,10 @@ pub async fn start<I: Inbound>(
         reachability: config.reachability.clone(),
         connections: connections.clone(),
     };
-    tokio::spawn(driver.run(command_rx));
+    tokio::spawn(
+        stop.clone()
+            .run_until_cancelled_owned(driver.run(command_rx)),
+    );
     Ok(P2pNetwork {
         commands,
         registry,
@@ -701,6 +716,7 @@ pub async fn start<I: Inbound>(
         reachability: config.reachability,
         connections,
         dial_any_local: config.dial_any_local,
+        stop,
     })
 }
 
