@@ -173,6 +173,27 @@ impl Daemon {
         )
     }
 
+    /// Waits (up to 30 s) until the conversation with `peer` holds exactly `texts`, in order.
+    pub(crate) fn wait_for_history(&self, peer: &str, texts: &[impl AsRef<str>]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let history: Vec<String> = self
+                .history_json(peer)
+                .into_iter()
+                .map(|m| m.text)
+                .collect();
+            if history
+                .iter()
+                .map(String::as_str)
+                .eq(texts.iter().map(AsRef::as_ref))
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the history is {history:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub(crate) fn history_json(&self, peer: &str) -> Vec<MessageView> {
         let out = self.cli(&["history", peer, "--json"]);
         assert!(
@@ -562,19 +583,7 @@ async fn sigterm_stops_a_busy_daemon_within_two_seconds_and_loses_nothing() {
     );
     let bob = Daemon::start(&tmp.path().join("bob"), &url);
     bob.wait_for("listening on");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got: Vec<String> = bob
-            .history_json("alice")
-            .into_iter()
-            .map(|m| m.text)
-            .collect();
-        if got == texts {
-            break;
-        }
-        assert!(Instant::now() < deadline, "bob has {got:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    bob.wait_for_history("alice", &texts);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,23 +18,6 @@ fn send(from: &Daemon, to: &str, text: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// Waits until `daemon`'s conversation with `peer` holds exactly `texts`, in order.
-fn wait_for_history(daemon: &Daemon, peer: &str, texts: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let history: Vec<String> = daemon
-            .history_json(peer)
-            .into_iter()
-            .map(|m| m.text)
-            .collect();
-        if history == texts {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the history is {history:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn known_contacts_talk_directly_with_the_rendezvous_stopped_also_after_restarts() {
     let tmp = tempfile::tempdir().unwrap();
@@ -49,7 +32,7 @@ async fn known_contacts_talk_directly_with_the_rendezvous_stopped_also_after_res
     // They meet through the rendezvous once.
     send(&alice, "bob", "one");
     send(&bob, "alice", "two");
-    wait_for_history(&bob, "alice", &["one", "two"]);
+    bob.wait_for_history("alice", &["one", "two"]);
     // The path is visible: a direct connection, and where it goes.
     let contacts = alice.cli(&["contacts", "--json"]);
     let contacts: serde_json::Value = serde_json::from_slice(&contacts.stdout).unwrap();
@@ -80,7 +63,7 @@ async fn known_contacts_talk_directly_with_the_rendezvous_stopped_also_after_res
     assert!(status(&alice, "bob", "three").unwrap().is_acknowledged());
     send(&bob, "alice", "four");
     assert!(status(&bob, "alice", "four").unwrap().is_acknowledged());
-    wait_for_history(&alice, "bob", &["one", "two", "three", "four"]);
+    alice.wait_for_history("bob", &["one", "two", "three", "four"]);
 
     // Both daemons restart, the rendezvous still down: each listens on its port of before, and
     // the other still knows it.
@@ -95,8 +78,8 @@ async fn known_contacts_talk_directly_with_the_rendezvous_stopped_also_after_res
     send(&bob, "alice", "six");
     assert!(status(&bob, "alice", "six").unwrap().is_acknowledged());
     let all = ["one", "two", "three", "four", "five", "six"];
-    wait_for_history(&bob, "alice", &all);
-    wait_for_history(&alice, "bob", &all);
+    bob.wait_for_history("alice", &all);
+    alice.wait_for_history("bob", &all);
     let deadline = Instant::now() + Duration::from_secs(30);
     while status(&alice, "bob", "five") != Some(MessageStatus::Read) {
         assert!(Instant::now() < deadline, "no read receipt came back");
