@@ -7,8 +7,7 @@
 
 pub mod codec;
 mod inbound;
-pub mod registry;
-pub mod upgrade;
+pub use peerchat_transport::{registry, upgrade};
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -18,7 +18,7 @@ use peerchat_pki::tls::{Credentials, PEER_SERVER_NAME, peer_client_config, peer_
 use peerchat_pki::{TrustStore, VerifiedPeer, VerifyError};
 use rustls::pki_types::ServerName;
 
-use super::registry::PeerRegistry;
+use crate::registry::PeerRegistry;
 
 /// The protocol name negotiated by multistream-select.
 pub const PROTOCOL: &str = "/peerchat/mtls/1.0.0";

@@ -12,7 +12,7 @@ use peerchat_pki::VerifiedPeer;
 pub struct PeerRegistry(Mutex<HashMap<PeerId, VerifiedPeer>>);
 
 impl PeerRegistry {
-    pub(crate) fn insert(&self, peer_id: PeerId, peer: VerifiedPeer) {
+    pub fn insert(&self, peer_id: PeerId, peer: VerifiedPeer) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -28,7 +28,7 @@ impl PeerRegistry {
             .cloned()
     }
 
-    pub(crate) fn remove(&self, peer_id: &PeerId) {
+    pub fn remove(&self, peer_id: &PeerId) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -36,7 +36,7 @@ impl PeerRegistry {
     }
 
     /// Peers whose certificate `is_revoked` says is revoked.
-    pub(crate) fn revoked(&self, is_revoked: impl Fn(&VerifiedPeer) -> bool) -> Vec<PeerId> {
+    pub fn revoked(&self, is_revoked: impl Fn(&VerifiedPeer) -> bool) -> Vec<PeerId> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
