@@ -597,10 +597,16 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
                         "key_changed" => println!("WARNING: {peer}'s key has changed"),
                         "peer_online" => println!("{peer} is online"),
                         "peer_offline" => println!("{peer} went offline"),
-                        _ => println!(
+                        "status_changed" => println!(
                             "message {id} to {peer}: {}",
                             event["status"].as_str().unwrap_or_default()
                         ),
+                        "registered" => println!(
+                            "registered as {}",
+                            event["user"].as_str().unwrap_or_default()
+                        ),
+                        // A kind this CLI does not know yet (a newer daemon): skipped.
+                        _ => {}
                     }
                 }
             };
