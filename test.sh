@@ -54,7 +54,7 @@ if [ "$mode" = local ]; then
         rm -rf "$work"
     }
     start_all() {
-        "$rendezvous" --data-dir "$work/rendezvous" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --ca-cert-out "$ca" \
+        "$rendezvous" --data-dir "$work/rendezvous" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --relay-listen /ip4/127.0.0.1/tcp/0 --ca-cert-out "$ca" \
             > "$work/rendezvous.out" 2> "$work/rendezvous.log" &
         pids+=($!)
         for _ in $(seq 100); do grep -q "https://" "$work/rendezvous.out" 2> /dev/null && break; sleep 0.1; done

@@ -75,6 +75,10 @@ pub struct DaemonConfig {
     /// Show a desktop notification (`notify-send`) for each message received. Only the sender
     /// is shown, never the text.
     pub desktop_notifications: bool,
+    /// Find contacts on the local network with mDNS.
+    pub mdns: bool,
+    /// Reserve a slot on the rendezvous's relay, so that peers behind NATs reach us.
+    pub relay: bool,
     /// The process's tracing, whose spans are renamed `peerchat-<username>` once the node knows
     /// who it is (`None`: the process keeps the name it chose).
     pub telemetry: Option<Arc<Telemetry>>,
@@ -302,6 +306,32 @@ pub async fn run(
         });
     }
 
+    // Each announcement that changed our addresses is printed: where peers reach us now.
+    {
+        let mut events = node_events.0.subscribe();
+        let cancel = cancel.clone();
+        tasks.spawn(
+            cancel
+                .run_until_cancelled_owned(async move {
+                    let mut last: Option<Vec<String>> = None;
+                    loop {
+                        match events.recv().await {
+                            Ok(Event::Announced { addresses }) => {
+                                if last.as_ref() != Some(&addresses) {
+                                    if last.is_some() {
+                                        println!("peerchat: reachable at {}", addresses.join(", "));
+                                    }
+                                    last = Some(addresses);
+                                }
+                            }
+                            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(broadcast::error::RecvError::Closed) => break,
+                        }
+                    }
+                })
+                .map(drop),
+        );
+    }
     if config.desktop_notifications {
         let mut events = node_events.0.subscribe();
         let cancel = cancel.clone();
@@ -438,6 +468,7 @@ async fn run_network(
 ) -> Result<(), String> {
     let identity = node.resume().map_err(|e| e.to_string())?;
     export_spans(config, Some(&identity.username));
+    let ca_for_relay = ca.clone();
     let key = SigningKey::from_bytes(&identity.seed);
     let der = {
         use rustls::pki_types::pem::PemObject;
@@ -462,6 +493,7 @@ async fn run_network(
         p2p::WithoutCrl::OnlyPinned(Arc::new(move |username, key| node.is_pinned(username, key)))
     };
     p2p_config.reachability = network.reachability_sender();
+    p2p_config.mdns = config.mdns;
     // The port of the last run, when the configuration leaves it to the system: contacts that
     // know our address reach us after a restart without asking the rendezvous.
     let net = match with_port(&config.listen, saved_p2p_port(&config.data_dir)) {
@@ -484,6 +516,15 @@ async fn run_network(
     }
     trust.attach(net.clone());
     network.set(net.clone());
+    if config.relay {
+        let directory = HttpDirectory::new(&config.rendezvous, ca_for_relay.clone())
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(
+            cancel
+                .clone()
+                .run_until_cancelled_owned(find_relay(directory, net.clone())),
+        );
+    }
     let addresses = net.own_addresses();
     let schedule = Schedule {
         give_up_after: config.give_up_after,
@@ -507,6 +548,46 @@ async fn run_network(
     let _network = StopOnDrop(net);
     node.maintain(trust, schedule, cancel).await;
     Ok(())
+}
+
+/// Asks the rendezvous where its relay is until it answers, then reserves a slot there.
+async fn find_relay(directory: HttpDirectory, net: P2pNetwork) {
+    let mut wait = Duration::from_secs(2);
+    loop {
+        match directory.relay().await {
+            Ok(Some(answer)) => match relay_server(&answer) {
+                Some(relay) => {
+                    tracing::info!(relay = %relay.peer_id, "using the rendezvous's relay");
+                    net.use_relay(relay).await;
+                    return;
+                }
+                None => {
+                    tracing::warn!("the rendezvous described its relay in a form not understood");
+                    return;
+                }
+            },
+            Ok(None) => {
+                tracing::info!("the rendezvous runs no relay");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "asking for the relay failed; trying again"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// The relay of a `GET /v1/relay` answer: its `PeerId`, and the addresses that end in it.
+fn relay_server(answer: &peerchat_rendezvous::api::RelayResponse) -> Option<p2p::RelayServer> {
+    let peer_id: libp2p::PeerId = answer.peer_id.parse().ok()?;
+    let addresses: Vec<Multiaddr> = answer
+        .addresses
+        .iter()
+        .filter_map(|a| a.parse::<Multiaddr>().ok())
+        .filter(|a| a.iter().last() == Some(libp2p::multiaddr::Protocol::P2p(peer_id)))
+        .take(p2p::MAX_DIAL_ADDRESSES)
+        .collect();
+    (!addresses.is_empty()).then_some(p2p::RelayServer { peer_id, addresses })
 }
 
 /// Stops the network when dropped.

@@ -38,6 +38,15 @@ async fn wait_for_api(dir: &Path) -> Result<ApiClient, DaemonError> {
     )))
 }
 
+/// `/ip4/127.0.0.1/tcp/0`: the demo's relay, like everything else, lives on loopback.
+fn loopback_any_port() -> libp2p::Multiaddr {
+    libp2p::Multiaddr::empty()
+        .with(libp2p::multiaddr::Protocol::Ip4(
+            std::net::Ipv4Addr::LOCALHOST,
+        ))
+        .with(libp2p::multiaddr::Protocol::Tcp(0))
+}
+
 /// Runs the demo under `base` until `shutdown` completes.
 pub async fn run(
     base: PathBuf,
@@ -55,6 +64,10 @@ pub async fn run(
         data_dir: rendezvous_dir.clone(),
         hostnames: vec![HostName::parse("localhost"), HostName::parse("127.0.0.1")],
         limits: Limits::default(),
+        relay: Some(peerchat_rendezvous::relay::RelayConfig {
+            listen: vec![loopback_any_port()],
+            ..Default::default()
+        }),
     };
     let prepared = peerchat_rendezvous::prepare(&config, SystemTime::now())
         .map_err(|e| DaemonError::Start(e.to_string()))?;
@@ -95,6 +108,8 @@ pub async fn run(
             crl_refresh: Duration::from_secs(300),
             give_up_after: daemon::GIVE_UP_AFTER,
             desktop_notifications: false,
+            mdns: false,
+            relay: true,
             // One process, one service name (`peerchat-demo`), set by the caller.
             telemetry: None,
         };

@@ -54,6 +54,14 @@ enum Command {
         /// marked failed, in seconds (default 7 days).
         #[arg(long, env = "PEERCHAT_GIVE_UP_AFTER_SECS", default_value_t = 7 * 24 * 3600)]
         give_up_after_secs: u64,
+        /// Find contacts on the local network with mDNS. Off by default: it announces this
+        /// node's PeerId to everyone on the network.
+        #[arg(long, env = "PEERCHAT_MDNS")]
+        mdns: bool,
+        /// Do not reserve a slot on the rendezvous's relay (peers behind a NAT then reach this
+        /// node only directly or through the mailbox).
+        #[arg(long, env = "PEERCHAT_NO_RELAY")]
+        no_relay: bool,
     },
     /// Starts an embedded rendezvous and two nodes, alice and bob, on 127.0.0.1.
     Demo {
@@ -247,6 +255,8 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
             notify,
             crl_refresh_secs,
             give_up_after_secs,
+            mdns,
+            no_relay,
         } => {
             let config = DaemonConfig {
                 data_dir,
@@ -259,6 +269,8 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
                 crl_refresh: std::time::Duration::from_secs(crl_refresh_secs.max(1)),
                 give_up_after: std::time::Duration::from_secs(give_up_after_secs.max(1)),
                 desktop_notifications: notify,
+                mdns,
+                relay: !no_relay,
                 telemetry: Some(telemetry),
             };
             return daemon::run(config, shutdown())

@@ -218,6 +218,7 @@ fn main() {
             "100000000",
             "--deposits-per-minute",
             "100000000",
+            "--no-relay",
         ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

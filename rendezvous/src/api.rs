@@ -21,6 +21,15 @@ pub fn signed_prekey_message(id: u32, public: &[u8; 32]) -> Vec<u8> {
     m
 }
 
+/// `GET /v1/relay`: where the circuit relay for nodes behind NATs is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayResponse {
+    /// The relay's libp2p `PeerId`.
+    pub peer_id: String,
+    /// Multiaddrs of the relay, each ending in `/p2p/<peer_id>`.
+    pub addresses: Vec<String>,
+}
+
 /// `POST /v1/accounts`: create an account and obtain a first certificate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegisterRequest {

@@ -110,6 +110,7 @@ impl Metrics {
 struct AppState<S: Store> {
     service: Arc<Rendezvous<S>>,
     metrics: Metrics,
+    relay: Option<crate::relay::Relay>,
 }
 
 type Shared<S> = Arc<AppState<S>>;
@@ -178,9 +179,23 @@ pub fn router<S: Store>(service: Arc<Rendezvous<S>>) -> Router {
 /// The API router over `service`, and the operator's router (`GET /metrics`, Prometheus text)
 /// that reports on it. The second is served on its own address, never beside the API.
 pub fn routers<S: Store>(service: Arc<Rendezvous<S>>) -> (Router, Router) {
+    routers_with_relay(service, None)
+}
+
+/// [`routers`] for a rendezvous that runs `relay` too: `GET /v1/relay` says where it is, and
+/// `/metrics` counts its reservations and circuits.
+pub fn routers_with_relay<S: Store>(
+    service: Arc<Rendezvous<S>>,
+    relay: Option<crate::relay::Relay>,
+) -> (Router, Router) {
+    let mut counters = Metrics::new();
+    if let Some(relay) = &relay {
+        relay.metrics().register(&mut counters.registry);
+    }
     let state = Arc::new(AppState {
         service,
-        metrics: Metrics::new(),
+        metrics: counters,
+        relay,
     });
     let operator = Router::new()
         .route("/metrics", get(metrics::<S>))
@@ -194,6 +209,7 @@ fn api_router<S: Store>(state: Shared<S>) -> Router {
         .route("/v1/healthz", get(health))
         .route("/v1/ca", get(ca::<S>))
         .route("/v1/crl", get(crl::<S>))
+        .route("/v1/relay", get(relay::<S>))
         .route("/v1/accounts", post(register::<S>))
         .route("/v1/sessions", post(login::<S>))
         .route("/v1/totp", post(totp_enrol::<S>))
@@ -287,6 +303,19 @@ async fn ca<S: Store>(State(state): State<Shared<S>>) -> Json<api::CaResponse> {
         certificate: ca.to_pem(),
         fingerprint: ca.fingerprint().to_string(),
     })
+}
+
+async fn relay<S: Store>(
+    State(state): State<Shared<S>>,
+) -> Result<Json<api::RelayResponse>, ApiError> {
+    let relay = state
+        .relay
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("no_relay", "this rendezvous runs no relay"))?;
+    Ok(Json(api::RelayResponse {
+        peer_id: relay.peer_id().to_string(),
+        addresses: relay.addresses().iter().map(ToString::to_string).collect(),
+    }))
 }
 
 async fn crl<S: Store>(State(state): State<Shared<S>>) -> Result<Response, ApiError> {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod limits;
 pub mod memory_store;
+pub mod relay;
 pub mod service;
 pub mod sled_store;
 pub mod store;
@@ -47,6 +48,8 @@ pub struct Config {
     pub hostnames: Vec<HostName>,
     /// Bounds and rates.
     pub limits: Limits,
+    /// The circuit relay for nodes behind NATs (`None`: no relay).
+    pub relay: Option<relay::RelayConfig>,
 }
 
 /// Why the server could not start.
@@ -70,6 +73,12 @@ pub enum StartError {
     /// The TLS configuration was refused.
     #[error("TLS: {0}")]
     Tls(#[from] peerchat_pki::tls::TlsError),
+    /// The relay's key could not be loaded or created.
+    #[error("the relay key: {0}")]
+    RelayKey(#[from] std::io::Error),
+    /// The relay could not start.
+    #[error(transparent)]
+    Relay(#[from] relay::RelayError),
 }
 
 /// A rendezvous ready to serve.
@@ -81,6 +90,8 @@ pub struct Prepared {
     pub tls: Arc<rustls::ServerConfig>,
     /// Whether the CA was created by this start.
     pub created_ca: bool,
+    /// The relay's settings and key, when it runs.
+    pub relay: Option<(relay::RelayConfig, SigningKey)>,
 }
 
 /// Loads or creates the CA, issues the HTTPS certificate, opens the store.
@@ -100,6 +111,13 @@ pub fn prepare(config: &Config, now: SystemTime) -> Result<Prepared, StartError>
         &mut OsRng,
     )?;
     let totp_key = TotpKey::load_or_create(&config.data_dir)?;
+    let relay = match &config.relay {
+        Some(relay_config) => Some((
+            relay_config.clone(),
+            relay::load_or_create_key(&config.data_dir)?,
+        )),
+        None => None,
+    };
     let store = SledStore::open(&db_dir(&config.data_dir))?;
     private(&config.data_dir);
     let service =
@@ -110,6 +128,7 @@ pub fn prepare(config: &Config, now: SystemTime) -> Result<Prepared, StartError>
         service,
         tls,
         created_ca,
+        relay,
     })
 }
 
@@ -140,14 +159,34 @@ pub fn db_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("db")
 }
 
+/// Starts the relay, when the configuration has one.
+pub async fn start_relay(prepared: &Prepared) -> Result<Option<relay::Relay>, StartError> {
+    let Some((config, key)) = &prepared.relay else {
+        return Ok(None);
+    };
+    let service = &prepared.service;
+    Ok(Some(
+        relay::start(
+            config,
+            key.clone(),
+            service.ca(),
+            service.trust(),
+            service.now(),
+        )
+        .await?,
+    ))
+}
+
 /// Serves until `shutdown` completes; housekeeping runs every ten minutes; everything is flushed
-/// before returning.
+/// before returning. The relay, if configured, is started first.
 pub async fn run(
     listener: TcpListener,
     prepared: Prepared,
     shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    run_with_metrics(listener, None, prepared, shutdown).await
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let relay = start_relay(&prepared).await?;
+    run_with_metrics(listener, None, prepared, relay, shutdown).await?;
+    Ok(())
 }
 
 /// [`run`], with the operator's metrics (`GET /metrics`, plain HTTP) served on `metrics` too.
@@ -155,9 +194,10 @@ pub async fn run_with_metrics(
     listener: TcpListener,
     metrics: Option<TcpListener>,
     prepared: Prepared,
+    relay: Option<relay::Relay>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let (app, operator) = http::routers(prepared.service.clone());
+    let (app, operator) = http::routers_with_relay(prepared.service.clone(), relay.clone());
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics = metrics.map(|listener| {
         tokio::spawn(async move {
@@ -193,6 +233,9 @@ pub async fn run_with_metrics(
     )
     .await;
     housekeeping.abort();
+    if let Some(relay) = relay {
+        relay.stop();
+    }
     let _ = stop_metrics.send(());
     if let Some(metrics) = metrics {
         let _ = metrics.await;

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::Parser;
+use libp2p::Multiaddr;
 use peerchat_pki::HostName;
 use peerchat_rendezvous::limits::{Limits, Rate};
-use peerchat_rendezvous::{Config, prepare, run_with_metrics};
+use peerchat_rendezvous::relay::{self, RelayConfig, RelayLimits};
+use peerchat_rendezvous::{Config, prepare, run_with_metrics, start_relay};
 use peerchat_telemetry::Telemetry;
 
 /// The peerchat rendezvous server: accounts, certificate authority, prekeys, lookup, mailbox.
@@ -77,6 +79,44 @@ struct Args {
     /// `--data-dir`.
     #[arg(long, env = "PEERCHAT_RENDEZVOUS_CA_CERT_OUT")]
     ca_cert_out: Option<PathBuf>,
+    /// Where the circuit relay for nodes behind NATs listens (repeat for several). The relay
+    /// admits only peers with a certificate of this CA.
+    #[arg(
+        long,
+        env = "PEERCHAT_RENDEZVOUS_RELAY_LISTEN",
+        value_delimiter = ',',
+        default_values_t = vec![relay::default_listen()]
+    )]
+    relay_listen: Vec<Multiaddr>,
+    /// The relay's public address, when it differs from the listen address (behind a NAT or in a
+    /// container); repeat for several. `GET /v1/relay` gives these to nodes.
+    #[arg(
+        long,
+        env = "PEERCHAT_RENDEZVOUS_RELAY_ANNOUNCE",
+        value_delimiter = ','
+    )]
+    relay_announce: Vec<Multiaddr>,
+    /// Run no relay.
+    #[arg(long, env = "PEERCHAT_RENDEZVOUS_NO_RELAY")]
+    no_relay: bool,
+    /// Relay reservations held at once, all users together.
+    #[arg(long, env = "PEERCHAT_RENDEZVOUS_RELAY_MAX_RESERVATIONS", default_value_t = RelayLimits::default().max_reservations)]
+    relay_max_reservations: usize,
+    /// Relay reservations held at once by one user (device).
+    #[arg(long, env = "PEERCHAT_RENDEZVOUS_RELAY_MAX_RESERVATIONS_PER_USER", default_value_t = RelayLimits::default().max_reservations_per_user)]
+    relay_max_reservations_per_user: usize,
+    /// Relayed circuits open at once, all users together.
+    #[arg(long, env = "PEERCHAT_RENDEZVOUS_RELAY_MAX_CIRCUITS", default_value_t = RelayLimits::default().max_circuits)]
+    relay_max_circuits: usize,
+    /// Relayed circuits open at once to or from one user (device).
+    #[arg(long, env = "PEERCHAT_RENDEZVOUS_RELAY_MAX_CIRCUITS_PER_USER", default_value_t = RelayLimits::default().max_circuits_per_user)]
+    relay_max_circuits_per_user: usize,
+    /// Bytes one circuit may carry (both directions) before the relay closes it.
+    #[arg(long, env = "PEERCHAT_RENDEZVOUS_RELAY_MAX_CIRCUIT_BYTES", default_value_t = RelayLimits::default().max_circuit_bytes)]
+    relay_max_circuit_bytes: u64,
+    /// Seconds one circuit may stay open before the relay closes it.
+    #[arg(long, env = "PEERCHAT_RENDEZVOUS_RELAY_MAX_CIRCUIT_SECS", default_value_t = RelayLimits::default().max_circuit_duration.as_secs())]
+    relay_max_circuit_secs: u64,
 }
 
 fn per_minute(n: u32) -> Rate {
@@ -113,6 +153,19 @@ async fn serve(args: Args) -> Result<(), BoxError> {
             idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
             ..Limits::default()
         },
+        relay: (!args.no_relay).then(|| RelayConfig {
+            listen: args.relay_listen.clone(),
+            announce: args.relay_announce.clone(),
+            limits: RelayLimits {
+                max_reservations: args.relay_max_reservations.max(1),
+                max_reservations_per_user: args.relay_max_reservations_per_user.max(1),
+                max_circuits: args.relay_max_circuits,
+                max_circuits_per_user: args.relay_max_circuits_per_user,
+                max_circuit_bytes: args.relay_max_circuit_bytes,
+                max_circuit_duration: Duration::from_secs(args.relay_max_circuit_secs.max(1)),
+                ..RelayLimits::default()
+            },
+        }),
     };
     let prepared = prepare(&config, SystemTime::now())?;
     if let Some(out) = &args.ca_cert_out {
@@ -126,9 +179,22 @@ async fn serve(args: Args) -> Result<(), BoxError> {
         .await
         .map_err(|e| format!("metrics address {}: {e}", args.metrics_listen))?;
     let fingerprint = prepared.service.ca().certificate().fingerprint();
-    // One line, so that whoever reads the first line learns both addresses.
+    let relay = start_relay(&prepared).await?;
+    let relay_line = match &relay {
+        Some(relay) => format!(
+            "; relay on {}",
+            relay
+                .addresses()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        None => String::new(),
+    };
+    // One line, so that whoever reads the first line learns every address.
     println!(
-        "peerchat rendezvous on https://{} (CA {}: {}); metrics on http://{}/metrics",
+        "peerchat rendezvous on https://{} (CA {}: {}){relay_line}; metrics on http://{}/metrics",
         listener.local_addr()?,
         if prepared.created_ca {
             "created"
@@ -139,7 +205,7 @@ async fn serve(args: Args) -> Result<(), BoxError> {
         metrics.local_addr()?
     );
     tracing::info!(addr = %listener.local_addr()?, ca = %fingerprint, "serving");
-    run_with_metrics(listener, Some(metrics), prepared, shutdown_signal()).await?;
+    run_with_metrics(listener, Some(metrics), prepared, relay, shutdown_signal()).await?;
     tracing::info!("stopped; everything flushed");
     Ok(())
 }

@@ -143,6 +143,20 @@ impl HttpDirectory {
     }
 }
 
+impl HttpDirectory {
+    /// Where the rendezvous's circuit relay is (`GET /v1/relay`); `None` when it runs none.
+    pub async fn relay(&self) -> Result<Option<api::RelayResponse>, DirectoryError> {
+        match self
+            .call::<(), api::RelayResponse>(Method::GET, "/v1/relay", None)
+            .await
+        {
+            Ok(relay) => Ok(Some(relay)),
+            Err(DirectoryError::Refused { code, .. }) if code == "no_relay" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 impl Directory for HttpDirectory {
     async fn crl(&self) -> Result<Vec<u8>, DirectoryError> {
         let response = self

@@ -701,6 +701,7 @@ async fn events<P: Ports>(
                             crate::ports::Event::PeerOnline { .. } => "peer_online",
                             crate::ports::Event::PeerOffline { .. } => "peer_offline",
                             crate::ports::Event::Registered { .. } => "registered",
+                            crate::ports::Event::Announced { .. } => "announced",
                         };
                         let sse = axum::response::sse::Event::default()
                             .event(kind)

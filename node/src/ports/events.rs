@@ -13,6 +13,12 @@ pub enum Event {
         /// Our username.
         user: Username,
     },
+    /// Our addresses, as announced to the rendezvous just now (at start, and whenever they
+    /// change: a relay reservation, an address confirmed from outside).
+    Announced {
+        /// Multiaddrs, direct and relayed.
+        addresses: Vec<String>,
+    },
     /// A message arrived.
     MessageReceived {
         /// From whom.

@@ -166,9 +166,9 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     /// change; peers' connections and disconnections told to the user interface.
     async fn presence_loop(self: Arc<Self>, schedule: Schedule) {
         let mut changes = self.network.reachability();
+        // The first tick announces at once: the addresses may have changed (a relay
+        // reservation) between the daemon's first announcement and this subscription.
         let mut tick = tokio::time::interval(schedule.presence_ttl / 2);
-        // The daemon announced before saying it listens.
-        tick.tick().await;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}

@@ -71,6 +71,9 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         ttl_secs: u64,
     ) -> Result<(), NodeError> {
         self.me()?;
-        Ok(self.directory.announce(addresses, ttl_secs).await?)
+        self.directory.announce(addresses.clone(), ttl_secs).await?;
+        self.notifier
+            .notify(crate::ports::Event::Announced { addresses });
+        Ok(())
     }
 }

@@ -43,6 +43,10 @@ pub(crate) async fn rendezvous_with(
         data_dir: dir.to_path_buf(),
         hostnames: vec![HostName::parse("localhost"), HostName::parse("127.0.0.1")],
         limits,
+        relay: Some(peerchat_rendezvous::relay::RelayConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            ..Default::default()
+        }),
     };
     let prepared = prepare(&config, SystemTime::now()).unwrap();
     let service = prepared.service.clone();
@@ -67,6 +71,20 @@ pub(crate) struct Daemon {
     child: Child,
     dir: PathBuf,
     lines: mpsc::Receiver<String>,
+    /// The network namespace it runs in (its CLI runs there too).
+    netns: Option<String>,
+}
+
+/// `program`, run inside the network namespace `netns` when there is one.
+pub(crate) fn command_in(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", ns]).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
 }
 
 impl Daemon {
@@ -84,8 +102,19 @@ impl Daemon {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_in(None, dir, rendezvous, extra, env)
+    }
+
+    /// A daemon in the network namespace `netns` (when given).
+    pub(crate) fn start_in(
+        netns: Option<&str>,
+        dir: &Path,
+        rendezvous: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let _ = std::fs::remove_file(dir.join("api.addr"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_peerchat"))
+        let mut child = command_in(netns, Path::new(env!("CARGO_BIN_EXE_peerchat")))
             .arg("daemon")
             .arg("--data-dir")
             .arg(dir)
@@ -111,6 +140,7 @@ impl Daemon {
             child,
             dir: dir.to_path_buf(),
             lines,
+            netns: netns.map(str::to_owned),
         };
         daemon.wait_for("API on");
         daemon
@@ -133,14 +163,17 @@ impl Daemon {
     }
 
     pub(crate) fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_peerchat"))
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(args)
-            .env("PEERCHAT_PASSWORD", PASSWORD)
-            .env("RUST_LOG", "off")
-            .output()
-            .unwrap()
+        command_in(
+            self.netns.as_deref(),
+            Path::new(env!("CARGO_BIN_EXE_peerchat")),
+        )
+        .arg("--data-dir")
+        .arg(&self.dir)
+        .args(args)
+        .env("PEERCHAT_PASSWORD", PASSWORD)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap()
     }
 
     pub(crate) fn register(&self, name: &str) {
@@ -514,6 +547,7 @@ pub(crate) fn rendezvous_process_with_env(
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(["--relay-listen", "/ip4/127.0.0.1/tcp/0"])
         .env("RUST_LOG", "warn")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())

@@ -9,6 +9,7 @@ mod e2ee_x3dh;
 mod floods;
 mod friction;
 mod held_mail;
+mod nat;
 mod p2p;
 mod revocation;
 mod store_contract;

@@ -42,7 +42,10 @@ impl<S: Store> Rendezvous<S> {
         check(&self.limiters.auth_per_prefix, &SourcePrefix::of(client))?;
         validate_password(&password)?;
         check(&self.limiters.registrations, &())?;
-        if self.store.account(username)?.is_some() {
+        // The relay's certificate carries a reserved name: no user may hold it.
+        if username.as_str() == crate::relay::RELAY_USERNAME
+            || self.store.account(username)?.is_some()
+        {
             return Err(ServiceError::UsernameTaken);
         }
         let issued = self.issue(csr, username, now)?;

@@ -35,6 +35,7 @@ fn start_line(dir: &Path, args: &[&str]) -> (Child, String) {
         .arg("--data-dir")
         .arg(dir)
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--relay-listen", "/ip4/127.0.0.1/tcp/0"])
         .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -77,8 +77,13 @@ impl Server {
                 peerchat_pki::HostName::parse("127.0.0.1"),
             ],
             limits,
+            relay: Some(peerchat_rendezvous::relay::RelayConfig {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                ..Default::default()
+            }),
         };
         let prepared = prepare(&config, SystemTime::now()).unwrap();
+        let relay = peerchat_rendezvous::start_relay(&prepared).await.unwrap();
         let ca = prepared.service.ca().certificate().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -86,7 +91,7 @@ impl Server {
         let metrics = metrics_listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
-            run_with_metrics(listener, Some(metrics_listener), prepared, async {
+            run_with_metrics(listener, Some(metrics_listener), prepared, relay, async {
                 let _ = stopped.await;
             })
             .await

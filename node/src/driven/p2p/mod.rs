@@ -7,6 +7,7 @@
 
 pub mod codec;
 mod inbound;
+mod punch;
 pub use peerchat_transport::{registry, upgrade};
 
 use std::collections::HashMap;
@@ -19,8 +20,9 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
-use libp2p::swarm::{DialError, NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, connection_limits, identify, ping};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{ConnectionId, DialError, NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, connection_limits, identify, mdns, ping, relay};
 use peerchat_pki::TrustStore;
 use peerchat_pki::Username;
 use peerchat_pki::tls::Credentials;
@@ -29,6 +31,7 @@ use zeroize::Zeroize;
 
 use self::codec::EnvelopeCodec;
 use self::inbound::Received;
+use self::punch::{HolePunch, PortChoice, PortPolicy};
 use self::registry::PeerRegistry;
 use self::upgrade::{MtlsUpgrade, peer_id_of};
 use crate::domain::{Ack, Envelope, IdentityKey, RejectReason};
@@ -58,7 +61,8 @@ pub struct P2pConfig {
     /// Closes connections idle for this long.
     pub idle_timeout: Duration,
     /// Most connections open at once with one peer (both directions); further ones are closed
-    /// after the handshake.
+    /// after the handshake. Three: a relayed one each way while both dial at once, and the
+    /// direct one a hole punch makes beside them.
     pub max_connections_per_peer: u32,
     /// Most envelopes being received or sent at once on one connection; further inbound
     /// streams are reset (the sender retries), so one peer holds at most
@@ -79,6 +83,20 @@ pub struct P2pConfig {
     /// network: for a tool whose addresses the user typed (`peerchat probe`), never for
     /// addresses other nodes announced.
     pub dial_any_local: bool,
+    /// The relay to reserve a slot on at start (it can also be given later,
+    /// [`P2pNetwork::use_relay`]).
+    pub relay: Option<RelayServer>,
+    /// Find peers on the local network with mDNS (announces our `PeerId` there).
+    pub mdns: bool,
+}
+
+/// A circuit relay: its `PeerId` and addresses (`GET /v1/relay` of the rendezvous).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayServer {
+    /// The relay's `PeerId`: its certificate's key, checked by the handshake.
+    pub peer_id: PeerId,
+    /// Where it listens.
+    pub addresses: Vec<Multiaddr>,
 }
 
 /// The policy for peers while the trust store holds no CRL.
@@ -127,8 +145,8 @@ impl P2pConfig {
             max_envelope_bytes: codec::DEFAULT_MAX_ENVELOPE_BYTES,
             request_timeout: Duration::from_secs(10),
             inbound_capacity: 1024,
-            idle_timeout: Duration::from_secs(60),
-            max_connections_per_peer: 2,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections_per_peer: 3,
             max_streams_per_connection: 64,
             max_incoming_connections: 256,
             max_pending_incoming: 64,
@@ -136,9 +154,15 @@ impl P2pConfig {
             stream_protocols: Vec::new(),
             without_crl: WithoutCrl::AdmitAll,
             dial_any_local: false,
+            relay: None,
+            mdns: false,
         }
     }
 }
+
+/// How long a connection with no message stays open: while a conversation goes on, messages keep
+/// its connection (direct or relayed, with its hole punch) open, so each one is not a new dial.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// The non-loopback addresses of `listening`, or all of them when there are no others.
 fn reachable(listening: &[Multiaddr]) -> Vec<Multiaddr> {
@@ -189,6 +213,10 @@ struct Behaviour {
     streams: libp2p_stream::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
+    relay: relay::client::Behaviour,
+    hole_punch: HolePunch,
+    autonat: autonat::v2::client::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
 enum Command {
@@ -200,6 +228,8 @@ enum Command {
         reply: oneshot::Sender<Result<(), DeliveryError>>,
     },
     DropRevoked,
+    /// Reserve a slot on this relay (replacing any other).
+    UseRelay(RelayServer),
 }
 
 /// One envelope on its way to a peer.
@@ -226,8 +256,13 @@ pub struct P2pNetwork {
     reachability: broadcast::Sender<ReachabilityEvent>,
     connections: Connections,
     dial_any_local: bool,
+    /// Addresses of peers found by mDNS on the local network.
+    discovered: Discovered,
     stop: tokio_util::sync::CancellationToken,
 }
+
+/// Peers found on the local network, with their addresses.
+type Discovered = Arc<std::sync::Mutex<HashMap<PeerId, Vec<Multiaddr>>>>;
 
 /// The open connection with each peer, by username, kept by the driver.
 type Connections = Arc<std::sync::Mutex<HashMap<Username, PeerConnection>>>;
@@ -280,7 +315,7 @@ impl P2pNetwork {
     /// The `PeerId` and dialable addresses of `to`.
     fn target(&self, to: &Recipient) -> Result<(PeerId, Vec<Multiaddr>), DeliveryError> {
         let peer_id = self.peer_id(&to.identity_key)?;
-        let addresses = if self.dial_any_local {
+        let mut addresses = if self.dial_any_local {
             to.addresses
                 .iter()
                 .filter_map(|a| a.parse::<Multiaddr>().ok())
@@ -290,6 +325,21 @@ impl P2pNetwork {
         } else {
             dialable(&to.addresses, peer_id, &self.listen_addrs())
         };
+        // What mDNS saw on our own network comes first: it was there a moment ago.
+        if let Some(seen) = self
+            .discovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer_id)
+        {
+            let local: Vec<Multiaddr> = seen
+                .iter()
+                .filter_map(|a| with_peer_id(a.clone(), peer_id))
+                .filter(|a| !addresses.contains(a))
+                .take(MAX_DIAL_ADDRESSES)
+                .collect();
+            addresses.splice(0..0, local);
+        }
         Ok((peer_id, addresses))
     }
 
@@ -308,6 +358,12 @@ impl P2pNetwork {
     /// their next connection then fails at the handshake).
     pub async fn drop_revoked(&self) {
         let _ = self.commands.send(Command::DropRevoked).await;
+    }
+
+    /// Reserves a slot on `relay` and announces the relayed address beside the direct ones; kept
+    /// up while the network runs (renewed, and made again after the relay was unreachable).
+    pub async fn use_relay(&self, relay: RelayServer) {
+        let _ = self.commands.send(Command::UseRelay(relay)).await;
     }
 }
 
@@ -490,47 +546,6 @@ fn with_peer_id(mut addr: Multiaddr, peer_id: PeerId) -> Option<Multiaddr> {
     }
 }
 
-/// TCP whose dials never reuse the listening port. With reuse (libp2p's default for dials by
-/// peer id), two nodes dialling each other at the same moment can meet in a TCP simultaneous
-/// open: a single connection on which both sides start TLS as clients, and the handshake fails.
-struct FreshPort<T>(T);
-
-impl<T: libp2p::Transport + Unpin> libp2p::Transport for FreshPort<T> {
-    type Output = T::Output;
-    type Error = T::Error;
-    type ListenerUpgrade = T::ListenerUpgrade;
-    type Dial = T::Dial;
-
-    fn listen_on(
-        &mut self,
-        id: libp2p::core::transport::ListenerId,
-        addr: Multiaddr,
-    ) -> Result<(), libp2p::core::transport::TransportError<Self::Error>> {
-        self.0.listen_on(id, addr)
-    }
-
-    fn remove_listener(&mut self, id: libp2p::core::transport::ListenerId) -> bool {
-        self.0.remove_listener(id)
-    }
-
-    fn dial(
-        &mut self,
-        addr: Multiaddr,
-        mut opts: libp2p::core::transport::DialOpts,
-    ) -> Result<Self::Dial, libp2p::core::transport::TransportError<Self::Error>> {
-        opts.port_use = libp2p::core::transport::PortUse::New;
-        self.0.dial(addr, opts)
-    }
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<libp2p::core::transport::TransportEvent<Self::ListenerUpgrade, Self::Error>>
-    {
-        std::pin::Pin::new(&mut self.get_mut().0).poll(cx)
-    }
-}
-
 /// Starts the swarm, waits until it listens, and returns the handle; what peers send goes to
 /// `inbound`. The swarm stops when every handle is dropped.
 pub async fn start<I: Inbound>(
@@ -571,38 +586,60 @@ pub async fn start<I: Inbound>(
     let mut yamux = libp2p::yamux::Config::default();
     // Room for identify and ping beside the envelopes; yamux resets streams past it.
     yamux.set_max_num_streams(streams + 8);
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_other_transport(move |_| {
-            use libp2p::Transport as _;
-            FreshPort(libp2p::tcp::tokio::Transport::new(
-                libp2p::tcp::Config::default().nodelay(true),
-            ))
+    let local_peer_id = keypair.public().to_peer_id();
+    let policy = PortPolicy::default();
+    // TCP, and circuits through a relay; our mutual TLS on both, end to end between the two
+    // peers on a relayed connection (the relay copies ciphertext).
+    let (relay_transport, relay_client) = relay::client::new(local_peer_id);
+    let transport = {
+        use libp2p::Transport as _;
+        let tcp = PortChoice {
+            inner: libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true)),
+            policy: policy.clone(),
+        };
+        relay_transport
+            .or_transport(tcp)
             .upgrade(libp2p::core::upgrade::Version::V1Lazy)
             .authenticate(upgrade)
             .multiplex(yamux)
             .timeout(Duration::from_secs(20))
-        })
-        .map_err(|e| StartError::Transport(e.to_string()))?
-        .with_behaviour(|key| Behaviour {
-            limits: connection_limits::Behaviour::new(limits),
-            streams: libp2p_stream::Behaviour::new(),
-            messages: request_response::Behaviour::with_codec(
-                codec,
-                [(codec::PROTOCOL, request_response::ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(timeout)
-                    .with_max_concurrent_streams(streams),
-            ),
-            identify: identify::Behaviour::new(identify::Config::new(
-                "/peerchat/1.0.0".into(),
-                key.public(),
-            )),
-            ping: ping::Behaviour::default(),
-        })
-        .map_err(|e| StartError::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
-        .build();
+            .boxed()
+    };
+    let mdns = if config.mdns {
+        Some(
+            mdns::tokio::Behaviour::new(mdns::Config::default(), local_peer_id)
+                .map_err(|e| StartError::Transport(format!("mDNS: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let behaviour = Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
+        streams: libp2p_stream::Behaviour::new(),
+        messages: request_response::Behaviour::with_codec(
+            codec,
+            [(codec::PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(timeout)
+                .with_max_concurrent_streams(streams),
+        ),
+        identify: identify::Behaviour::new(identify::Config::new(
+            "/peerchat/1.0.0".into(),
+            keypair.public(),
+        )),
+        ping: ping::Behaviour::default(),
+        relay: relay_client,
+        hole_punch: HolePunch::new(local_peer_id, policy.clone()),
+        autonat: autonat::v2::client::Behaviour::default(),
+        mdns: mdns.into(),
+    };
+    let mut swarm = Swarm::new(
+        transport,
+        behaviour,
+        local_peer_id,
+        libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(config.idle_timeout),
+    );
 
     for addr in &config.listen {
         swarm
@@ -612,7 +649,6 @@ pub async fn start<I: Inbound>(
                 reason: e.to_string(),
             })?;
     }
-    let local_peer_id = *swarm.local_peer_id();
     let mut listen_addrs = Vec::new();
     while listen_addrs.len() < config.listen.len() {
         match swarm.select_next_some().await {
@@ -675,6 +711,7 @@ pub async fn start<I: Inbound>(
     );
     let listen_addrs = Arc::new(std::sync::RwLock::new(listen_addrs));
     let connections = Connections::default();
+    let discovered = Discovered::default();
     let _ = config.reachability.send(ReachabilityEvent::OwnAddresses(
         reachable(&listen_addrs.read().unwrap_or_else(|p| p.into_inner()))
             .iter()
@@ -698,12 +735,18 @@ pub async fn start<I: Inbound>(
         listen_addrs: listen_addrs.clone(),
         reachability: config.reachability.clone(),
         connections: connections.clone(),
+        peer_connections: HashMap::new(),
+        policy,
+        relay: None,
+        relay_listener: None,
+        relay_retry: None,
+        discovered: discovered.clone(),
     };
     tokio::spawn(
         stop.clone()
             .run_until_cancelled_owned(driver.run(command_rx)),
     );
-    Ok(P2pNetwork {
+    let network = P2pNetwork {
         commands,
         registry,
         admission,
@@ -715,14 +758,23 @@ pub async fn start<I: Inbound>(
         reachability: config.reachability,
         connections,
         dial_any_local: config.dial_any_local,
+        discovered,
         stop,
-    })
+    };
+    if let Some(relay) = config.relay {
+        network.use_relay(relay).await;
+    }
+    Ok(network)
 }
 
 struct Pending {
     peer_id: PeerId,
     username: Username,
     reply: oneshot::Sender<Result<Ack, DeliveryError>>,
+    /// The envelope and its addresses, kept for one more try when the connection it went on
+    /// closes under it (a relayed connection closed after the hole punch, or by its relay's
+    /// limits): the receiver drops duplicates, so a second copy is harmless.
+    again: Option<(Envelope, Vec<Multiaddr>)>,
 }
 
 type Answer = BoxFuture<'static, (ResponseChannel<Ack>, Ack)>;
@@ -749,10 +801,27 @@ struct Driver {
     listen_addrs: Arc<std::sync::RwLock<Vec<Multiaddr>>>,
     reachability: broadcast::Sender<ReachabilityEvent>,
     connections: Connections,
+    /// Every open connection of each peer, with its path.
+    peer_connections: HashMap<PeerId, Vec<(ConnectionId, PeerConnection)>>,
+    policy: PortPolicy,
+    /// The relay we hold (or try to hold) a reservation on.
+    relay: Option<RelayServer>,
+    /// The listener of the reservation on it.
+    relay_listener: Option<libp2p::core::transport::ListenerId>,
+    /// When to try the reservation again after it failed or closed.
+    relay_retry: Option<tokio::time::Instant>,
+    discovered: Discovered,
 }
+
+/// How long the identity of a peer no longer connected is kept (see [`PeerRegistry`]).
+const REGISTRY_GRACE: Duration = Duration::from_secs(60);
+
+/// How long after a failed or closed reservation it is tried again.
+const RELAY_RETRY: Duration = Duration::from_secs(10);
 
 impl Driver {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut prune = tokio::time::interval(REGISTRY_GRACE);
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
@@ -763,9 +832,54 @@ impl Driver {
                     let _ = self.swarm.behaviour_mut().messages.send_response(channel, ack);
                 }
                 event = self.swarm.select_next_some() => self.event(event),
+                () = sleep_until(self.relay_retry) => {
+                    self.relay_retry = None;
+                    self.reserve();
+                }
+                _ = prune.tick() => {
+                    let swarm = &self.swarm;
+                    self.registry.prune(|peer| swarm.is_connected(peer), REGISTRY_GRACE);
+                }
             }
         }
         tracing::debug!("network stopped");
+    }
+
+    /// Listens through the relay (a reservation): the relay client dials it, from the listening
+    /// port, and the reservation's address is reported as a new listen address.
+    fn reserve(&mut self) {
+        let Some(relay) = self.relay.clone() else {
+            return;
+        };
+        if let Some(old) = self.relay_listener.take() {
+            self.swarm.remove_listener(old);
+        }
+        let own = self
+            .listen_addrs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let candidates: Vec<String> = relay.addresses.iter().map(ToString::to_string).collect();
+        let Some(address) = dialable(&candidates, relay.peer_id, &own)
+            .into_iter()
+            .next()
+        else {
+            tracing::warn!(relay = %relay.peer_id, "no address of the relay can be dialled from here");
+            return;
+        };
+        match self
+            .swarm
+            .listen_on(address.clone().with(Protocol::P2pCircuit))
+        {
+            Ok(id) => {
+                tracing::debug!(%address, "reserving a slot on the relay");
+                self.relay_listener = Some(id);
+            }
+            Err(e) => {
+                tracing::warn!(%address, error = %e, "cannot reserve a slot on the relay");
+                self.relay_retry = Some(tokio::time::Instant::now() + RELAY_RETRY);
+            }
+        }
     }
 
     fn command(&mut self, command: Command) {
@@ -802,6 +916,11 @@ impl Driver {
                         let _ = reply.send(Err(dial_failure(&e)));
                     }
                 }
+            }
+            Command::UseRelay(relay) => {
+                self.policy.reuse_for(relay.peer_id);
+                self.relay = Some(relay);
+                self.reserve();
             }
             Command::DropRevoked => {
                 let Some(crl) = self.admission.trust.crl() else {
@@ -840,6 +959,7 @@ impl Driver {
             envelope,
             reply,
         } = outgoing;
+        let again = Some((envelope.clone(), addresses.clone()));
         let id = self
             .swarm
             .behaviour_mut()
@@ -852,6 +972,7 @@ impl Driver {
                 peer_id,
                 username,
                 reply,
+                again,
             },
         );
     }
@@ -883,6 +1004,39 @@ impl Driver {
     fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Messages(event)) => self.message_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::HolePunch(event)) => match event.result {
+                Ok(direct) => {
+                    tracing::info!(peer = %event.remote_peer_id, "hole punch succeeded: a direct connection");
+                    self.leave_relayed(event.remote_peer_id, direct);
+                }
+                Err(e) => {
+                    tracing::info!(peer = %event.remote_peer_id, error = %e, "hole punch failed; staying relayed");
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => match event {
+                relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal,
+                    ..
+                } => {
+                    tracing::info!(relay = %relay_peer_id, renewal, "relay reservation accepted");
+                }
+                other => tracing::debug!(event = ?other, "relay client"),
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(event)) => match event.result {
+                Ok(()) => {
+                    tracing::info!(address = %event.tested_addr, "reachable from outside (AutoNAT)")
+                }
+                Err(e) => {
+                    tracing::debug!(address = %event.tested_addr, error = %e, "not reachable from outside (AutoNAT)")
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => self.mdns_event(event),
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+                self.add_own_address(address);
+            }
+            SwarmEvent::ExternalAddrExpired { address } => self.remove_own_address(address),
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
                 error,
@@ -902,9 +1056,12 @@ impl Driver {
                 peer_id,
                 connection_id,
                 endpoint,
-                num_established: _,
                 ..
             } => {
+                if self.is_relay(&peer_id) {
+                    tracing::debug!(relay = %peer_id, "connected to the relay");
+                    return;
+                }
                 if let Some(peer) = self.registry.get(&peer_id)
                     && !self.admitted(&peer)
                 {
@@ -912,78 +1069,50 @@ impl Driver {
                     self.swarm.close_connection(connection_id);
                     return;
                 }
-                tracing::debug!(%peer_id, dialer = endpoint.is_dialer(), "connected");
+                tracing::debug!(%peer_id, dialer = endpoint.is_dialer(), relayed = endpoint.is_relayed(), "connected");
                 self.dial_errors.remove(&peer_id);
                 for waiting in self.connecting.remove(&peer_id).unwrap_or_default() {
                     let _ = waiting.send(Ok(()));
                 }
-                if let Some(peer) = self.registry.get(&peer_id) {
-                    let connection = PeerConnection {
-                        path: if endpoint.is_relayed() {
-                            Path::Relayed
-                        } else {
-                            Path::Direct
-                        },
-                        remote_address: endpoint.get_remote_address().to_string(),
-                    };
-                    let mut open = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-                    // The first connection, or a direct one beside a relayed one, is news.
-                    let news = match open.get(&peer.username) {
-                        None => true,
-                        Some(known) => {
-                            known.path == Path::Relayed && connection.path == Path::Direct
-                        }
-                    };
-                    if news {
-                        open.insert(peer.username.clone(), connection.clone());
-                        drop(open);
-                        self.publish(ReachabilityEvent::PeerOnline {
-                            peer: peer.username,
-                            path: connection.path,
-                            remote_address: connection.remote_address,
-                        });
-                    }
-                }
+                let connection = PeerConnection {
+                    path: if endpoint.is_relayed() {
+                        Path::Relayed
+                    } else {
+                        Path::Direct
+                    },
+                    remote_address: endpoint.get_remote_address().to_string(),
+                };
+                self.peer_connections
+                    .entry(peer_id)
+                    .or_default()
+                    .push((connection_id, connection));
+                self.path_changed(peer_id);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
-                if let Some(peer) = self.registry.get(&peer_id) {
-                    self.connections
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&peer.username);
-                    self.publish(ReachabilityEvent::PeerOffline {
-                        peer: peer.username,
-                    });
+                if let Some(open) = self.peer_connections.get_mut(&peer_id) {
+                    open.retain(|(id, _)| *id != connection_id);
                 }
-                self.registry.remove(&peer_id);
-            }
-            SwarmEvent::NewListenAddr { address, .. } => {
-                let address = address
-                    .with_p2p(*self.swarm.local_peer_id())
-                    .unwrap_or_else(|a| a);
-                let mut listen = self.listen_addrs.write().unwrap_or_else(|p| p.into_inner());
-                if !listen.contains(&address) {
-                    listen.push(address);
-                    drop(listen);
-                    self.publish_addresses();
+                self.path_changed(peer_id);
+                if num_established == 0 {
+                    self.peer_connections.remove(&peer_id);
                 }
             }
-            SwarmEvent::ExpiredListenAddr { address, .. } => {
-                let address = address
-                    .with_p2p(*self.swarm.local_peer_id())
-                    .unwrap_or_else(|a| a);
-                let mut listen = self.listen_addrs.write().unwrap_or_else(|p| p.into_inner());
-                let before = listen.len();
-                listen.retain(|a| *a != address);
-                let changed = listen.len() != before;
-                drop(listen);
-                if changed {
-                    self.publish_addresses();
-                }
+            SwarmEvent::NewListenAddr { address, .. } => self.add_own_address(address),
+            SwarmEvent::ExpiredListenAddr { address, .. } => self.remove_own_address(address),
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } if Some(listener_id) == self.relay_listener => {
+                // The relay went away, refused the reservation, or closed it: try again later.
+                tracing::info!(reason = ?reason.err().map(|e| e.to_string()), "the relay reservation ended; trying again shortly");
+                self.relay_listener = None;
+                self.relay_retry = Some(tokio::time::Instant::now() + RELAY_RETRY);
             }
             SwarmEvent::IncomingConnectionError {
                 error,
@@ -995,6 +1124,119 @@ impl Driver {
                 tracing::info!(from = %send_back_addr, error = %error, "incoming connection refused");
             }
             _ => {}
+        }
+    }
+
+    /// Whether `peer` is the relay we use (a connection to it is no contact's).
+    fn is_relay(&self, peer: &PeerId) -> bool {
+        self.relay.as_ref().is_some_and(|r| r.peer_id == *peer)
+    }
+
+    /// Publishes `peer`'s best path (direct before relayed) when it changed.
+    fn path_changed(&mut self, peer_id: PeerId) {
+        let Some(peer) = self.registry.get(&peer_id) else {
+            return;
+        };
+        let best = self.peer_connections.get(&peer_id).and_then(|open| {
+            open.iter()
+                .map(|(_, c)| c)
+                .find(|c| c.path == Path::Direct)
+                .or_else(|| open.first().map(|(_, c)| c))
+                .cloned()
+        });
+        let mut shown = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        if shown.get(&peer.username) == best.as_ref() {
+            return;
+        }
+        match best {
+            Some(connection) => {
+                shown.insert(peer.username.clone(), connection.clone());
+                drop(shown);
+                self.publish(ReachabilityEvent::PeerOnline {
+                    peer: peer.username,
+                    path: connection.path,
+                    remote_address: connection.remote_address,
+                });
+            }
+            None => {
+                shown.remove(&peer.username);
+                drop(shown);
+                self.publish(ReachabilityEvent::PeerOffline {
+                    peer: peer.username,
+                });
+            }
+        }
+    }
+
+    /// A hole punch gave a direct connection: the relayed ones to the same peer are closed (what
+    /// was in flight on them is sent again on the direct one, see [`Pending::again`]).
+    fn leave_relayed(&mut self, peer: PeerId, direct: ConnectionId) {
+        let relayed: Vec<ConnectionId> = self
+            .peer_connections
+            .get(&peer)
+            .map(|open| {
+                open.iter()
+                    .filter(|(id, c)| *id != direct && c.path == Path::Relayed)
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in relayed {
+            self.swarm.close_connection(id);
+        }
+    }
+
+    fn add_own_address(&mut self, address: Multiaddr) {
+        let address = address
+            .with_p2p(*self.swarm.local_peer_id())
+            .unwrap_or_else(|a| a);
+        let mut listen = self.listen_addrs.write().unwrap_or_else(|p| p.into_inner());
+        if !listen.contains(&address) {
+            listen.push(address);
+            drop(listen);
+            self.publish_addresses();
+        }
+    }
+
+    fn remove_own_address(&mut self, address: Multiaddr) {
+        let address = address
+            .with_p2p(*self.swarm.local_peer_id())
+            .unwrap_or_else(|a| a);
+        let mut listen = self.listen_addrs.write().unwrap_or_else(|p| p.into_inner());
+        let before = listen.len();
+        listen.retain(|a| *a != address);
+        let changed = listen.len() != before;
+        drop(listen);
+        if changed {
+            self.publish_addresses();
+        }
+    }
+
+    fn mdns_event(&mut self, event: mdns::Event) {
+        let mut seen = self.discovered.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            mdns::Event::Discovered(found) => {
+                for (peer, address) in found {
+                    if seen.len() >= 1024 && !seen.contains_key(&peer) {
+                        continue;
+                    }
+                    let known = seen.entry(peer).or_default();
+                    if !known.contains(&address) && known.len() < MAX_DIAL_ADDRESSES {
+                        tracing::debug!(%peer, %address, "found on the local network (mDNS)");
+                        known.push(address);
+                    }
+                }
+            }
+            mdns::Event::Expired(gone) => {
+                for (peer, address) in gone {
+                    if let Some(known) = seen.get_mut(&peer) {
+                        known.retain(|a| *a != address);
+                        if known.is_empty() {
+                            seen.remove(&peer);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -1032,9 +1274,23 @@ impl Driver {
                 peer,
                 ..
             } => {
-                let Some(pending) = self.pending.remove(&request_id) else {
+                let Some(mut pending) = self.pending.remove(&request_id) else {
                     return;
                 };
+                if matches!(error, OutboundFailure::ConnectionClosed)
+                    && let Some((envelope, addresses)) = pending.again.take()
+                {
+                    // Once more, on another connection of the peer or a new one.
+                    tracing::debug!(%peer, "the connection closed under a request; sending it again");
+                    // Still in flight: the count for the peer stays as it is.
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .messages
+                        .send_request_with_addresses(&pending.peer_id, envelope, addresses);
+                    self.pending.insert(id, pending);
+                    return;
+                }
                 self.finished(pending.peer_id);
                 let failure = match error {
                     OutboundFailure::DialFailure => {
@@ -1104,6 +1360,14 @@ impl Driver {
                 .unwrap_or(Ack::Rejected(RejectReason::Internal));
             (channel, ack)
         }));
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,0 +1,577 @@
+//! Peers behind NATs, in network namespaces this test builds itself: a "public" segment with the
+//! rendezvous (API and relay), and alice and bob each behind a NAT router of their own (nftables
+//! masquerade; `random` for a symmetric NAT). Every address is in 198.18.0.0/15, no namespace has
+//! a route off the machine, and everything is deleted at the end, also when the test fails.
+//!
+//! Needs root (CI has it). When namespaces cannot be made the test fails saying so; only
+//! `PEERCHAT_SKIP_NETNS=1` skips it.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::binaries::{Daemon, command_in, rendezvous_binary};
+
+/// The rendezvous's address on the public segment.
+const PUBLIC: &str = "198.18.0.1";
+/// The relay's port there.
+const RELAY_PORT: u16 = 4001;
+
+/// How a NAT router maps its inside ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Nat {
+    /// Endpoint-independent mapping that keeps the port where it can (Linux's masquerade), and
+    /// no unsolicited inbound connection: a port-restricted cone NAT.
+    Cone,
+    /// A new random port for every connection (`masquerade random`): hole punching cannot
+    /// guess it.
+    Symmetric,
+}
+
+/// Whether this run skips the namespace tests (`PEERCHAT_SKIP_NETNS=1`), saying so.
+pub(crate) fn skipped(test: &str) -> bool {
+    if std::env::var("PEERCHAT_SKIP_NETNS").is_ok_and(|v| v == "1") {
+        eprintln!("{test}: SKIPPED because PEERCHAT_SKIP_NETNS=1");
+        return true;
+    }
+    false
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {:?}: {e} (the NAT tests need iproute2 and nftables, and root; \
+             PEERCHAT_SKIP_NETNS=1 skips them)",
+                args[0]
+            )
+        });
+    assert!(
+        out.status.success(),
+        "{} failed: {} (the NAT tests need root, iproute2 and nftables; PEERCHAT_SKIP_NETNS=1 \
+         skips them)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+fn nft(ns: &str, ruleset: &str) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nft");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(ruleset.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The namespaces of one topology; deleted when dropped.
+pub(crate) struct Topology {
+    names: Vec<String>,
+    pub(crate) public: String,
+    pub(crate) alice: String,
+    pub(crate) bob: String,
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for name in self.names.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+impl Topology {
+    /// The public segment with alice behind `alice_nat` and bob behind `bob_nat`.
+    pub(crate) fn behind_nats(alice_nat: Nat, bob_nat: Nat) -> Self {
+        let tag = format!("pc{}x{}", std::process::id(), next_id());
+        let name = |role: &str| format!("{tag}{role}");
+        let mut topology = Self {
+            names: Vec::new(),
+            public: name("pub"),
+            alice: name("a"),
+            bob: name("b"),
+        };
+        for role in ["pub", "ra", "rb", "a", "b"] {
+            let ns = name(role);
+            run(&["ip", "netns", "add", &ns]);
+            // Recorded at once: deleted even if a later step fails.
+            topology.names.push(ns.clone());
+            run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        }
+        let public = &topology.public;
+        run(&[
+            "ip",
+            "-n",
+            public,
+            "addr",
+            "add",
+            &format!("{PUBLIC}/32"),
+            "dev",
+            "lo",
+        ]);
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            public,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        for (i, (router, host, nat)) in [
+            (name("ra"), name("a"), alice_nat),
+            (name("rb"), name("b"), bob_nat),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let n = i + 1;
+            // The router's outside link to the public segment: 198.18.N.2 ↔ 198.18.N.1.
+            let wan = format!("w{n}");
+            run(&[
+                "ip", "link", "add", &wan, "netns", public, "type", "veth", "peer", "name", "wan",
+                "netns", &router,
+            ]);
+            run(&[
+                "ip",
+                "-n",
+                public,
+                "addr",
+                "add",
+                &format!("198.18.{n}.1/24"),
+                "dev",
+                &wan,
+            ]);
+            run(&["ip", "-n", public, "link", "set", &wan, "up"]);
+            run(&[
+                "ip",
+                "-n",
+                &router,
+                "addr",
+                "add",
+                &format!("198.18.{n}.2/24"),
+                "dev",
+                "wan",
+            ]);
+            run(&["ip", "-n", &router, "link", "set", "wan", "up"]);
+            run(&[
+                "ip",
+                "-n",
+                &router,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("198.18.{n}.1"),
+            ]);
+            // The inside link: the host 198.19.N.2 behind the router 198.19.N.1.
+            run(&[
+                "ip", "link", "add", "lan", "netns", &router, "type", "veth", "peer", "name",
+                "eth0", "netns", &host,
+            ]);
+            run(&[
+                "ip",
+                "-n",
+                &router,
+                "addr",
+                "add",
+                &format!("198.19.{n}.1/24"),
+                "dev",
+                "lan",
+            ]);
+            run(&["ip", "-n", &router, "link", "set", "lan", "up"]);
+            run(&[
+                "ip",
+                "-n",
+                &host,
+                "addr",
+                "add",
+                &format!("198.19.{n}.2/24"),
+                "dev",
+                "eth0",
+            ]);
+            run(&["ip", "-n", &host, "link", "set", "eth0", "up"]);
+            run(&[
+                "ip",
+                "-n",
+                &host,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("198.19.{n}.1"),
+            ]);
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &router,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ]);
+            let masquerade = match nat {
+                Nat::Cone => "masquerade",
+                Nat::Symmetric => "masquerade random",
+            };
+            // Outgoing connections are masqueraded; nothing from outside gets in unless it
+            // belongs to one of them, and the router does not answer for itself (no RST that
+            // would kill a hole punch's first SYN).
+            nft(
+                &router,
+                &format!(
+                    "table ip nat {{\n\
+                       chain post {{\n\
+                         type nat hook postrouting priority srcnat\n\
+                         oifname \"wan\" {masquerade}\n\
+                       }}\n\
+                     }}\n\
+                     table inet fw {{\n\
+                       chain input {{\n\
+                         type filter hook input priority filter\n\
+                         iifname \"wan\" ct state new drop\n\
+                       }}\n\
+                       chain forward {{\n\
+                         type filter hook forward priority filter\n\
+                         iifname \"wan\" ct state new drop\n\
+                       }}\n\
+                     }}\n"
+                ),
+            );
+        }
+        topology
+    }
+}
+
+fn next_id() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The rendezvous binary in the public namespace: its URL and metrics address; killed when
+/// dropped.
+pub(crate) struct PublicRendezvous {
+    child: Child,
+    pub(crate) url: String,
+    metrics: String,
+    netns: String,
+}
+
+impl Drop for PublicRendezvous {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PublicRendezvous {
+    pub(crate) fn start(topology: &Topology, dir: &Path, extra: &[&str]) -> Self {
+        let mut child = command_in(Some(&topology.public), &rendezvous_binary())
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--listen", &format!("{PUBLIC}:0")])
+            .args(["--hostname", PUBLIC])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--relay-listen", &format!("/ip4/{PUBLIC}/tcp/{RELAY_PORT}")])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log(&dir.with_extension("log")))
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .split(&format!("https://{PUBLIC}:"))
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or_else(|| panic!("unexpected rendezvous output {line:?}"))
+            .to_owned();
+        let metrics = line
+            .split("metrics on ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
+            .trim()
+            .to_owned();
+        Self {
+            child,
+            url: format!("https://{PUBLIC}:{port}"),
+            metrics,
+            netns: topology.public.clone(),
+        }
+    }
+
+    /// The sum of a counter's samples whose labels contain all of `labels`.
+    pub(crate) fn counter(&self, name: &str, labels: &[&str]) -> f64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "curl", "-sf", &self.metrics])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "scraping {} failed", self.metrics);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter(|l| labels.iter().all(|label| l.contains(label)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Envelopes deposited in mailboxes (`POST /v1/mailbox/…`), whatever the answer.
+    pub(crate) fn deposits(&self) -> f64 {
+        self.counter(
+            "peerchat_rendezvous_http_requests_total",
+            &["route=\"/v1/mailbox/{username}\"", "method=\"POST\""],
+        )
+    }
+}
+
+fn log(path: &Path) -> Stdio {
+    Stdio::from(std::fs::File::create(path).unwrap())
+}
+
+/// A daemon listening on every interface of its namespace.
+pub(crate) fn daemon_in(netns: &str, dir: &Path, url: &str) -> Daemon {
+    Daemon::start_in(
+        Some(netns),
+        dir,
+        url,
+        &["--listen", "/ip4/0.0.0.0/tcp/0"],
+        &[(
+            "RUST_LOG",
+            "info,peerchat::driven::p2p=debug,libp2p_dcutr=debug",
+        )],
+    )
+}
+
+pub(crate) fn send(from: &Daemon, to: &str, text: &str) {
+    let out = from.cli(&["send", to, text]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The path `peerchat contacts --json` shows for `peer` (`None` when offline).
+pub(crate) fn path(daemon: &Daemon, peer: &str) -> Option<String> {
+    let out = daemon.cli(&["contacts", "--json"]);
+    let contacts: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    contacts
+        .as_array()?
+        .iter()
+        .find(|c| c["username"] == peer)?["path"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Waits until `daemon` shows `peer` on `want`; how long that took.
+pub(crate) fn wait_for_path(daemon: &Daemon, peer: &str, want: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let now = path(daemon, peer);
+        if now.as_deref() == Some(want) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "the path to {peer} is {now:?}, not {want:?}, after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits (up to 90 s: DCUtR gives up after three dials of up to 20 s) until the log of the
+/// daemon in `dir` holds `needle`.
+pub(crate) fn wait_for_log(dir: &Path, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let log = dir.with_extension("log");
+    while !std::fs::read_to_string(&log).is_ok_and(|text| text.contains(needle)) {
+        assert!(
+            Instant::now() < deadline,
+            "{} never said {needle:?}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Alice and bob registered behind their NATs, each with a reservation on the relay announced.
+pub(crate) fn alice_and_bob(
+    topology: &Topology,
+    dir: &Path,
+    rendezvous: &PublicRendezvous,
+) -> (Daemon, Daemon) {
+    let alice = daemon_in(&topology.alice, &dir.join("alice"), &rendezvous.url);
+    let bob = daemon_in(&topology.bob, &dir.join("bob"), &rendezvous.url);
+    alice.register("alice");
+    bob.register("bob");
+    // Reachable through the relay before anyone writes: the relayed address is announced.
+    alice.wait_for("/p2p-circuit");
+    bob.wait_for("/p2p-circuit");
+    (alice, bob)
+}
+
+#[test]
+fn behind_two_cone_nats_messages_go_peer_to_peer_and_the_path_becomes_direct() {
+    if skipped("behind_two_cone_nats") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let topology = Topology::behind_nats(Nat::Cone, Nat::Cone);
+    let rendezvous = PublicRendezvous::start(&topology, &tmp.path().join("rendezvous"), &[]);
+    let (alice, bob) = alice_and_bob(&topology, tmp.path(), &rendezvous);
+
+    // Neither can dial the other's private address: the first message goes relayed, and DCUtR
+    // punches a direct connection beside it.
+    let first_send = Instant::now();
+    send(&alice, "bob", "one");
+    bob.wait_for_history("alice", &["one"]);
+    wait_for_path(&alice, "bob", "direct", Duration::from_secs(60));
+    let to_direct = first_send.elapsed();
+    eprintln!("time from the first send to a direct connection: {to_direct:?}");
+    wait_for_path(&bob, "alice", "direct", Duration::from_secs(30));
+    let remote = alice.cli(&["contacts", "--json"]);
+    let remote: serde_json::Value = serde_json::from_slice(&remote.stdout).unwrap();
+    let address = remote[0]["remote_address"].as_str().unwrap().to_owned();
+    assert!(
+        address.starts_with("/ip4/198.18.2.2/tcp/"),
+        "alice reaches bob at his NAT's public address, not {address}"
+    );
+
+    let mut texts = vec!["one".to_owned()];
+    for i in 0..5 {
+        let (a, b) = (format!("alice {i}"), format!("bob {i}"));
+        send(&alice, "bob", &a);
+        bob.wait_for_history("alice", &[texts.clone(), vec![a.clone()]].concat());
+        texts.push(a);
+        send(&bob, "alice", &b);
+        alice.wait_for_history("bob", &[texts.clone(), vec![b.clone()]].concat());
+        texts.push(b);
+    }
+    bob.wait_for_history("alice", &texts);
+    assert_eq!(
+        rendezvous.deposits(),
+        0.0,
+        "every message went peer to peer: nothing was deposited in a mailbox"
+    );
+}
+
+#[test]
+fn behind_a_symmetric_nat_hole_punching_fails_and_messages_stay_relayed() {
+    if skipped("behind_a_symmetric_nat") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let topology = Topology::behind_nats(Nat::Cone, Nat::Symmetric);
+    let rendezvous = PublicRendezvous::start(&topology, &tmp.path().join("rendezvous"), &[]);
+    let (alice, bob) = alice_and_bob(&topology, tmp.path(), &rendezvous);
+
+    send(&alice, "bob", "one");
+    bob.wait_for_history("alice", &["one"]);
+    assert_eq!(path(&alice, "bob").as_deref(), Some("relayed"));
+    // DCUtR tries and gives up; the relayed connection carries on.
+    wait_for_log(&tmp.path().join("bob"), "hole punch failed");
+    send(&bob, "alice", "two");
+    send(&alice, "bob", "three");
+    alice.wait_for_history("bob", &["one", "two", "three"]);
+    bob.wait_for_history("alice", &["one", "two", "three"]);
+    assert_eq!(path(&alice, "bob").as_deref(), Some("relayed"));
+    assert_eq!(path(&bob, "alice").as_deref(), Some("relayed"));
+    assert_eq!(
+        rendezvous.deposits(),
+        0.0,
+        "relayed, not through the mailbox"
+    );
+}
+
+#[test]
+fn a_circuit_past_its_byte_limit_is_closed_and_the_message_goes_to_the_mailbox() {
+    if skipped("a_circuit_past_its_byte_limit") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let topology = Topology::behind_nats(Nat::Symmetric, Nat::Symmetric);
+    let rendezvous = PublicRendezvous::start(
+        &topology,
+        &tmp.path().join("rendezvous"),
+        &["--relay-max-circuit-bytes", "12288"],
+    );
+    let (alice, bob) = alice_and_bob(&topology, tmp.path(), &rendezvous);
+
+    send(&alice, "bob", "small");
+    bob.wait_for_history("alice", &["small"]);
+    assert_eq!(path(&alice, "bob").as_deref(), Some("relayed"));
+    assert_eq!(rendezvous.deposits(), 0.0);
+    // More than the circuit may carry: the relay closes it mid-envelope, a new circuit meets the
+    // same limit, and the message goes to bob's mailbox, from which he gets it once.
+    let big = "x".repeat(15 * 1024);
+    send(&alice, "bob", &big);
+    bob.wait_for_history("alice", &["small", big.as_str()]);
+    assert!(
+        rendezvous.deposits() >= 1.0,
+        "the big message went through the mailbox"
+    );
+    assert!(
+        rendezvous.counter(
+            "peerchat_rendezvous_relay_circuits_total",
+            &["outcome=\"closed\""]
+        ) >= 1.0,
+        "the relay closed the circuit"
+    );
+}
+
+#[test]
+fn a_circuit_past_its_time_limit_is_closed_and_messages_still_arrive() {
+    if skipped("a_circuit_past_its_time_limit") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let topology = Topology::behind_nats(Nat::Symmetric, Nat::Symmetric);
+    let rendezvous = PublicRendezvous::start(
+        &topology,
+        &tmp.path().join("rendezvous"),
+        &["--relay-max-circuit-secs", "3"],
+    );
+    let (alice, bob) = alice_and_bob(&topology, tmp.path(), &rendezvous);
+
+    send(&alice, "bob", "before");
+    bob.wait_for_history("alice", &["before"]);
+    assert_eq!(path(&alice, "bob").as_deref(), Some("relayed"));
+    // The relay ends the circuit after 3 s: the connection is gone.
+    let closed = Instant::now();
+    while path(&alice, "bob").is_some() {
+        assert!(
+            closed.elapsed() < Duration::from_secs(30),
+            "the relay never closed the circuit"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        rendezvous.counter(
+            "peerchat_rendezvous_relay_circuits_total",
+            &["outcome=\"closed\""]
+        ) >= 1.0
+    );
+    // The next message opens a new circuit (or, failing that, goes through the mailbox): it
+    // arrives once.
+    send(&alice, "bob", "after");
+    bob.wait_for_history("alice", &["before", "after"]);
+}
