@@ -173,6 +173,25 @@ impl RelayMetrics {
         );
     }
 
+    /// Reservation requests that ended with `outcome` (`accepted`, `renewed`, `denied`, …).
+    pub fn reservations(&self, outcome: &'static str) -> u64 {
+        self.reservations
+            .get_or_create(&OutcomeLabels { outcome })
+            .get()
+    }
+
+    /// Circuit requests that ended with `outcome` (`accepted`, `denied`, `closed`).
+    pub fn circuits(&self, outcome: &'static str) -> u64 {
+        self.circuits
+            .get_or_create(&OutcomeLabels { outcome })
+            .get()
+    }
+
+    /// Connections refused at the handshake.
+    pub fn refused_handshakes(&self) -> u64 {
+        self.refused_handshakes.get()
+    }
+
     fn reservation(&self, outcome: &'static str) {
         self.reservations
             .get_or_create(&OutcomeLabels { outcome })

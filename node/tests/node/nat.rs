@@ -259,6 +259,75 @@ impl Topology {
     }
 }
 
+impl Topology {
+    /// The rendezvous, alice and bob on one segment (a bridge), no NAT: 198.18.10.1, .2 and .3.
+    pub(crate) fn one_segment() -> Self {
+        let tag = format!("pc{}x{}", std::process::id(), next_id());
+        let name = |role: &str| format!("{tag}{role}");
+        let mut topology = Self {
+            names: Vec::new(),
+            public: name("pub"),
+            alice: name("a"),
+            bob: name("b"),
+        };
+        let switch = name("sw");
+        for ns in [&switch, &topology.public, &topology.alice, &topology.bob] {
+            run(&["ip", "netns", "add", ns]);
+            topology.names.push(ns.clone());
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        run(&["ip", "-n", &switch, "link", "add", "br0", "type", "bridge"]);
+        run(&["ip", "-n", &switch, "link", "set", "br0", "up"]);
+        for (i, host) in [&topology.public, &topology.alice, &topology.bob]
+            .into_iter()
+            .enumerate()
+        {
+            let port = format!("p{i}");
+            run(&[
+                "ip", "link", "add", &port, "netns", &switch, "type", "veth", "peer", "name",
+                "eth0", "netns", host,
+            ]);
+            run(&["ip", "-n", &switch, "link", "set", &port, "master", "br0"]);
+            run(&["ip", "-n", &switch, "link", "set", &port, "up"]);
+            run(&[
+                "ip",
+                "-n",
+                host,
+                "addr",
+                "add",
+                &format!("198.18.10.{}/24", i + 1),
+                "dev",
+                "eth0",
+            ]);
+            run(&["ip", "-n", host, "link", "set", "eth0", "up"]);
+        }
+        // The rendezvous's address as on the NAT topology.
+        run(&[
+            "ip",
+            "-n",
+            &topology.public,
+            "addr",
+            "add",
+            &format!("{PUBLIC}/32"),
+            "dev",
+            "lo",
+        ]);
+        for host in [&topology.alice, &topology.bob] {
+            run(&[
+                "ip",
+                "-n",
+                host,
+                "route",
+                "add",
+                &format!("{PUBLIC}/32"),
+                "via",
+                "198.18.10.1",
+            ]);
+        }
+        topology
+    }
+}
+
 fn next_id() -> u32 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -281,6 +350,12 @@ impl Drop for PublicRendezvous {
 }
 
 impl PublicRendezvous {
+    /// Stops it (SIGKILL: the rendezvous goes away at once).
+    pub(crate) fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub(crate) fn start(topology: &Topology, dir: &Path, extra: &[&str]) -> Self {
         let mut child = command_in(Some(&topology.public), &rendezvous_binary())
             .arg("--data-dir")
@@ -574,4 +649,223 @@ fn a_circuit_past_its_time_limit_is_closed_and_messages_still_arrive() {
     // arrives once.
     send(&alice, "bob", "after");
     bob.wait_for_history("alice", &["before", "after"]);
+}
+
+#[test]
+fn with_mdns_a_contact_who_moved_to_another_port_is_found_on_the_lan_without_the_rendezvous() {
+    if skipped("with_mdns") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let topology = Topology::one_segment();
+    let mut rendezvous = PublicRendezvous::start(&topology, &tmp.path().join("rendezvous"), &[]);
+    let (alice_dir, bob_dir) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    let url = rendezvous.url.clone();
+    let mdns = |netns: &str, dir: &Path, port: u16| {
+        Daemon::start_in(
+            Some(netns),
+            dir,
+            &url,
+            &["--mdns", "--listen", &format!("/ip4/0.0.0.0/tcp/{port}")],
+            &[("RUST_LOG", "info,peerchat::driven::p2p=debug")],
+        )
+    };
+    let alice = mdns(&topology.alice, &alice_dir, 47001);
+    let mut bob = mdns(&topology.bob, &bob_dir, 47002);
+    alice.register("alice");
+    bob.register("bob");
+    send(&alice, "bob", "one");
+    bob.wait_for_history("alice", &["one"]);
+
+    // The rendezvous goes away, and bob comes back on another port: the address alice keeps
+    // for him is stale, and nobody can tell her the new one but bob himself, on the LAN.
+    rendezvous.stop();
+    bob.terminate();
+    let bob = mdns(&topology.bob, &bob_dir, 47003);
+    bob.wait_for("listening on");
+    send(&alice, "bob", "two");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let acknowledged = alice
+            .history_json("bob")
+            .into_iter()
+            .any(|m| m.text == "two" && m.status.is_acknowledged());
+        if acknowledged {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bob, found by mDNS at his new port, never acknowledged"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bob.wait_for_history("alice", &["one", "two"]);
+    assert_eq!(path(&alice, "bob").as_deref(), Some("direct"));
+}
+
+/// Runs `work` on a thread of its own inside the network namespace `netns`, with a runtime of its
+/// own (sockets it opens live in that namespace).
+fn in_netns<T: Send + 'static>(netns: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns into {path}: {e}"));
+        work()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Sends `count` messages from `from` to `peer` through the local API, `parallel` at a time:
+/// each answer comes after the peer's acknowledgement. Messages per second, and the median and
+/// 95th percentile time of one send (a round trip to the peer and back) with one at a time.
+fn measure(
+    from: &Daemon,
+    netns: &str,
+    peer: &str,
+    count: usize,
+    parallel: usize,
+) -> (f64, Duration, Duration) {
+    use peerchat::driving::api::{SendAnswer, SendBody};
+    let (_, base, token) = from.api();
+    let peer = peerchat_pki::Username::new(peer).unwrap();
+    in_netns(netns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let http = reqwest::Client::builder().no_proxy().build().unwrap();
+            let send = |i: usize| {
+                let (http, base, token, to) =
+                    (http.clone(), base.clone(), token.clone(), peer.clone());
+                async move {
+                    let started = Instant::now();
+                    let answer: SendAnswer = http
+                        .post(format!("{base}/api/v1/messages"))
+                        .bearer_auth(&token)
+                        .json(&SendBody {
+                            to,
+                            text: format!("measure {i}"),
+                            id: None,
+                        })
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    assert!(
+                        answer.status.is_acknowledged(),
+                        "message {i} not acknowledged"
+                    );
+                    started.elapsed()
+                }
+            };
+            let mut times = Vec::new();
+            for i in 0..count.min(100) {
+                times.push(send(i).await);
+            }
+            times.sort();
+            let median = times[times.len() / 2];
+            let p95 = times[times.len() * 95 / 100];
+            let started = Instant::now();
+            let mut sent = 0;
+            while sent < count {
+                let batch: Vec<_> = (sent..(sent + parallel).min(count))
+                    .map(|i| send(1000 + i))
+                    .collect();
+                sent += batch.len();
+                futures::future::join_all(batch).await;
+            }
+            (count as f64 / started.elapsed().as_secs_f64(), median, p95)
+        })
+    })
+}
+
+/// One trial: alice and bob behind fresh NATs; how the path ends up, and how long to direct.
+fn trial(alice_nat: Nat, bob_nat: Nat) -> (&'static str, Option<Duration>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let topology = Topology::behind_nats(alice_nat, bob_nat);
+    let rendezvous = PublicRendezvous::start(&topology, &tmp.path().join("rendezvous"), &[]);
+    let (alice, bob) = alice_and_bob(&topology, tmp.path(), &rendezvous);
+    let started = Instant::now();
+    send(&alice, "bob", "one");
+    bob.wait_for_history("alice", &["one"]);
+    let outcome = loop {
+        let now = path(&alice, "bob");
+        if now.as_deref() == Some("direct") {
+            break ("direct", Some(started.elapsed()));
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            break (if now.is_some() { "relayed" } else { "failed" }, None);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if rendezvous.deposits() > 0.0 {
+        return ("failed", None);
+    }
+    outcome
+}
+
+/// The figures of README's NAT section (run by hand: `scripts/nat-figures`). Trials per pair of
+/// NATs from PEERCHAT_NAT_TRIALS (default 10).
+#[test]
+#[ignore = "figures, run by scripts/nat-figures"]
+fn nat_figures() {
+    if skipped("nat_figures") {
+        return;
+    }
+    let trials: usize = std::env::var("PEERCHAT_NAT_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    println!("| alice / bob | direct | relayed | failed | time to direct (median, max) |");
+    println!("|---|---|---|---|---|");
+    for (a, b) in [
+        (Nat::Cone, Nat::Cone),
+        (Nat::Cone, Nat::Symmetric),
+        (Nat::Symmetric, Nat::Symmetric),
+    ] {
+        let mut counts = std::collections::BTreeMap::new();
+        let mut times = Vec::new();
+        for _ in 0..trials {
+            let (outcome, time) = trial(a, b);
+            *counts.entry(outcome).or_insert(0) += 1;
+            times.extend(time);
+        }
+        times.sort();
+        let time = match (times.get(times.len() / 2), times.last()) {
+            (Some(median), Some(max)) => format!("{median:.0?}, {max:.0?}"),
+            _ => "–".into(),
+        };
+        println!(
+            "| {a:?} / {b:?} | {} | {} | {} | {time} |",
+            counts.get("direct").unwrap_or(&0),
+            counts.get("relayed").unwrap_or(&0),
+            counts.get("failed").unwrap_or(&0),
+        );
+    }
+
+    // Relayed against direct in the same run: bob behind the symmetric NAT stays relayed; behind
+    // the cone NAT, the path is direct after the hole punch.
+    println!();
+    println!("| path | messages/s (16 at a time) | one send, median | one send, p95 |");
+    println!("|---|---|---|---|");
+    for (label, bob_nat) in [("relayed", Nat::Symmetric), ("direct", Nat::Cone)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let topology = Topology::behind_nats(Nat::Cone, bob_nat);
+        let rendezvous = PublicRendezvous::start(&topology, &tmp.path().join("rendezvous"), &[]);
+        let (alice, bob) = alice_and_bob(&topology, tmp.path(), &rendezvous);
+        send(&alice, "bob", "hello");
+        bob.wait_for_history("alice", &["hello"]);
+        if label == "direct" {
+            wait_for_path(&alice, "bob", "direct", Duration::from_secs(30));
+        }
+        let (rate, median, p95) = measure(&alice, &topology.alice, "bob", 500, 16);
+        assert_eq!(path(&alice, "bob").as_deref(), Some(label));
+        assert_eq!(rendezvous.deposits(), 0.0);
+        println!("| {label} | {rate:.0} | {median:.1?} | {p95:.1?} |");
+    }
 }

@@ -864,3 +864,82 @@ async fn reachability_tells_our_addresses_and_each_peers_connection() {
     );
     assert_eq!(bob.net.connection(&alice_name), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_holders_of_a_certificate_of_this_ca_reserve_a_relay_slot_or_open_a_circuit() {
+    use peerchat::driven::p2p::RelayServer;
+    use peerchat::ports::Reachability as _;
+    use peerchat_rendezvous::relay::{self, RelayConfig};
+
+    let ca = ca();
+    let foreign =
+        CertificateAuthority::generate("another CA", SystemTime::now(), &mut OsRng).unwrap();
+    let relay = relay::start(
+        &RelayConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            ..RelayConfig::default()
+        },
+        SigningKey::generate(&mut OsRng),
+        &ca,
+        Arc::new(TrustStore::new(ca.certificate().clone())),
+        SystemTime::now(),
+    )
+    .await
+    .unwrap();
+    let server = RelayServer {
+        peer_id: relay.peer_id(),
+        addresses: relay.addresses(),
+    };
+    let relayed = |net: &P2pNetwork| {
+        net.own_addresses()
+            .into_iter()
+            .find(|a| a.contains("/p2p-circuit"))
+    };
+    let wait_relayed = async |net: &P2pNetwork| {
+        for _ in 0..100 {
+            if let Some(address) = relayed(net) {
+                return address;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no reservation")
+    };
+
+    // Bob, a user of this CA, holds a slot; alice reaches him through it alone.
+    let bob = node("bob", &ca, &ca, MAX).await;
+    bob.net.use_relay(server.clone()).await;
+    let circuit = wait_relayed(&bob.net).await;
+    assert_eq!(relay.metrics().reservations("accepted"), 1);
+    let through_relay = Recipient {
+        addresses: vec![circuit],
+        ..bob.recipient()
+    };
+    let alice = node("alice", &ca, &ca, MAX).await;
+    assert_eq!(
+        alice
+            .net
+            .deliver(&through_relay, envelope(b"relayed".to_vec()))
+            .await,
+        Ok(Ack::Stored)
+    );
+    assert_eq!(relay.metrics().circuits("accepted"), 1);
+
+    // Mallory's certificate is of another CA (she trusts ours, so only the relay can refuse her).
+    let mallory = node("mallory", &foreign, &ca, MAX).await;
+    mallory.net.use_relay(server).await;
+    let refused = mallory
+        .net
+        .deliver(&through_relay, envelope(b"from mallory".to_vec()))
+        .await;
+    assert!(refused.is_err(), "mallory opened a circuit: {refused:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(relayed(&mallory.net), None, "mallory holds no slot");
+    assert_eq!(relay.metrics().reservations("accepted"), 1);
+    assert_eq!(relay.metrics().circuits("accepted"), 1);
+    assert!(
+        relay.metrics().refused_handshakes() >= 1,
+        "the relay refused her handshake"
+    );
+    let received: Vec<Vec<u8>> = bob.received().into_iter().map(|(_, e)| e.payload).collect();
+    assert_eq!(received, vec![b"relayed".to_vec()]);
+}

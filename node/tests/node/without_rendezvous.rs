@@ -64,6 +64,33 @@ async fn known_contacts_talk_directly_with_the_rendezvous_stopped_also_after_res
     send(&bob, "alice", "four");
     assert!(status(&bob, "alice", "four").unwrap().is_acknowledged());
     alice.wait_for_history("bob", &["one", "two", "three", "four"]);
+    // Two minutes of conversation with the rendezvous down (PEERCHAT_OFFLINE_SECS shortens it
+    // for a quick run): every message is acknowledged by the other node, in order.
+    let minutes: u64 = std::env::var("PEERCHAT_OFFLINE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    let until = Instant::now() + Duration::from_secs(minutes);
+    let mut all: Vec<String> = ["one", "two", "three", "four"].map(String::from).to_vec();
+    let mut i = 0;
+    while Instant::now() < until {
+        let (from, to) = if i % 2 == 0 {
+            (&alice, "bob")
+        } else {
+            (&bob, "alice")
+        };
+        let text = format!("offline {i}");
+        send(from, to, &text);
+        assert!(
+            status(from, to, &text).unwrap().is_acknowledged(),
+            "{text} was not acknowledged directly"
+        );
+        all.push(text);
+        i += 1;
+        std::thread::sleep(Duration::from_secs(4));
+    }
+    alice.wait_for_history("bob", &all);
+    bob.wait_for_history("alice", &all);
 
     // Both daemons restart, the rendezvous still down: each listens on its port of before, and
     // the other still knows it.
@@ -77,7 +104,7 @@ async fn known_contacts_talk_directly_with_the_rendezvous_stopped_also_after_res
     assert!(status(&alice, "bob", "five").unwrap().is_acknowledged());
     send(&bob, "alice", "six");
     assert!(status(&bob, "alice", "six").unwrap().is_acknowledged());
-    let all = ["one", "two", "three", "four", "five", "six"];
+    all.extend(["five", "six"].map(String::from));
     bob.wait_for_history("alice", &all);
     alice.wait_for_history("bob", &all);
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -530,3 +530,39 @@ async fn a_revocation_answers_a_held_long_poll_and_an_older_crl_number_is_answer
     assert_eq!(code, StatusCode::BAD_REQUEST);
     assert_eq!(body.unwrap_err().error, "bad_query");
 }
+
+#[tokio::test]
+async fn the_relay_is_public_and_its_name_cannot_be_registered() {
+    let server = Server::start(test_limits()).await;
+    let http = server.anonymous();
+    let (status, relay) =
+        send::<(), api::RelayResponse>(&http, Method::GET, &server.url("/v1/relay"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let relay = relay.unwrap();
+    assert!(relay.peer_id.starts_with("12D3KooW"), "{}", relay.peer_id);
+    assert!(!relay.addresses.is_empty());
+    for address in &relay.addresses {
+        assert!(
+            address.starts_with("/ip4/127.0.0.1/tcp/")
+                && address.ends_with(&format!("/p2p/{}", relay.peer_id)),
+            "{address}"
+        );
+    }
+
+    // The relay's certificate names "relay": no user may take that name.
+    let key = SigningKey::generate(&mut OsRng);
+    let name = Username::new(peerchat_rendezvous::relay::RELAY_USERNAME).unwrap();
+    let body = api::RegisterRequest {
+        username: name.clone(),
+        password: PASSWORD.into(),
+        csr: B64.encode(build_csr(&key, &name).unwrap()),
+    };
+    let (status, _) = send::<_, api::CertificateResponse>(
+        &http,
+        Method::POST,
+        &server.url("/v1/accounts"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}

@@ -607,8 +607,15 @@ pub async fn start<I: Inbound>(
     };
     let mdns = if config.mdns {
         Some(
-            mdns::tokio::Behaviour::new(mdns::Config::default(), local_peer_id)
-                .map_err(|e| StartError::Transport(format!("mDNS: {e}")))?,
+            mdns::tokio::Behaviour::new(
+                mdns::Config {
+                    // A contact who comes back on the LAN is found within half a minute.
+                    query_interval: Duration::from_secs(30),
+                    ..mdns::Config::default()
+                },
+                local_peer_id,
+            )
+            .map_err(|e| StartError::Transport(format!("mDNS: {e}")))?,
         )
     } else {
         None
