@@ -865,27 +865,113 @@ async fn reachability_tells_our_addresses_and_each_peers_connection() {
     assert_eq!(bob.net.connection(&alice_name), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_holders_of_a_certificate_of_this_ca_reserve_a_relay_slot_or_open_a_circuit() {
-    use peerchat::driven::p2p::RelayServer;
-    use peerchat::ports::Reachability as _;
+/// A relay of `ca` on loopback.
+async fn loopback_relay(ca: &CertificateAuthority) -> peerchat_rendezvous::relay::Relay {
     use peerchat_rendezvous::relay::{self, RelayConfig};
-
-    let ca = ca();
-    let foreign =
-        CertificateAuthority::generate("another CA", SystemTime::now(), &mut OsRng).unwrap();
-    let relay = relay::start(
+    relay::start(
         &RelayConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             ..RelayConfig::default()
         },
         SigningKey::generate(&mut OsRng),
-        &ca,
+        ca,
         Arc::new(TrustStore::new(ca.certificate().clone())),
         SystemTime::now(),
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// `node`'s relayed address, once its reservation on `relay` is announced.
+async fn reserved_on(node: &Node, relay: &peerchat_rendezvous::relay::Relay) -> String {
+    use peerchat::ports::Reachability as _;
+    node.net
+        .use_relay(peerchat::driven::p2p::RelayServer {
+            peer_id: relay.peer_id(),
+            addresses: relay.addresses(),
+        })
+        .await;
+    for _ in 0..100 {
+        if let Some(address) = node
+            .net
+            .own_addresses()
+            .into_iter()
+            .find(|a| a.contains("/p2p-circuit"))
+        {
+            return address;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} got no reservation", node.name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_relay_the_peers_check_each_other_so_a_revoked_peer_is_refused_end_to_end() {
+    let ca = ca();
+    // The relay itself never learns of the revocation: only bob's own check can refuse alice.
+    let relay = loopback_relay(&ca).await;
+    let bob = node("bob", &ca, &ca, MAX).await;
+    let through_relay = Recipient {
+        addresses: vec![reserved_on(&bob, &relay).await],
+        ..bob.recipient()
+    };
+    let alice = node("alice", &ca, &ca, MAX).await;
+    assert_eq!(
+        alice
+            .net
+            .deliver(&through_relay, envelope(b"1".to_vec()))
+            .await,
+        Ok(Ack::Stored)
+    );
+    assert_eq!(relay.metrics().circuits("accepted"), 1);
+
+    let now = SystemTime::now();
+    let crl = ca
+        .sign_crl(
+            &[RevokedEntry {
+                serial: alice.serial.clone(),
+                revoked_at: now,
+            }],
+            1,
+            now,
+            now + Duration::from_secs(86400),
+        )
+        .unwrap();
+    bob.trust.set_crl(crl).unwrap();
+    bob.net.drop_revoked().await;
+    let alice_name = Username::new("alice").unwrap();
+    for _ in 0..50 {
+        if peerchat::ports::Reachability::connection(&bob.net, &alice_name).is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = alice
+        .net
+        .deliver(&through_relay, envelope(b"2".to_vec()))
+        .await;
+    assert!(
+        again.is_err(),
+        "a revoked peer got through the relay: {again:?}"
+    );
+    assert_eq!(
+        relay.metrics().circuits("accepted"),
+        2,
+        "the relay opened the second circuit: bob's own handshake refused alice"
+    );
+    let received: Vec<Vec<u8>> = bob.received().into_iter().map(|(_, e)| e.payload).collect();
+    assert_eq!(received, vec![b"1".to_vec()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_holders_of_a_certificate_of_this_ca_reserve_a_relay_slot_or_open_a_circuit() {
+    use peerchat::driven::p2p::RelayServer;
+    use peerchat::ports::Reachability as _;
+
+    let ca = ca();
+    let foreign =
+        CertificateAuthority::generate("another CA", SystemTime::now(), &mut OsRng).unwrap();
+    let relay = loopback_relay(&ca).await;
     let server = RelayServer {
         peer_id: relay.peer_id(),
         addresses: relay.addresses(),
@@ -895,20 +981,10 @@ async fn only_holders_of_a_certificate_of_this_ca_reserve_a_relay_slot_or_open_a
             .into_iter()
             .find(|a| a.contains("/p2p-circuit"))
     };
-    let wait_relayed = async |net: &P2pNetwork| {
-        for _ in 0..100 {
-            if let Some(address) = relayed(net) {
-                return address;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no reservation")
-    };
 
     // Bob, a user of this CA, holds a slot; alice reaches him through it alone.
     let bob = node("bob", &ca, &ca, MAX).await;
-    bob.net.use_relay(server.clone()).await;
-    let circuit = wait_relayed(&bob.net).await;
+    let circuit = reserved_on(&bob, &relay).await;
     assert_eq!(relay.metrics().reservations("accepted"), 1);
     let through_relay = Recipient {
         addresses: vec![circuit],
