@@ -547,6 +547,10 @@ fn behind_two_cone_nats_messages_go_peer_to_peer_and_the_path_becomes_direct() {
         0.0,
         "every message went peer to peer: nothing was deposited in a mailbox"
     );
+    // Behind the NAT, AutoNAT never confirmed an address as reachable from outside (on one
+    // segment it does, in the mDNS test).
+    let log = std::fs::read_to_string(tmp.path().join("alice.log")).unwrap();
+    assert!(!log.contains("confirmed reachable from outside"));
 }
 
 #[test]
@@ -676,6 +680,8 @@ fn with_mdns_a_contact_who_moved_to_another_port_is_found_on_the_lan_without_the
     bob.register("bob");
     send(&alice, "bob", "one");
     bob.wait_for_history("alice", &["one"]);
+    // No NAT in the way: the relay's AutoNAT server dials alice back at the address it saw.
+    wait_for_log(&alice_dir, "confirmed reachable from outside (AutoNAT)");
 
     // The rendezvous goes away, and bob comes back on another port: the address alice keeps
     // for him is stale, and nobody can tell her the new one but bob himself, on the LAN.

@@ -1032,10 +1032,10 @@ impl Driver {
             },
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(event)) => match event.result {
                 Ok(()) => {
-                    tracing::info!(address = %event.tested_addr, "reachable from outside (AutoNAT)")
+                    tracing::info!(address = %event.tested_addr, "address confirmed reachable from outside (AutoNAT)")
                 }
                 Err(e) => {
-                    tracing::debug!(address = %event.tested_addr, error = %e, "not reachable from outside (AutoNAT)")
+                    tracing::debug!(address = %event.tested_addr, error = %e, "address not reachable from outside (AutoNAT)")
                 }
             },
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => self.mdns_event(event),
