@@ -409,6 +409,14 @@ impl PublicRendezvous {
             .sum()
     }
 
+    /// Circuits the relay closed.
+    pub(crate) fn closed_circuits(&self) -> f64 {
+        self.counter(
+            "peerchat_rendezvous_relay_circuits_total",
+            &["outcome=\"closed\""],
+        )
+    }
+
     /// Envelopes deposited in mailboxes (`POST /v1/mailbox/…`), whatever the answer.
     pub(crate) fn deposits(&self) -> f64 {
         self.counter(
@@ -504,25 +512,53 @@ pub(crate) fn alice_and_bob(
     (alice, bob)
 }
 
+/// Alice behind `alice_nat`, bob behind `bob_nat`, registered and reachable through the relay of
+/// a rendezvous started with `flags`. Dropped in field order: daemons, rendezvous, namespaces,
+/// files.
+pub(crate) struct Scene {
+    pub(crate) alice: Daemon,
+    pub(crate) bob: Daemon,
+    pub(crate) rendezvous: PublicRendezvous,
+    pub(crate) topology: Topology,
+    pub(crate) tmp: tempfile::TempDir,
+}
+
+impl Scene {
+    pub(crate) fn behind(alice_nat: Nat, bob_nat: Nat, flags: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let topology = Topology::behind_nats(alice_nat, bob_nat);
+        let rendezvous = PublicRendezvous::start(&topology, &tmp.path().join("rendezvous"), flags);
+        let (alice, bob) = alice_and_bob(&topology, tmp.path(), &rendezvous);
+        Self {
+            alice,
+            bob,
+            rendezvous,
+            topology,
+            tmp,
+        }
+    }
+}
+
 #[test]
 fn behind_two_cone_nats_messages_go_peer_to_peer_and_the_path_becomes_direct() {
     if skipped("behind_two_cone_nats") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let topology = Topology::behind_nats(Nat::Cone, Nat::Cone);
-    let rendezvous = PublicRendezvous::start(&topology, &tmp.path().join("rendezvous"), &[]);
-    let (alice, bob) = alice_and_bob(&topology, tmp.path(), &rendezvous);
+    let scene = Scene::behind(Nat::Cone, Nat::Cone, &[]);
+    let alice = &scene.alice;
+    let bob = &scene.bob;
+    let rendezvous = &scene.rendezvous;
+    let tmp = &scene.tmp;
 
     // Neither can dial the other's private address: the first message goes relayed, and DCUtR
     // punches a direct connection beside it.
     let first_send = Instant::now();
-    send(&alice, "bob", "one");
+    send(alice, "bob", "one");
     bob.wait_for_history("alice", &["one"]);
-    wait_for_path(&alice, "bob", "direct", Duration::from_secs(60));
+    wait_for_path(alice, "bob", "direct", Duration::from_secs(60));
     let to_direct = first_send.elapsed();
     eprintln!("time from the first send to a direct connection: {to_direct:?}");
-    wait_for_path(&bob, "alice", "direct", Duration::from_secs(30));
+    wait_for_path(bob, "alice", "direct", Duration::from_secs(30));
     let remote = alice.cli(&["contacts", "--json"]);
     let remote: serde_json::Value = serde_json::from_slice(&remote.stdout).unwrap();
     let address = remote[0]["remote_address"].as_str().unwrap().to_owned();
@@ -534,10 +570,10 @@ fn behind_two_cone_nats_messages_go_peer_to_peer_and_the_path_becomes_direct() {
     let mut texts = vec!["one".to_owned()];
     for i in 0..5 {
         let (a, b) = (format!("alice {i}"), format!("bob {i}"));
-        send(&alice, "bob", &a);
+        send(alice, "bob", &a);
         bob.wait_for_history("alice", &[texts.clone(), vec![a.clone()]].concat());
         texts.push(a);
-        send(&bob, "alice", &b);
+        send(bob, "alice", &b);
         alice.wait_for_history("bob", &[texts.clone(), vec![b.clone()]].concat());
         texts.push(b);
     }
@@ -558,22 +594,23 @@ fn behind_a_symmetric_nat_hole_punching_fails_and_messages_stay_relayed() {
     if skipped("behind_a_symmetric_nat") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let topology = Topology::behind_nats(Nat::Cone, Nat::Symmetric);
-    let rendezvous = PublicRendezvous::start(&topology, &tmp.path().join("rendezvous"), &[]);
-    let (alice, bob) = alice_and_bob(&topology, tmp.path(), &rendezvous);
+    let scene = Scene::behind(Nat::Cone, Nat::Symmetric, &[]);
+    let alice = &scene.alice;
+    let bob = &scene.bob;
+    let rendezvous = &scene.rendezvous;
+    let tmp = &scene.tmp;
 
-    send(&alice, "bob", "one");
+    send(alice, "bob", "one");
     bob.wait_for_history("alice", &["one"]);
-    assert_eq!(path(&alice, "bob").as_deref(), Some("relayed"));
+    assert_eq!(path(alice, "bob").as_deref(), Some("relayed"));
     // DCUtR tries and gives up; the relayed connection carries on.
     wait_for_log(&tmp.path().join("bob"), "hole punch failed");
-    send(&bob, "alice", "two");
-    send(&alice, "bob", "three");
+    send(bob, "alice", "two");
+    send(alice, "bob", "three");
     alice.wait_for_history("bob", &["one", "two", "three"]);
     bob.wait_for_history("alice", &["one", "two", "three"]);
-    assert_eq!(path(&alice, "bob").as_deref(), Some("relayed"));
-    assert_eq!(path(&bob, "alice").as_deref(), Some("relayed"));
+    assert_eq!(path(alice, "bob").as_deref(), Some("relayed"));
+    assert_eq!(path(bob, "alice").as_deref(), Some("relayed"));
     assert_eq!(
         rendezvous.deposits(),
         0.0,
@@ -586,33 +623,30 @@ fn a_circuit_past_its_byte_limit_is_closed_and_the_message_goes_to_the_mailbox()
     if skipped("a_circuit_past_its_byte_limit") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let topology = Topology::behind_nats(Nat::Symmetric, Nat::Symmetric);
-    let rendezvous = PublicRendezvous::start(
-        &topology,
-        &tmp.path().join("rendezvous"),
+    let scene = Scene::behind(
+        Nat::Symmetric,
+        Nat::Symmetric,
         &["--relay-max-circuit-bytes", "12288"],
     );
-    let (alice, bob) = alice_and_bob(&topology, tmp.path(), &rendezvous);
+    let alice = &scene.alice;
+    let bob = &scene.bob;
+    let rendezvous = &scene.rendezvous;
 
-    send(&alice, "bob", "small");
+    send(alice, "bob", "small");
     bob.wait_for_history("alice", &["small"]);
-    assert_eq!(path(&alice, "bob").as_deref(), Some("relayed"));
+    assert_eq!(path(alice, "bob").as_deref(), Some("relayed"));
     assert_eq!(rendezvous.deposits(), 0.0);
     // More than the circuit may carry: the relay closes it mid-envelope, a new circuit meets the
     // same limit, and the message goes to bob's mailbox, from which he gets it once.
     let big = "x".repeat(15 * 1024);
-    send(&alice, "bob", &big);
+    send(alice, "bob", &big);
     bob.wait_for_history("alice", &["small", big.as_str()]);
     assert!(
         rendezvous.deposits() >= 1.0,
         "the big message went through the mailbox"
     );
     assert!(
-        rendezvous.counter(
-            "peerchat_rendezvous_relay_circuits_total",
-            &["outcome=\"closed\""]
-        ) >= 1.0,
+        rendezvous.closed_circuits() >= 1.0,
         "the relay closed the circuit"
     );
 }
@@ -622,36 +656,31 @@ fn a_circuit_past_its_time_limit_is_closed_and_messages_still_arrive() {
     if skipped("a_circuit_past_its_time_limit") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let topology = Topology::behind_nats(Nat::Symmetric, Nat::Symmetric);
-    let rendezvous = PublicRendezvous::start(
-        &topology,
-        &tmp.path().join("rendezvous"),
+    let scene = Scene::behind(
+        Nat::Symmetric,
+        Nat::Symmetric,
         &["--relay-max-circuit-secs", "3"],
     );
-    let (alice, bob) = alice_and_bob(&topology, tmp.path(), &rendezvous);
+    let alice = &scene.alice;
+    let bob = &scene.bob;
+    let rendezvous = &scene.rendezvous;
 
-    send(&alice, "bob", "before");
+    send(alice, "bob", "before");
     bob.wait_for_history("alice", &["before"]);
-    assert_eq!(path(&alice, "bob").as_deref(), Some("relayed"));
+    assert_eq!(path(alice, "bob").as_deref(), Some("relayed"));
     // The relay ends the circuit after 3 s: the connection is gone.
     let closed = Instant::now();
-    while path(&alice, "bob").is_some() {
+    while path(alice, "bob").is_some() {
         assert!(
             closed.elapsed() < Duration::from_secs(30),
             "the relay never closed the circuit"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(
-        rendezvous.counter(
-            "peerchat_rendezvous_relay_circuits_total",
-            &["outcome=\"closed\""]
-        ) >= 1.0
-    );
+    assert!(rendezvous.closed_circuits() >= 1.0);
     // The next message opens a new circuit (or, failing that, goes through the mailbox): it
     // arrives once.
-    send(&alice, "bob", "after");
+    send(alice, "bob", "after");
     bob.wait_for_history("alice", &["before", "after"]);
 }
 
@@ -792,15 +821,15 @@ fn measure(
 
 /// One trial: alice and bob behind fresh NATs; how the path ends up, and how long to direct.
 fn trial(alice_nat: Nat, bob_nat: Nat) -> (&'static str, Option<Duration>) {
-    let tmp = tempfile::tempdir().unwrap();
-    let topology = Topology::behind_nats(alice_nat, bob_nat);
-    let rendezvous = PublicRendezvous::start(&topology, &tmp.path().join("rendezvous"), &[]);
-    let (alice, bob) = alice_and_bob(&topology, tmp.path(), &rendezvous);
+    let scene = Scene::behind(alice_nat, bob_nat, &[]);
+    let alice = &scene.alice;
+    let bob = &scene.bob;
+    let rendezvous = &scene.rendezvous;
     let started = Instant::now();
-    send(&alice, "bob", "one");
+    send(alice, "bob", "one");
     bob.wait_for_history("alice", &["one"]);
     let outcome = loop {
-        let now = path(&alice, "bob");
+        let now = path(alice, "bob");
         if now.as_deref() == Some("direct") {
             break ("direct", Some(started.elapsed()));
         }
@@ -865,17 +894,18 @@ fn nat_figures() {
     println!("| path | messages/s (16 at a time) | one send, median | one send, p95 |");
     println!("|---|---|---|---|");
     for (label, bob_nat) in [("relayed", Nat::Symmetric), ("direct", Nat::Cone)] {
-        let tmp = tempfile::tempdir().unwrap();
-        let topology = Topology::behind_nats(Nat::Cone, bob_nat);
-        let rendezvous = PublicRendezvous::start(&topology, &tmp.path().join("rendezvous"), &[]);
-        let (alice, bob) = alice_and_bob(&topology, tmp.path(), &rendezvous);
-        send(&alice, "bob", "hello");
+        let scene = Scene::behind(Nat::Cone, bob_nat, &[]);
+        let alice = &scene.alice;
+        let bob = &scene.bob;
+        let rendezvous = &scene.rendezvous;
+        let topology = &scene.topology;
+        send(alice, "bob", "hello");
         bob.wait_for_history("alice", &["hello"]);
         if label == "direct" {
-            wait_for_path(&alice, "bob", "direct", Duration::from_secs(30));
+            wait_for_path(alice, "bob", "direct", Duration::from_secs(30));
         }
-        let (rate, median, p95) = measure(&alice, &topology.alice, "bob", 500, 16);
-        assert_eq!(path(&alice, "bob").as_deref(), Some(label));
+        let (rate, median, p95) = measure(alice, &topology.alice, "bob", 500, 16);
+        assert_eq!(path(alice, "bob").as_deref(), Some(label));
         assert_eq!(rendezvous.deposits(), 0.0);
         println!("| {label} | {rate:.0} | {median:.1?} | {p95:.1?} |");
     }

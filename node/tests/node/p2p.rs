@@ -242,28 +242,7 @@ async fn a_peer_revoked_by_a_crl_swap_is_refused_on_its_next_connection() {
         Ok(Ack::Stored)
     );
 
-    let now = SystemTime::now();
-    let crl = ca
-        .sign_crl(
-            &[RevokedEntry {
-                serial: alice.serial.clone(),
-                revoked_at: now,
-            }],
-            1,
-            now,
-            now + Duration::from_secs(86400),
-        )
-        .unwrap();
-    bob.trust.set_crl(crl).unwrap();
-    bob.net.drop_revoked().await;
-    // Wait for the connection to be gone, then alice tries again.
-    let alice_name = Username::new("alice").unwrap();
-    for _ in 0..50 {
-        if peerchat::ports::Reachability::connection(&bob.net, &alice_name).is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    revoke(&ca, &bob, &alice).await;
     let again = alice
         .net
         .deliver(&bob.recipient(), envelope(b"2".to_vec()))
@@ -865,6 +844,31 @@ async fn reachability_tells_our_addresses_and_each_peers_connection() {
     assert_eq!(bob.net.connection(&alice_name), None);
 }
 
+/// Installs at `at` a CRL of `ca` that revokes `who`, has `at` close `who`'s connections, and
+/// waits until they are gone.
+async fn revoke(ca: &CertificateAuthority, at: &Node, who: &Node) {
+    let now = SystemTime::now();
+    let crl = ca
+        .sign_crl(
+            &[RevokedEntry {
+                serial: who.serial.clone(),
+                revoked_at: now,
+            }],
+            1,
+            now,
+            now + Duration::from_secs(86400),
+        )
+        .unwrap();
+    at.trust.set_crl(crl).unwrap();
+    at.net.drop_revoked().await;
+    for _ in 0..50 {
+        if peerchat::ports::Reachability::connection(&at.net, &who.name).is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A relay of `ca` on loopback.
 async fn loopback_relay(ca: &CertificateAuthority) -> peerchat_rendezvous::relay::Relay {
     use peerchat_rendezvous::relay::{self, RelayConfig};
@@ -925,27 +929,7 @@ async fn over_a_relay_the_peers_check_each_other_so_a_revoked_peer_is_refused_en
     );
     assert_eq!(relay.metrics().circuits("accepted"), 1);
 
-    let now = SystemTime::now();
-    let crl = ca
-        .sign_crl(
-            &[RevokedEntry {
-                serial: alice.serial.clone(),
-                revoked_at: now,
-            }],
-            1,
-            now,
-            now + Duration::from_secs(86400),
-        )
-        .unwrap();
-    bob.trust.set_crl(crl).unwrap();
-    bob.net.drop_revoked().await;
-    let alice_name = Username::new("alice").unwrap();
-    for _ in 0..50 {
-        if peerchat::ports::Reachability::connection(&bob.net, &alice_name).is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    revoke(&ca, &bob, &alice).await;
     let again = alice
         .net
         .deliver(&through_relay, envelope(b"2".to_vec()))
@@ -954,10 +938,9 @@ async fn over_a_relay_the_peers_check_each_other_so_a_revoked_peer_is_refused_en
         again.is_err(),
         "a revoked peer got through the relay: {again:?}"
     );
-    assert_eq!(
-        relay.metrics().circuits("accepted"),
-        2,
-        "the relay opened the second circuit: bob's own handshake refused alice"
+    assert!(
+        relay.metrics().circuits("accepted") >= 2,
+        "the relay let alice's new circuits through: bob's own handshake refused her"
     );
     let received: Vec<Vec<u8>> = bob.received().into_iter().map(|(_, e)| e.payload).collect();
     assert_eq!(received, vec![b"1".to_vec()]);
