@@ -300,16 +300,28 @@ pub async fn start(
             .boxed()
     };
     let limits = &config.limits;
+    let rate = |n: u32| std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN);
+    // rust-libp2p's default rates (60 reservations an hour per IP address) would stop the 61st
+    // user behind one office NAT; every user here holds a certificate, so the bounds are per
+    // device, with a wide one per address against a runaway client.
     let relay_config = relay::Config {
         max_reservations: limits.max_reservations,
         max_reservations_per_peer: limits.max_reservations_per_user,
         reservation_duration: limits.reservation_duration,
+        reservation_rate_limiters: Vec::new(),
         max_circuits: limits.max_circuits,
         max_circuits_per_peer: limits.max_circuits_per_user,
         max_circuit_duration: limits.max_circuit_duration,
         max_circuit_bytes: limits.max_circuit_bytes,
-        ..relay::Config::default()
-    };
+        circuit_src_rate_limiters: Vec::new(),
+    }
+    // Per device: 30 reservations at once, then one every 2 minutes.
+    .reservation_rate_per_peer(rate(30), Duration::from_secs(120))
+    .reservation_rate_per_ip(rate(1000), Duration::from_secs(1))
+    // Per device: 120 circuits at once (a contact list behind symmetric NATs), then one every
+    // 10 seconds.
+    .circuit_src_per_peer(rate(120), Duration::from_secs(10))
+    .circuit_src_per_ip(rate(1000), Duration::from_secs(1));
     let connection_limits = connection_limits::ConnectionLimits::default()
         .with_max_established_per_peer(Some(8))
         .with_max_pending_incoming(Some(256))

@@ -242,7 +242,7 @@ async fn one_user_cannot_drain_anothers_prekeys_and_a_low_supply_is_topped_up_at
 }
 
 /// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()

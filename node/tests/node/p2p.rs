@@ -888,13 +888,20 @@ async fn loopback_relay(ca: &CertificateAuthority) -> peerchat_rendezvous::relay
 
 /// `node`'s relayed address, once its reservation on `relay` is announced.
 async fn reserved_on(node: &Node, relay: &peerchat_rendezvous::relay::Relay) -> String {
-    use peerchat::ports::Reachability as _;
-    node.net
-        .use_relay(peerchat::driven::p2p::RelayServer {
+    reserved_at(
+        node,
+        peerchat::driven::p2p::RelayServer {
             peer_id: relay.peer_id(),
             addresses: relay.addresses(),
-        })
-        .await;
+        },
+    )
+    .await
+}
+
+/// `node`'s relayed address, once its reservation on `relay` is announced.
+async fn reserved_at(node: &Node, relay: peerchat::driven::p2p::RelayServer) -> String {
+    use peerchat::ports::Reachability as _;
+    node.net.use_relay(relay).await;
     for _ in 0..100 {
         if let Some(address) = node
             .net
@@ -1001,4 +1008,67 @@ async fn only_holders_of_a_certificate_of_this_ca_reserve_a_relay_slot_or_open_a
     );
     let received: Vec<Vec<u8>> = bob.received().into_iter().map(|(_, e)| e.payload).collect();
     assert_eq!(received, vec![b"relayed".to_vec()]);
+}
+
+/// What reservations cost the relay: the real rendezvous binary's RSS before and after
+/// PEERCHAT_RELAY_PEERS (default 200) nodes each hold a slot. Run by `scripts/nat-figures`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "figures, run by scripts/nat-figures"]
+async fn relay_memory_figures() {
+    use std::io::BufRead as _;
+    let peers: usize = std::env::var("PEERCHAT_RELAY_PEERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("rendezvous");
+    let mut child = std::process::Command::new(crate::binaries::rendezvous_binary())
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--relay-listen", "/ip4/127.0.0.1/tcp/0"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address: libp2p::Multiaddr = line
+        .split("relay on ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .unwrap_or_else(|| panic!("no relay in {line:?}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let Some(libp2p::multiaddr::Protocol::P2p(peer_id)) = address.iter().last() else {
+        panic!("{address} names no peer");
+    };
+    let relay = peerchat::driven::p2p::RelayServer {
+        peer_id,
+        addresses: vec![address],
+    };
+    let ca = CertificateAuthority::load(&dir).unwrap();
+    let rss = || crate::floods::rss_kib(child.id());
+    let before = rss();
+    let mut nodes = Vec::new();
+    for i in 0..peers {
+        let node = node(&format!("user{i:04}"), &ca, &ca, MAX).await;
+        reserved_at(&node, relay.clone()).await;
+        nodes.push(node);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss();
+    println!("| reservations | relay RSS | per reservation |");
+    println!("|---|---|---|");
+    println!("| 0 | {:.1} MiB | |", before as f64 / 1024.0);
+    println!(
+        "| {peers} | {:.1} MiB | {:.0} KiB |",
+        after as f64 / 1024.0,
+        after.saturating_sub(before) as f64 / peers as f64
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }
