@@ -618,24 +618,24 @@ fn behind_a_symmetric_nat_hole_punching_fails_and_messages_stay_relayed() {
     );
 }
 
+/// Alice and bob behind symmetric NATs, a rendezvous started with `flags`, and `first` sent
+/// from alice to bob over the relay (not the mailbox).
+fn relayed_after(first: &str, flags: &[&str]) -> Scene {
+    let scene = Scene::behind(Nat::Symmetric, Nat::Symmetric, flags);
+    send(&scene.alice, "bob", first);
+    scene.bob.wait_for_history("alice", &[first]);
+    assert_eq!(path(&scene.alice, "bob").as_deref(), Some("relayed"));
+    assert_eq!(scene.rendezvous.deposits(), 0.0);
+    scene
+}
+
 #[test]
 fn a_circuit_past_its_byte_limit_is_closed_and_the_message_goes_to_the_mailbox() {
     if skipped("a_circuit_past_its_byte_limit") {
         return;
     }
-    let scene = Scene::behind(
-        Nat::Symmetric,
-        Nat::Symmetric,
-        &["--relay-max-circuit-bytes", "12288"],
-    );
-    let alice = &scene.alice;
-    let bob = &scene.bob;
-    let rendezvous = &scene.rendezvous;
-
-    send(alice, "bob", "small");
-    bob.wait_for_history("alice", &["small"]);
-    assert_eq!(path(alice, "bob").as_deref(), Some("relayed"));
-    assert_eq!(rendezvous.deposits(), 0.0);
+    let scene = relayed_after("small", &["--relay-max-circuit-bytes", "12288"]);
+    let (alice, bob, rendezvous) = (&scene.alice, &scene.bob, &scene.rendezvous);
     // More than the circuit may carry: the relay closes it mid-envelope, a new circuit meets the
     // same limit, and the message goes to bob's mailbox, from which he gets it once.
     let big = "x".repeat(15 * 1024);
@@ -656,18 +656,8 @@ fn a_circuit_past_its_time_limit_is_closed_and_messages_still_arrive() {
     if skipped("a_circuit_past_its_time_limit") {
         return;
     }
-    let scene = Scene::behind(
-        Nat::Symmetric,
-        Nat::Symmetric,
-        &["--relay-max-circuit-secs", "3"],
-    );
-    let alice = &scene.alice;
-    let bob = &scene.bob;
-    let rendezvous = &scene.rendezvous;
-
-    send(alice, "bob", "before");
-    bob.wait_for_history("alice", &["before"]);
-    assert_eq!(path(alice, "bob").as_deref(), Some("relayed"));
+    let scene = relayed_after("before", &["--relay-max-circuit-secs", "3"]);
+    let (alice, bob, rendezvous) = (&scene.alice, &scene.bob, &scene.rendezvous);
     // The relay ends the circuit after 3 s: the connection is gone.
     let closed = Instant::now();
     while path(alice, "bob").is_some() {
