@@ -402,7 +402,7 @@ pub(crate) mod public_serde {
     }
 }
 
-mod signature_serde {
+pub(crate) mod signature_serde {
     use ed25519_dalek::Signature;
     use serde::{Deserializer, Serializer};
 

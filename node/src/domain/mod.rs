@@ -3,6 +3,7 @@
 pub mod address;
 pub mod content;
 pub mod envelope;
+pub mod group;
 pub mod ids;
 pub mod kdf;
 pub mod keys;
@@ -16,7 +17,8 @@ pub mod x3dh;
 pub use address::{Address, BadAddress, ConversationId, DeviceId};
 pub use content::{Content, ContentError};
 pub use envelope::{Ack, Envelope, EnvelopeError, RejectReason};
-pub use ids::MessageId;
+pub use group::{Change, Group, GroupError, GroupState, SignedChange};
+pub use ids::{GroupId, MessageId};
 pub use keys::{
     IdentityKey, IdentityKeyPair, InvalidKey, OneTimePreKey, OneTimePreKeyPair, PreKeyBundle,
     PreKeyId, SignedPreKey, SignedPreKeyPair,
