@@ -347,43 +347,12 @@ pub async fn start(
         libp2p::swarm::Config::with_tokio_executor()
             .with_idle_connection_timeout(Duration::from_secs(60)),
     );
-    for addr in &config.listen {
-        swarm
-            .listen_on(addr.clone())
-            .map_err(|e| RelayError::Listen {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
-    }
-    let mut listening = Vec::new();
-    while listening.len() < config.listen.len() {
-        match swarm.select_next_some().await {
-            SwarmEvent::NewListenAddr { address, .. } => listening.push(address),
-            SwarmEvent::ListenerError { error, .. }
-            | SwarmEvent::ListenerClosed {
-                reason: Err(error), ..
-            } => {
-                return Err(RelayError::Listen {
-                    addr: config.listen[0].clone(),
-                    reason: error.to_string(),
-                });
-            }
-            _ => {}
-        }
-    }
-    // An unspecified address reports each interface on its own; take what comes at once.
-    let settle = tokio::time::sleep(Duration::from_millis(200));
-    tokio::pin!(settle);
-    loop {
-        tokio::select! {
-            _ = &mut settle => break,
-            event = swarm.select_next_some() => {
-                if let SwarmEvent::NewListenAddr { address, .. } = event {
-                    listening.push(address);
-                }
-            }
-        }
-    }
+    let listening = peerchat_transport::listen::listen_on_all(&mut swarm, &config.listen)
+        .await
+        .map_err(|e| RelayError::Listen {
+            addr: e.addr,
+            reason: e.reason,
+        })?;
     // The relay must know its external addresses: they are what a reservation's answer carries.
     let external = if config.announce.is_empty() {
         listening

@@ -648,48 +648,16 @@ pub async fn start<I: Inbound>(
             .with_idle_connection_timeout(config.idle_timeout),
     );
 
-    for addr in &config.listen {
-        swarm
-            .listen_on(addr.clone())
+    let listen_addrs: Vec<Multiaddr> =
+        peerchat_transport::listen::listen_on_all(&mut swarm, &config.listen)
+            .await
             .map_err(|e| StartError::Listen {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
-    }
-    let mut listen_addrs = Vec::new();
-    while listen_addrs.len() < config.listen.len() {
-        match swarm.select_next_some().await {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                listen_addrs.push(address.with_p2p(local_peer_id).unwrap_or_else(|a| a))
-            }
-            SwarmEvent::ListenerError { error, .. } => {
-                return Err(StartError::Transport(error.to_string()));
-            }
-            _ => {}
-        }
-    }
-    // An unspecified address (0.0.0.0) listens on every interface, each reported on its own.
-    let unspecified = config.listen.iter().any(|a| {
-        a.iter().any(|p| match p {
-            Protocol::Ip4(ip) => ip.is_unspecified(),
-            Protocol::Ip6(ip) => ip.is_unspecified(),
-            _ => false,
-        })
-    });
-    if unspecified {
-        let settle = tokio::time::sleep(Duration::from_millis(300));
-        tokio::pin!(settle);
-        loop {
-            tokio::select! {
-                _ = &mut settle => break,
-                event = swarm.select_next_some() => {
-                    if let SwarmEvent::NewListenAddr { address, .. } = event {
-                        listen_addrs.push(address.with_p2p(local_peer_id).unwrap_or_else(|a| a));
-                    }
-                }
-            }
-        }
-    }
+                addr: e.addr,
+                reason: e.reason,
+            })?
+            .into_iter()
+            .map(|a| a.with_p2p(local_peer_id).unwrap_or_else(|a| a))
+            .collect();
     let (commands, command_rx) = mpsc::channel(1024);
     let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity);
     // Stops the swarm and everything it feeds at once ([`P2pNetwork::shutdown`]).
