@@ -98,20 +98,31 @@ enum Command {
         #[arg(long, env = "PEERCHAT_UI_BASE")]
         base: Option<String>,
     },
-    /// Sends a message.
+    /// Sends a message: `send NAME TEXT`, or `send --group ID TEXT`.
     Send {
-        /// The recipient.
-        name: String,
-        /// The text.
-        text: String,
+        /// The group to send to (its id, from `group list`), instead of a person.
+        #[arg(long)]
+        group: Option<String>,
+        /// The recipient and the text (the text only with --group).
+        #[arg(num_args = 1..=2, required = true, value_names = ["NAME", "TEXT"])]
+        words: Vec<String>,
     },
-    /// Shows the conversation with someone.
+    /// Shows the conversation with someone, or a group's (`--group ID`).
     History {
         /// The other person.
-        name: String,
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
+        name: Option<String>,
+        /// The group (its id).
+        #[arg(long)]
+        group: Option<String>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Creates and changes groups (up to 200 members).
+    Group {
+        #[command(subcommand)]
+        action: GroupAction,
     },
     /// Lists contacts.
     Contacts {
@@ -174,6 +185,67 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupAction {
+    /// Creates a group with you as its first admin; prints its id.
+    Create {
+        /// Its name.
+        name: String,
+        /// The other members, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        members: Vec<String>,
+    },
+    /// Lists your groups.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows a group: name, members, admins, version.
+    Show {
+        /// The group's id.
+        id: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Adds members (admins only).
+    Add {
+        /// The group's id.
+        id: String,
+        /// Who.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Removes members (admins only); they receive nothing new.
+    Remove {
+        /// The group's id.
+        id: String,
+        /// Who.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Leaves a group.
+    Leave {
+        /// The group's id.
+        id: String,
+    },
+    /// Renames a group (admins only).
+    Rename {
+        /// The group's id.
+        id: String,
+        /// The new name.
+        name: String,
+    },
+    /// Makes a member an admin (admins only).
+    Promote {
+        /// The group's id.
+        id: String,
+        /// Who.
+        user: String,
     },
 }
 
@@ -315,8 +387,45 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
             print_only: print,
             base,
         },
-        Command::Send { name, text } => CliCommand::Send { name, text },
-        Command::History { name, json } => CliCommand::History { name, json },
+        Command::Send { group, words } => match (group, &words[..]) {
+            (None, [name, text]) => CliCommand::Send {
+                name: name.clone(),
+                text: text.clone(),
+            },
+            (Some(group), [text]) => CliCommand::SendGroup {
+                group,
+                text: text.clone(),
+            },
+            (None, _) => return Err(CliError("usage: peerchat send NAME TEXT".into())),
+            (Some(_), _) => {
+                return Err(CliError(
+                    "usage: peerchat send --group ID TEXT (no name with --group)".into(),
+                ));
+            }
+        },
+        Command::History {
+            name: Some(name),
+            json,
+            ..
+        } => CliCommand::History { name, json },
+        Command::History {
+            group: Some(group),
+            json,
+            ..
+        } => CliCommand::GroupHistory { group, json },
+        Command::History { .. } => {
+            return Err(CliError("usage: peerchat history NAME | --group ID".into()));
+        }
+        Command::Group { action } => CliCommand::Group(match action {
+            GroupAction::Create { name, members } => cli::GroupCommand::Create { name, members },
+            GroupAction::List { json } => cli::GroupCommand::List { json },
+            GroupAction::Show { id, json } => cli::GroupCommand::Show { id, json },
+            GroupAction::Add { id, users } => cli::GroupCommand::Add { id, users },
+            GroupAction::Remove { id, users } => cli::GroupCommand::Remove { id, users },
+            GroupAction::Leave { id } => cli::GroupCommand::Leave { id },
+            GroupAction::Rename { id, name } => cli::GroupCommand::Rename { id, name },
+            GroupAction::Promote { id, user } => cli::GroupCommand::Promote { id, user },
+        }),
         Command::Contacts { json } => CliCommand::Contacts { json },
         Command::Status { json } => CliCommand::Status { json },
         Command::Watch { json } => CliCommand::Watch { json },

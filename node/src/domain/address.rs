@@ -3,14 +3,16 @@
 //! conversation).
 //!
 //! Both have a text form that is also how they are stored: `alice` for alice's first device and
-//! the direct conversation with alice, `alice/2` for her second device. Usernames contain
-//! neither `/` nor `#`, so the forms never collide, and what was stored under a bare username
-//! before devices existed reads as the first device.
+//! the direct conversation with alice, `alice/2` for her second device, `#` and 32 hex digits for
+//! a group. Usernames contain neither `/` nor `#`, so the forms never collide, and what was
+//! stored under a bare username before devices existed reads as the first device.
 
 use std::fmt;
 use std::str::FromStr;
 
 use peerchat_pki::Username;
+
+use super::ids::GroupId;
 
 /// One of a user's devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -103,19 +105,36 @@ impl<'de> serde::Deserialize<'de> for Address {
     }
 }
 
-/// A conversation: with one person now; groups come next.
+/// A conversation: with one person, or a group.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ConversationId {
     /// The conversation with one user (all of their devices).
     Direct(Username),
+    /// A group's conversation.
+    Group(GroupId),
 }
 
 impl ConversationId {
     /// The person at the other end of a direct conversation.
-    pub fn peer(&self) -> &Username {
+    pub fn peer(&self) -> Option<&Username> {
         match self {
-            Self::Direct(user) => user,
+            Self::Direct(user) => Some(user),
+            Self::Group(_) => None,
         }
+    }
+
+    /// The group, for a group's conversation.
+    pub fn group(&self) -> Option<GroupId> {
+        match self {
+            Self::Direct(_) => None,
+            Self::Group(group) => Some(*group),
+        }
+    }
+}
+
+impl From<GroupId> for ConversationId {
+    fn from(group: GroupId) -> Self {
+        Self::Group(group)
     }
 }
 
@@ -135,6 +154,7 @@ impl fmt::Display for ConversationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Direct(user) => write!(f, "{user}"),
+            Self::Group(group) => write!(f, "#{group}"),
         }
     }
 }
@@ -143,9 +163,12 @@ impl FromStr for ConversationId {
     type Err = BadAddress;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Username::new(s)
-            .map(Self::Direct)
-            .map_err(|_| BadAddress(s.chars().take(64).collect()))
+        let bad = || BadAddress(s.chars().take(64).collect());
+        match s.strip_prefix('#') {
+            Some(group) if group.len() == 32 => group.parse().map(Self::Group).map_err(|_| bad()),
+            Some(_) => Err(bad()),
+            None => Username::new(s).map(Self::Direct).map_err(|_| bad()),
+        }
     }
 }
 
@@ -209,11 +232,28 @@ mod tests {
     fn a_direct_conversation_is_named_by_the_peer() {
         let direct = ConversationId::from(alice());
         assert_eq!(direct.to_string(), "alice");
-        assert_eq!(direct.peer(), &alice());
+        assert_eq!(direct.peer(), Some(&alice()));
         assert_eq!(
             postcard::to_stdvec(&direct).unwrap(),
             postcard::to_stdvec(&alice()).unwrap()
         );
         assert!("#group".parse::<ConversationId>().is_err());
+    }
+
+    #[test]
+    fn a_group_conversation_is_a_hash_and_the_group_id() {
+        let id = GroupId::from_bytes([0xab; 16]);
+        let group = ConversationId::from(id);
+        assert_eq!(group.to_string(), format!("#{}", "ab".repeat(16)));
+        assert_eq!(group.to_string().parse::<ConversationId>().unwrap(), group);
+        assert_eq!((group.peer(), group.group()), (None, Some(id)));
+        for bad in [
+            "#".to_string(),
+            format!("# {}", "ab".repeat(16)),
+            format!("#{}", "ab".repeat(17)),
+            format!("#{}", "xy".repeat(16)),
+        ] {
+            assert!(bad.parse::<ConversationId>().is_err(), "{bad}");
+        }
     }
 }

@@ -7,7 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::MessageId;
+use super::group::{Change, GroupState, MAX_MEMBERS, SignedChange};
+use super::ids::{GroupId, MessageId};
 
 /// Version of the content encoding.
 pub const CONTENT_VERSION: u8 = 1;
@@ -40,6 +41,38 @@ pub enum Content {
         /// The messages acknowledged.
         ids: Vec<MessageId>,
     },
+    /// A change of a group, from its author. A member the change adds also gets the state it
+    /// was made on (`base`), having no earlier state of its own.
+    GroupChange {
+        /// The state the change was made on, for members it adds.
+        base: Option<GroupState>,
+        /// The signed change.
+        change: Box<SignedChange>,
+    },
+    /// A chat message in a group (sent to each member over its pairwise session).
+    GroupText {
+        /// The group.
+        group: GroupId,
+        /// The group's version as the author sent it: a receiver behind it waits for the
+        /// changes it misses before judging whether the author is a member.
+        version: u64,
+        /// The author's id for it (the same for every member).
+        id: MessageId,
+        /// Milliseconds since the Unix epoch on the author's clock.
+        sent_at_ms: u64,
+        /// The text.
+        body: String,
+    },
+    /// The listed messages of the group were stored (`read: false`) or shown (`read: true`)
+    /// by the receiver.
+    GroupReceipt {
+        /// The group.
+        group: GroupId,
+        /// The messages acknowledged.
+        ids: Vec<MessageId>,
+        /// Shown, not only stored.
+        read: bool,
+    },
 }
 
 /// Why content could not be built or read.
@@ -51,6 +84,9 @@ pub enum ContentError {
     /// A receipt for more than [`MAX_RECEIPT_IDS`] messages.
     #[error("a receipt covers at most {MAX_RECEIPT_IDS} messages")]
     TooManyIds,
+    /// A group change naming more people than a group may hold.
+    #[error("a group has at most {MAX_MEMBERS} members")]
+    TooManyMembers,
     /// An encoding version this node does not know.
     #[error("unsupported content version {0}")]
     UnsupportedVersion(u8),
@@ -63,13 +99,31 @@ impl Content {
     /// Checks the bounds of the content.
     pub fn validate(&self) -> Result<(), ContentError> {
         match self {
-            Content::Text { body, .. } if body.len() > MAX_TEXT_BYTES => {
+            Content::Text { body, .. } | Content::GroupText { body, .. }
+                if body.len() > MAX_TEXT_BYTES =>
+            {
                 Err(ContentError::TextTooLong)
             }
-            Content::DeliveryReceipt { ids } | Content::ReadReceipt { ids }
+            Content::DeliveryReceipt { ids }
+            | Content::ReadReceipt { ids }
+            | Content::GroupReceipt { ids, .. }
                 if ids.len() > MAX_RECEIPT_IDS =>
             {
                 Err(ContentError::TooManyIds)
+            }
+            Content::GroupChange { base, change } => {
+                let named = match &change.change {
+                    Change::Create { members, .. } => members.len(),
+                    Change::Add(users) | Change::Remove(users) => users.len(),
+                    _ => 0,
+                };
+                let held = base
+                    .as_ref()
+                    .map_or(0, |b| b.members.len().max(b.admins.len()));
+                if named > MAX_MEMBERS || held > MAX_MEMBERS {
+                    return Err(ContentError::TooManyMembers);
+                }
+                Ok(())
             }
             _ => Ok(()),
         }
@@ -127,11 +181,53 @@ mod tests {
                 ids: vec![MessageId::from_bytes([1; 16])],
             },
             Content::ReadReceipt { ids: vec![] },
+            Content::GroupText {
+                group: GroupId::from_bytes([3; 16]),
+                version: 2,
+                id: MessageId::from_bytes([4; 16]),
+                sent_at_ms: 5,
+                body: "to the group".into(),
+            },
+            Content::GroupReceipt {
+                group: GroupId::from_bytes([3; 16]),
+                ids: vec![MessageId::from_bytes([4; 16])],
+                read: true,
+            },
+            group_change(3),
         ] {
             let bytes = c.encode().unwrap();
             assert_eq!(bytes.len() % PADDING_BLOCK, 0);
             assert_eq!(Content::decode(&bytes).unwrap(), c);
         }
+    }
+
+    fn group_change(members: usize) -> Content {
+        let key = crate::domain::IdentityKeyPair::from_seed(&[9; 32]);
+        let people = (0..members)
+            .map(|i| peerchat_pki::Username::new(format!("member{i}")).unwrap())
+            .collect();
+        Content::GroupChange {
+            base: None,
+            change: Box::new(SignedChange::sign(
+                &key,
+                peerchat_pki::Username::new("admin").unwrap(),
+                GroupId::from_bytes([3; 16]),
+                None,
+                Change::Create {
+                    name: "friends".into(),
+                    members: people,
+                },
+            )),
+        }
+    }
+
+    #[test]
+    fn a_group_change_naming_more_than_a_group_holds_is_refused() {
+        assert!(group_change(MAX_MEMBERS).encode().is_ok());
+        assert_eq!(
+            group_change(MAX_MEMBERS + 1).encode(),
+            Err(ContentError::TooManyMembers)
+        );
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub enum RejectReason {
     /// The receiver failed to store it; try again later.
     #[error("the receiver could not store the message")]
     Internal,
+    /// It decrypted, but its sender may not say it: a group message from someone who is not a
+    /// member, a group change its author may not make. Final: it is not sent again.
+    #[error("the receiver refused the message: its sender may not send it")]
+    Refused,
 }
 
 /// Why bytes are not an envelope.
@@ -147,6 +151,7 @@ mod tests {
             Ack::Stored,
             Ack::Duplicate,
             Ack::Rejected(RejectReason::Busy),
+            Ack::Rejected(RejectReason::Refused),
         ] {
             assert_eq!(Ack::decode(&ack.encode()).unwrap(), ack);
         }

@@ -7,12 +7,14 @@
 //! names (admins change the group; any member may leave), and it is the next version of that
 //! state.
 //!
-//! **Convergence.** Higher versions win; two changes made concurrently on the same state (same
-//! version, same parent digest) are ordered by the SHA-256 of their signed encoding, the smaller
-//! one winning. A member that applied the loser first replaces it with the winner when the winner
-//! arrives, so every member that received both ends in the same state whatever the order of
-//! arrival. A change built on the losing one names a parent that is no longer the group's and is
-//! refused; its author makes it again on the winning state.
+//! **Convergence.** Two changes made concurrently on the same state (same version, same parent
+//! digest) are ordered by the SHA-256 of their signed encoding, the smaller one winning. A member
+//! that applied the loser first replaces it with the winner when the winner arrives (with any
+//! change it applied on top of the loser: such a change names a parent that is no longer the
+//! group's, and every other member refuses it too), so every member that received both ends in
+//! the same state whatever the order of arrival. Members remember the last [`MAX_LOG`] versions
+//! for this; a concurrent change older than that is refused as stale. Changes that arrive before
+//! the ones they follow ([`GroupError::Gap`]) wait with their sender, who sends them again.
 
 use std::collections::BTreeSet;
 
@@ -29,6 +31,10 @@ pub const MAX_MEMBERS: usize = 200;
 
 /// Longest group name, in bytes.
 pub const MAX_NAME_BYTES: usize = 100;
+
+/// How many past versions a member remembers, to let a concurrent change that wins replace the
+/// one it applied.
+pub const MAX_LOG: usize = 32;
 
 /// Domain separation of change signatures.
 const CHANGE_CONTEXT: &[u8] = b"peerchat group change v1";
@@ -215,12 +221,12 @@ impl SignedChange {
     }
 }
 
-/// A group and how it came to be: its state, and the state and change before the last one (so
-/// that a concurrent change that wins can replace the last).
+/// A group and how it came to be: its state, and for each of the last [`MAX_LOG`] changes the
+/// state it was made on and its hash (so that a concurrent change that wins can replace it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Group {
     state: GroupState,
-    last: Option<(GroupState, [u8; 32])>,
+    log: Vec<(GroupState, [u8; 32])>,
 }
 
 impl Group {
@@ -247,7 +253,23 @@ impl Group {
                 admins: vec![signed.author.clone()],
                 version: 1,
             },
-            last: None,
+            log: Vec::new(),
+        })
+    }
+
+    /// A group joined at `state`, as the admin adding us described it (we hold no earlier
+    /// state to check it against). The state is checked for its bounds.
+    pub fn joined(state: GroupState) -> Result<Self, GroupError> {
+        check_name(&state.name)?;
+        if state.members.len() > MAX_MEMBERS {
+            return Err(GroupError::TooManyMembers);
+        }
+        if state.admins.is_empty() || state.admins.iter().any(|a| !state.members.contains(a)) {
+            return Err(GroupError::Invalid("admins are members, and there is one"));
+        }
+        Ok(Self {
+            state,
+            log: Vec::new(),
         })
     }
 
@@ -273,43 +295,49 @@ impl Group {
                 return Err(GroupError::WrongParent);
             }
             let next = next_state(&self.state, signed)?;
-            self.last = Some((std::mem::replace(&mut self.state, next), signed.hash()));
-            return Ok(());
-        }
-        if signed.version == have {
-            // Concurrent with the change that made this version?
-            let Some((before, applied)) = &self.last else {
-                return Err(GroupError::Stale {
-                    have,
-                    got: signed.version,
-                });
-            };
-            if signed.parent != before.digest() {
-                return Err(GroupError::WrongParent);
+            let before = std::mem::replace(&mut self.state, next);
+            self.log.push((before, signed.hash()));
+            if self.log.len() > MAX_LOG {
+                self.log.remove(0);
             }
-            let hash = signed.hash();
-            if hash == *applied {
-                return Err(GroupError::Duplicate);
-            }
-            if hash > *applied {
-                return Err(GroupError::Lost);
-            }
-            let next = next_state(before, signed)?;
-            self.state = next;
-            self.last = Some((before.clone(), hash));
             return Ok(());
         }
         if signed.version > have {
-            Err(GroupError::Gap {
+            return Err(GroupError::Gap {
                 have,
                 got: signed.version,
-            })
-        } else {
-            Err(GroupError::Stale {
-                have,
-                got: signed.version,
-            })
+            });
         }
+        // Concurrent with a change we applied (the one that made `signed.version`)?
+        let stale = GroupError::Stale {
+            have,
+            got: signed.version,
+        };
+        let Some(at) = self
+            .log
+            .iter()
+            .position(|(before, _)| before.version + 1 == signed.version)
+        else {
+            return Err(stale);
+        };
+        let (before, applied) = &self.log[at];
+        if signed.parent != before.digest() {
+            return Err(GroupError::WrongParent);
+        }
+        let hash = signed.hash();
+        if hash == *applied {
+            return Err(GroupError::Duplicate);
+        }
+        if hash > *applied {
+            return Err(GroupError::Lost);
+        }
+        // It wins: the loser, and whatever was built on it, give way.
+        let next = next_state(before, signed)?;
+        let before = before.clone();
+        self.log.truncate(at);
+        self.log.push((before, hash));
+        self.state = next;
+        Ok(())
     }
 }
 
@@ -606,6 +634,47 @@ mod tests {
             proptest::prop_assert_eq!(in_order.state(), reordered.state());
             proptest::prop_assert_eq!(in_order.state(), only.state());
         }
+    }
+
+    #[test]
+    fn a_winning_change_replaces_the_loser_and_what_was_built_on_it() {
+        let (alice, bob, _carol, mut base) = group_of_three();
+        let promote = alice.sign(&base, Change::Promote(bob.name.clone()));
+        base.apply(&promote, alice.key.public()).unwrap();
+        // Alice and bob rename at once; whoever loses also changes the group on top of its own.
+        let mut renames = [
+            (alice.sign(&base, Change::Rename("by alice".into())), &alice),
+            (bob.sign(&base, Change::Rename("by bob".into())), &bob),
+        ];
+        renames.sort_by_key(|(c, _)| c.hash());
+        let [(winner, winner_by), (loser, loser_by)] = renames;
+        let mut at_loser = base.clone();
+        at_loser.apply(&loser, loser_by.key.public()).unwrap();
+        let on_top = loser_by.sign(&at_loser, Change::Add(vec![user("dave")]));
+        at_loser.apply(&on_top, loser_by.key.public()).unwrap();
+        assert_eq!(at_loser.state().version, 4);
+        // Everyone else applied the winner only and refuses what was built on the loser.
+        let mut elsewhere = base.clone();
+        elsewhere.apply(&winner, winner_by.key.public()).unwrap();
+        assert_eq!(
+            elsewhere.apply(&on_top, loser_by.key.public()),
+            Err(GroupError::WrongParent)
+        );
+        // The winner reaches the loser's author: both changes give way.
+        at_loser.apply(&winner, winner_by.key.public()).unwrap();
+        assert_eq!(at_loser.state(), elsewhere.state());
+        assert!(!at_loser.state().members.contains(&user("dave")));
+    }
+
+    #[test]
+    fn a_joined_state_is_checked_for_its_bounds() {
+        let (_alice, _bob, _carol, group) = group_of_three();
+        let mut state = group.state().clone();
+        assert!(Group::joined(state.clone()).is_ok());
+        state.admins = vec![user("stranger")];
+        assert!(Group::joined(state.clone()).is_err());
+        state.admins.clear();
+        assert!(Group::joined(state).is_err());
     }
 
     #[test]

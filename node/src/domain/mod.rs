@@ -25,7 +25,7 @@ pub use keys::{
 };
 pub use message::{Message, MessageDecodeError, PreKeyHeader};
 pub use ratchet::{DecryptError, EncryptError, Responded, Session, SessionError};
-pub use record::{Contact, Direction, StoredMessage};
+pub use record::{Contact, Direction, StoredMessage, group_status};
 pub use safety_number::SafetyNumber;
 pub use status::MessageStatus;
 pub use x3dh::X3dhError;

@@ -1,9 +1,11 @@
 //! What the node keeps about people and messages: contacts with their pinned keys, and messages
 //! as stored.
 
+use std::collections::BTreeMap;
+
 use peerchat_pki::Username;
 
-use super::{Address, ConversationId, IdentityKey, MessageId, MessageStatus};
+use super::{Address, ConversationId, GroupId, IdentityKey, MessageId, MessageStatus};
 
 /// A person we talk to, with the identity key of their device pinned on first contact (one
 /// device per user for now: the record of [`Contact::address`]).
@@ -36,7 +38,7 @@ pub enum Direction {
 pub struct StoredMessage {
     /// The sender's id.
     pub id: MessageId,
-    /// The other person.
+    /// The other person; in a group, the author (ourselves for an outgoing message).
     pub peer: Username,
     /// Who wrote it.
     pub direction: Direction,
@@ -44,20 +46,137 @@ pub struct StoredMessage {
     pub body: String,
     /// The sender's clock, ms since the epoch.
     pub sent_at_ms: u64,
-    /// Its status.
+    /// Its status; for an outgoing group message, the least advanced of its members' (see
+    /// [`group_status`]).
     pub status: MessageStatus,
+    /// The group, for a message in a group's conversation.
+    pub group: Option<GroupId>,
+    /// For an outgoing group message: each recipient's status.
+    pub receipts: BTreeMap<Username, MessageStatus>,
 }
 
 impl StoredMessage {
     /// The conversation it belongs to.
     pub fn conversation(&self) -> ConversationId {
-        ConversationId::Direct(self.peer.clone())
+        match self.group {
+            Some(group) => ConversationId::Group(group),
+            None => ConversationId::Direct(self.peer.clone()),
+        }
     }
+
+    /// A message of a direct conversation with `peer`.
+    pub fn direct(
+        id: MessageId,
+        peer: Username,
+        direction: Direction,
+        body: String,
+        sent_at_ms: u64,
+        status: MessageStatus,
+    ) -> Self {
+        Self {
+            id,
+            peer,
+            direction,
+            body,
+            sent_at_ms,
+            status,
+            group: None,
+            receipts: BTreeMap::new(),
+        }
+    }
+
+    /// Moves one member's status of our group message where [`MessageStatus::may_become`]
+    /// allows it, and the message's status with it ([`group_status`]); whether it moved.
+    pub fn move_member(&mut self, member: &Username, status: MessageStatus) -> bool {
+        if self.direction != Direction::Outgoing {
+            return false;
+        }
+        let Some(current) = self.receipts.get_mut(member) else {
+            return false;
+        };
+        if !current.may_become(status) {
+            return false;
+        }
+        *current = status;
+        self.status = group_status(self.receipts.values());
+        true
+    }
+
+    /// How many recipients of an outgoing group message have it at `status` or beyond
+    /// (`delivered` counts those that stored it, `read` those that showed it).
+    pub fn receipts_at_least(&self, status: MessageStatus) -> usize {
+        self.receipts
+            .values()
+            .filter(|s| **s == status || status.may_become(**s) && s.is_acknowledged())
+            .count()
+    }
+}
+
+/// The status an outgoing group message shows, from its members' statuses: pending while any
+/// member's copy waits, else held or failed if any is, else the least of sent, delivered, read
+/// (so `read` means read by everyone). With no recipients, `sent`.
+pub fn group_status<'a>(members: impl IntoIterator<Item = &'a MessageStatus>) -> MessageStatus {
+    let statuses: Vec<MessageStatus> = members.into_iter().copied().collect();
+    for waiting in [
+        MessageStatus::Pending,
+        MessageStatus::Held,
+        MessageStatus::Failed,
+    ] {
+        if statuses.contains(&waiting) {
+            return waiting;
+        }
+    }
+    statuses
+        .into_iter()
+        .filter(|s| s.is_acknowledged())
+        .min()
+        .unwrap_or(MessageStatus::Sent)
 }
 
 impl Contact {
     /// The device whose key this record pins.
     pub fn address(&self) -> Address {
         Address::first(self.username.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use MessageStatus::{Delivered, Failed, Held, Pending, Read, Sent};
+
+    #[test]
+    fn a_group_message_shows_its_least_advanced_member() {
+        assert_eq!(group_status(&[Read, Delivered, Read]), Delivered);
+        assert_eq!(group_status(&[Read, Read]), Read);
+        assert_eq!(group_status(&[Read, Sent, Pending]), Pending);
+        assert_eq!(group_status(&[Read, Held, Failed]), Held);
+        assert_eq!(group_status(&[Read, Failed]), Failed);
+        assert_eq!(group_status(&[]), Sent);
+    }
+
+    #[test]
+    fn receipts_count_members_at_or_beyond_a_status() {
+        let user = |n: &str| Username::new(n).unwrap();
+        let mut m = StoredMessage::direct(
+            MessageId::from_bytes([1; 16]),
+            user("meg"),
+            Direction::Outgoing,
+            "hi".into(),
+            0,
+            Pending,
+        );
+        m.receipts = [
+            (user("ann"), Read),
+            (user("bob"), Delivered),
+            (user("cat"), Sent),
+            (user("dan"), Pending),
+        ]
+        .into();
+        assert_eq!(m.receipts_at_least(Delivered), 2);
+        assert_eq!(m.receipts_at_least(Read), 1);
+        assert_eq!(m.receipts_at_least(Sent), 3);
     }
 }

@@ -7,15 +7,15 @@ use peerchat_pki::Username;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{
-    Ack, Address, ConversationId, Envelope, MessageId, OneTimePreKeyPair, PreKeyId, RejectReason,
-    Session, SignedPreKeyPair,
+    Ack, Address, ConversationId, Envelope, GroupId, MessageId, OneTimePreKeyPair, PreKeyId,
+    RejectReason, Session, SignedPreKeyPair,
 };
 use crate::ports::{
     AuthenticatedPeer, Batch, Committed, Contact, ContactStore, Conversation, DeliveryError,
-    Direction, Event, HeldInbound, IdentityStore, IfStored, Inbound, LocalIdentity,
-    MAX_HELD_INBOUND, MessageStatus, MessageStore, Messages, Notifier, OutboxEntry, OutboxStore,
-    Page, PeerStream, PreKeyStore, Reachability, ReachabilityEvent, Recipient, SessionStore, Store,
-    StoreError, StoredMessage, Streams, Write,
+    Direction, Event, GroupStore, HeldInbound, IdentityStore, IfStored, Inbound, LocalIdentity,
+    MAX_HELD_INBOUND, MemberMoved, MessageStatus, MessageStore, Messages, Notifier, OutboxEntry,
+    OutboxStore, Page, PeerStream, PreKeyStore, Reachability, ReachabilityEvent, Recipient,
+    SessionStore, Store, StoreError, StoredMessage, Streams, Write,
 };
 
 #[derive(Default)]
@@ -34,6 +34,7 @@ struct Inner {
     order: u64,
     last_activity: HashMap<ConversationId, u64>,
     held_inbound: HashMap<Username, Vec<HeldInbound>>,
+    groups: BTreeMap<GroupId, crate::domain::Group>,
 }
 
 impl Inner {
@@ -289,6 +290,16 @@ impl SessionStore for MemoryStore {
     }
 }
 
+impl GroupStore for MemoryStore {
+    fn group(&self, id: &GroupId) -> Result<Option<crate::domain::Group>, StoreError> {
+        Ok(self.inner().groups.get(id).cloned())
+    }
+
+    fn groups(&self) -> Result<Vec<crate::domain::Group>, StoreError> {
+        Ok(self.inner().groups.values().cloned().collect())
+    }
+}
+
 impl OutboxStore for MemoryStore {
     fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
         Ok(self.inner().outbox.clone())
@@ -335,7 +346,7 @@ impl Store for MemoryStore {
                 if !replace {
                     return Ok(Committed {
                         duplicate: true,
-                        advanced: Vec::new(),
+                        ..Committed::default()
                     });
                 }
             }
@@ -397,6 +408,28 @@ impl Store for MemoryStore {
                     inner
                         .outbox
                         .retain(|o| !(o.to == *device && o.envelope.id == *id));
+                }
+                Write::Group(record) => {
+                    inner.groups.insert(record.state().id, (**record).clone());
+                }
+                Write::MemberStatus {
+                    group,
+                    id,
+                    member,
+                    status,
+                } => {
+                    let Some(m) = inner.find(&ConversationId::Group(*group), id) else {
+                        continue;
+                    };
+                    if m.move_member(member, *status) {
+                        committed.members.push(MemberMoved {
+                            group: *group,
+                            id: *id,
+                            member: member.clone(),
+                            status: *status,
+                            overall: m.status,
+                        });
+                    }
                 }
             }
         }

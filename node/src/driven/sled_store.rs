@@ -12,12 +12,14 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::domain::{
-    Address, ConversationId, MessageId, OneTimePreKeyPair, PreKeyId, Session, SignedPreKeyPair,
+    Address, ConversationId, GroupId, MessageId, OneTimePreKeyPair, PreKeyId, Session,
+    SignedPreKeyPair,
 };
 use crate::ports::{
-    Batch, Committed, Contact, ContactStore, Conversation, Direction, HeldInbound, IdentityStore,
-    IfStored, LocalIdentity, MAX_HELD_INBOUND, MessageStatus, MessageStore, OutboxEntry,
-    OutboxStore, Page, PreKeyStore, SessionStore, Store, StoreError, StoredMessage, Write,
+    Batch, Committed, Contact, ContactStore, Conversation, Direction, GroupStore, HeldInbound,
+    IdentityStore, IfStored, LocalIdentity, MAX_HELD_INBOUND, MemberMoved, MessageStatus,
+    MessageStore, OutboxEntry, OutboxStore, Page, PreKeyStore, SessionStore, Store, StoreError,
+    StoredMessage, Write,
 };
 
 /// sled page cache; the node's working set is small.
@@ -59,6 +61,7 @@ pub struct SledStore {
     unread: sled::Tree,
     known_addresses: sled::Tree,
     held_inbound: sled::Tree,
+    groups: sled::Tree,
     flushes_started: AtomicU64,
     flushes_done: AtomicU64,
     flushing: tokio::sync::Mutex<()>,
@@ -80,6 +83,54 @@ fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
 
 fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
     postcard::from_bytes(b).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// A message as stored before groups (no group, no receipts).
+#[derive(Deserialize)]
+struct MessageBeforeGroups {
+    id: MessageId,
+    peer: Username,
+    direction: Direction,
+    body: String,
+    sent_at_ms: u64,
+    status: MessageStatus,
+}
+
+/// A message record, also one written before groups (postcard has no optional trailing fields:
+/// such a record ends early, and reads as a direct message).
+fn dec_message(b: &[u8]) -> Result<StoredMessage, StoreError> {
+    dec(b).or_else(|e| match postcard::from_bytes::<MessageBeforeGroups>(b) {
+        Ok(m) => Ok(StoredMessage::direct(
+            m.id,
+            m.peer,
+            m.direction,
+            m.body,
+            m.sent_at_ms,
+            m.status,
+        )),
+        Err(_) => Err(e),
+    })
+}
+
+/// An outbox entry as stored before groups.
+#[derive(Deserialize)]
+struct EntryBeforeGroups {
+    to: Address,
+    queued_at_ms: u64,
+    envelope: crate::domain::Envelope,
+}
+
+/// An outbox record, also one written before groups (for a direct message).
+fn dec_entry(b: &[u8]) -> Result<OutboxEntry, StoreError> {
+    dec(b).or_else(|e| match postcard::from_bytes::<EntryBeforeGroups>(b) {
+        Ok(old) => Ok(OutboxEntry {
+            to: old.to,
+            queued_at_ms: old.queued_at_ms,
+            envelope: old.envelope,
+            group: None,
+        }),
+        Err(_) => Err(e),
+    })
 }
 
 /// `name ‖ 0 ‖ suffix`: a record of a conversation, device or user (whose text forms contain no
@@ -126,6 +177,7 @@ impl SledStore {
             unread: t("unread")?,
             known_addresses: t("known_addresses")?,
             held_inbound: t("held_inbound")?,
+            groups: t("groups")?,
             flushes_started: AtomicU64::new(0),
             flushes_done: AtomicU64::new(0),
             flushing: tokio::sync::Mutex::new(()),
@@ -143,7 +195,7 @@ impl SledStore {
         }
         let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
         for value in self.messages.iter().values() {
-            let message: StoredMessage = dec(&value.map_err(backend)?)?;
+            let message = dec_message(&value.map_err(backend)?)?;
             if is_unread(&message) {
                 *counts
                     .entry(message.conversation().to_string())
@@ -396,7 +448,11 @@ impl MessageStore for SledStore {
         else {
             return Ok(None);
         };
-        Self::get(&self.messages, key(conversation, &seq))
+        self.messages
+            .get(key(conversation, &seq))
+            .map_err(backend)?
+            .map(|v| dec_message(&v))
+            .transpose()
     }
 
     #[tracing::instrument(name = "store.history", skip_all)]
@@ -424,7 +480,7 @@ impl MessageStore for SledStore {
             .range(start..end)
             .rev()
             .take(page.limit)
-            .map(|item| dec(&item.map_err(backend)?.1))
+            .map(|item| dec_message(&item.map_err(backend)?.1))
             .collect::<Result<Vec<StoredMessage>, StoreError>>()?;
         page_items.reverse();
         Ok(page_items)
@@ -440,7 +496,13 @@ impl MessageStore for SledStore {
                 .ok()
                 .and_then(|c| c.parse().ok())
                 .ok_or_else(|| StoreError::Corrupt("conversation key".into()))?;
-            let Some(last) = Self::get(&self.messages, key(&id, &a.last_seq.to_be_bytes()))? else {
+            let Some(last) = self
+                .messages
+                .get(key(&id, &a.last_seq.to_be_bytes()))
+                .map_err(backend)?
+                .map(|v| dec_message(&v))
+                .transpose()?
+            else {
                 continue;
             };
             let unread = counter(self.unread.get(&conversation).map_err(backend)?.as_deref());
@@ -526,6 +588,22 @@ impl OutboxStore for SledStore {
         self.outbox
             .iter()
             .values()
+            .map(|v| dec_entry(&v.map_err(backend)?))
+            .collect()
+    }
+}
+
+impl GroupStore for SledStore {
+    #[tracing::instrument(name = "store.group", skip_all)]
+    fn group(&self, id: &GroupId) -> Result<Option<crate::domain::Group>, StoreError> {
+        Self::get(&self.groups, id.as_bytes())
+    }
+
+    #[tracing::instrument(name = "store.groups", skip_all)]
+    fn groups(&self) -> Result<Vec<crate::domain::Group>, StoreError> {
+        self.groups
+            .iter()
+            .values()
             .map(|v| dec(&v.map_err(backend)?))
             .collect()
     }
@@ -583,6 +661,7 @@ impl Store for SledStore {
                 Write::Session(_, session) => Some(session.to_bytes().to_vec()),
                 Write::Message(message, _) => Some(enc(message)?),
                 Write::Enqueue(entry) => Some(enc(entry)?),
+                Write::Group(record) => Some(enc(record)?),
                 _ => None,
             });
         }
@@ -594,9 +673,10 @@ impl Store for SledStore {
             &self.unread,
             &self.outbox,
             &self.one_time,
+            &self.groups,
         )
             .transaction(
-                |(sessions, messages, ids, activity, unread, out, one_time)| {
+                |(sessions, messages, ids, activity, unread, out, one_time, groups)| {
                     let mut committed = Committed::default();
                     for (write, bytes) in batch.0.iter().zip(&encoded) {
                         let bytes = bytes.as_deref().unwrap_or_default();
@@ -621,8 +701,8 @@ impl Store for SledStore {
                                     continue;
                                 };
                                 let at = key(&conversation, &seq);
-                                let earlier: Option<StoredMessage> =
-                                    messages.get(&at)?.map(|v| dec(&v)).transpose()?;
+                                let earlier =
+                                    messages.get(&at)?.map(|v| dec_message(&v)).transpose()?;
                                 let replace = match if_stored {
                                     IfStored::Skip => false,
                                     IfStored::ReplaceUndecryptable => earlier
@@ -656,7 +736,7 @@ impl Store for SledStore {
                                 let Some(v) = messages.get(&at)? else {
                                     continue;
                                 };
-                                let mut m: StoredMessage = dec(&v)?;
+                                let mut m = dec_message(&v)?;
                                 if only.is_some_and(|d| d != m.direction)
                                     || !m.status.may_become(*status)
                                 {
@@ -678,6 +758,36 @@ impl Store for SledStore {
                             Write::Dequeue(device, id) => {
                                 out.remove(key(device, id.as_bytes()))?;
                             }
+                            Write::Group(record) => {
+                                groups.insert(&record.state().id.as_bytes()[..], bytes)?;
+                            }
+                            Write::MemberStatus {
+                                group,
+                                id,
+                                member,
+                                status,
+                            } => {
+                                let conversation = ConversationId::Group(*group);
+                                let Some(seq) = ids.get(key(&conversation, id.as_bytes()))? else {
+                                    continue;
+                                };
+                                let at = key(&conversation, &seq);
+                                let Some(v) = messages.get(&at)? else {
+                                    continue;
+                                };
+                                let mut m = dec_message(&v)?;
+                                if !m.move_member(member, *status) {
+                                    continue;
+                                }
+                                messages.insert(at, enc(&m)?)?;
+                                committed.members.push(MemberMoved {
+                                    group: *group,
+                                    id: *id,
+                                    member: member.clone(),
+                                    status: *status,
+                                    overall: m.status,
+                                });
+                            }
                         }
                     }
                     Ok(committed)
@@ -687,7 +797,7 @@ impl Store for SledStore {
             Ok(committed) => Ok(committed),
             Err(TransactionError::Abort(Stop::Duplicate)) => Ok(Committed {
                 duplicate: true,
-                advanced: Vec::new(),
+                ..Committed::default()
             }),
             Err(TransactionError::Abort(Stop::Store(e))) => Err(e),
             Err(TransactionError::Storage(e)) => Err(backend(e)),

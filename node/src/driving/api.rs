@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::ui;
-use crate::domain::MessageId;
+use crate::domain::{Change, GroupId, GroupState, MessageId};
 use crate::ports::{Direction, DirectoryError, MessageStatus, Page};
 use crate::usecases::{KeyKind, NodeError, NodeOf, NodeStatus, Ports};
 
@@ -145,15 +145,114 @@ pub struct MessageView {
     pub text: String,
     /// The sender's clock, ms since the epoch.
     pub sent_at_ms: u64,
-    /// Its status.
+    /// Its status (for our group message: the least advanced member's).
     pub status: MessageStatus,
+    /// The group, for a group message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupId>,
+    /// For our group message: each recipient's status, and how far it got over all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipts: Option<ReceiptsView>,
+}
+
+/// Who has our group message: per member, and counted.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
+pub struct ReceiptsView {
+    /// Members it was sent to.
+    pub recipients: usize,
+    /// Members that stored it (delivered or read).
+    pub delivered: usize,
+    /// Members that showed it.
+    pub read: usize,
+    /// Each member's status.
+    pub members: std::collections::BTreeMap<Username, MessageStatus>,
+}
+
+/// A group as the API shows it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
+pub struct GroupView {
+    /// Its id.
+    pub id: GroupId,
+    /// Its name.
+    pub name: String,
+    /// Its members, by name.
+    pub members: Vec<Username>,
+    /// Who may change it, the creator first.
+    pub admins: Vec<Username>,
+    /// How many changes made it.
+    pub version: u64,
+    /// Whether we are a member (false once we left or were removed).
+    pub member: bool,
+}
+
+impl GroupView {
+    fn of(state: GroupState, me: &Username) -> Self {
+        Self {
+            id: state.id,
+            member: state.members.contains(me),
+            name: state.name,
+            members: state.members.into_iter().collect(),
+            admins: state.admins,
+            version: state.version,
+        }
+    }
+}
+
+/// `POST /api/v1/groups`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreateGroupBody {
+    /// The name.
+    pub name: String,
+    /// The other members.
+    pub members: Vec<Username>,
+}
+
+/// `POST /api/v1/groups/{id}/changes`: one change.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum GroupChangeBody {
+    /// Members join.
+    Add {
+        /// Who.
+        members: Vec<Username>,
+    },
+    /// Members are removed.
+    Remove {
+        /// Who.
+        members: Vec<Username>,
+    },
+    /// We leave.
+    Leave,
+    /// A new name.
+    Rename {
+        /// The name.
+        name: String,
+    },
+    /// A member becomes an admin.
+    Promote {
+        /// Who.
+        member: Username,
+    },
+}
+
+/// `POST /api/v1/groups/{id}/messages`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GroupSendBody {
+    /// The text.
+    pub text: String,
+    /// The client's id for the message, as for [`SendBody::id`].
+    #[serde(default)]
+    pub id: Option<MessageId>,
 }
 
 /// A conversation as the API shows it.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConversationView {
-    /// The other person.
-    pub peer: Username,
+    /// The other person, for a direct conversation.
+    pub peer: Option<Username>,
+    /// The group, for a group's conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupView>,
     /// How many messages.
     pub messages: u64,
     /// Messages from them not yet shown.
@@ -205,6 +304,15 @@ impl From<NodeError> for ApiError {
                 ApiError(StatusCode::BAD_REQUEST, "safety_number_mismatch", message)
             }
             NodeError::Content(_) => ApiError(StatusCode::BAD_REQUEST, "bad_message", message),
+            NodeError::UnknownGroup(_) => ApiError(StatusCode::NOT_FOUND, "unknown_group", message),
+            NodeError::NotMember(_) => ApiError(StatusCode::FORBIDDEN, "not_member", message),
+            NodeError::Group(crate::domain::GroupError::NotAllowed(_)) => {
+                ApiError(StatusCode::FORBIDDEN, "not_allowed", message)
+            }
+            NodeError::Group(_) => ApiError(StatusCode::BAD_REQUEST, "bad_group_change", message),
+            NodeError::MemberUnreachable { .. } => {
+                ApiError(StatusCode::BAD_GATEWAY, "member_unreachable", message)
+            }
             NodeError::Directory(d) => {
                 let (status, code) = match d {
                     DirectoryError::NoSuchUser(_) | DirectoryError::UnknownUser => {
@@ -271,6 +379,13 @@ fn without_position(e: &serde_json::Error) -> String {
 }
 
 fn view(m: crate::ports::StoredMessage, me: &Username) -> MessageView {
+    let receipts =
+        (m.group.is_some() && m.direction == Direction::Outgoing).then(|| ReceiptsView {
+            recipients: m.receipts.len(),
+            delivered: m.receipts_at_least(MessageStatus::Delivered),
+            read: m.receipts_at_least(MessageStatus::Read),
+            members: m.receipts.clone(),
+        });
     MessageView {
         id: m.id,
         author: if m.direction == Direction::Outgoing {
@@ -282,7 +397,19 @@ fn view(m: crate::ports::StoredMessage, me: &Username) -> MessageView {
         text: m.body,
         sent_at_ms: m.sent_at_ms,
         status: m.status,
+        group: m.group,
+        receipts,
     }
+}
+
+fn group_id(raw: &str) -> Result<GroupId, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_group",
+            "a group id is 32 hexadecimal digits".into(),
+        )
+    })
 }
 
 fn peer(raw: &str) -> Result<Username, ApiError> {
@@ -330,6 +457,14 @@ pub fn router<P: Ports>(state: ApiState<P>) -> Router {
             get(contacts::<P>).post(add_contact::<P>),
         )
         .route("/api/v1/messages", post(send::<P>))
+        .route("/api/v1/groups", get(groups::<P>).post(create_group::<P>))
+        .route("/api/v1/groups/{id}", get(group::<P>))
+        .route("/api/v1/groups/{id}/changes", post(change_group::<P>))
+        .route(
+            "/api/v1/groups/{id}/messages",
+            get(group_history::<P>).post(send_group::<P>),
+        )
+        .route("/api/v1/groups/{id}/read", post(mark_group_read::<P>))
         .route("/api/v1/conversations", get(conversations::<P>))
         .route("/api/v1/conversations/{peer}", get(history::<P>))
         .route("/api/v1/events", get(events::<P>))
@@ -553,14 +688,136 @@ async fn conversations<P: Ports>(
             .node
             .conversations()?
             .into_iter()
-            .map(|c| ConversationView {
-                peer: c.id.peer().clone(),
-                messages: c.messages,
-                unread: c.unread,
-                last: view(c.last, &me),
+            .map(|c| {
+                let group =
+                    c.id.group()
+                        .and_then(|g| state.node.group(&g).ok())
+                        .map(|g| GroupView::of(g, &me));
+                ConversationView {
+                    peer: c.id.peer().cloned(),
+                    group,
+                    messages: c.messages,
+                    unread: c.unread,
+                    last: view(c.last, &me),
+                }
             })
             .collect(),
     ))
+}
+
+fn me<P: Ports>(state: &ApiState<P>) -> Result<Username, ApiError> {
+    Ok(state
+        .node
+        .status()?
+        .username
+        .ok_or(NodeError::NotRegistered)?)
+}
+
+async fn groups<P: Ports>(State(state): Shared<P>) -> Result<Json<Vec<GroupView>>, ApiError> {
+    let me = me(&state)?;
+    Ok(Json(
+        state
+            .node
+            .groups()?
+            .into_iter()
+            .map(|g| GroupView::of(g, &me))
+            .collect(),
+    ))
+}
+
+async fn create_group<P: Ports>(
+    State(state): Shared<P>,
+    Body(body): Body<CreateGroupBody>,
+) -> Result<(StatusCode, Json<GroupView>), ApiError> {
+    let me = me(&state)?;
+    let id = state.node.create_group(&body.name, &body.members).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(GroupView::of(state.node.group(&id)?, &me)),
+    ))
+}
+
+async fn group<P: Ports>(
+    State(state): Shared<P>,
+    Path(raw): Path<String>,
+) -> Result<Json<GroupView>, ApiError> {
+    let me = me(&state)?;
+    Ok(Json(GroupView::of(
+        state.node.group(&group_id(&raw)?)?,
+        &me,
+    )))
+}
+
+async fn change_group<P: Ports>(
+    State(state): Shared<P>,
+    Path(raw): Path<String>,
+    Body(body): Body<GroupChangeBody>,
+) -> Result<Json<GroupView>, ApiError> {
+    let me = me(&state)?;
+    let change = match body {
+        GroupChangeBody::Add { members } => Change::Add(members),
+        GroupChangeBody::Remove { members } => Change::Remove(members),
+        GroupChangeBody::Leave => Change::Leave,
+        GroupChangeBody::Rename { name } => Change::Rename(name),
+        GroupChangeBody::Promote { member } => Change::Promote(member),
+    };
+    let after = state.node.change_group(&group_id(&raw)?, change).await?;
+    Ok(Json(GroupView::of(after, &me)))
+}
+
+async fn send_group<P: Ports>(
+    State(state): Shared<P>,
+    Path(raw): Path<String>,
+    Body(body): Body<GroupSendBody>,
+) -> Result<(StatusCode, Json<SendAnswer>), ApiError> {
+    let id = body.id.unwrap_or_else(|| MessageId::random(&mut OsRng));
+    let status = state
+        .node
+        .send_group(&group_id(&raw)?, id, body.text)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(SendAnswer { id, status })))
+}
+
+async fn group_history<P: Ports>(
+    State(state): Shared<P>,
+    Path(raw): Path<String>,
+    query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<MessageView>>, ApiError> {
+    let page = page(query)?;
+    let me = me(&state)?;
+    Ok(Json(
+        state
+            .node
+            .group_history(&group_id(&raw)?, page)?
+            .into_iter()
+            .map(|m| view(m, &me))
+            .collect(),
+    ))
+}
+
+async fn mark_group_read<P: Ports>(
+    State(state): Shared<P>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.node.mark_group_read(&group_id(&raw)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The page a history query asks for.
+fn page(
+    query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Page, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_page",
+            format!("before is a message id and limit a number: {e}"),
+        )
+    })?;
+    Ok(Page {
+        before: query.before,
+        limit: query.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE),
+    })
 }
 
 /// `GET /api/v1/conversations/{peer}?before=ID&limit=N`: the page of the conversation before
@@ -584,22 +841,8 @@ async fn history<P: Ports>(
     Path(raw): Path<String>,
     query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<MessageView>>, ApiError> {
-    let axum::extract::Query(query) = query.map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            "bad_page",
-            format!("before is a message id and limit a number: {e}"),
-        )
-    })?;
-    let page = Page {
-        before: query.before,
-        limit: query.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE),
-    };
-    let me = state
-        .node
-        .status()?
-        .username
-        .ok_or(NodeError::NotRegistered)?;
+    let page = page(query)?;
+    let me = me(&state)?;
     let peer = peer(&raw)?;
     Ok(Json(
         state
@@ -702,6 +945,13 @@ async fn events<P: Ports>(
                             crate::ports::Event::PeerOffline { .. } => "peer_offline",
                             crate::ports::Event::Registered { .. } => "registered",
                             crate::ports::Event::Announced { .. } => "announced",
+                            crate::ports::Event::GroupChanged { .. } => "group_changed",
+                            crate::ports::Event::GroupMessageReceived { .. } => {
+                                "group_message_received"
+                            }
+                            crate::ports::Event::GroupStatusChanged { .. } => {
+                                "group_status_changed"
+                            }
                         };
                         let sse = axum::response::sse::Event::default()
                             .event(kind)

@@ -6,8 +6,8 @@ use std::path::Path;
 use peerchat_pki::Username;
 
 use super::api::{
-    ContactView, LoginBody, MAX_PAGE, MessageView, RegisterBody, SafetyNumberView, SendAnswer,
-    SendBody, TotpCodeBody, VerifyBody,
+    ContactView, CreateGroupBody, GroupChangeBody, GroupSendBody, GroupView, LoginBody, MAX_PAGE,
+    MessageView, RegisterBody, SafetyNumberView, SendAnswer, SendBody, TotpCodeBody, VerifyBody,
 };
 use super::ui::UiLink;
 use crate::ports::{MessageStatus, Path as ConnectionPath, TotpEnrolment};
@@ -208,6 +208,22 @@ pub enum CliCommand {
         /// The text.
         text: String,
     },
+    /// Send a message to a group.
+    SendGroup {
+        /// The group's id.
+        group: String,
+        /// The text.
+        text: String,
+    },
+    /// Show a group's conversation.
+    GroupHistory {
+        /// The group's id.
+        group: String,
+        /// JSON output.
+        json: bool,
+    },
+    /// Create, show or change groups.
+    Group(GroupCommand),
     /// Show a conversation.
     History {
         /// The other person.
@@ -256,6 +272,203 @@ pub enum CliCommand {
         /// The safety number.
         number: String,
     },
+}
+
+/// A `group` subcommand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupCommand {
+    /// Create a group.
+    Create {
+        /// Its name.
+        name: String,
+        /// The other members.
+        members: Vec<String>,
+    },
+    /// List groups.
+    List {
+        /// JSON output.
+        json: bool,
+    },
+    /// Show a group.
+    Show {
+        /// The group's id.
+        id: String,
+        /// JSON output.
+        json: bool,
+    },
+    /// Add members.
+    Add {
+        /// The group's id.
+        id: String,
+        /// Who.
+        users: Vec<String>,
+    },
+    /// Remove members.
+    Remove {
+        /// The group's id.
+        id: String,
+        /// Who.
+        users: Vec<String>,
+    },
+    /// Leave.
+    Leave {
+        /// The group's id.
+        id: String,
+    },
+    /// Rename.
+    Rename {
+        /// The group's id.
+        id: String,
+        /// The new name.
+        name: String,
+    },
+    /// Make a member an admin.
+    Promote {
+        /// The group's id.
+        id: String,
+        /// Who.
+        user: String,
+    },
+}
+
+/// A group id as typed: 32 hexadecimal digits.
+fn group_id(raw: &str) -> Result<crate::domain::GroupId, CliError> {
+    raw.parse().map_err(|_| {
+        CliError(format!(
+            "{raw:?} is not a group id (32 hexadecimal digits, from `peerchat group list`)"
+        ))
+    })
+}
+
+fn usernames(raw: &[String]) -> Result<Vec<Username>, CliError> {
+    raw.iter()
+        .filter(|u| !u.trim().is_empty())
+        .map(|u| username(u.trim()))
+        .collect()
+}
+
+/// Every message of a conversation (`path` without query), page by page from the latest back.
+async fn whole_history(client: &ApiClient, path: &str) -> Result<Vec<MessageView>, CliError> {
+    let mut messages: Vec<MessageView> = Vec::new();
+    loop {
+        let before = messages
+            .first()
+            .map(|m| format!("&before={}", m.id))
+            .unwrap_or_default();
+        let page: Vec<MessageView> = client
+            .call::<(), _>(
+                Method::GET,
+                &format!("{path}?limit={MAX_PAGE}{before}"),
+                None,
+            )
+            .await?;
+        let full = page.len() == MAX_PAGE;
+        messages.splice(0..0, page);
+        if !full {
+            return Ok(messages);
+        }
+    }
+}
+
+fn print_group(group: &GroupView) {
+    let names = |users: &[Username]| {
+        users
+            .iter()
+            .map(Username::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("{}  {}", group.id, escape_controls(&group.name));
+    println!("  version {}", group.version);
+    println!("  admins: {}", names(&group.admins));
+    println!(
+        "  members ({}): {}",
+        group.members.len(),
+        names(&group.members)
+    );
+    if !group.member {
+        println!("  you are no longer a member");
+    }
+}
+
+async fn group_command(data_dir: &Path, command: GroupCommand) -> Result<(), CliError> {
+    let client = ApiClient::from_data_dir(data_dir)?;
+    let change = |id: &str, body: GroupChangeBody| {
+        let path = group_id(id).map(|g| format!("/api/v1/groups/{g}/changes"));
+        let client = &client;
+        async move {
+            client
+                .call::<_, GroupView>(Method::POST, &path?, Some(&body))
+                .await
+        }
+    };
+    let changed = match command {
+        GroupCommand::Create { name, members } => {
+            let body = CreateGroupBody {
+                name,
+                members: usernames(&members)?,
+            };
+            let group: GroupView = client
+                .call(Method::POST, "/api/v1/groups", Some(&body))
+                .await?;
+            // The id alone on standard output, for scripts.
+            println!("{}", group.id);
+            eprintln!(
+                "created {} with {} members",
+                escape_controls(&group.name),
+                group.members.len()
+            );
+            return Ok(());
+        }
+        GroupCommand::List { json: as_json } => {
+            let groups: Vec<GroupView> = client
+                .call::<(), _>(Method::GET, "/api/v1/groups", None)
+                .await?;
+            if as_json {
+                return json(&groups);
+            }
+            for g in groups {
+                println!(
+                    "{}  {}  ({} members{})",
+                    g.id,
+                    escape_controls(&g.name),
+                    g.members.len(),
+                    if g.member { "" } else { "; you left" }
+                );
+            }
+            return Ok(());
+        }
+        GroupCommand::Show { id, json: as_json } => {
+            let group: GroupView = client
+                .call::<(), _>(
+                    Method::GET,
+                    &format!("/api/v1/groups/{}", group_id(&id)?),
+                    None,
+                )
+                .await?;
+            if as_json {
+                return json(&group);
+            }
+            print_group(&group);
+            return Ok(());
+        }
+        GroupCommand::Add { id, users } => {
+            let members = usernames(&users)?;
+            change(&id, GroupChangeBody::Add { members }).await?
+        }
+        GroupCommand::Remove { id, users } => {
+            let members = usernames(&users)?;
+            change(&id, GroupChangeBody::Remove { members }).await?
+        }
+        GroupCommand::Leave { id } => change(&id, GroupChangeBody::Leave).await?,
+        GroupCommand::Rename { id, name } => change(&id, GroupChangeBody::Rename { name }).await?,
+        GroupCommand::Promote { id, user } => {
+            let member = username(&user)?;
+            change(&id, GroupChangeBody::Promote { member }).await?
+        }
+    };
+    print_group(&changed);
+    Ok(())
 }
 
 /// Tries `$BROWSER`, then `xdg-open`; whether one of them took the link.
@@ -394,32 +607,67 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
             );
             Ok(())
         }
+        CliCommand::SendGroup { group, text } => {
+            let group = group_id(&group)?;
+            let answer: SendAnswer = ApiClient::from_data_dir(&data_dir)?
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/groups/{group}/messages"),
+                    Some(&GroupSendBody { text, id: None }),
+                )
+                .await?;
+            println!(
+                "{} {}",
+                answer.id,
+                serde_json::to_string(&answer.status)
+                    .unwrap_or_default()
+                    .trim_matches('"')
+            );
+            Ok(())
+        }
+        CliCommand::GroupHistory {
+            group,
+            json: as_json,
+        } => {
+            let group = group_id(&group)?;
+            let client = ApiClient::from_data_dir(&data_dir)?;
+            let messages =
+                whole_history(&client, &format!("/api/v1/groups/{group}/messages")).await?;
+            client
+                .call::<(), ()>(Method::POST, &format!("/api/v1/groups/{group}/read"), None)
+                .await?;
+            if as_json {
+                return json(&messages);
+            }
+            for m in messages {
+                let status = match &m.receipts {
+                    Some(r) => format!(
+                        "delivered to {} of {}, read by {}",
+                        r.delivered, r.recipients, r.read
+                    ),
+                    None => serde_json::to_string(&m.status)
+                        .unwrap_or_default()
+                        .trim_matches('"')
+                        .to_owned(),
+                };
+                println!(
+                    "{} {}: {}  [{}]",
+                    clock(m.sent_at_ms),
+                    m.author,
+                    shown_text(&m),
+                    status
+                );
+            }
+            Ok(())
+        }
+        CliCommand::Group(command) => group_command(&data_dir, command).await,
         CliCommand::History {
             name,
             json: as_json,
         } => {
             let peer = username(&name)?;
             let client = ApiClient::from_data_dir(&data_dir)?;
-            // Page by page, from the latest back to the first.
-            let mut messages: Vec<MessageView> = Vec::new();
-            loop {
-                let before = messages
-                    .first()
-                    .map(|m| format!("&before={}", m.id))
-                    .unwrap_or_default();
-                let page: Vec<MessageView> = client
-                    .call::<(), _>(
-                        Method::GET,
-                        &format!("/api/v1/conversations/{peer}?limit={MAX_PAGE}{before}"),
-                        None,
-                    )
-                    .await?;
-                let full = page.len() == MAX_PAGE;
-                messages.splice(0..0, page);
-                if !full {
-                    break;
-                }
-            }
+            let messages = whole_history(&client, &format!("/api/v1/conversations/{peer}")).await?;
             // Showing the conversation is reading it.
             client
                 .call::<(), ()>(
@@ -600,6 +848,15 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
                         "status_changed" => println!(
                             "message {id} to {peer}: {}",
                             event["status"].as_str().unwrap_or_default()
+                        ),
+                        "group_message_received" => println!(
+                            "group {}: message {id} from {}",
+                            event["group"].as_str().unwrap_or_default(),
+                            event["author"].as_str().unwrap_or_default()
+                        ),
+                        "group_changed" => println!(
+                            "group {} changed",
+                            event["group"].as_str().unwrap_or_default()
                         ),
                         "registered" => println!(
                             "registered as {}",

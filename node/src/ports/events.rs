@@ -2,7 +2,7 @@
 
 use peerchat_pki::Username;
 
-use crate::domain::{MessageId, MessageStatus};
+use crate::domain::{GroupId, MessageId, MessageStatus};
 
 /// Something the UI should learn of at once.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -34,6 +34,33 @@ pub enum Event {
         id: MessageId,
         /// The new status.
         status: MessageStatus,
+    },
+    /// A group was created, changed, or learnt of (we were added).
+    GroupChanged {
+        /// Which.
+        group: GroupId,
+    },
+    /// A message arrived in a group.
+    GroupMessageReceived {
+        /// The group.
+        group: GroupId,
+        /// Who wrote it.
+        author: Username,
+        /// Its id.
+        id: MessageId,
+    },
+    /// A member's copy of our group message changed status.
+    GroupStatusChanged {
+        /// The group.
+        group: GroupId,
+        /// The message.
+        id: MessageId,
+        /// The member.
+        member: Username,
+        /// The member's new status.
+        status: MessageStatus,
+        /// The message's status over all members (see [`crate::domain::group_status`]).
+        overall: MessageStatus,
     },
     /// A contact's identity key changed; sending to them is held until the user accepts it.
     KeyChanged {

@@ -7,8 +7,8 @@ use std::future::Future;
 use peerchat_pki::Username;
 
 use crate::domain::{
-    Address, Contact, ConversationId, Direction, Envelope, IdentityKey, MessageId, MessageStatus,
-    OneTimePreKeyPair, PreKeyId, Session, SignedPreKeyPair, StoredMessage,
+    Address, Contact, ConversationId, Direction, Envelope, Group, GroupId, IdentityKey, MessageId,
+    MessageStatus, OneTimePreKeyPair, PreKeyId, Session, SignedPreKeyPair, StoredMessage,
 };
 
 /// A storage failure; adapters translate their own errors into it.
@@ -68,6 +68,9 @@ pub struct OutboxEntry {
     pub queued_at_ms: u64,
     /// The envelope, as sealed when the message was sent.
     pub envelope: Envelope,
+    /// The group whose message (or change) it carries: its acknowledgement moves the member's
+    /// status of that group message.
+    pub group: Option<GroupId>,
 }
 
 /// A conversation in the list.
@@ -147,6 +150,21 @@ pub enum Write {
     Enqueue(OutboxEntry),
     /// Removes an outbox entry (acknowledged, or given up).
     Dequeue(Address, MessageId),
+    /// Stores (or replaces) a group.
+    Group(Box<Group>),
+    /// Moves one member's status of our group message `id` where [`MessageStatus::may_become`]
+    /// allows it, and the message's status with it ([`crate::domain::group_status`]); moves are
+    /// returned in [`Committed::members`]. A missing message or member is skipped.
+    MemberStatus {
+        /// The group.
+        group: GroupId,
+        /// The message.
+        id: MessageId,
+        /// The member.
+        member: Username,
+        /// Their new status.
+        status: MessageStatus,
+    },
 }
 
 /// The writes of one lifecycle step, applied by [`Store::commit`] all together or not at all.
@@ -193,6 +211,23 @@ pub struct Committed {
     pub duplicate: bool,
     /// The messages whose status a [`Write::Status`] moved, in the batch's order.
     pub advanced: Vec<MessageId>,
+    /// The member statuses a [`Write::MemberStatus`] moved, in the batch's order.
+    pub members: Vec<MemberMoved>,
+}
+
+/// One member's status of a group message, moved by a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberMoved {
+    /// The group.
+    pub group: GroupId,
+    /// The message.
+    pub id: MessageId,
+    /// The member.
+    pub member: Username,
+    /// Their new status.
+    pub status: MessageStatus,
+    /// The message's status over all members, after the move.
+    pub overall: MessageStatus,
 }
 
 /// Our identity and certificate.
@@ -283,6 +318,14 @@ pub trait MessageStore {
     fn release_inbound(&self, peer: &Username, id: &MessageId) -> Result<(), StoreError>;
 }
 
+/// The groups we are (or were) in (written through [`Write::Group`]).
+pub trait GroupStore {
+    /// A group by id.
+    fn group(&self, id: &GroupId) -> Result<Option<Group>, StoreError>;
+    /// Every group we know of (also those we left or were removed from).
+    fn groups(&self) -> Result<Vec<Group>, StoreError>;
+}
+
 /// Envelopes waiting for an acknowledgement (written through [`Write::Enqueue`] and
 /// [`Write::Dequeue`]).
 pub trait OutboxStore {
@@ -300,6 +343,7 @@ pub trait Store:
     + ContactStore
     + MessageStore
     + OutboxStore
+    + GroupStore
     + Send
     + Sync
     + 'static

@@ -143,6 +143,10 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                     if fetched.crl_number.is_some_and(|n| Some(n) > known) {
                         self.refresh_crl(&*trust).await;
                     }
+                    if fetched.left > 0 {
+                        // They would come straight back: give what they wait for time to arrive.
+                        tokio::time::sleep(MAILBOX_BACKOFF).await;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "fetching mail failed");

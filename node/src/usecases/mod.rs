@@ -6,6 +6,7 @@
 
 mod certificates;
 mod contacts;
+mod groups;
 mod handlers;
 mod maintain;
 mod offline;
@@ -21,7 +22,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use peerchat_pki::Username;
 
-use crate::domain::{ContentError, EncryptError, IdentityKeyPair, SessionError};
+use crate::domain::{
+    ContentError, EncryptError, GroupError, GroupId, IdentityKeyPair, SessionError,
+};
 use crate::ports::{Clock, Directory, DirectoryError, Network, Notifier, Store, StoreError};
 
 pub use maintain::Schedule;
@@ -65,6 +68,24 @@ pub enum NodeError {
     /// The certificate we were issued does not match our key or name.
     #[error("the rendezvous issued a certificate that does not match this node's key")]
     BadCertificate,
+    /// No group by that id on this node.
+    #[error("no group {0} on this node")]
+    UnknownGroup(GroupId),
+    /// We are not (or no longer) a member of the group.
+    #[error("you are not a member of group {0}")]
+    NotMember(GroupId),
+    /// The group change is not allowed or not valid.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// Some members could not be reached to set up a session; a group change reaches every
+    /// member or none.
+    #[error("could not reach {who} to send the group change: {why}")]
+    MemberUnreachable {
+        /// Who.
+        who: Username,
+        /// Why.
+        why: String,
+    },
     /// The message is not acceptable (too long, …).
     #[error(transparent)]
     Content(#[from] ContentError),

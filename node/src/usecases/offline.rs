@@ -12,6 +12,9 @@ pub struct MailFetched {
     pub count: usize,
     /// The number of the CRL in force at the rendezvous.
     pub crl_number: Option<u64>,
+    /// Envelopes left in the mailbox to be taken later (not storable now, or not yet: a group
+    /// change whose predecessors are still on their way).
+    pub left: usize,
 }
 
 /// How many outbox entries one sweep tries.
@@ -28,11 +31,17 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             if entry.queued_at_ms > 0 && now.saturating_sub(entry.queued_at_ms) >= give_up_after_ms
             {
                 tracing::warn!(peer = %entry.to, id = %entry.envelope.id, "giving up on a message");
-                self.mark(&entry.to.user, &entry.envelope.id, MessageStatus::Failed)
-                    .await?;
+                self.mark(
+                    &entry.to.user,
+                    &entry.envelope.id,
+                    MessageStatus::Failed,
+                    entry.group,
+                )
+                .await?;
                 continue;
             }
-            self.deliver(&entry.to.user, entry.envelope).await;
+            self.deliver(&entry.to.user, entry.envelope, entry.group)
+                .await;
         }
         Ok(())
     }
@@ -49,9 +58,10 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     ) -> Result<MailFetched, NodeError> {
         self.me()?;
         let mailbox = self.directory.fetch_mail(wait_secs, known_crl).await?;
-        let fetched = MailFetched {
+        let mut fetched = MailFetched {
             count: mailbox.items.len(),
             crl_number: mailbox.crl_number,
+            left: 0,
         };
         if mailbox.prekeys_low
             && let Err(e) = self.refresh_prekeys().await
@@ -77,7 +87,8 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             };
             match ack {
                 Ack::Rejected(RejectReason::Busy | RejectReason::Internal) => {
-                    tracing::warn!(id = %item.id, "a mailbox envelope could not be stored; it stays in the mailbox");
+                    tracing::info!(id = %item.id, "a mailbox envelope could not be taken now; it stays in the mailbox");
+                    fetched.left += 1;
                 }
                 _ => self.directory.ack_mail(&item.id).await?,
             }

@@ -95,17 +95,24 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             username: self.store.identity()?.map(|i| i.username),
             // Messages waiting, as `history` shows them `pending`: receipts in the outbox are
             // not messages.
+            // A group message counts once, however many members wait for it.
             outbox: self
                 .store
                 .outbox()?
                 .iter()
-                .filter(|e| {
+                .filter_map(|e| {
+                    let conversation = match e.group {
+                        Some(group) => ConversationId::Group(group),
+                        None => (&e.to.user).into(),
+                    };
                     matches!(
-                        self.store.message(&(&e.to.user).into(), &e.envelope.id),
+                        self.store.message(&conversation, &e.envelope.id),
                         Ok(Some(_))
                     )
+                    .then_some((conversation, e.envelope.id))
                 })
-                .count(),
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
         })
     }
 }

@@ -147,14 +147,14 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     /// undecryptable (never dropped silently), and the sender is told.
     async fn undecryptable(&self, from: &Username, envelope: &Envelope) -> Result<Ack, NodeError> {
         tracing::warn!(peer = %from, id = %envelope.id, "a message could not be decrypted");
-        let stored = StoredMessage {
-            id: envelope.id,
-            peer: from.clone(),
-            direction: Direction::Incoming,
-            body: String::new(),
-            sent_at_ms: self.clock.now_ms(),
-            status: MessageStatus::Undecryptable,
-        };
+        let stored = StoredMessage::direct(
+            envelope.id,
+            from.clone(),
+            Direction::Incoming,
+            String::new(),
+            self.clock.now_ms(),
+            MessageStatus::Undecryptable,
+        );
         let batch = Batch::new().with(Write::Message(stored, IfStored::Skip));
         if !self.store.commit(&batch)?.duplicate {
             self.store.flush().await?;
@@ -218,6 +218,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                         to: device,
                         queued_at_ms: self.clock.now_ms(),
                         envelope,
+                        group: None,
                     })),
             )?;
         }

@@ -3,7 +3,7 @@
 use peerchat_pki::Username;
 
 use super::{Node, NodeError};
-use crate::domain::{Ack, Address, Content, Envelope, MessageId};
+use crate::domain::{Ack, Address, Content, Envelope, GroupId, MessageId, RejectReason};
 use crate::ports::{
     Batch, Clock, Direction, Directory, Event, IfStored, MessageStatus, Network, Notifier,
     OutboxEntry, Recipient, Store, StoredMessage, Write,
@@ -46,14 +46,14 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         };
         if contact.pending_key.is_some() {
             // Held until the user accepts the new key (`accept_key` sends it then).
-            let held = StoredMessage {
+            let held = StoredMessage::direct(
                 id,
-                peer: to.clone(),
-                direction: Direction::Outgoing,
+                to.clone(),
+                Direction::Outgoing,
                 body,
                 sent_at_ms,
-                status: MessageStatus::Held,
-            };
+                MessageStatus::Held,
+            );
             self.store
                 .commit(&Batch::new().with(Write::Message(held, IfStored::Skip)))?;
             self.store.flush().await?;
@@ -68,18 +68,19 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 trace: peerchat_telemetry::traceparent(),
                 payload: message.encode().to_vec(),
             };
-            let stored = StoredMessage {
+            let stored = StoredMessage::direct(
                 id,
-                peer: to.clone(),
-                direction: Direction::Outgoing,
+                to.clone(),
+                Direction::Outgoing,
                 body,
                 sent_at_ms,
-                status: MessageStatus::Pending,
-            };
+                MessageStatus::Pending,
+            );
             let queued = OutboxEntry {
                 to: Address::first(to.clone()),
                 queued_at_ms: sent_at_ms,
                 envelope: envelope.clone(),
+                group: None,
             };
             self.store
                 .commit(&Batch::outgoing(stored, IfStored::Skip, session, queued))?;
@@ -88,22 +89,23 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         // Flushed outside the peer lock, so concurrent sends share one flush (group commit); the
         // next send already sees this session state, and a crash loses both or neither.
         self.store.flush().await?;
-        self.deliver(to, envelope).await;
+        self.deliver(to, envelope, None).await;
         Ok(self
             .store
             .message(&to.into(), &id)?
             .map_or(MessageStatus::Pending, |m| m.status))
     }
 
-    /// Tries to deliver one envelope directly; on the peer's acknowledgement, marks it sent.
-    /// The attempt belongs to the trace the envelope was sent in, even when it is a retry.
-    pub(super) async fn deliver(&self, to: &Username, envelope: Envelope) {
+    /// Tries to deliver one envelope directly; on the peer's acknowledgement, marks it sent (in
+    /// `group`'s conversation, for a group message: that member's copy). The attempt belongs to
+    /// the trace the envelope was sent in, even when it is a retry.
+    pub(super) async fn deliver(&self, to: &Username, envelope: Envelope, group: Option<GroupId>) {
         let span = tracing::info_span!("usecase.deliver", peer = %to, id = %envelope.id);
         peerchat_telemetry::continue_trace(&span, envelope.trace.as_deref());
-        tracing::Instrument::instrument(self.deliver_in_span(to, envelope), span).await;
+        tracing::Instrument::instrument(self.deliver_in_span(to, envelope, group), span).await;
     }
 
-    async fn deliver_in_span(&self, to: &Username, mut envelope: Envelope) {
+    async fn deliver_in_span(&self, to: &Username, mut envelope: Envelope, group: Option<GroupId>) {
         let id = envelope.id;
         let mut outcome = self.deliver_once(to, envelope.clone(), true).await;
         if matches!(outcome, Ok(Err(_))) {
@@ -112,7 +114,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             if self.rekeyed(to).await {
                 // Encrypted for a key the contact no longer holds: hold it, to be encrypted
                 // again for the new key once the user accepts it.
-                if let Err(e) = self.mark(to, &id, MessageStatus::Held).await {
+                if let Err(e) = self.mark(to, &id, MessageStatus::Held, group).await {
                     tracing::warn!(error = %e, "could not hold the message");
                 }
                 return;
@@ -121,6 +123,21 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         }
         let acknowledged = match outcome {
             Ok(Ok(Ack::Stored | Ack::Duplicate)) => true,
+            Ok(Ok(Ack::Rejected(RejectReason::Refused))) => {
+                // Final (we are not a member of the group any more, as far as they know): not
+                // sent again.
+                tracing::warn!("the peer refused the message for good");
+                if let Err(e) = self.mark(to, &id, MessageStatus::Failed, group).await {
+                    tracing::warn!(error = %e, "could not record the refusal");
+                }
+                if let Err(e) = self
+                    .store
+                    .commit(&Batch::new().with(Write::Dequeue(Address::first(to.clone()), id)))
+                {
+                    tracing::warn!(error = %e, "could not drop the refused message");
+                }
+                return;
+            }
             Ok(Ok(Ack::Rejected(reason))) => {
                 tracing::warn!(%reason, "the peer refused the message");
                 false
@@ -144,7 +161,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 false
             }
         };
-        if acknowledged && let Err(e) = self.mark(to, &id, MessageStatus::Sent).await {
+        if acknowledged && let Err(e) = self.mark(to, &id, MessageStatus::Sent, group).await {
             tracing::warn!(error = %e, "could not record the acknowledgement");
         }
     }
@@ -266,27 +283,51 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         peer: &Username,
         id: &MessageId,
         status: MessageStatus,
+        group: Option<GroupId>,
     ) -> Result<(), NodeError> {
         // Reaching `sent` (or beyond, or `held`) ends the delivery attempts: also for an outbox
-        // entry that is no message (a receipt).
-        let mut batch = Batch::new().with(Write::Status {
-            conversation: peer.into(),
-            id: *id,
-            status,
-            only: None,
+        // entry that is no message (a receipt, a group change).
+        let mut batch = Batch::new().with(match group {
+            None => Write::Status {
+                conversation: peer.into(),
+                id: *id,
+                status,
+                only: None,
+            },
+            Some(group) => Write::MemberStatus {
+                group,
+                id: *id,
+                member: peer.clone(),
+                status,
+            },
         });
         if status != MessageStatus::Pending {
             batch.push(Write::Dequeue(Address::first(peer.clone()), *id));
         }
         // Only a move is news: receipts travel as envelopes of their own, with ids no history
         // knows, and a late acknowledgement does not undo a receipt that overtook it.
-        if self.store.commit(&batch)?.advanced.contains(id) {
+        let committed = self.store.commit(&batch)?;
+        if committed.advanced.contains(id) {
             self.notifier.notify(Event::StatusChanged {
                 peer: peer.clone(),
                 id: *id,
                 status,
             });
         }
+        self.notify_members(committed.members);
         Ok(())
+    }
+
+    /// Tells the UI of moved member statuses.
+    pub(super) fn notify_members(&self, moved: Vec<crate::ports::MemberMoved>) {
+        for moved in moved {
+            self.notifier.notify(Event::GroupStatusChanged {
+                group: moved.group,
+                id: moved.id,
+                member: moved.member,
+                status: moved.status,
+                overall: moved.overall,
+            });
+        }
     }
 }

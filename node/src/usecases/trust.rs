@@ -135,6 +135,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                     to: Address::first(peer.clone()),
                     queued_at_ms: self.clock.now_ms(),
                     envelope: envelope.clone(),
+                    group: None,
                 };
                 self.store.commit(&Batch::outgoing(
                     released,
@@ -145,7 +146,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 envelope
             };
             self.store.flush().await?;
-            self.deliver(peer, envelope).await;
+            self.deliver(peer, envelope, None).await;
         }
         Ok(())
     }

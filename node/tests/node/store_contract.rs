@@ -24,18 +24,18 @@ fn id(n: u8) -> MessageId {
 }
 
 fn message(peer: &Username, n: u8, direction: Direction) -> StoredMessage {
-    StoredMessage {
-        id: id(n),
-        peer: peer.clone(),
+    StoredMessage::direct(
+        id(n),
+        peer.clone(),
         direction,
-        body: format!("m{n}"),
-        sent_at_ms: u64::from(n),
-        status: if direction == Direction::Outgoing {
+        format!("m{n}"),
+        u64::from(n),
+        if direction == Direction::Outgoing {
             MessageStatus::Pending
         } else {
             MessageStatus::Received
         },
-    }
+    )
 }
 
 fn entry(to: Address, n: u8) -> OutboxEntry {
@@ -47,6 +47,7 @@ fn entry(to: Address, n: u8) -> OutboxEntry {
             trace: None,
             payload: vec![n; 3],
         },
+        group: None,
     }
 }
 

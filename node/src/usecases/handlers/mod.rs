@@ -2,6 +2,7 @@
 //! what it means (atomically with the advanced session) and answers the sender. A new kind
 //! (group, file) is a new handler module and one line in [`Node::handle`].
 
+mod group;
 mod receipt;
 mod text;
 
@@ -50,6 +51,22 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             Content::ReadReceipt { ids } => {
                 self.handle_receipt(decrypted, &ids, MessageStatus::Read)
                     .await
+            }
+            Content::GroupChange { base, change } => {
+                self.handle_group_change(decrypted, base, *change).await
+            }
+            Content::GroupText {
+                group,
+                version,
+                id,
+                sent_at_ms,
+                body,
+            } => {
+                self.handle_group_text(decrypted, group, version, id, sent_at_ms, body)
+                    .await
+            }
+            Content::GroupReceipt { group, ids, read } => {
+                self.handle_group_receipt(decrypted, group, ids, read).await
             }
         }
     }

@@ -38,14 +38,14 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 pending_key: None,
             })?;
         }
-        let stored = StoredMessage {
+        let stored = StoredMessage::direct(
             id,
-            peer: from.clone(),
-            direction: Direction::Incoming,
+            from.clone(),
+            Direction::Incoming,
             body,
             sent_at_ms,
-            status: MessageStatus::Received,
-        };
+            MessageStatus::Received,
+        );
         let device = Address::first(from.clone());
         let mut batch = Batch::new()
             .with(Write::Message(stored, IfStored::ReplaceUndecryptable))
