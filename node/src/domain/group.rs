@@ -8,13 +8,23 @@
 //! state.
 //!
 //! **Convergence.** Two changes made concurrently on the same state (same version, same parent
-//! digest) are ordered by the SHA-256 of their signed encoding, the smaller one winning. A member
-//! that applied the loser first replaces it with the winner when the winner arrives (with any
-//! change it applied on top of the loser: such a change names a parent that is no longer the
-//! group's, and every other member refuses it too), so every member that received both ends in
-//! the same state whatever the order of arrival. Members remember the last [`MAX_LOG`] versions
-//! for this; a concurrent change older than that is refused as stale. Changes that arrive before
-//! the ones they follow ([`GroupError::Gap`]) wait with their sender, who sends them again.
+//! digest) are ordered by a key every member computes alike: first a change that removes an
+//! admin, then by the author's seniority among the admins of that state (the creator first, then
+//! in promotion order; a member leaving after all admins), then by the SHA-256 of the signed
+//! change, the smaller winning. A member that applied the loser first replaces it with the winner
+//! when the winner arrives (with any change it applied on top of the loser: such a change names a
+//! parent that is no longer the group's, and every other member refuses it too), so every member
+//! that received both ends in the same state whatever the order of arrival. Members remember the
+//! last [`MAX_LOG`] versions for this; a concurrent change older than that is refused as stale.
+//! Changes that arrive before the ones they follow ([`GroupError::Gap`]) wait with their sender,
+//! who sends them again.
+//!
+//! **A removal sticks.** An admin removes only members and admins junior to them, so a removed
+//! admin's concurrent change always loses to the removal; and a change never replaces history in
+//! which its author stopped being an admin, so a removed admin cannot undo the removal with a
+//! change made later on an older state (whatever its hash). The price: a change that was truly
+//! concurrent with an earlier change, and reaches some members only after its author's removal,
+//! is refused by those members while others kept it.
 
 use std::collections::BTreeSet;
 
@@ -221,12 +231,26 @@ impl SignedChange {
     }
 }
 
+/// How concurrent changes are ordered: the smallest wins (see the module documentation).
+type OrderKey = (u8, usize, [u8; 32]);
+
+fn order_key(signed: &SignedChange, parent: &GroupState) -> OrderKey {
+    let removes_admin =
+        matches!(&signed.change, Change::Remove(users) if users.iter().any(|u| parent.is_admin(u)));
+    let seniority = parent
+        .admins
+        .iter()
+        .position(|a| *a == signed.author)
+        .unwrap_or(parent.admins.len());
+    (u8::from(!removes_admin), seniority, signed.hash())
+}
+
 /// A group and how it came to be: its state, and for each of the last [`MAX_LOG`] changes the
-/// state it was made on and its hash (so that a concurrent change that wins can replace it).
+/// state it was made on and its order key (so that a concurrent change that wins can replace it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Group {
     state: GroupState,
-    log: Vec<(GroupState, [u8; 32])>,
+    log: Vec<(GroupState, OrderKey)>,
 }
 
 impl Group {
@@ -295,8 +319,9 @@ impl Group {
                 return Err(GroupError::WrongParent);
             }
             let next = next_state(&self.state, signed)?;
+            let key = order_key(signed, &self.state);
             let before = std::mem::replace(&mut self.state, next);
-            self.log.push((before, signed.hash()));
+            self.log.push((before, key));
             if self.log.len() > MAX_LOG {
                 self.log.remove(0);
             }
@@ -324,18 +349,27 @@ impl Group {
         if signed.parent != before.digest() {
             return Err(GroupError::WrongParent);
         }
-        let hash = signed.hash();
-        if hash == *applied {
+        let key = order_key(signed, before);
+        if key == *applied {
             return Err(GroupError::Duplicate);
         }
-        if hash > *applied {
+        if key > *applied {
             return Err(GroupError::Lost);
         }
-        // It wins: the loser, and whatever was built on it, give way.
         let next = next_state(before, signed)?;
+        // It wins, unless it would undo history in which its author stopped being an admin.
+        let removed = self.log[at + 1..]
+            .iter()
+            .map(|(state, _)| state)
+            .chain([&self.state])
+            .any(|state| !state.is_admin(&signed.author));
+        if removed {
+            return Err(GroupError::NotAllowed(signed.author.clone()));
+        }
+        // The loser, and whatever was built on it, give way.
         let before = before.clone();
         self.log.truncate(at);
-        self.log.push((before, hash));
+        self.log.push((before, key));
         self.state = next;
         Ok(())
     }
@@ -374,6 +408,14 @@ fn next_state(state: &GroupState, signed: &SignedChange) -> Result<GroupState, G
         Change::Remove(users) => {
             if users.is_empty() || users.iter().any(|u| !state.members.contains(u)) {
                 return Err(GroupError::Invalid("remove names no one, or a non-member"));
+            }
+            // Admins remove only admins junior to them (and never themselves: that is leaving).
+            let rank = |u: &Username| state.admins.iter().position(|a| a == u);
+            if users
+                .iter()
+                .any(|u| rank(u).is_some_and(|r| Some(r) <= rank(author)))
+            {
+                return Err(GroupError::NotAllowed(author.clone()));
             }
             for user in users {
                 next.members.remove(user);
@@ -570,12 +612,13 @@ mod tests {
             let _ = second.apply(change, key);
         }
         assert_eq!(first.state(), second.state());
-        // The smaller hash won.
-        let winner = if rename.hash() < remove.hash() {
+        // The smaller key won: both are by admins, alice is the senior one.
+        let winner = if order_key(&rename, base.state()) < order_key(&remove, base.state()) {
             &rename
         } else {
             &remove
         };
+        assert_eq!(winner, &rename);
         let mut only = base.clone();
         only.apply(
             winner,
@@ -599,7 +642,7 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
 
         /// Any number of concurrent changes on one state, from two admins, arriving in any order:
-        /// every member ends in the same state, the one the smallest hash makes.
+        /// every member ends in the same state, the one the smallest key makes.
         #[test]
         fn any_arrival_order_of_concurrent_changes_gives_one_state(
             names in proptest::collection::vec("[a-z]{1,8}", 1..5),
@@ -628,7 +671,10 @@ mod tests {
             for &i in &shuffled {
                 let _ = reordered.apply(&changes[i].0, changes[i].1);
             }
-            let (winner, key) = changes.iter().min_by_key(|(c, _)| c.hash()).unwrap();
+            let (winner, key) = changes
+                .iter()
+                .min_by_key(|(c, _)| order_key(c, base.state()))
+                .unwrap();
             let mut only = base.clone();
             only.apply(winner, key).unwrap();
             proptest::prop_assert_eq!(in_order.state(), reordered.state());
@@ -646,7 +692,7 @@ mod tests {
             (alice.sign(&base, Change::Rename("by alice".into())), &alice),
             (bob.sign(&base, Change::Rename("by bob".into())), &bob),
         ];
-        renames.sort_by_key(|(c, _)| c.hash());
+        renames.sort_by_key(|(c, _)| order_key(c, base.state()));
         let [(winner, winner_by), (loser, loser_by)] = renames;
         let mut at_loser = base.clone();
         at_loser.apply(&loser, loser_by.key.public()).unwrap();
@@ -664,6 +710,54 @@ mod tests {
         at_loser.apply(&winner, winner_by.key.public()).unwrap();
         assert_eq!(at_loser.state(), elsewhere.state());
         assert!(!at_loser.state().members.contains(&user("dave")));
+    }
+
+    #[test]
+    fn a_removal_sticks_against_the_removed_admins_changes() {
+        let (alice, bob, carol, mut group) = group_of_three();
+        // Admins in seniority: alice, carol, bob.
+        for user in [&carol, &bob] {
+            let promote = alice.sign(&group, Change::Promote(user.name.clone()));
+            group.apply(&promote, alice.key.public()).unwrap();
+        }
+        // A junior admin may not remove a senior one.
+        let coup = bob.sign(&group, Change::Remove(vec![carol.name.clone()]));
+        assert_eq!(
+            group.clone().apply(&coup, bob.key.public()),
+            Err(GroupError::NotAllowed(bob.name.clone()))
+        );
+        // Whatever carol signs on the state her removal was made on loses to it, in either order
+        // (hashes cannot be ground past it).
+        let before = group.clone();
+        let removal = alice.sign(&before, Change::Remove(vec![carol.name.clone()]));
+        for i in 0..20 {
+            let counter = carol.sign(&before, Change::Rename(format!("mine {i}")));
+            let mut removal_first = before.clone();
+            removal_first.apply(&removal, alice.key.public()).unwrap();
+            assert!(removal_first.apply(&counter, carol.key.public()).is_err());
+            let mut counter_first = before.clone();
+            counter_first.apply(&counter, carol.key.public()).unwrap();
+            counter_first.apply(&removal, alice.key.public()).unwrap();
+            assert_eq!(removal_first.state(), counter_first.state());
+            assert!(!counter_first.state().members.contains(&carol.name));
+        }
+        // After a change by bob (her junior) and then her removal, carol signs on the state
+        // before bob's change: her change would win that race, but it would undo her removal.
+        let mut group = before.clone();
+        let rename = bob.sign(&group, Change::Rename("by bob".into()));
+        group.apply(&rename, bob.key.public()).unwrap();
+        let removal = alice.sign(&group, Change::Remove(vec![carol.name.clone()]));
+        group.apply(&removal, alice.key.public()).unwrap();
+        let after = group.clone();
+        for i in 0..20 {
+            let late = carol.sign(&before, Change::Rename(format!("late {i}")));
+            assert!(order_key(&late, before.state()) < order_key(&rename, before.state()));
+            assert_eq!(
+                group.apply(&late, carol.key.public()),
+                Err(GroupError::NotAllowed(carol.name.clone()))
+            );
+            assert_eq!(group, after);
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use peerchat_rendezvous::memory_store::MemoryStore as RendezvousMemory;
 use peerchat_rendezvous::service::Rendezvous;
 use rand::rngs::OsRng;
 
-type TestNode = Node<
+pub(crate) type TestNode = Node<
     MemoryStore,
     InProcessDirectory<RendezvousMemory>,
     HubNetwork,
@@ -26,26 +26,26 @@ type TestNode = Node<
     SystemClock,
 >;
 
-struct World {
-    rendezvous: Arc<Rendezvous<RendezvousMemory>>,
-    hub: Hub,
+pub(crate) struct World {
+    pub(crate) rendezvous: Arc<Rendezvous<RendezvousMemory>>,
+    pub(crate) hub: Hub,
 }
 
-struct User {
-    name: Username,
-    node: Arc<TestNode>,
-    events: RecordingNotifier,
+pub(crate) struct User {
+    pub(crate) name: Username,
+    pub(crate) node: Arc<TestNode>,
+    pub(crate) events: RecordingNotifier,
     /// The node's store, shared, to look inside.
-    store: MemoryStore,
+    pub(crate) store: MemoryStore,
     /// The node's rendezvous client, shared (authenticated as the node).
-    directory: InProcessDirectory<RendezvousMemory>,
+    pub(crate) directory: InProcessDirectory<RendezvousMemory>,
 }
 
-fn user(name: &str) -> Username {
+pub(crate) fn user(name: &str) -> Username {
     Username::new(name).unwrap()
 }
 
-fn given_a_rendezvous() -> World {
+pub(crate) fn given_a_rendezvous() -> World {
     let limits = Limits {
         argon2_memory_kib: 256,
         lookups_per_user: Rate {
@@ -82,7 +82,7 @@ fn given_a_rendezvous() -> World {
 }
 
 impl World {
-    async fn given_a_registered_user(&self, name: &str) -> User {
+    pub(crate) async fn given_a_registered_user(&self, name: &str) -> User {
         let name = user(name);
         let (network, inbound) = self.hub.attach(name.clone());
         let events = RecordingNotifier::default();

@@ -32,12 +32,13 @@ enum Outcome {
 }
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
-    /// Records the advanced session (and a first contact's pinned key) with `writes`, in one
-    /// commit, flushed.
+    /// Records the advanced session (and, with `pin`, a first contact's key) with `writes`, in
+    /// one commit, flushed. A refused stranger is not pinned as a contact.
     async fn record(
         &self,
         decrypted: Decrypted<'_>,
         writes: Vec<Write>,
+        pin: bool,
     ) -> Result<Committed, NodeError> {
         let Decrypted {
             from,
@@ -48,7 +49,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             guard,
             ..
         } = decrypted;
-        if new_contact {
+        if new_contact && pin {
             self.store.save_contact(&Contact {
                 username: from.clone(),
                 identity_key: *identity_key,
@@ -88,18 +89,19 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         let group = change.group;
         match outcome {
             Outcome::Changed(state) => {
-                self.record(decrypted, vec![Write::Group(state)]).await?;
+                self.record(decrypted, vec![Write::Group(state)], true)
+                    .await?;
                 self.notifier.notify(Event::GroupChanged { group });
                 Ok(Ack::Stored)
             }
             Outcome::Unchanged => {
-                self.record(decrypted, Vec::new()).await?;
+                self.record(decrypted, Vec::new(), true).await?;
                 Ok(Ack::Stored)
             }
             Outcome::NotYet => Ok(Ack::Rejected(RejectReason::Busy)),
             Outcome::Refused(e) => {
                 tracing::warn!(peer = %from, group = %group, error = %e, "a group change was refused");
-                self.record(decrypted, Vec::new()).await?;
+                self.record(decrypted, Vec::new(), false).await?;
                 Ok(Ack::Rejected(RejectReason::Refused))
             }
         }
@@ -173,7 +175,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         }
         if !state.members.contains(&from) || !state.members.contains(&me.0) {
             tracing::warn!(peer = %from, group = %group, "a group message from a non-member was refused");
-            self.record(decrypted, Vec::new()).await?;
+            self.record(decrypted, Vec::new(), false).await?;
             return Ok(Ack::Rejected(RejectReason::Refused));
         }
         let stored = StoredMessage {
@@ -191,6 +193,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             .record(
                 decrypted,
                 vec![Write::Message(stored, IfStored::ReplaceUndecryptable)],
+                true,
             )
             .await?;
         if committed.duplicate {
@@ -239,7 +242,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 status,
             })
             .collect();
-        let committed = self.record(decrypted, writes).await?;
+        let committed = self.record(decrypted, writes, false).await?;
         self.notify_members(committed.members);
         Ok(Ack::Stored)
     }
