@@ -6,8 +6,9 @@ const $ = (id) => document.getElementById(id);
 
 const state = {
   me: null,
-  current: null, // the open conversation's peer
+  current: null, // the open conversation: a username, or "#" and a group id
   contacts: new Map(), // username -> contact view
+  groups: new Map(), // group id -> group view
   presence: new Map(), // username -> true / false
   events: null,
   older: [], // messages of the open conversation loaded by scrolling up, oldest first
@@ -68,6 +69,15 @@ async function api(method, path, body) {
 
 const peerPath = (peer) => encodeURIComponent(peer);
 
+// A conversation's key is its peer's username, or "#" and the group's id (as the node names it).
+const isGroup = (key) => typeof key === "string" && key.startsWith("#");
+const groupOf = (key) => (isGroup(key) ? state.groups.get(key.slice(1)) : undefined);
+const titleOf = (key) => (isGroup(key) ? (groupOf(key) ? groupOf(key).name : "Group") : key);
+const historyPath = (key) =>
+  isGroup(key) ? `/api/v1/groups/${key.slice(1)}/messages` : `/api/v1/conversations/${peerPath(key)}`;
+const readPath = (key) =>
+  isGroup(key) ? `/api/v1/groups/${key.slice(1)}/read` : `/api/v1/conversations/${peerPath(key)}/read`;
+
 function newMessageId() {
   const bytes = new Uint8Array(16);
   crypto.getRandomValues(bytes);
@@ -85,6 +95,10 @@ function showError(error) {
     rate_limited: "Too many attempts. Wait a minute and try again.",
     rendezvous_unavailable: "The rendezvous server cannot be reached right now.",
     own_account: "That is you. Type the username of the person to chat with.",
+    not_member: "You are not a member of this group any more.",
+    not_allowed: "Only the group's admins may do that (and admins remove only admins junior to them).",
+    bad_group_change: (error && error.message) || "That change does not apply to this group.",
+    member_unreachable: (error && error.message) || "A member could not be reached.",
   };
   const text = (error && error.code && messages[error.code]) || (error && error.message) || String(error);
   $("error-text").textContent = text;
@@ -146,6 +160,7 @@ async function enterChat(me) {
 
 async function refreshAll() {
   await refreshContacts();
+  await refreshGroups();
   await refreshConversations();
   if (state.current) await refreshConversation();
 }
@@ -194,6 +209,11 @@ async function refreshContacts() {
   state.contacts = new Map(contacts.map((c) => [c.username, c]));
 }
 
+async function refreshGroups() {
+  const groups = await api("GET", "/api/v1/groups");
+  state.groups = new Map(groups.map((g) => [g.id, g]));
+}
+
 async function refreshPresence(peer) {
   try {
     const answer = await api("GET", `/api/v1/contacts/${peerPath(peer)}/presence`);
@@ -212,34 +232,54 @@ function presenceLabel(peer) {
 }
 
 async function refreshConversations() {
-  const conversations = await api("GET", "/api/v1/conversations");
+  const conversations = (await api("GET", "/api/v1/conversations")).map((c) => ({
+    ...c,
+    key: c.group ? `#${c.group.id}` : c.peer,
+  }));
   const list = $("conversations");
   list.replaceChildren();
-  const peers = new Set(conversations.map((c) => c.peer));
-  // Contacts without messages yet are listed too.
+  const listed = new Set(conversations.map((c) => c.key));
+  // Contacts and groups without messages yet are listed too.
   for (const contact of state.contacts.values()) {
-    if (!peers.has(contact.username)) {
-      conversations.push({ peer: contact.username, unread: 0, messages: 0, last: null });
+    if (!listed.has(contact.username)) {
+      conversations.push({ key: contact.username, peer: contact.username, unread: 0, messages: 0, last: null });
+    }
+  }
+  for (const group of state.groups.values()) {
+    if (!listed.has(`#${group.id}`)) {
+      conversations.push({ key: `#${group.id}`, group, unread: 0, messages: 0, last: null });
     }
   }
   for (const c of conversations) {
     const item = document.createElement("li");
     const button = document.createElement("button");
     button.type = "button";
-    button.className = "conversation" + (c.peer === state.current ? " current" : "");
-    button.dataset.peer = c.peer;
-    if (c.peer === state.current) button.setAttribute("aria-current", "true");
+    button.className = "conversation" + (c.key === state.current ? " current" : "");
+    if (c.group) {
+      button.dataset.group = c.group.id;
+    } else {
+      button.dataset.peer = c.peer;
+    }
+    if (c.key === state.current) button.setAttribute("aria-current", "true");
 
     const top = document.createElement("span");
     top.className = "top";
-    const dot = document.createElement("span");
-    dot.className = "dot " + presenceLabel(c.peer);
-    dot.dataset.presenceOf = c.peer;
-    dot.setAttribute("aria-hidden", "true");
     const name = document.createElement("span");
     name.className = "name";
-    name.textContent = c.peer;
-    top.append(dot, name);
+    if (c.group) {
+      const tag = document.createElement("span");
+      tag.className = "tag";
+      tag.textContent = "group";
+      name.textContent = c.group.name;
+      top.append(tag, name);
+    } else {
+      const dot = document.createElement("span");
+      dot.className = "dot " + presenceLabel(c.peer);
+      dot.dataset.presenceOf = c.peer;
+      dot.setAttribute("aria-hidden", "true");
+      name.textContent = c.peer;
+      top.append(dot, name);
+    }
     if (c.unread > 0) {
       const badge = document.createElement("span");
       badge.className = "unread";
@@ -249,33 +289,62 @@ async function refreshConversations() {
     }
     const last = document.createElement("span");
     last.className = "last";
-    last.textContent = c.last ? (c.last.direction === "outgoing" ? "You: " : "") + c.last.text : "No messages yet";
+    const by = !c.last ? "" : c.last.direction === "outgoing" ? "You: " : c.group ? `${c.last.author}: ` : "";
+    last.textContent = c.last ? by + c.last.text : "No messages yet";
     button.append(top, last);
-    button.addEventListener("click", () => guarded(() => openConversation(c.peer)));
+    button.addEventListener("click", () => guarded(() => openConversation(c.key)));
     item.append(button);
     list.append(item);
   }
 }
 
-async function openConversation(peer) {
+async function openConversation(key) {
   clearError();
-  state.current = peer;
+  state.current = key;
   $("empty").hidden = true;
   $("pane").hidden = false;
-  $("peer-name").textContent = peer;
   $("messages").replaceChildren();
   state.older = [];
   state.exhausted = false;
   await refreshContacts();
+  await refreshGroups();
+  renderHeader();
   await refreshConversation();
   await refreshConversations();
-  refreshPresence(peer);
+  if (!isGroup(key)) refreshPresence(key);
   $("message-input").focus();
+}
+
+/** The pane's header: a person (presence, safety number) or a group (members, membership). */
+function renderHeader() {
+  const key = state.current;
+  if (!key) return;
+  const group = groupOf(key);
+  $("peer-name").textContent = titleOf(key);
+  $("safety-button").hidden = isGroup(key);
+  $("members-button").hidden = !isGroup(key);
+  $("peer-presence").textContent = isGroup(key)
+    ? group
+      ? `${group.members.length} members`
+      : ""
+    : presenceText(key);
+  const note = $("group-note");
+  const outside = isGroup(key) && group && !group.member;
+  note.hidden = !outside;
+  note.textContent = outside ? "You are no longer a member of this group: nothing new reaches you, and you cannot write here." : "";
+  $("message-input").disabled = Boolean(outside);
+  $("send-button").disabled = Boolean(outside);
 }
 
 async function refreshConversation() {
   const peer = state.current;
   if (!peer) return;
+  if (isGroup(peer)) {
+    $("peer-verified").hidden = true;
+    $("key-warning").hidden = true;
+    renderHeader();
+    return refreshMessages(peer);
+  }
   const contact = state.contacts.get(peer);
   // "Verified" speaks of the pinned key; a new key waiting to be accepted is not verified.
   $("peer-verified").hidden = !(contact && contact.verified && !contact.key_changed);
@@ -288,7 +357,12 @@ async function refreshConversation() {
   } else {
     warning.hidden = true;
   }
-  const latest = await api("GET", `/api/v1/conversations/${peerPath(peer)}?limit=${PAGE}`);
+  await refreshMessages(peer);
+}
+
+/** The latest page of the open conversation (with older pages already loaded kept). */
+async function refreshMessages(peer) {
+  const latest = await api("GET", `${historyPath(peer)}?limit=${PAGE}`);
   if (state.current !== peer) return;
   // Until older pages were loaded, whether there are any follows from the latest page.
   if (state.older.length === 0) state.exhausted = latest.length < PAGE;
@@ -296,7 +370,7 @@ async function refreshConversation() {
   const messages = state.older.filter((m) => !shown.has(m.id)).concat(latest);
   renderMessages(messages);
   if (messages.some((m) => m.direction === "incoming" && m.status === "received") && document.visibilityState === "visible") {
-    await api("POST", `/api/v1/conversations/${peerPath(peer)}/read`);
+    await api("POST", readPath(peer));
   }
 }
 
@@ -308,7 +382,7 @@ async function loadOlder() {
   if (!peer || !first || state.exhausted || state.loadingOlder) return;
   state.loadingOlder = true;
   try {
-    const page = await api("GET", `/api/v1/conversations/${peerPath(peer)}?before=${first.dataset.id}&limit=${PAGE}`);
+    const page = await api("GET", `${historyPath(peer)}?before=${first.dataset.id}&limit=${PAGE}`);
     if (state.current !== peer) return;
     if (page.length < PAGE) state.exhausted = true;
     if (page.length === 0) return;
@@ -333,6 +407,12 @@ function messageItem(m) {
   const item = document.createElement("li");
   item.className = `message ${m.direction}`;
   item.dataset.id = m.id;
+  if (m.group && m.direction === "incoming") {
+    const author = document.createElement("span");
+    author.className = "author";
+    author.textContent = m.author;
+    item.append(author);
+  }
   const text = document.createElement("p");
   text.className = "text";
   text.textContent = m.status === "undecryptable" ? "This message could not be decrypted." : m.text;
@@ -350,7 +430,30 @@ function messageItem(m) {
     status.dataset.status = m.status;
     status.textContent = STATUS_LABELS[m.status] || m.status;
     meta.append(status);
-    if (m.status === "failed") {
+    if (m.receipts) {
+      const r = m.receipts;
+      status.dataset.delivered = String(r.delivered);
+      status.dataset.read = String(r.read);
+      if (r.recipients > 0 && m.status !== "pending") {
+        status.textContent =
+          r.read === r.recipients ? "read by everyone" : `delivered to ${r.delivered} of ${r.recipients} · read by ${r.read}`;
+      }
+      const details = document.createElement("details");
+      details.className = "receipts";
+      const summary = document.createElement("summary");
+      summary.textContent = "by member";
+      const list = document.createElement("ul");
+      for (const [member, memberStatus] of Object.entries(r.members)) {
+        const line = document.createElement("li");
+        line.dataset.member = member;
+        line.dataset.status = memberStatus;
+        line.textContent = `${member}: ${STATUS_LABELS[memberStatus] || memberStatus}`;
+        list.append(line);
+      }
+      details.append(summary, list);
+      meta.append(details);
+    }
+    if (m.status === "failed" && !m.group) {
       const retry = document.createElement("button");
       retry.type = "button";
       retry.className = "link retry";
@@ -373,7 +476,7 @@ function renderPresence() {
   for (const dot of document.querySelectorAll("[data-presence-of]")) {
     dot.className = "dot " + presenceLabel(dot.dataset.presenceOf);
   }
-  if (state.current) $("peer-presence").textContent = presenceText(state.current);
+  if (state.current && !isGroup(state.current)) $("peer-presence").textContent = presenceText(state.current);
 }
 
 /** "online · direct" or "online · relayed" while a connection is open, else the presence. */
@@ -413,7 +516,11 @@ async function sendSubmit(event) {
   );
   $("messages").scrollTop = $("messages").scrollHeight;
   try {
-    await api("POST", "/api/v1/messages", { to: peer, text, id });
+    if (isGroup(peer)) {
+      await api("POST", `/api/v1/groups/${peer.slice(1)}/messages`, { text, id });
+    } else {
+      await api("POST", "/api/v1/messages", { to: peer, text, id });
+    }
   } finally {
     if (state.current === peer) await refreshConversation();
     await refreshConversations();
@@ -425,6 +532,79 @@ function composerKeys(event) {
     event.preventDefault();
     $("composer").requestSubmit();
   }
+}
+
+// ---- groups -------------------------------------------------------------------------------
+
+function openNewGroup() {
+  $("group-name").value = "";
+  $("group-members").value = "";
+  $("group-dialog").showModal();
+  $("group-name").focus();
+}
+
+async function createGroup(event) {
+  event.preventDefault();
+  const name = $("group-name").value.trim();
+  const members = $("group-members")
+    .value.split(",")
+    .map((m) => m.trim().toLowerCase())
+    .filter((m) => m);
+  if (!name || members.length === 0) return;
+  const group = await api("POST", "/api/v1/groups", { name, members });
+  $("group-dialog").close();
+  await openConversation(`#${group.id}`);
+}
+
+function renderMembers() {
+  const group = groupOf(state.current);
+  if (!group) return;
+  const admin = group.admins.includes(state.me) && group.member;
+  $("members-title").textContent = `Members of ${group.name}`;
+  const list = $("members-list");
+  list.replaceChildren();
+  for (const member of group.members) {
+    const line = document.createElement("li");
+    line.dataset.member = member;
+    const name = document.createElement("span");
+    name.textContent = member === state.me ? `${member} (you)` : member;
+    line.append(name);
+    if (group.admins.includes(member)) {
+      const tag = document.createElement("span");
+      tag.className = "tag";
+      tag.textContent = "admin";
+      line.append(tag);
+    }
+    if (admin && member !== state.me) {
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "link";
+      remove.textContent = "Remove";
+      remove.setAttribute("aria-label", `Remove ${member}`);
+      remove.addEventListener("click", () => guarded(() => changeGroup({ action: "remove", members: [member] })));
+      line.append(remove);
+    }
+    list.append(line);
+  }
+  $("add-member-form").hidden = !admin;
+  $("leave-button").hidden = !group.member;
+}
+
+async function changeGroup(change) {
+  const key = state.current;
+  await api("POST", `/api/v1/groups/${key.slice(1)}/changes`, change);
+  await refreshGroups();
+  renderMembers();
+  renderHeader();
+  await refreshConversations();
+}
+
+async function addMember(event) {
+  event.preventDefault();
+  const member = $("add-member-input").value.trim().toLowerCase();
+  if (!member) return;
+  await changeGroup({ action: "add", members: [member] });
+  $("add-member-input").value = "";
 }
 
 // ---- trust --------------------------------------------------------------------------------
@@ -516,6 +696,26 @@ function listen() {
       if (event.peer === state.current) await refreshConversation();
     }),
   );
+  for (const name of ["group_message_received", "group_status_changed"]) {
+    events.addEventListener(name, (e) =>
+      guarded(async () => {
+        const event = JSON.parse(e.data);
+        if (`#${event.group}` === state.current) await refreshConversation();
+        await refreshConversations();
+      }),
+    );
+  }
+  events.addEventListener("group_changed", (e) =>
+    guarded(async () => {
+      const event = JSON.parse(e.data);
+      await refreshGroups();
+      if (`#${event.group}` === state.current) {
+        renderHeader();
+        if ($("members-dialog").open) renderMembers();
+      }
+      await refreshConversations();
+    }),
+  );
   for (const [name, online] of [["peer_online", true], ["peer_offline", false]]) {
     events.addEventListener(name, (e) => {
       const event = JSON.parse(e.data);
@@ -551,5 +751,15 @@ document.addEventListener("DOMContentLoaded", () => {
   $("totp-button").addEventListener("click", () => guarded(openTotp));
   $("totp-form").addEventListener("submit", (e) => guarded(() => confirmTotp(e)));
   $("totp-close").addEventListener("click", () => $("totp-dialog").close());
+  $("new-group-button").addEventListener("click", openNewGroup);
+  $("group-form").addEventListener("submit", (e) => guarded(() => createGroup(e)));
+  $("group-close").addEventListener("click", () => $("group-dialog").close());
+  $("members-button").addEventListener("click", () => {
+    renderMembers();
+    $("members-dialog").showModal();
+  });
+  $("add-member-form").addEventListener("submit", (e) => guarded(() => addMember(e)));
+  $("leave-button").addEventListener("click", () => guarded(() => changeGroup({ action: "leave" })));
+  $("members-close").addEventListener("click", () => $("members-dialog").close());
   guarded(start);
 });

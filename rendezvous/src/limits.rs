@@ -114,16 +114,18 @@ impl Default for Limits {
                 burst: 50,
                 period: Duration::from_secs(10),
             },
+            // A group of 200 is set up with a lookup and a bundle per member.
             lookups_per_user: Rate {
-                burst: 120,
-                period: Duration::from_millis(100),
+                burst: 240,
+                period: Duration::from_millis(50),
             },
             one_time_prekeys_per_pair: Rate {
                 burst: 3,
                 period: Duration::from_secs(3600),
             },
+            // A message to a group of 200 whose members are all offline.
             deposits_per_user: Rate {
-                burst: 200,
+                burst: 240,
                 period: Duration::from_millis(50),
             },
             argon2_memory_kib: 19 * 1024,

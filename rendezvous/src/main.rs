@@ -40,7 +40,7 @@ struct Args {
     #[arg(
         long,
         env = "PEERCHAT_RENDEZVOUS_LOOKUPS_PER_MINUTE",
-        default_value_t = 600
+        default_value_t = 1200
     )]
     lookups_per_minute: u32,
     /// Mailbox deposits allowed per user per minute (bursts of a fifth of it).

@@ -247,6 +247,55 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     await screenshot(alicePage, "alice");
     await screenshot(bobPage, "bob");
 
+    step("A group: alice creates it with bob and carol, everyone writes, receipts per member, then");
+    step("carol is removed and added back from the members dialog.");
+    const carolDir = join(cluster.work, "carol");
+    await cluster.startDaemon(carolDir);
+    cli(carolDir, ["register", "carol"]);
+    await alicePage.getByRole("button", { name: "New group" }).click();
+    await alicePage.getByLabel("Group name").fill("Book club");
+    await alicePage.getByLabel("Members (usernames, separated by commas)").fill("bob, carol");
+    await alicePage.getByRole("button", { name: "Create" }).click();
+    await alicePage.waitForSelector('#peer-name:text("Book club")');
+    const groupButton = alicePage.locator("#conversations button[data-group]");
+    const groupId = await groupButton.getAttribute("data-group");
+    assert.match(groupId, /^[0-9a-f]{32}$/);
+    await alicePage.getByLabel("Message", { exact: true }).fill("Welcome to the book club");
+    await alicePage.getByLabel("Message", { exact: true }).press("Enter");
+    const bobGroup = bobPage.locator(`#conversations button[data-group="${groupId}"]`);
+    await bobGroup.locator(".unread").waitFor();
+    await bobGroup.click();
+    const fromAlice = bobPage.locator("#messages .message.incoming", { hasText: "Welcome to the book club" });
+    await fromAlice.waitFor();
+    assert.equal(await fromAlice.locator(".author").textContent(), "alice");
+    await bobPage.getByLabel("Message", { exact: true }).fill("Count me in");
+    await bobPage.getByLabel("Message", { exact: true }).press("Enter");
+    const fromBob = alicePage.locator("#messages .message.incoming", { hasText: "Count me in" });
+    await fromBob.waitFor();
+    assert.equal(await fromBob.locator(".author").textContent(), "bob");
+    // Carol reads it from the CLI; alice's message is then read by both, member by member.
+    const carolSaw = cli(carolDir, ["history", "--group", groupId]);
+    assert.match(carolSaw, /alice: Welcome to the book club/);
+    const welcome = alicePage.locator("#messages .message.outgoing", { hasText: "Welcome to the book club" });
+    await welcome.locator('.status[data-read="2"]').waitFor();
+    assert.equal(await welcome.locator(".status").textContent(), "read by everyone");
+    assert.equal(await welcome.locator('.receipts li[data-member="carol"]').getAttribute("data-status"), "read");
+    await screenshot(alicePage, "alice-group");
+    await screenshot(bobPage, "bob-group");
+    await alicePage.getByRole("button", { name: "Members" }).click();
+    await alicePage.getByRole("button", { name: "Remove carol" }).click();
+    await alicePage.waitForSelector('#members-list li[data-member="carol"]', { state: "detached" });
+    await waitFor("carol learns she was removed", () => !JSON.parse(cli(carolDir, ["group", "show", groupId, "--json"])).member);
+    await alicePage.getByLabel("Add a member (username)").fill("carol");
+    await alicePage.getByRole("button", { name: "Add", exact: true }).click();
+    await alicePage.waitForSelector('#members-list li[data-member="carol"]');
+    await waitFor("carol is back", () => JSON.parse(cli(carolDir, ["group", "show", groupId, "--json"])).member);
+    await alicePage.getByRole("button", { name: "Close" }).click();
+    await alicePage.click('#conversations button[data-peer="bob"]');
+    await alicePage.waitForSelector('#peer-name:text-is("bob")');
+    await bobPage.click('#conversations button[data-peer="alice"]');
+    await bobPage.waitForSelector('#peer-name:text-is("alice")');
+
     // A long conversation: the window shows the latest page and loads older ones on scroll.
     step("A long conversation loads older messages on scroll.");
     for (let i = 1; i <= 60; i++) cli(bobDir, ["send", "alice", `backlog ${i}`]);

@@ -18,6 +18,11 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             .lookup(username)
             .await
             .map_err(|e| e.naming(username))?;
+        // The first delivery reuses this lookup (a group's creation makes one per member).
+        self.addresses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(username.clone(), (info.clone(), self.clock.now_ms()));
         match self
             .store
             .contact(&crate::domain::Address::from(username))?

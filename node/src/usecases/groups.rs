@@ -16,12 +16,16 @@ use crate::domain::{
     Session, SignedChange, group_status,
 };
 use crate::ports::{
-    Batch, Clock, Direction, Directory, IfStored, MessageStatus, Network, Notifier, OutboxEntry,
-    Page, Store, StoredMessage, Write,
+    Batch, Clock, Direction, Directory, DirectoryError, IfStored, MessageStatus, Network, Notifier,
+    OutboxEntry, Page, Store, StoredMessage, Write,
 };
 
 /// How many members' sessions are prepared, and envelopes delivered, at once.
 pub const FAN_OUT: usize = 32;
+
+/// How many times a member's preparation waits for the rendezvous's rate limit (half a second
+/// each) before it counts as failed.
+const RATE_LIMIT_RETRIES: usize = 120;
 
 /// A member's session, ready to encrypt with (or why not).
 enum Prepared {
@@ -296,8 +300,22 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         Ok(())
     }
 
-    /// The contact and, if no stored session fits their key, a new session (X3DH).
+    /// [`Self::prepare_once`], waited for while the rendezvous asks us to slow down (setting up a
+    /// large group takes a lookup and a bundle per member).
     async fn prepare(&self, to: &Username) -> Prepared {
+        for _ in 0..RATE_LIMIT_RETRIES {
+            match self.prepare_once(to).await {
+                Prepared::Failed(NodeError::Directory(DirectoryError::RateLimited)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                prepared => return prepared,
+            }
+        }
+        self.prepare_once(to).await
+    }
+
+    /// The contact and, if no stored session fits their key, a new session (X3DH).
+    async fn prepare_once(&self, to: &Username) -> Prepared {
         let contact = match self.contact_for(to).await {
             Ok(contact) => contact,
             Err(e) => return Prepared::Failed(e),

@@ -8,6 +8,7 @@ mod e2ee_ratchet;
 mod e2ee_x3dh;
 mod floods;
 mod friction;
+mod group_daemons;
 mod groups;
 mod held_mail;
 mod nat;
