@@ -207,6 +207,7 @@ fn main() {
         let mut group_all = Vec::new();
         let mut direct_commit = Vec::new();
         let mut direct_all = Vec::new();
+        let mut sequential_all = Vec::new();
         for round in 0..rounds {
             let node = alice.clone();
             let (commit, all) = sender
@@ -245,11 +246,22 @@ fn main() {
                 .await;
             direct_commit.push(commit);
             direct_all.push(all);
+
+            // One after another, as a script sending to each member would.
+            let started = Instant::now();
+            for peer in &others {
+                alice
+                    .send(peer, MessageId::random(&mut OsRng), format!("one by one {round}"))
+                    .await
+                    .unwrap();
+            }
+            sequential_all.push(started.elapsed());
         }
         // Every member stored every message.
         for n in &nodes {
             let got = n.group_history(&group, peerchat::ports::Page::ALL).unwrap();
             assert_eq!(got.len(), rounds);
+            assert_eq!(n.history(&alice_name).unwrap().len(), 2 * rounds);
         }
         let (gc, ga, dc, da) = (
             median(group_commit),
@@ -257,20 +269,25 @@ fn main() {
             median(direct_commit),
             median(direct_all),
         );
+        let sa = median(sequential_all);
         println!("{members}-member group ({recipients} recipients), median of {rounds} rounds:");
-        println!("| | one group send | {recipients} one-to-one sends | ratio |");
-        println!("|---|---|---|---|");
         println!(
-            "| encrypt and commit (durable) | {} | {} | {:.2} |",
+            "| | one group send | {recipients} one-to-one sends, concurrent | ratio | {recipients} one-to-one sends, one after another | ratio |"
+        );
+        println!("|---|---|---|---|---|---|");
+        println!(
+            "| encrypt and commit (durable) | {} | {} | {:.2} | – | – |",
             ms(gc),
             ms(dc),
             gc.as_secs_f64() / dc.as_secs_f64()
         );
         println!(
-            "| until all {recipients} stored it | {} | {} | {:.2} |",
+            "| until all {recipients} stored it | {} | {} | {:.2} | {} | {:.2} |",
             ms(ga),
             ms(da),
-            ga.as_secs_f64() / da.as_secs_f64()
+            ga.as_secs_f64() / da.as_secs_f64(),
+            ms(sa),
+            ga.as_secs_f64() / sa.as_secs_f64()
         );
     });
 }

@@ -106,10 +106,24 @@ impl IdentityKey {
     }
 
     /// From the 32-byte Ed25519 encoding.
+    ///
+    /// Decoding a point costs a square root and an inversion, and the same few keys (ours, our
+    /// contacts') are decoded from stored sessions and contacts for every message, so valid keys
+    /// are remembered (public values only, at most [`DECODED_KEYS`] of them).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, InvalidKey> {
         let bytes: [u8; 32] = bytes.try_into().map_err(|_| InvalidKey::Ed25519)?;
+        let cache = decoded_keys();
+        if let Some(key) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&bytes) {
+            return Ok(*key);
+        }
         let ed = VerifyingKey::from_bytes(&bytes).map_err(|_| InvalidKey::Ed25519)?;
-        Ok(Self::from_verifying_key(ed))
+        let key = Self::from_verifying_key(ed);
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= DECODED_KEYS {
+            cache.clear();
+        }
+        cache.insert(bytes, key);
+        Ok(key)
     }
 
     /// The 32-byte Ed25519 encoding (what the associated data and safety numbers use).
@@ -125,6 +139,16 @@ impl IdentityKey {
     pub(crate) fn x25519(&self) -> &PublicKey {
         &self.x
     }
+}
+
+/// Most decoded identity keys remembered by [`IdentityKey::from_bytes`].
+pub const DECODED_KEYS: usize = 4096;
+
+fn decoded_keys() -> &'static std::sync::Mutex<std::collections::HashMap<[u8; 32], IdentityKey>> {
+    static KEYS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<[u8; 32], IdentityKey>>,
+    > = std::sync::OnceLock::new();
+    KEYS.get_or_init(Default::default)
 }
 
 impl fmt::Debug for IdentityKey {

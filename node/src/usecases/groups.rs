@@ -29,8 +29,10 @@ const RATE_LIMIT_RETRIES: usize = 120;
 
 /// A member's session, ready to encrypt with (or why not).
 enum Prepared {
-    /// The stored session fits (`None`), or a new one was set up by X3DH.
-    Ready(Option<Box<Session>>),
+    /// The session to encrypt with: the stored one, or a new one set up by X3DH.
+    Ready(Box<Session>),
+    /// No contact or no session yet: to be set up (first contact).
+    Missing,
     /// The member's key changed and the user has not accepted the new one.
     Held,
     /// No session could be set up.
@@ -192,6 +194,10 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     /// `message` (a group message, its envelopes carrying its id) or `state` (a change, all or
     /// none: a member who cannot be reached fails the change) in one commit and one flush, then
     /// delivers them concurrently.
+    ///
+    /// Every recipient's lock is taken (in name order: no other path holds two at once) and each
+    /// session read once under it. Members without a session yet (first contact) are set up by
+    /// X3DH outside the locks, then the locks are taken again.
     async fn fan_out(
         &self,
         group: GroupId,
@@ -199,70 +205,73 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         mut message: Option<StoredMessage>,
         state: Option<Group>,
     ) -> Result<(), NodeError> {
-        // Contacts and first sessions (lookups, X3DH bundles) without holding any lock.
-        let prepared: BTreeMap<Username, (Vec<u8>, Prepared)> = stream::iter(recipients)
-            .map(|(to, plaintext)| async move {
-                let prepared = self.prepare(&to).await;
-                (to, (plaintext, prepared))
-            })
-            .buffer_unordered(FAN_OUT)
-            .collect()
-            .await;
-        if message.is_none()
-            && let Some((who, (_, Prepared::Failed(why)))) = prepared
-                .iter()
-                .find(|(_, (_, p))| matches!(p, Prepared::Failed(_)))
-        {
-            return Err(NodeError::MemberUnreachable {
-                who: who.clone(),
-                why: why.to_string(),
-            });
-        }
+        let all_or_none = message.is_none();
         let envelope_id = message
             .as_ref()
             .map_or_else(|| MessageId::random(&mut OsRng), |m| m.id);
-        let now = self.clock.now_ms();
-        let mut batch = Batch::new();
-        let mut envelopes = Vec::with_capacity(prepared.len());
+        let recipients: BTreeMap<Username, Vec<u8>> = recipients.into_iter().collect();
+        let mut set_up: BTreeMap<Username, Prepared> = BTreeMap::new();
         let mut statuses = BTreeMap::new();
-        let changed = {
-            // Every recipient's lock, in name order (no other path holds two at once), so no
-            // session moves between reading it and committing it.
-            let mut guards = Vec::with_capacity(prepared.len());
-            for to in prepared.keys() {
+        let mut envelopes = Vec::with_capacity(recipients.len());
+        let mut batch = Batch::new();
+        for attempt in 0..2 {
+            let mut guards = Vec::with_capacity(recipients.len());
+            for to in recipients.keys() {
                 guards.push(self.peer_lock(to).lock_owned().await);
             }
-            for (to, (plaintext, prepared)) in prepared {
-                let fresh = match prepared {
-                    Prepared::Ready(fresh) => fresh,
+            let mut ready = Vec::with_capacity(recipients.len());
+            let mut missing = Vec::new();
+            for to in recipients.keys() {
+                // What the store holds now wins over a session set up outside the locks.
+                let now = match self.ready_now(to)? {
+                    Prepared::Missing => set_up.remove(to).unwrap_or(Prepared::Missing),
+                    known => known,
+                };
+                match now {
+                    Prepared::Missing if attempt == 0 => missing.push(to.clone()),
+                    Prepared::Missing => {
+                        statuses.insert(to.clone(), MessageStatus::Failed);
+                    }
+                    Prepared::Failed(why) => {
+                        if all_or_none {
+                            return Err(NodeError::MemberUnreachable {
+                                who: to.clone(),
+                                why: why.to_string(),
+                            });
+                        }
+                        tracing::warn!(peer = %to, error = %why, "no session with a group member");
+                        statuses.insert(to.clone(), MessageStatus::Failed);
+                    }
                     Prepared::Held => {
-                        statuses.insert(to, MessageStatus::Held);
-                        continue;
+                        statuses.insert(to.clone(), MessageStatus::Held);
                     }
-                    Prepared::Failed(e) => {
-                        tracing::warn!(peer = %to, error = %e, "no session with a group member");
-                        statuses.insert(to, MessageStatus::Failed);
-                        continue;
-                    }
-                };
-                let device = Address::first(to.clone());
-                // The stored session, unless a new one was set up for another key.
-                let stored = self.store.session(&device)?.filter(|s| {
-                    fresh
-                        .as_ref()
-                        .is_none_or(|f| s.remote_identity() == f.remote_identity())
-                });
-                let Some(mut session) = stored.or(fresh.map(|s| *s)) else {
-                    statuses.insert(to, MessageStatus::Failed);
-                    continue;
-                };
-                let sealed = session.encrypt(&plaintext)?;
+                    Prepared::Ready(session) => ready.push((to.clone(), session)),
+                }
+            }
+            if !missing.is_empty() {
+                // First contact: lookups and X3DH bundles, without holding any lock.
+                drop(guards);
+                set_up = stream::iter(missing)
+                    .map(|to| async move {
+                        let prepared = self.set_up(&to).await;
+                        (to, prepared)
+                    })
+                    .buffer_unordered(FAN_OUT)
+                    .collect()
+                    .await;
+                statuses.clear();
+                continue;
+            }
+            let now = self.clock.now_ms();
+            for (to, mut session) in ready {
+                let sealed = session.encrypt(&recipients[&to])?;
                 let envelope = Envelope {
                     id: envelope_id,
                     trace: peerchat_telemetry::traceparent(),
                     payload: sealed.encode().to_vec(),
                 };
-                batch.push(Write::Session(device.clone(), Box::new(session)));
+                let device = Address::first(to.clone());
+                batch.push(Write::Session(device.clone(), session));
                 batch.push(Write::Enqueue(OutboxEntry {
                     to: device,
                     queued_at_ms: now,
@@ -271,21 +280,23 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 }));
                 envelopes.push((to, envelope));
             }
-            if let Some(message) = message.as_mut() {
-                message.receipts.extend(statuses);
-                message.status = group_status(message.receipts.values());
-                batch.push(Write::Message(message.clone(), IfStored::Skip));
-            }
-            let changed = state.is_some();
-            if let Some(state) = state {
-                batch.push(Write::Group(Box::new(state)));
-            }
-            if self.store.commit(&batch)?.duplicate {
-                // The same message id was sent meanwhile: that send delivers it.
-                return Ok(());
-            }
-            changed
-        };
+            break;
+        }
+        if let Some(message) = message.as_mut() {
+            message.receipts.extend(statuses);
+            message.status = group_status(message.receipts.values());
+            batch.push(Write::Message(message.clone(), IfStored::Skip));
+        }
+        let changed = state.is_some();
+        if let Some(state) = state {
+            batch.push(Write::Group(Box::new(state)));
+        }
+        // The sessions read under the locks are written back in this commit: the locks are
+        // still held (their guards live in the loop's last round until here).
+        if self.store.commit(&batch)?.duplicate {
+            // The same message id was sent meanwhile: that send delivers it.
+            return Ok(());
+        }
         // One flush for the whole group, outside the locks (group commit with other sends).
         self.store.flush().await?;
         if changed {
@@ -300,22 +311,40 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         Ok(())
     }
 
-    /// [`Self::prepare_once`], waited for while the rendezvous asks us to slow down (setting up a
+    /// A member's state from the store alone (under their lock): their session if it fits
+    /// their pinned key, held if their key changed, missing if there is no contact or session.
+    fn ready_now(&self, to: &Username) -> Result<Prepared, NodeError> {
+        let Some(contact) = self.store.contact(&Address::from(to))? else {
+            return Ok(Prepared::Missing);
+        };
+        if contact.pending_key.is_some() {
+            return Ok(Prepared::Held);
+        }
+        Ok(match self.store.session(&Address::first(to.clone()))? {
+            Some(session) if *session.remote_identity() == contact.identity_key => {
+                Prepared::Ready(Box::new(session))
+            }
+            _ => Prepared::Missing,
+        })
+    }
+
+    /// [`Self::set_up_once`], waited for while the rendezvous asks us to slow down (setting up a
     /// large group takes a lookup and a bundle per member).
-    async fn prepare(&self, to: &Username) -> Prepared {
+    async fn set_up(&self, to: &Username) -> Prepared {
         for _ in 0..RATE_LIMIT_RETRIES {
-            match self.prepare_once(to).await {
+            match self.set_up_once(to).await {
                 Prepared::Failed(NodeError::Directory(DirectoryError::RateLimited)) => {
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 }
                 prepared => return prepared,
             }
         }
-        self.prepare_once(to).await
+        self.set_up_once(to).await
     }
 
-    /// The contact and, if no stored session fits their key, a new session (X3DH).
-    async fn prepare_once(&self, to: &Username) -> Prepared {
+    /// The contact (looked up and pinned if new) and a new session (X3DH), unless their key
+    /// changed.
+    async fn set_up_once(&self, to: &Username) -> Prepared {
         let contact = match self.contact_for(to).await {
             Ok(contact) => contact,
             Err(e) => return Prepared::Failed(e),
@@ -323,15 +352,8 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         if contact.pending_key.is_some() {
             return Prepared::Held;
         }
-        match self.store.session(&Address::first(to.clone())) {
-            Ok(Some(session)) if *session.remote_identity() == contact.identity_key => {
-                return Prepared::Ready(None);
-            }
-            Ok(_) => {}
-            Err(e) => return Prepared::Failed(e.into()),
-        }
         match self.session_for(to).await {
-            Ok(session) => Prepared::Ready(Some(Box::new(session))),
+            Ok(session) => Prepared::Ready(Box::new(session)),
             Err(NodeError::KeyChanged(_)) => Prepared::Held,
             Err(e) => Prepared::Failed(e),
         }

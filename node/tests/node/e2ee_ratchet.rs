@@ -191,6 +191,29 @@ fn a_session_saved_and_restored_mid_conversation_keeps_working() {
         Session::from_bytes(&future).unwrap_err(),
         SessionError::Corrupt
     );
+    let mut trailing = b.to_bytes().to_vec();
+    trailing.push(0);
+    assert_eq!(
+        Session::from_bytes(&trailing).unwrap_err(),
+        SessionError::Corrupt
+    );
+}
+
+#[test]
+fn a_session_stored_without_its_public_ratchet_key_still_restores() {
+    // Sessions stored before the public ratchet key followed the state: the state alone.
+    let (mut a, mut b, mut rng) = established(23);
+    let m = wire(&a.encrypt(b"before").unwrap());
+    b.decrypt(&m, &mut rng).unwrap();
+    let (a_bytes, b_bytes) = (a.to_bytes(), b.to_bytes());
+    let mut a = Session::from_bytes(&a_bytes[..a_bytes.len() - 32]).unwrap();
+    let mut b = Session::from_bytes(&b_bytes[..b_bytes.len() - 32]).unwrap();
+    // Restored either way, the key in the headers is the same: the conversation goes on.
+    assert_eq!(a.to_bytes(), a_bytes);
+    let r = wire(&b.encrypt(b"reply").unwrap());
+    assert_eq!(a.decrypt(&r, &mut rng).unwrap(), b"reply");
+    let m = wire(&a.encrypt(b"after").unwrap());
+    assert_eq!(b.decrypt(&m, &mut rng).unwrap(), b"after");
 }
 
 #[test]

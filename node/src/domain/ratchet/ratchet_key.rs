@@ -3,10 +3,11 @@ use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, SharedSecret, StaticSecret};
 use zeroize::Zeroizing;
 
-/// Our current ratchet key pair (DHs).
+/// Our current ratchet key pair (DHs). The public key is derived when first needed (a scalar
+/// multiplication), unless the session's stored form supplied it ([`RatchetKeyPair::restore_public`]).
 pub(crate) struct RatchetKeyPair {
     secret: StaticSecret,
-    public: PublicKey,
+    public: std::sync::OnceLock<PublicKey>,
 }
 
 impl RatchetKeyPair {
@@ -15,16 +16,23 @@ impl RatchetKeyPair {
     }
 
     pub(crate) fn from_secret(secret: StaticSecret) -> Self {
-        let public = PublicKey::from(&secret);
-        Self { secret, public }
+        Self {
+            secret,
+            public: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Takes the public key as the session stored it beside the secret, saving its derivation.
+    pub(crate) fn restore_public(&self, public: [u8; 32]) {
+        let _ = self.public.set(PublicKey::from(public));
     }
 
     pub(crate) fn public(&self) -> RemoteRatchetKey {
-        RemoteRatchetKey(self.public.to_bytes())
+        RemoteRatchetKey(self.public_key().to_bytes())
     }
 
     pub(crate) fn public_key(&self) -> PublicKey {
-        self.public
+        *self.public.get_or_init(|| PublicKey::from(&self.secret))
     }
 
     /// DH with their ratchet key; `None` when the result is all zeros (a low-order key).

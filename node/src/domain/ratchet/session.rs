@@ -318,15 +318,30 @@ impl Session {
     #[allow(clippy::expect_used)]
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
         // Every field is plain data (byte arrays, integers, sequences of known length), which
-        // postcard always serializes into a Vec.
-        Zeroizing::new(postcard::to_stdvec(self).expect("session state serializes"))
+        // postcard always serializes into a Vec. Our ratchet public key follows, so that
+        // restoring the session needs no scalar multiplication (sessions are read for every
+        // message; a group send reads one per member).
+        let mut bytes = postcard::to_stdvec(self).expect("session state serializes");
+        bytes.extend_from_slice(self.our_ratchet.public_key().as_bytes());
+        Zeroizing::new(bytes)
     }
 
-    /// Restores a session saved with [`Session::to_bytes`].
+    /// Restores a session saved with [`Session::to_bytes`] (also one saved before the public key
+    /// followed the state).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SessionError> {
-        let session: Self = postcard::from_bytes(bytes).map_err(|_| SessionError::Corrupt)?;
+        let (session, rest): (Self, &[u8]) =
+            postcard::take_from_bytes(bytes).map_err(|_| SessionError::Corrupt)?;
         if session.version != STATE_VERSION || session.skipped.len() > MAX_SKIPPED_KEYS {
             return Err(SessionError::Corrupt);
+        }
+        match rest.len() {
+            0 => {}
+            32 => {
+                let mut public = [0u8; 32];
+                public.copy_from_slice(rest);
+                session.our_ratchet.restore_public(public);
+            }
+            _ => return Err(SessionError::Corrupt),
         }
         Ok(session)
     }
