@@ -79,6 +79,10 @@ pub struct DaemonConfig {
     pub mdns: bool,
     /// Reserve a slot on the rendezvous's relay, so that peers behind NATs reach us.
     pub relay: bool,
+    /// How large files may be, and which are fetched without asking.
+    pub file_limits: crate::usecases::FileLimits,
+    /// Where complete downloads go (default `DIR/files`).
+    pub download_dir: Option<PathBuf>,
     /// The process's tracing, whose spans are renamed `peerchat-<username>` once the node knows
     /// who it is (`None`: the process keeps the name it chose).
     pub telemetry: Option<Arc<Telemetry>>,
@@ -234,8 +238,10 @@ pub async fn run(
     // Held until the daemon stops: a second daemon on this directory is told who runs it.
     let _lock = lock_data_dir(&config.data_dir)?;
     let _ = std::fs::write(config.data_dir.join(RENDEZVOUS_FILE), &config.rendezvous);
+    let files = config.data_dir.join("files");
     let store = SledStore::open(&config.data_dir.join("db"))
-        .map_err(|e| DaemonError::Start(e.to_string()))?;
+        .map_err(|e| DaemonError::Start(e.to_string()))?
+        .with_files(&files, config.download_dir.as_deref().unwrap_or(&files));
     let me = store
         .identity()
         .map_err(|e| DaemonError::Start(e.to_string()))?
@@ -269,7 +275,8 @@ pub async fn run(
             node_events.clone(),
             SystemClock,
         )
-        .with_read_receipts(config.read_receipts),
+        .with_read_receipts(config.read_receipts)
+        .with_file_limits(config.file_limits),
     );
 
     // Every background task runs in `tasks` and stops when `cancel` is cancelled; shutdown
@@ -494,6 +501,7 @@ async fn run_network(
     };
     p2p_config.reachability = network.reachability_sender();
     p2p_config.mdns = config.mdns;
+    p2p_config.stream_protocols = vec![crate::usecases::FILE_PROTOCOL];
     // The port of the last run, when the configuration leaves it to the system: contacts that
     // know our address reach us after a restart without asking the rendezvous.
     let net = match with_port(&config.listen, saved_p2p_port(&config.data_dir)) {

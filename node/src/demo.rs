@@ -110,6 +110,8 @@ pub async fn run(
             desktop_notifications: false,
             mdns: false,
             relay: true,
+            file_limits: crate::usecases::FileLimits::default(),
+            download_dir: None,
             // One process, one service name (`peerchat-demo`), set by the caller.
             telemetry: None,
         };

@@ -62,6 +62,16 @@ enum Command {
         /// node only directly or through the mailbox).
         #[arg(long, env = "PEERCHAT_NO_RELAY")]
         no_relay: bool,
+        /// Largest file sent or accepted, in bytes.
+        #[arg(long, env = "PEERCHAT_MAX_FILE_SIZE", default_value_t = peerchat::usecases::DEFAULT_MAX_FILE_BYTES)]
+        max_file_size: u64,
+        /// Files up to this size (bytes) are fetched as soon as they are offered; larger ones
+        /// wait for `file accept`.
+        #[arg(long, env = "PEERCHAT_AUTO_DOWNLOAD_MAX", default_value_t = peerchat::usecases::DEFAULT_AUTO_DOWNLOAD_BYTES)]
+        auto_download_max: u64,
+        /// Where complete downloads go (default: DIR/files).
+        #[arg(long, env = "PEERCHAT_DOWNLOAD_DIR")]
+        download_dir: Option<PathBuf>,
     },
     /// Starts an embedded rendezvous and two nodes, alice and bob, on 127.0.0.1.
     Demo {
@@ -118,6 +128,25 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Offers a file to someone (copied into this node's keeping; they fetch it peer to peer);
+    /// prints its id.
+    SendFile {
+        /// The recipient.
+        name: String,
+        /// The file.
+        path: PathBuf,
+    },
+    /// Lists files offered to and by you.
+    Files {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accepts, saves or cancels a file.
+    File {
+        #[command(subcommand)]
+        action: FileAction,
     },
     /// Creates and changes groups (up to 200 members).
     Group {
@@ -185,6 +214,31 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FileAction {
+    /// Starts fetching a file offered to you (files up to --auto-download-max start by
+    /// themselves).
+    Accept {
+        /// The file's id (from `files`).
+        id: String,
+    },
+    /// Copies a fetched file to DEST (which must not exist).
+    Save {
+        /// The file's id.
+        id: String,
+        /// Where to.
+        dest: PathBuf,
+        /// Wait until it is fetched (accepting it if needed), showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stops fetching (or serving) a file.
+    Cancel {
+        /// The file's id.
+        id: String,
     },
 }
 
@@ -329,6 +383,9 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
             give_up_after_secs,
             mdns,
             no_relay,
+            max_file_size,
+            auto_download_max,
+            download_dir,
         } => {
             let config = DaemonConfig {
                 data_dir,
@@ -343,6 +400,11 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
                 desktop_notifications: notify,
                 mdns,
                 relay: !no_relay,
+                file_limits: peerchat::usecases::FileLimits {
+                    max_bytes: max_file_size,
+                    auto_download_bytes: auto_download_max.min(max_file_size),
+                },
+                download_dir,
                 telemetry: Some(telemetry),
             };
             return daemon::run(config, shutdown())
@@ -416,6 +478,17 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
         Command::History { .. } => {
             return Err(CliError("usage: peerchat history NAME | --group ID".into()));
         }
+        Command::SendFile { name, path } => CliCommand::SendFile { name, path },
+        Command::Files { json } => CliCommand::Files { json },
+        Command::File {
+            action: FileAction::Accept { id },
+        } => CliCommand::FileAccept { id },
+        Command::File {
+            action: FileAction::Save { id, dest, wait },
+        } => CliCommand::FileSave { id, dest, wait },
+        Command::File {
+            action: FileAction::Cancel { id },
+        } => CliCommand::FileCancel { id },
         Command::Group { action } => CliCommand::Group(match action {
             GroupAction::Create { name, members } => cli::GroupCommand::Create { name, members },
             GroupAction::List { json } => cli::GroupCommand::List { json },

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::file::{FileOffer, MAX_FILE_BYTES};
 use super::group::{Change, GroupState, MAX_MEMBERS, SignedChange};
 use super::ids::{GroupId, MessageId};
 
@@ -73,6 +74,13 @@ pub enum Content {
         /// Shown, not only stored.
         read: bool,
     },
+    /// A file offered: its chunks are fetched from the sender over `/peerchat/file/1`.
+    FileOffer {
+        /// Name, size, media type, key and digest.
+        offer: Box<FileOffer>,
+        /// The group it was offered in, if any.
+        group: Option<GroupId>,
+    },
 }
 
 /// Why content could not be built or read.
@@ -87,6 +95,9 @@ pub enum ContentError {
     /// A group change naming more people than a group may hold.
     #[error("a group has at most {MAX_MEMBERS} members")]
     TooManyMembers,
+    /// A file offer out of bounds.
+    #[error(transparent)]
+    File(#[from] super::file::FileError),
     /// An encoding version this node does not know.
     #[error("unsupported content version {0}")]
     UnsupportedVersion(u8),
@@ -111,6 +122,7 @@ impl Content {
             {
                 Err(ContentError::TooManyIds)
             }
+            Content::FileOffer { offer, .. } => Ok(offer.validate(MAX_FILE_BYTES)?),
             Content::GroupChange { base, change } => {
                 let named = match &change.change {
                     Change::Create { members, .. } => members.len(),
@@ -194,6 +206,19 @@ mod tests {
                 read: true,
             },
             group_change(3),
+            Content::FileOffer {
+                offer: Box::new(crate::domain::FileOffer {
+                    id: crate::domain::FileId::from_bytes([5; 16]),
+                    name: "notes.txt".into(),
+                    size: 3,
+                    media_type: "text/plain".into(),
+                    chunk_size: crate::domain::file::CHUNK_BYTES,
+                    key: [1; 32],
+                    nonce: [2; 7],
+                    sha256: [3; 32],
+                }),
+                group: None,
+            },
         ] {
             let bytes = c.encode().unwrap();
             assert_eq!(bytes.len() % PADDING_BLOCK, 0);

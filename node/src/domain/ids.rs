@@ -108,6 +108,14 @@ hex_id!(
     "a group id is 32 hexadecimal digits"
 );
 
+hex_id!(
+    /// A file id: 128 random bits chosen by the sender.
+    FileId,
+    InvalidFileId,
+    "file id",
+    "a file id is 32 hexadecimal digits"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 pub mod address;
 pub mod content;
 pub mod envelope;
+pub mod file;
 pub mod group;
 pub mod ids;
 pub mod kdf;
@@ -17,8 +18,9 @@ pub mod x3dh;
 pub use address::{Address, BadAddress, ConversationId, DeviceId};
 pub use content::{Content, ContentError};
 pub use envelope::{Ack, Envelope, EnvelopeError, RejectReason};
+pub use file::{FileError, FileOffer};
 pub use group::{Change, Group, GroupError, GroupState, SignedChange};
-pub use ids::{GroupId, MessageId};
+pub use ids::{FileId, GroupId, MessageId};
 pub use keys::{
     IdentityKey, IdentityKeyPair, InvalidKey, OneTimePreKey, OneTimePreKeyPair, PreKeyBundle,
     PreKeyId, SignedPreKey, SignedPreKeyPair,

@@ -35,6 +35,9 @@ struct Inner {
     last_activity: HashMap<ConversationId, u64>,
     held_inbound: HashMap<Username, Vec<HeldInbound>>,
     groups: BTreeMap<GroupId, crate::domain::Group>,
+    file_records: BTreeMap<crate::domain::FileId, crate::ports::FileRecord>,
+    file_bytes: HashMap<crate::domain::FileId, Vec<u8>>,
+    published: BTreeMap<std::path::PathBuf, Vec<u8>>,
 }
 
 impl Inner {
@@ -290,6 +293,127 @@ impl SessionStore for MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// The bytes of a file published at `path` (what a download directory would hold).
+    pub fn published(&self, path: &std::path::Path) -> Option<Vec<u8>> {
+        self.inner().published.get(path).cloned()
+    }
+}
+
+impl crate::ports::FileStore for MemoryStore {
+    fn file(
+        &self,
+        id: &crate::domain::FileId,
+    ) -> Result<Option<crate::ports::FileRecord>, StoreError> {
+        Ok(self.inner().file_records.get(id).cloned())
+    }
+
+    fn files(&self) -> Result<Vec<crate::ports::FileRecord>, StoreError> {
+        let mut files: Vec<_> = self.inner().file_records.values().cloned().collect();
+        files.sort_by_key(|f| f.at_ms);
+        Ok(files)
+    }
+
+    async fn keep_file(
+        &self,
+        id: &crate::domain::FileId,
+        source: &std::path::Path,
+        max: u64,
+    ) -> Result<(u64, [u8; 32]), crate::ports::BlobError> {
+        use sha2::Digest;
+        let bytes = std::fs::read(source).map_err(|_| {
+            crate::ports::BlobError::NotFound(format!("{} is not a file", source.display()))
+        })?;
+        if bytes.len() as u64 > max {
+            return Err(crate::ports::BlobError::TooLarge(max));
+        }
+        let digest = sha2::Sha256::digest(&bytes).into();
+        let size = bytes.len() as u64;
+        self.inner().file_bytes.insert(*id, bytes);
+        Ok((size, digest))
+    }
+
+    async fn read_file(
+        &self,
+        id: &crate::domain::FileId,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, crate::ports::BlobError> {
+        let inner = self.inner();
+        let bytes = inner
+            .file_bytes
+            .get(id)
+            .ok_or_else(|| crate::ports::BlobError::NotFound("no such file here".into()))?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        bytes
+            .get(start..start.saturating_add(len))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| crate::ports::BlobError::Io("read past the end".into()))
+    }
+
+    async fn write_file(
+        &self,
+        id: &crate::domain::FileId,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<(), crate::ports::BlobError> {
+        let mut inner = self.inner();
+        let file = inner.file_bytes.entry(*id).or_default();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        if file.len() < start + bytes.len() {
+            file.resize(start + bytes.len(), 0);
+        }
+        file[start..start + bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    async fn digest_file(
+        &self,
+        id: &crate::domain::FileId,
+        size: u64,
+    ) -> Result<[u8; 32], crate::ports::BlobError> {
+        use sha2::Digest;
+        let inner = self.inner();
+        let bytes = inner
+            .file_bytes
+            .get(id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let end = usize::try_from(size).unwrap_or(usize::MAX).min(bytes.len());
+        Ok(sha2::Sha256::digest(&bytes[..end]).into())
+    }
+
+    async fn publish_file(
+        &self,
+        id: &crate::domain::FileId,
+        name: &str,
+    ) -> Result<std::path::PathBuf, crate::ports::BlobError> {
+        let mut inner = self.inner();
+        let bytes = inner.file_bytes.remove(id).unwrap_or_default();
+        let mut n = 1;
+        let path = loop {
+            let candidate = std::path::PathBuf::from("memory").join(match n {
+                1 => name.to_owned(),
+                n => crate::domain::file::numbered_name(name, n),
+            });
+            if !inner.published.contains_key(&candidate) {
+                break candidate;
+            }
+            n += 1;
+        };
+        inner.published.insert(path.clone(), bytes);
+        Ok(path)
+    }
+
+    async fn discard_file(
+        &self,
+        id: &crate::domain::FileId,
+    ) -> Result<(), crate::ports::BlobError> {
+        self.inner().file_bytes.remove(id);
+        Ok(())
+    }
+}
+
 impl GroupStore for MemoryStore {
     fn group(&self, id: &GroupId) -> Result<Option<crate::domain::Group>, StoreError> {
         Ok(self.inner().groups.get(id).cloned())
@@ -411,6 +535,11 @@ impl Store for MemoryStore {
                 }
                 Write::Group(record) => {
                     inner.groups.insert(record.state().id, (**record).clone());
+                }
+                Write::File(record) => {
+                    inner
+                        .file_records
+                        .insert(record.offer.id, (**record).clone());
                 }
                 Write::MemberStatus {
                     group,

@@ -1,6 +1,7 @@
 //! Adapters the use cases call.
 
 pub mod crl_file;
+pub mod file_dir;
 pub mod memory;
 pub mod p2p;
 pub mod rendezvous_http;

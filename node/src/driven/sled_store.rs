@@ -16,10 +16,10 @@ use crate::domain::{
     SignedPreKeyPair,
 };
 use crate::ports::{
-    Batch, Committed, Contact, ContactStore, Conversation, Direction, GroupStore, HeldInbound,
-    IdentityStore, IfStored, LocalIdentity, MAX_HELD_INBOUND, MemberMoved, MessageStatus,
-    MessageStore, OutboxEntry, OutboxStore, Page, PreKeyStore, SessionStore, Store, StoreError,
-    StoredMessage, Write,
+    Batch, BlobError, Committed, Contact, ContactStore, Conversation, Direction, FileRecord,
+    FileStore, GroupStore, HeldInbound, IdentityStore, IfStored, LocalIdentity, MAX_HELD_INBOUND,
+    MemberMoved, MessageStatus, MessageStore, OutboxEntry, OutboxStore, Page, PreKeyStore,
+    SessionStore, Store, StoreError, StoredMessage, Write,
 };
 
 /// sled page cache; the node's working set is small.
@@ -62,6 +62,8 @@ pub struct SledStore {
     known_addresses: sled::Tree,
     held_inbound: sled::Tree,
     groups: sled::Tree,
+    file_records: sled::Tree,
+    file_bytes: super::file_dir::FileDir,
     flushes_started: AtomicU64,
     flushes_done: AtomicU64,
     flushing: tokio::sync::Mutex<()>,
@@ -156,6 +158,13 @@ fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
 }
 
 impl SledStore {
+    /// File bytes go under `root` (its `.peerchat/` directory) and complete downloads into
+    /// `downloads` (by default both are `dir` with the extension `files`).
+    pub fn with_files(mut self, root: &Path, downloads: &Path) -> Self {
+        self.file_bytes = super::file_dir::FileDir::new(root, downloads);
+        self
+    }
+
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
@@ -178,6 +187,11 @@ impl SledStore {
             known_addresses: t("known_addresses")?,
             held_inbound: t("held_inbound")?,
             groups: t("groups")?,
+            file_records: t("files")?,
+            file_bytes: super::file_dir::FileDir::new(
+                &dir.with_extension("files"),
+                &dir.with_extension("files"),
+            ),
             flushes_started: AtomicU64::new(0),
             flushes_done: AtomicU64::new(0),
             flushing: tokio::sync::Mutex::new(()),
@@ -593,6 +607,72 @@ impl OutboxStore for SledStore {
     }
 }
 
+impl FileStore for SledStore {
+    #[tracing::instrument(name = "store.file", skip_all)]
+    fn file(&self, id: &crate::domain::FileId) -> Result<Option<FileRecord>, StoreError> {
+        Self::get(&self.file_records, id.as_bytes())
+    }
+
+    #[tracing::instrument(name = "store.files", skip_all)]
+    fn files(&self) -> Result<Vec<FileRecord>, StoreError> {
+        let mut files = self
+            .file_records
+            .iter()
+            .values()
+            .map(|v| dec(&v.map_err(backend)?))
+            .collect::<Result<Vec<FileRecord>, StoreError>>()?;
+        files.sort_by_key(|f| f.at_ms);
+        Ok(files)
+    }
+
+    async fn keep_file(
+        &self,
+        id: &crate::domain::FileId,
+        source: &Path,
+        max: u64,
+    ) -> Result<(u64, [u8; 32]), BlobError> {
+        self.file_bytes.keep(id, source, max).await
+    }
+
+    async fn read_file(
+        &self,
+        id: &crate::domain::FileId,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, BlobError> {
+        self.file_bytes.read(id, offset, len).await
+    }
+
+    async fn write_file(
+        &self,
+        id: &crate::domain::FileId,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<(), BlobError> {
+        self.file_bytes.write(id, offset, bytes).await
+    }
+
+    async fn digest_file(
+        &self,
+        id: &crate::domain::FileId,
+        size: u64,
+    ) -> Result<[u8; 32], BlobError> {
+        self.file_bytes.digest(id, size).await
+    }
+
+    async fn publish_file(
+        &self,
+        id: &crate::domain::FileId,
+        name: &str,
+    ) -> Result<std::path::PathBuf, BlobError> {
+        self.file_bytes.publish(id, name).await
+    }
+
+    async fn discard_file(&self, id: &crate::domain::FileId) -> Result<(), BlobError> {
+        self.file_bytes.discard(id).await
+    }
+}
+
 impl GroupStore for SledStore {
     #[tracing::instrument(name = "store.group", skip_all)]
     fn group(&self, id: &GroupId) -> Result<Option<crate::domain::Group>, StoreError> {
@@ -662,6 +742,7 @@ impl Store for SledStore {
                 Write::Message(message, _) => Some(enc(message)?),
                 Write::Enqueue(entry) => Some(enc(entry)?),
                 Write::Group(record) => Some(enc(record)?),
+                Write::File(record) => Some(enc(record)?),
                 _ => None,
             });
         }
@@ -674,9 +755,10 @@ impl Store for SledStore {
             &self.outbox,
             &self.one_time,
             &self.groups,
+            &self.file_records,
         )
             .transaction(
-                |(sessions, messages, ids, activity, unread, out, one_time, groups)| {
+                |(sessions, messages, ids, activity, unread, out, one_time, groups, files)| {
                     let mut committed = Committed::default();
                     for (write, bytes) in batch.0.iter().zip(&encoded) {
                         let bytes = bytes.as_deref().unwrap_or_default();
@@ -760,6 +842,9 @@ impl Store for SledStore {
                             }
                             Write::Group(record) => {
                                 groups.insert(&record.state().id.as_bytes()[..], bytes)?;
+                            }
+                            Write::File(record) => {
+                                files.insert(&record.offer.id.as_bytes()[..], bytes)?;
                             }
                             Write::MemberStatus {
                                 group,

@@ -245,6 +245,62 @@ pub struct GroupSendBody {
     pub id: Option<MessageId>,
 }
 
+/// A file as the API shows it (never its key).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
+pub struct FileView {
+    /// Its id.
+    pub id: crate::domain::FileId,
+    /// Its name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its media type.
+    pub media_type: String,
+    /// Who offered it, or to whom we offered it.
+    pub peer: Username,
+    /// `outgoing` or `incoming`.
+    pub direction: Direction,
+    /// `offered`, `downloading`, `complete`, `failed` or `cancelled`.
+    pub state: crate::ports::FileState,
+    /// Bytes stored so far.
+    pub bytes_done: u64,
+    /// Where a complete download is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_as: Option<String>,
+}
+
+impl From<crate::ports::FileRecord> for FileView {
+    fn from(f: crate::ports::FileRecord) -> Self {
+        Self {
+            bytes_done: f.bytes_done(),
+            id: f.offer.id,
+            name: f.offer.name,
+            size: f.offer.size,
+            media_type: f.offer.media_type,
+            peer: f.peer,
+            direction: f.direction,
+            state: f.state,
+            saved_as: f.saved_as,
+        }
+    }
+}
+
+/// `POST /api/v1/files`: offer a file on this machine to a peer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SendFileBody {
+    /// The recipient.
+    pub to: Username,
+    /// The file's path, as the daemon sees it.
+    pub path: std::path::PathBuf,
+}
+
+/// `POST /api/v1/files/{id}/save`: copy a complete download.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SaveFileBody {
+    /// Where to (a file that must not exist yet).
+    pub dest: std::path::PathBuf,
+}
+
 /// A conversation as the API shows it.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConversationView {
@@ -304,6 +360,7 @@ impl From<NodeError> for ApiError {
                 ApiError(StatusCode::BAD_REQUEST, "safety_number_mismatch", message)
             }
             NodeError::Content(_) => ApiError(StatusCode::BAD_REQUEST, "bad_message", message),
+            NodeError::File(_) => ApiError(StatusCode::BAD_REQUEST, "bad_file", message),
             NodeError::UnknownGroup(_) => ApiError(StatusCode::NOT_FOUND, "unknown_group", message),
             NodeError::NotMember(_) => ApiError(StatusCode::FORBIDDEN, "not_member", message),
             NodeError::Group(crate::domain::GroupError::NotAllowed(_)) => {
@@ -457,6 +514,11 @@ pub fn router<P: Ports>(state: ApiState<P>) -> Router {
             get(contacts::<P>).post(add_contact::<P>),
         )
         .route("/api/v1/messages", post(send::<P>))
+        .route("/api/v1/files", get(files::<P>).post(send_file::<P>))
+        .route("/api/v1/files/{id}", get(file::<P>))
+        .route("/api/v1/files/{id}/accept", post(accept_file::<P>))
+        .route("/api/v1/files/{id}/cancel", post(cancel_file::<P>))
+        .route("/api/v1/files/{id}/save", post(save_file::<P>))
         .route("/api/v1/groups", get(groups::<P>).post(create_group::<P>))
         .route("/api/v1/groups/{id}", get(group::<P>))
         .route("/api/v1/groups/{id}/changes", post(change_group::<P>))
@@ -705,6 +767,98 @@ async fn conversations<P: Ports>(
     ))
 }
 
+fn file_id(raw: &str) -> Result<crate::domain::FileId, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_file_id",
+            "a file id is 32 hexadecimal digits".into(),
+        )
+    })
+}
+
+async fn files<P: Ports>(State(state): Shared<P>) -> Result<Json<Vec<FileView>>, ApiError> {
+    Ok(Json(
+        state
+            .node
+            .files()?
+            .into_iter()
+            .map(FileView::from)
+            .collect(),
+    ))
+}
+
+async fn send_file<P: Ports>(
+    State(state): Shared<P>,
+    Body(body): Body<SendFileBody>,
+) -> Result<(StatusCode, Json<FileView>), ApiError> {
+    let id = state.node.send_file(&body.to, &body.path).await?;
+    Ok((StatusCode::CREATED, Json(state.node.file(&id)?.into())))
+}
+
+async fn file<P: Ports>(
+    State(state): Shared<P>,
+    Path(raw): Path<String>,
+) -> Result<Json<FileView>, ApiError> {
+    Ok(Json(state.node.file(&file_id(&raw)?)?.into()))
+}
+
+async fn accept_file<P: Ports>(
+    State(state): Shared<P>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.node.accept_file(&file_id(&raw)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn cancel_file<P: Ports>(
+    State(state): Shared<P>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.node.cancel_file(&file_id(&raw)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Copies a complete download to `dest`, which must not exist yet.
+async fn save_file<P: Ports>(
+    State(state): Shared<P>,
+    Path(raw): Path<String>,
+    Body(body): Body<SaveFileBody>,
+) -> Result<Json<FileView>, ApiError> {
+    let record = state.node.file(&file_id(&raw)?)?;
+    let Some(from) = record
+        .saved_as
+        .clone()
+        .filter(|_| record.state == crate::ports::FileState::Complete)
+    else {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "not_complete",
+            "the file has not been fetched yet".into(),
+        ));
+    };
+    let dest = body.dest.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut input = std::fs::File::open(&from)?;
+        let mut output = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&dest)?;
+        std::io::copy(&mut input, &mut output)?;
+        output.sync_all()
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "cannot_save",
+            format!("could not write {}: {}", body.dest.display(), e.kind()),
+        )
+    })?;
+    Ok(Json(record.into()))
+}
+
 fn me<P: Ports>(state: &ApiState<P>) -> Result<Username, ApiError> {
     Ok(state
         .node
@@ -946,6 +1100,10 @@ async fn events<P: Ports>(
                             crate::ports::Event::Registered { .. } => "registered",
                             crate::ports::Event::Announced { .. } => "announced",
                             crate::ports::Event::GroupChanged { .. } => "group_changed",
+                            crate::ports::Event::FileOffered { .. } => "file_offered",
+                            crate::ports::Event::FileProgress { .. } => "file_progress",
+                            crate::ports::Event::FileCompleted { .. } => "file_completed",
+                            crate::ports::Event::FileFailed { .. } => "file_failed",
                             crate::ports::Event::GroupMessageReceived { .. } => {
                                 "group_message_received"
                             }

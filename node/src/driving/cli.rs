@@ -6,8 +6,9 @@ use std::path::Path;
 use peerchat_pki::Username;
 
 use super::api::{
-    ContactView, CreateGroupBody, GroupChangeBody, GroupSendBody, GroupView, LoginBody, MAX_PAGE,
-    MessageView, RegisterBody, SafetyNumberView, SendAnswer, SendBody, TotpCodeBody, VerifyBody,
+    ContactView, CreateGroupBody, FileView, GroupChangeBody, GroupSendBody, GroupView, LoginBody,
+    MAX_PAGE, MessageView, RegisterBody, SafetyNumberView, SaveFileBody, SendAnswer, SendBody,
+    SendFileBody, TotpCodeBody, VerifyBody,
 };
 use super::ui::UiLink;
 use crate::ports::{MessageStatus, Path as ConnectionPath, TotpEnrolment};
@@ -224,6 +225,37 @@ pub enum CliCommand {
     },
     /// Create, show or change groups.
     Group(GroupCommand),
+    /// Offer a file.
+    SendFile {
+        /// The recipient.
+        name: String,
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// List files.
+    Files {
+        /// JSON output.
+        json: bool,
+    },
+    /// Start fetching a file.
+    FileAccept {
+        /// The file's id.
+        id: String,
+    },
+    /// Copy a fetched file.
+    FileSave {
+        /// The file's id.
+        id: String,
+        /// Where to.
+        dest: std::path::PathBuf,
+        /// Wait for the fetch.
+        wait: bool,
+    },
+    /// Stop a file.
+    FileCancel {
+        /// The file's id.
+        id: String,
+    },
     /// Show a conversation.
     History {
         /// The other person.
@@ -329,6 +361,54 @@ pub enum GroupCommand {
         /// Who.
         user: String,
     },
+}
+
+/// A file id as typed: 32 hexadecimal digits.
+fn file_id(raw: &str) -> Result<crate::domain::FileId, CliError> {
+    raw.parse().map_err(|_| {
+        CliError(format!(
+            "{raw:?} is not a file id (32 hexadecimal digits, from `peerchat files`)"
+        ))
+    })
+}
+
+/// Waits until file `id` is fetched (accepting it first), with a progress bar on a terminal.
+async fn wait_for_file(client: &ApiClient, id: &crate::domain::FileId) -> Result<(), CliError> {
+    use crate::ports::FileState;
+    let path = format!("/api/v1/files/{id}");
+    let mut file: FileView = client.call::<(), _>(Method::GET, &path, None).await?;
+    if matches!(file.state, FileState::Offered) {
+        client
+            .call::<(), ()>(Method::POST, &format!("{path}/accept"), None)
+            .await?;
+    }
+    let bar = indicatif::ProgressBar::new(file.size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {bytes_per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    loop {
+        bar.set_position(file.bytes_done);
+        match file.state {
+            FileState::Complete => {
+                bar.finish_and_clear();
+                return Ok(());
+            }
+            FileState::Failed => {
+                bar.abandon();
+                return Err(CliError(
+                    "the file did not match its digest and was discarded; `file accept` fetches it again".into(),
+                ));
+            }
+            FileState::Cancelled => {
+                bar.abandon();
+                return Err(CliError("the file was cancelled".into()));
+            }
+            FileState::Offered | FileState::Downloading => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        file = client.call::<(), _>(Method::GET, &path, None).await?;
+    }
 }
 
 /// A group id as typed: 32 hexadecimal digits.
@@ -661,6 +741,87 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
             Ok(())
         }
         CliCommand::Group(command) => group_command(&data_dir, command).await,
+        CliCommand::SendFile { name, path } => {
+            let to = username(&name)?;
+            // The daemon reads the file: give it a path that does not depend on our directory.
+            let path = std::path::absolute(&path).unwrap_or(path);
+            let file: FileView = ApiClient::from_data_dir(&data_dir)?
+                .call(
+                    Method::POST,
+                    "/api/v1/files",
+                    Some(&SendFileBody {
+                        to: to.clone(),
+                        path,
+                    }),
+                )
+                .await?;
+            println!("{}", file.id);
+            eprintln!(
+                "offered {} ({} bytes) to {to}; they fetch it from this node",
+                escape_controls(&file.name),
+                file.size
+            );
+            Ok(())
+        }
+        CliCommand::Files { json: as_json } => {
+            let files: Vec<FileView> = ApiClient::from_data_dir(&data_dir)?
+                .call::<(), _>(Method::GET, "/api/v1/files", None)
+                .await?;
+            if as_json {
+                return json(&files);
+            }
+            for f in files {
+                let state = serde_json::to_string(&f.state).unwrap_or_default();
+                let (arrow, direction) = match f.direction {
+                    crate::ports::Direction::Outgoing => ("to", "sent"),
+                    crate::ports::Direction::Incoming => ("from", "received"),
+                };
+                println!(
+                    "{}  {}  {} bytes  {direction} {arrow} {}  {}  {}/{}",
+                    f.id,
+                    escape_controls(&f.name),
+                    f.size,
+                    f.peer,
+                    state.trim_matches('"'),
+                    f.bytes_done,
+                    f.size
+                );
+            }
+            Ok(())
+        }
+        CliCommand::FileAccept { id } => {
+            let id = file_id(&id)?;
+            ApiClient::from_data_dir(&data_dir)?
+                .call::<(), ()>(Method::POST, &format!("/api/v1/files/{id}/accept"), None)
+                .await?;
+            println!("fetching {id}");
+            Ok(())
+        }
+        CliCommand::FileCancel { id } => {
+            let id = file_id(&id)?;
+            ApiClient::from_data_dir(&data_dir)?
+                .call::<(), ()>(Method::POST, &format!("/api/v1/files/{id}/cancel"), None)
+                .await?;
+            println!("cancelled {id}");
+            Ok(())
+        }
+        CliCommand::FileSave { id, dest, wait } => {
+            let id = file_id(&id)?;
+            let client = ApiClient::from_data_dir(&data_dir)?;
+            let dest = std::path::absolute(&dest).unwrap_or(dest);
+            if wait {
+                wait_for_file(&client, &id).await?;
+            }
+            client
+                .call::<_, FileView>(
+                    Method::POST,
+                    &format!("/api/v1/files/{id}/save"),
+                    Some(&SaveFileBody { dest: dest.clone() }),
+                )
+                .await?;
+            println!("saved {}", dest.display());
+            Ok(())
+        }
         CliCommand::History {
             name,
             json: as_json,

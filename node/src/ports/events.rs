@@ -2,7 +2,7 @@
 
 use peerchat_pki::Username;
 
-use crate::domain::{GroupId, MessageId, MessageStatus};
+use crate::domain::{FileId, GroupId, MessageId, MessageStatus};
 
 /// Something the UI should learn of at once.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -61,6 +61,36 @@ pub enum Event {
         status: MessageStatus,
         /// The message's status over all members (see [`crate::domain::group_status`]).
         overall: MessageStatus,
+    },
+    /// A file was offered to us.
+    FileOffered {
+        /// By whom.
+        peer: Username,
+        /// Which.
+        id: FileId,
+        /// Its size in bytes.
+        size: u64,
+        /// Whether it is being fetched already (else it waits for `file accept`).
+        downloading: bool,
+    },
+    /// A file's fetch went on.
+    FileProgress {
+        /// Which.
+        id: FileId,
+        /// Bytes stored so far.
+        bytes_done: u64,
+        /// Its size.
+        total: u64,
+    },
+    /// A file was fetched whole, its digest matched, and it is in the download directory.
+    FileCompleted {
+        /// Which.
+        id: FileId,
+    },
+    /// A fetched file did not match its digest and was discarded.
+    FileFailed {
+        /// Which.
+        id: FileId,
     },
     /// A contact's identity key changed; sending to them is held until the user accepts it.
     KeyChanged {

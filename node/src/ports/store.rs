@@ -7,8 +7,9 @@ use std::future::Future;
 use peerchat_pki::Username;
 
 use crate::domain::{
-    Address, Contact, ConversationId, Direction, Envelope, Group, GroupId, IdentityKey, MessageId,
-    MessageStatus, OneTimePreKeyPair, PreKeyId, Session, SignedPreKeyPair, StoredMessage,
+    Address, Contact, ConversationId, Direction, Envelope, FileId, FileOffer, Group, GroupId,
+    IdentityKey, MessageId, MessageStatus, OneTimePreKeyPair, PreKeyId, Session, SignedPreKeyPair,
+    StoredMessage,
 };
 
 /// A storage failure; adapters translate their own errors into it.
@@ -71,6 +72,65 @@ pub struct OutboxEntry {
     /// The group whose message (or change) it carries: its acknowledgement moves the member's
     /// status of that group message.
     pub group: Option<GroupId>,
+}
+
+/// Where a file transfer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileState {
+    /// Offered; an incoming one waits for the user to accept it.
+    Offered,
+    /// Being fetched (also after a restart, from the first missing chunk).
+    Downloading,
+    /// All chunks fetched and the digest matched: the file is in the download directory.
+    Complete,
+    /// The digest did not match (the bytes were discarded), or it could not be stored.
+    Failed,
+    /// The user gave up on it.
+    Cancelled,
+}
+
+/// A file this node offered or was offered.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileRecord {
+    /// The offer (with its key).
+    pub offer: FileOffer,
+    /// The other side: who offered it to us, or whom we offered it to.
+    pub peer: Username,
+    /// Offered by us (`outgoing`) or to us (`incoming`).
+    pub direction: Direction,
+    /// Where it is.
+    pub state: FileState,
+    /// Incoming: how many chunks, from the first, are stored durably.
+    pub chunks_done: u32,
+    /// When it was offered, ms since the epoch.
+    pub at_ms: u64,
+    /// Incoming and complete: the file's path in the download directory.
+    pub saved_as: Option<String>,
+}
+
+impl FileRecord {
+    /// Bytes stored so far (all of them for an outgoing file).
+    pub fn bytes_done(&self) -> u64 {
+        match self.direction {
+            Direction::Outgoing => self.offer.size,
+            Direction::Incoming => self.offer.offset(self.chunks_done).min(self.offer.size),
+        }
+    }
+}
+
+/// Why file bytes could not be kept, read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The file is larger than allowed.
+    #[error("the file is larger than {0} bytes")]
+    TooLarge(u64),
+    /// No such file (or not a regular file).
+    #[error("{0}")]
+    NotFound(String),
+    /// The disk failed or is full.
+    #[error("file storage: {0}")]
+    Io(String),
 }
 
 /// A conversation in the list.
@@ -152,6 +212,8 @@ pub enum Write {
     Dequeue(Address, MessageId),
     /// Stores (or replaces) a group.
     Group(Box<Group>),
+    /// Stores (or replaces) a file's record.
+    File(Box<FileRecord>),
     /// Moves one member's status of our group message `id` where [`MessageStatus::may_become`]
     /// allows it, and the message's status with it ([`crate::domain::group_status`]); moves are
     /// returned in [`Committed::members`]. A missing message or member is skipped.
@@ -326,6 +388,54 @@ pub trait GroupStore {
     fn groups(&self) -> Result<Vec<Group>, StoreError>;
 }
 
+/// Files offered and received (written through [`Write::File`]), and their bytes: a copy of
+/// each file we offer (so that it can be served while the original moves), and the chunks of
+/// each file we fetch, written where they belong as they arrive.
+pub trait FileStore {
+    /// A file's record.
+    fn file(&self, id: &FileId) -> Result<Option<FileRecord>, StoreError>;
+    /// Every file's record, oldest first.
+    fn files(&self) -> Result<Vec<FileRecord>, StoreError>;
+
+    /// Copies the file at `source` (at most `max` bytes) into the node's keeping as `id`,
+    /// streaming; returns its size and SHA-256.
+    fn keep_file(
+        &self,
+        id: &FileId,
+        source: &std::path::Path,
+        max: u64,
+    ) -> impl Future<Output = Result<(u64, [u8; 32]), BlobError>> + Send;
+    /// Reads `len` bytes at `offset` of a kept file, or of one fetched so far.
+    fn read_file(
+        &self,
+        id: &FileId,
+        offset: u64,
+        len: usize,
+    ) -> impl Future<Output = Result<Vec<u8>, BlobError>> + Send;
+    /// Writes `bytes` at `offset` of a file being fetched, durably.
+    fn write_file(
+        &self,
+        id: &FileId,
+        offset: u64,
+        bytes: &[u8],
+    ) -> impl Future<Output = Result<(), BlobError>> + Send;
+    /// The SHA-256 of the first `size` bytes of a file being fetched, streaming.
+    fn digest_file(
+        &self,
+        id: &FileId,
+        size: u64,
+    ) -> impl Future<Output = Result<[u8; 32], BlobError>> + Send;
+    /// Moves a fetched file into the download directory as `name` (`name (2)` and so on when
+    /// taken: nothing is overwritten); returns where it went.
+    fn publish_file(
+        &self,
+        id: &FileId,
+        name: &str,
+    ) -> impl Future<Output = Result<std::path::PathBuf, BlobError>> + Send;
+    /// Forgets a file's bytes (a failed or cancelled download, a withdrawn offer).
+    fn discard_file(&self, id: &FileId) -> impl Future<Output = Result<(), BlobError>> + Send;
+}
+
 /// Envelopes waiting for an acknowledgement (written through [`Write::Enqueue`] and
 /// [`Write::Dequeue`]).
 pub trait OutboxStore {
@@ -344,6 +454,7 @@ pub trait Store:
     + MessageStore
     + OutboxStore
     + GroupStore
+    + FileStore
     + Send
     + Sync
     + 'static

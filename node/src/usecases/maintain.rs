@@ -34,6 +34,8 @@ pub struct Schedule {
     pub signed_prekey_max_age: Duration,
     /// The lifetime of our certificates.
     pub certificate_lifetime: Duration,
+    /// How often unfinished downloads are tried again.
+    pub file_retry: Duration,
 }
 
 impl Default for Schedule {
@@ -47,6 +49,7 @@ impl Default for Schedule {
             keys_every: Duration::from_secs(600),
             signed_prekey_max_age: Duration::from_secs(7 * 24 * 3600),
             certificate_lifetime: peerchat_pki::DEFAULT_PEER_VALIDITY,
+            file_retry: Duration::from_secs(10),
         }
     }
 }
@@ -87,6 +90,10 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         spawn(
             "presence",
             Box::pin(self.clone().presence_loop(schedule.clone())),
+        );
+        spawn(
+            "downloads",
+            Box::pin(self.clone().downloads_loop(schedule.clone())),
         );
         spawn("keys", Box::pin(self.clone().keys_loop(trust, schedule)));
         while let Some(ended) = tasks.join_next().await {
@@ -152,6 +159,21 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                     tracing::warn!(error = %e, "fetching mail failed");
                     tokio::time::sleep(MAILBOX_BACKOFF).await;
                 }
+            }
+        }
+    }
+
+    /// Downloads: files marked for download are fetched at start (resuming), when one is
+    /// marked, and every `file_retry` (a sender that was offline may be back).
+    async fn downloads_loop(self: Arc<Self>, schedule: Schedule) {
+        let mut tick = tokio::time::interval(schedule.file_retry);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.downloads_signal.notified() => {}
+            }
+            if let Err(e) = self.fetch_files().await {
+                tracing::warn!(error = %e, "fetching files failed");
             }
         }
     }
@@ -270,7 +292,9 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> crate::ports::In
     }
 
     async fn stream(&self, stream: crate::ports::PeerStream) {
-        // No stream protocol is served yet: the stream is closed.
+        if stream.protocol == super::FILE_PROTOCOL {
+            return self.serve_file(stream).await;
+        }
         tracing::debug!(peer = %stream.peer.username, protocol = %stream.protocol, "stream refused");
     }
 }

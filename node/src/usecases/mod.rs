@@ -6,6 +6,7 @@
 
 mod certificates;
 mod contacts;
+mod files;
 mod groups;
 mod handlers;
 mod maintain;
@@ -27,6 +28,10 @@ use crate::domain::{
 };
 use crate::ports::{Clock, Directory, DirectoryError, Network, Notifier, Store, StoreError};
 
+pub use files::{
+    DEFAULT_AUTO_DOWNLOAD_BYTES, DEFAULT_MAX_FILE_BYTES, FILE_PROTOCOL, FileAnswer, FileLimits,
+    FileRequest,
+};
 pub use maintain::Schedule;
 pub use offline::MailFetched;
 pub use queries::NodeStatus;
@@ -86,6 +91,9 @@ pub enum NodeError {
         /// Why.
         why: String,
     },
+    /// A file could not be offered, found or kept.
+    #[error("{0}")]
+    File(String),
     /// The message is not acceptable (too long, …).
     #[error(transparent)]
     Content(#[from] ContentError),
@@ -152,6 +160,10 @@ pub struct Node<S, D, N, E, C> {
     outbox_signal: tokio::sync::Notify,
     /// Whether read receipts are sent.
     read_receipts: bool,
+    /// How large files may be.
+    file_limits: files::FileLimits,
+    /// Woken when a file is marked for download.
+    downloads_signal: tokio::sync::Notify,
 }
 
 /// How long looked-up addresses are reused.
@@ -177,7 +189,15 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             addresses: Mutex::new(HashMap::new()),
             outbox_signal: tokio::sync::Notify::new(),
             read_receipts: true,
+            file_limits: files::FileLimits::default(),
+            downloads_signal: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Sets how large files may be.
+    pub fn with_file_limits(mut self, limits: files::FileLimits) -> Self {
+        self.file_limits = limits;
+        self
     }
 
     /// Turns read receipts off (or on).

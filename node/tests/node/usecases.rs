@@ -83,18 +83,31 @@ pub(crate) fn given_a_rendezvous() -> World {
 
 impl World {
     pub(crate) async fn given_a_registered_user(&self, name: &str) -> User {
+        self.given_a_user_with_file_limits(name, peerchat::usecases::FileLimits::default())
+            .await
+    }
+
+    /// A registered user whose node takes files within `limits`.
+    pub(crate) async fn given_a_user_with_file_limits(
+        &self,
+        name: &str,
+        limits: peerchat::usecases::FileLimits,
+    ) -> User {
         let name = user(name);
         let (network, inbound) = self.hub.attach(name.clone());
         let events = RecordingNotifier::default();
         let store = MemoryStore::default();
         let directory = InProcessDirectory::new(self.rendezvous.clone());
-        let node = Arc::new(Node::new(
-            store.clone(),
-            directory.clone(),
-            network,
-            events.clone(),
-            SystemClock,
-        ));
+        let node = Arc::new(
+            Node::new(
+                store.clone(),
+                directory.clone(),
+                network,
+                events.clone(),
+                SystemClock,
+            )
+            .with_file_limits(limits),
+        );
         node.register(&name, "correct horse battery").await.unwrap();
         let identity = store.identity().unwrap().unwrap();
         let key = peerchat::domain::IdentityKeyPair::from_seed(&identity.seed);

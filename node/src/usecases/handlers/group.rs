@@ -14,8 +14,8 @@ use crate::domain::{
     Ack, Change, Group, GroupError, GroupId, GroupState, MessageId, RejectReason, SignedChange,
 };
 use crate::ports::{
-    Batch, Clock, Committed, Contact, Direction, Directory, Event, IfStored, MessageStatus,
-    Network, Notifier, Store, StoredMessage, Write,
+    Clock, Direction, Directory, Event, IfStored, MessageStatus, Network, Notifier, Store,
+    StoredMessage, Write,
 };
 use crate::usecases::{Node, NodeError};
 
@@ -32,45 +32,6 @@ enum Outcome {
 }
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
-    /// Records the advanced session (and, with `pin`, a first contact's key) with `writes`, in
-    /// one commit, flushed. A refused stranger is not pinned as a contact.
-    async fn record(
-        &self,
-        decrypted: Decrypted<'_>,
-        writes: Vec<Write>,
-        pin: bool,
-    ) -> Result<Committed, NodeError> {
-        let Decrypted {
-            from,
-            identity_key,
-            session,
-            consumed,
-            new_contact,
-            guard,
-            ..
-        } = decrypted;
-        if new_contact && pin {
-            self.store.save_contact(&Contact {
-                username: from.clone(),
-                identity_key: *identity_key,
-                verified: false,
-                pending_key: None,
-            })?;
-        }
-        let mut batch = Batch(writes);
-        batch.push(Write::Session(
-            crate::domain::Address::first(from.clone()),
-            Box::new(session),
-        ));
-        if let Some(prekey) = consumed {
-            batch.push(Write::ConsumePreKey(prekey));
-        }
-        let committed = self.store.commit(&batch)?;
-        drop(guard);
-        self.store.flush().await?;
-        Ok(committed)
-    }
-
     /// A change of a group from its author.
     pub(super) async fn handle_group_change(
         &self,

@@ -2,6 +2,7 @@
 //! what it means (atomically with the advanced session) and answers the sender. A new kind
 //! (group, file) is a new handler module and one line in [`Node::handle`].
 
+mod file;
 mod group;
 mod receipt;
 mod text;
@@ -10,7 +11,9 @@ use peerchat_pki::Username;
 
 use super::{Node, NodeError};
 use crate::domain::{Ack, Content, IdentityKey, MessageId, PreKeyId, Session};
-use crate::ports::{Clock, Directory, MessageStatus, Network, Notifier, Store};
+use crate::ports::{
+    Batch, Clock, Committed, Contact, Directory, MessageStatus, Network, Notifier, Store, Write,
+};
 
 /// A message that decrypted: the advanced session is not recorded yet, and the peer's lock is
 /// held until it is.
@@ -32,6 +35,45 @@ pub(super) struct Decrypted<'a> {
 }
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
+    /// Records the advanced session (and, with `pin`, a first contact's key) with `writes`, in
+    /// one commit, flushed. A refused stranger is not pinned as a contact.
+    pub(super) async fn record(
+        &self,
+        decrypted: Decrypted<'_>,
+        writes: Vec<Write>,
+        pin: bool,
+    ) -> Result<Committed, NodeError> {
+        let Decrypted {
+            from,
+            identity_key,
+            session,
+            consumed,
+            new_contact,
+            guard,
+            ..
+        } = decrypted;
+        if new_contact && pin {
+            self.store.save_contact(&Contact {
+                username: from.clone(),
+                identity_key: *identity_key,
+                verified: false,
+                pending_key: None,
+            })?;
+        }
+        let mut batch = Batch(writes);
+        batch.push(Write::Session(
+            crate::domain::Address::first(from.clone()),
+            Box::new(session),
+        ));
+        if let Some(prekey) = consumed {
+            batch.push(Write::ConsumePreKey(prekey));
+        }
+        let committed = self.store.commit(&batch)?;
+        drop(guard);
+        self.store.flush().await?;
+        Ok(committed)
+    }
+
     /// Hands `content` to the handler of its kind.
     pub(super) async fn handle(
         &self,
@@ -68,6 +110,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             Content::GroupReceipt { group, ids, read } => {
                 self.handle_group_receipt(decrypted, group, ids, read).await
             }
+            Content::FileOffer { offer, .. } => self.handle_file_offer(decrypted, *offer).await,
         }
     }
 }

@@ -1,0 +1,485 @@
+//! Files: offer one (the offer travels through the ratchet like a text), serve its chunks to the
+//! peer it was offered to over `/peerchat/file/1`, and fetch offered files chunk by chunk —
+//! each chunk checked at its position before it is written, progress recorded durably, resumed
+//! from the first missing chunk after a restart or a dropped connection, and the whole checked
+//! against the offer's SHA-256 before the file appears in the download directory.
+//!
+//! The stream: the fetcher sends `len (u32 BE) ‖ postcard(FileRequest)`; the server answers
+//! `len ‖ postcard(FileAnswer)` and, if it serves, the sealed chunks from the one asked for to
+//! the last, each as `len ‖ bytes`.
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use peerchat_pki::Username;
+use rand::RngCore;
+use rand::rngs::OsRng;
+use serde::{Deserialize, Serialize};
+
+use super::{Node, NodeError};
+use crate::domain::file::{CHUNK_BYTES, TAG_BYTES, clean_name};
+use crate::domain::{Address, Content, Envelope, FileId, FileOffer, MessageId};
+use crate::ports::{
+    Batch, BlobError, Clock, Direction, Directory, Event, FileRecord, FileState, Network, Notifier,
+    OutboxEntry, PeerStream, Recipient, Store, Write,
+};
+
+/// The stream protocol that carries chunks.
+pub const FILE_PROTOCOL: &str = "/peerchat/file/1";
+
+/// Largest request or answer frame.
+const MAX_CONTROL_FRAME: usize = 1024;
+
+/// Default largest file accepted (`--max-file-size`).
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 100 * 1024 * 1024;
+/// Default largest file fetched without asking (`--auto-download-max`).
+pub const DEFAULT_AUTO_DOWNLOAD_BYTES: u64 = 25 * 1024 * 1024;
+
+/// How large the files this node sends and takes may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileLimits {
+    /// Files larger than this are neither sent nor accepted.
+    pub max_bytes: u64,
+    /// Offers up to this size are fetched at once; larger ones wait for `file accept`.
+    pub auto_download_bytes: u64,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: DEFAULT_MAX_FILE_BYTES,
+            auto_download_bytes: DEFAULT_AUTO_DOWNLOAD_BYTES,
+        }
+    }
+}
+
+/// The fetcher's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRequest {
+    /// Which file.
+    pub id: FileId,
+    /// The first chunk wanted.
+    pub from: u32,
+}
+
+/// The server's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileAnswer {
+    /// The chunks from the one asked for to the last follow.
+    Chunks,
+    /// Not served: unknown, not offered to the one asking, or not here any more.
+    Refused,
+}
+
+/// Why a fetch stopped.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error("{0}")]
+    Node(#[from] NodeError),
+    #[error("the peer could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the peer refused to serve the file")]
+    Refused,
+    #[error("chunk {0} failed authentication")]
+    BadChunk(u32),
+    #[error("the stream broke: {0}")]
+    Stream(String),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+}
+
+async fn write_frame(
+    io: &mut (impl futures::AsyncWrite + Unpin),
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let len = u32::try_from(bytes.len()).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(bytes).await
+}
+
+async fn read_frame(
+    io: &mut (impl futures::AsyncRead + Unpin),
+    max: usize,
+) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(std::io::ErrorKind::InvalidData.into());
+    }
+    let mut bytes = vec![0u8; len];
+    io.read_exact(&mut bytes).await?;
+    Ok(bytes)
+}
+
+/// A media type from a file name's extension (what the window needs to preview images).
+fn media_type(name: &str) -> &'static str {
+    let extension = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match extension.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "pdf" => "application/pdf",
+        "txt" | "md" => "text/plain",
+        "zip" => "application/zip",
+        "mp4" => "video/mp4",
+        "mp3" => "audio/mpeg",
+        _ => "application/octet-stream",
+    }
+}
+
+impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
+    /// Offers the file at `path` to `to`: it is copied into the node's keeping (so it can be
+    /// served while the original moves), an offer with a fresh key goes to `to` through the
+    /// ratchet, and `to` fetches the chunks. Returns the file's id.
+    #[tracing::instrument(name = "usecase.send_file", skip_all, fields(peer = %to))]
+    pub async fn send_file(
+        &self,
+        to: &Username,
+        path: &std::path::Path,
+    ) -> Result<FileId, NodeError> {
+        let me = self.me()?;
+        if me.0 == *to {
+            return Err(NodeError::OwnAccount(to.clone()));
+        }
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(clean_name)
+            .ok_or_else(|| NodeError::File("that path names no file".into()))?;
+        self.contact_for(to).await?;
+        let id = FileId::random(&mut OsRng);
+        let (size, sha256) = self
+            .store
+            .keep_file(&id, path, self.file_limits.max_bytes)
+            .await
+            .map_err(|e| NodeError::File(e.to_string()))?;
+        let mut offer = FileOffer {
+            id,
+            media_type: media_type(&name).to_owned(),
+            name,
+            size,
+            chunk_size: CHUNK_BYTES,
+            key: [0; 32],
+            nonce: [0; 7],
+            sha256,
+        };
+        OsRng.fill_bytes(&mut offer.key);
+        OsRng.fill_bytes(&mut offer.nonce);
+        let record = FileRecord {
+            offer: offer.clone(),
+            peer: to.clone(),
+            direction: Direction::Outgoing,
+            state: FileState::Offered,
+            chunks_done: offer.chunks(),
+            at_ms: self.clock.now_ms(),
+            saved_as: None,
+        };
+        let content = Content::FileOffer {
+            offer: Box::new(offer),
+            group: None,
+        };
+        if let Err(e) = self
+            .send_control(to, content, vec![Write::File(Box::new(record))])
+            .await
+        {
+            let _ = self.store.discard_file(&id).await;
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// Encrypts `content` for `to` (X3DH on first contact), stores it in the outbox with
+    /// `writes` in one commit, flushes, and delivers it (else the outbox and the mailbox do).
+    async fn send_control(
+        &self,
+        to: &Username,
+        content: Content,
+        writes: Vec<Write>,
+    ) -> Result<(), NodeError> {
+        let plaintext = content.encode()?;
+        let envelope = {
+            let _guard = self.peer_lock(to).lock_owned().await;
+            let mut session = self.session_for(to).await?;
+            let sealed = session.encrypt(&plaintext)?;
+            let envelope = Envelope {
+                id: MessageId::random(&mut OsRng),
+                trace: peerchat_telemetry::traceparent(),
+                payload: sealed.encode().to_vec(),
+            };
+            let device = Address::first(to.clone());
+            let mut batch = Batch(writes);
+            batch.push(Write::Session(device.clone(), Box::new(session)));
+            batch.push(Write::Enqueue(OutboxEntry {
+                to: device,
+                queued_at_ms: self.clock.now_ms(),
+                envelope: envelope.clone(),
+                group: None,
+            }));
+            self.store.commit(&batch)?;
+            envelope
+        };
+        self.store.flush().await?;
+        self.deliver(to, envelope, None).await;
+        Ok(())
+    }
+
+    /// Every file offered to or by this node, oldest first.
+    #[tracing::instrument(name = "usecase.files", skip_all)]
+    pub fn files(&self) -> Result<Vec<FileRecord>, NodeError> {
+        Ok(self.store.files()?)
+    }
+
+    /// One file's record.
+    pub fn file(&self, id: &FileId) -> Result<FileRecord, NodeError> {
+        self.store
+            .file(id)?
+            .ok_or_else(|| NodeError::File(format!("no file {id} on this node")))
+    }
+
+    /// Starts fetching an offered file (one over the size fetched without asking).
+    #[tracing::instrument(name = "usecase.accept_file", skip_all, fields(file = %id))]
+    pub async fn accept_file(&self, id: &FileId) -> Result<(), NodeError> {
+        let mut record = self.file(id)?;
+        if record.direction != Direction::Incoming {
+            return Err(NodeError::File("that file is one you sent".into()));
+        }
+        match record.state {
+            FileState::Offered | FileState::Failed | FileState::Cancelled => {}
+            FileState::Downloading | FileState::Complete => return Ok(()),
+        }
+        record.state = FileState::Downloading;
+        self.store
+            .commit(&Batch::new().with(Write::File(Box::new(record))))?;
+        self.store.flush().await?;
+        self.downloads_signal.notify_one();
+        Ok(())
+    }
+
+    /// Gives up on a file: an incoming one stops and its bytes are dropped; an outgoing one is
+    /// served no more.
+    #[tracing::instrument(name = "usecase.cancel_file", skip_all, fields(file = %id))]
+    pub async fn cancel_file(&self, id: &FileId) -> Result<(), NodeError> {
+        let mut record = self.file(id)?;
+        if record.state == FileState::Complete && record.direction == Direction::Incoming {
+            return Err(NodeError::File("that file is complete".into()));
+        }
+        record.state = FileState::Cancelled;
+        self.store
+            .commit(&Batch::new().with(Write::File(Box::new(record))))?;
+        self.store.flush().await?;
+        self.store
+            .discard_file(id)
+            .await
+            .map_err(|e| NodeError::File(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Fetches every file marked for download, one after the other. Returns how many
+    /// completed.
+    pub async fn fetch_files(&self) -> Result<usize, NodeError> {
+        self.me()?;
+        let mut completed = 0;
+        for record in self.store.files()? {
+            if record.direction != Direction::Incoming || record.state != FileState::Downloading {
+                continue;
+            }
+            let id = record.offer.id;
+            match self.fetch(record).await {
+                Ok(true) => completed += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::info!(file = %id, error = %e, "fetching a file stopped; it resumes later")
+                }
+            }
+        }
+        Ok(completed)
+    }
+
+    /// Fetches one file from its first missing chunk; whether it completed (true) or failed
+    /// its digest (false).
+    async fn fetch(&self, mut record: FileRecord) -> Result<bool, FetchError> {
+        let offer = record.offer.clone();
+        let id = offer.id;
+        let chunks = offer.chunks();
+        if record.chunks_done < chunks {
+            let contact = self.contact_for(&record.peer).await?;
+            let addresses = match self
+                .store
+                .known_addresses(&Address::first(record.peer.clone()))
+            {
+                Ok(known) if !known.is_empty() => known,
+                _ => {
+                    self.directory
+                        .lookup(&record.peer)
+                        .await
+                        .map_err(NodeError::from)?
+                        .addresses
+                }
+            };
+            let recipient = Recipient {
+                username: record.peer.clone(),
+                identity_key: contact.identity_key,
+                addresses,
+            };
+            let mut stream = self
+                .network
+                .open_stream(&recipient, FILE_PROTOCOL)
+                .await
+                .map_err(|e| FetchError::Unreachable(e.to_string()))?;
+            let request = FileRequest {
+                id,
+                from: record.chunks_done,
+            };
+            let broken = |e: std::io::Error| FetchError::Stream(e.kind().to_string());
+            write_frame(
+                &mut stream.io,
+                &postcard::to_stdvec(&request).unwrap_or_default(),
+            )
+            .await
+            .map_err(broken)?;
+            let answer = read_frame(&mut stream.io, MAX_CONTROL_FRAME)
+                .await
+                .map_err(broken)?;
+            if postcard::from_bytes::<FileAnswer>(&answer) != Ok(FileAnswer::Chunks) {
+                return Err(FetchError::Refused);
+            }
+            tracing::info!(file = %id, from = record.chunks_done, chunks, "fetching a file");
+            let max = offer.chunk_size as usize + TAG_BYTES;
+            while record.chunks_done < chunks {
+                let index = record.chunks_done;
+                let sealed = read_frame(&mut stream.io, max).await.map_err(broken)?;
+                let plaintext = offer
+                    .open(index, &sealed)
+                    .map_err(|_| FetchError::BadChunk(index))?;
+                self.store
+                    .write_file(&id, offer.offset(index), &plaintext)
+                    .await?;
+                record.chunks_done = index + 1;
+                self.store
+                    .commit(&Batch::new().with(Write::File(Box::new(record.clone()))))
+                    .map_err(NodeError::from)?;
+                self.store.flush().await.map_err(NodeError::from)?;
+                self.notifier.notify(Event::FileProgress {
+                    id,
+                    bytes_done: record.bytes_done(),
+                    total: offer.size,
+                });
+            }
+        }
+        let digest = self.store.digest_file(&id, offer.size).await?;
+        if digest != offer.sha256 {
+            tracing::warn!(file = %id, "a fetched file does not match its digest; discarded");
+            self.store.discard_file(&id).await?;
+            record.state = FileState::Failed;
+            record.chunks_done = 0;
+            self.store
+                .commit(&Batch::new().with(Write::File(Box::new(record))))
+                .map_err(NodeError::from)?;
+            self.store.flush().await.map_err(NodeError::from)?;
+            self.notifier.notify(Event::FileFailed { id });
+            return Ok(false);
+        }
+        let name = clean_name(&offer.name).unwrap_or_else(|| id.to_string());
+        let path = self.store.publish_file(&id, &name).await?;
+        record.state = FileState::Complete;
+        record.saved_as = Some(path.display().to_string());
+        self.store
+            .commit(&Batch::new().with(Write::File(Box::new(record))))
+            .map_err(NodeError::from)?;
+        self.store.flush().await.map_err(NodeError::from)?;
+        self.notifier.notify(Event::FileCompleted { id });
+        Ok(true)
+    }
+
+    /// Serves a `/peerchat/file/1` stream: the chunks of a file we offered to the peer asking,
+    /// from the one it asks for.
+    pub(super) async fn serve_file(&self, mut stream: PeerStream) {
+        let peer = stream.peer.username.clone();
+        let request = match read_frame(&mut stream.io, MAX_CONTROL_FRAME).await {
+            Ok(bytes) => postcard::from_bytes::<FileRequest>(&bytes).ok(),
+            Err(_) => None,
+        };
+        let record = request
+            .as_ref()
+            .and_then(|r| self.store.file(&r.id).ok().flatten())
+            .filter(|f| {
+                f.direction == Direction::Outgoing
+                    && f.peer == peer
+                    && f.state != FileState::Cancelled
+            });
+        let (Some(request), Some(record)) = (request, record) else {
+            tracing::warn!(peer = %peer, "a peer asked for a file it was not offered");
+            let _ = write_frame(
+                &mut stream.io,
+                &postcard::to_stdvec(&FileAnswer::Refused).unwrap_or_default(),
+            )
+            .await;
+            return;
+        };
+        let offer = record.offer;
+        let answer = postcard::to_stdvec(&FileAnswer::Chunks).unwrap_or_default();
+        if write_frame(&mut stream.io, &answer).await.is_err() {
+            return;
+        }
+        let mut sent = 0u32;
+        for index in request.from..offer.chunks() {
+            let served = async {
+                let len = offer.chunk_len(index).map_err(|e| e.to_string())?;
+                let plaintext = self
+                    .store
+                    .read_file(&offer.id, offer.offset(index), len)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let sealed = offer.seal(index, &plaintext).map_err(|e| e.to_string())?;
+                write_frame(&mut stream.io, &sealed)
+                    .await
+                    .map_err(|e| e.kind().to_string())
+            };
+            if let Err(e) = served.await {
+                tracing::info!(file = %offer.id, error = %e, "serving a file stopped");
+                break;
+            }
+            sent += 1;
+        }
+        let _ = stream.io.flush().await;
+        let _ = stream.io.close().await;
+        tracing::info!(file = %offer.id, peer = %peer, from = request.from, sent, "file chunks served");
+    }
+
+    /// An offered file: recorded (and fetched at once up to the size fetched without asking).
+    pub(super) async fn take_offer(
+        &self,
+        from: &Username,
+        offer: FileOffer,
+    ) -> Result<Option<FileRecord>, crate::domain::RejectReason> {
+        if offer.validate(self.file_limits.max_bytes).is_err() {
+            tracing::warn!(peer = %from, file = %offer.id, "a file offer over the limit or malformed was refused");
+            return Err(crate::domain::RejectReason::Refused);
+        }
+        match self.store.file(&offer.id) {
+            Ok(Some(known)) if known.peer == *from && known.offer == offer => return Ok(None),
+            Ok(Some(_)) => {
+                tracing::warn!(peer = %from, file = %offer.id, "a second offer with a known file id was refused");
+                return Err(crate::domain::RejectReason::Refused);
+            }
+            Ok(None) => {}
+            Err(_) => return Err(crate::domain::RejectReason::Internal),
+        }
+        let state = match offer.size <= self.file_limits.auto_download_bytes {
+            true => FileState::Downloading,
+            false => FileState::Offered,
+        };
+        Ok(Some(FileRecord {
+            offer,
+            peer: from.clone(),
+            direction: Direction::Incoming,
+            state,
+            chunks_done: 0,
+            at_ms: self.clock.now_ms(),
+            saved_as: None,
+        }))
+    }
+}

@@ -1,0 +1,181 @@
+//! Files through the use cases on in-memory adapters (the hub carries the chunk streams): an
+//! offer through the ratchet, chunks fetched and checked, progress, digests, refusals.
+
+use peerchat::domain::FileId;
+use peerchat::ports::{Batch, Direction, Event, FileState, FileStore, Store, Write};
+use peerchat::usecases::{FileLimits, NodeError};
+use rand::RngCore;
+
+use crate::usecases::{User, World, given_a_rendezvous};
+
+const MIB: usize = 1024 * 1024;
+
+/// A file of `len` random bytes in a temporary directory.
+fn a_file(dir: &tempfile::TempDir, name: &str, len: usize) -> (std::path::PathBuf, Vec<u8>) {
+    let mut bytes = vec![0u8; len];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let path = dir.path().join(name);
+    std::fs::write(&path, &bytes).unwrap();
+    (path, bytes)
+}
+
+async fn pair(bob_limits: FileLimits) -> (World, User, User) {
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    let bob = world.given_a_user_with_file_limits("bob", bob_limits).await;
+    (world, alice, bob)
+}
+
+fn offered_to(u: &User, id: &FileId) -> peerchat::ports::FileRecord {
+    u.store.file(id).unwrap().expect("the offer arrived")
+}
+
+#[tokio::test]
+async fn an_offered_file_is_fetched_chunk_by_chunk_checked_and_published() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_world, alice, bob) = pair(FileLimits::default()).await;
+    let (path, bytes) = a_file(&tmp, "../holiday photo.jpg", 2 * MIB + 12_345);
+    let id = alice.node.send_file(&bob.name, &path).await.unwrap();
+
+    let offer = offered_to(&bob, &id);
+    assert_eq!(offer.direction, Direction::Incoming);
+    assert_eq!(
+        offer.state,
+        FileState::Downloading,
+        "small files start by themselves"
+    );
+    assert_eq!(offer.offer.name, "holiday photo.jpg");
+    assert_eq!(offer.offer.media_type, "image/jpeg");
+    assert_eq!(offer.offer.chunks(), 3);
+    assert_eq!(bob.node.fetch_files().await.unwrap(), 1);
+
+    let done = offered_to(&bob, &id);
+    assert_eq!(done.state, FileState::Complete);
+    assert_eq!(done.bytes_done(), bytes.len() as u64);
+    let saved = std::path::PathBuf::from(done.saved_as.unwrap());
+    assert_eq!(bob.store.published(&saved).unwrap(), bytes);
+    let events = bob.events.events();
+    assert!(events.contains(&Event::FileCompleted { id }));
+    let progress = events
+        .iter()
+        .filter(|e| matches!(e, Event::FileProgress { id: p, .. } if *p == id))
+        .count();
+    assert_eq!(progress, 3, "one progress event per chunk");
+    // The sender's record: offered, with its bytes kept.
+    assert_eq!(offered_to(&alice, &id).direction, Direction::Outgoing);
+}
+
+#[tokio::test]
+async fn a_large_offer_waits_for_accept_and_a_fetch_resumes_from_the_first_missing_chunk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = FileLimits {
+        auto_download_bytes: MIB as u64,
+        ..FileLimits::default()
+    };
+    let (_world, alice, bob) = pair(limits).await;
+    let (path, bytes) = a_file(&tmp, "big.bin", 4 * MIB + 1);
+    let id = alice.node.send_file(&bob.name, &path).await.unwrap();
+    assert_eq!(offered_to(&bob, &id).state, FileState::Offered);
+    assert_eq!(bob.node.fetch_files().await.unwrap(), 0, "not accepted yet");
+
+    // As if bob's node stopped after two chunks: they are stored, and recorded.
+    let mut record = offered_to(&bob, &id);
+    for index in 0..2u32 {
+        let start = index as usize * MIB;
+        bob.store
+            .write_file(&id, start as u64, &bytes[start..start + MIB])
+            .await
+            .unwrap();
+    }
+    record.chunks_done = 2;
+    record.state = FileState::Downloading;
+    bob.store
+        .commit(&Batch::new().with(Write::File(Box::new(record))))
+        .unwrap();
+    assert_eq!(bob.node.fetch_files().await.unwrap(), 1);
+    let progress: Vec<u64> = bob
+        .events
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            Event::FileProgress { bytes_done, .. } => Some(*bytes_done),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        progress,
+        [3 * MIB as u64, 4 * MIB as u64, 4 * MIB as u64 + 1],
+        "only the missing chunks were fetched"
+    );
+    let saved = std::path::PathBuf::from(offered_to(&bob, &id).saved_as.unwrap());
+    assert_eq!(bob.store.published(&saved).unwrap(), bytes);
+    // Accepting a complete file changes nothing.
+    bob.node.accept_file(&id).await.unwrap();
+    assert_eq!(offered_to(&bob, &id).state, FileState::Complete);
+}
+
+#[tokio::test]
+async fn a_file_that_does_not_match_its_digest_is_discarded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_world, alice, bob) = pair(FileLimits::default()).await;
+    let (path, _) = a_file(&tmp, "report.pdf", MIB + 10);
+    let id = alice.node.send_file(&bob.name, &path).await.unwrap();
+    // The sender's kept copy changed after the offer: every chunk authenticates (the sender
+    // seals what it has), the digest does not.
+    alice.store.write_file(&id, 5, b"changed").await.unwrap();
+    assert_eq!(bob.node.fetch_files().await.unwrap(), 0);
+    let failed = offered_to(&bob, &id);
+    assert_eq!(failed.state, FileState::Failed);
+    assert_eq!(failed.saved_as, None);
+    assert!(bob.events.events().contains(&Event::FileFailed { id }));
+}
+
+#[tokio::test]
+async fn a_peer_asking_for_a_file_it_was_not_offered_gets_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (world, alice, bob) = pair(FileLimits::default()).await;
+    let carol = world.given_a_registered_user("carol").await;
+    let (path, _) = a_file(&tmp, "secret.txt", 1000);
+    let id = alice.node.send_file(&bob.name, &path).await.unwrap();
+    // Carol learnt the offer (say bob forwarded it) and asks alice for the chunks.
+    let mut stolen = offered_to(&bob, &id);
+    stolen.state = FileState::Downloading;
+    carol
+        .store
+        .commit(&Batch::new().with(Write::File(Box::new(stolen))))
+        .unwrap();
+    assert_eq!(carol.node.fetch_files().await.unwrap(), 0);
+    let at_carol = offered_to(&carol, &id);
+    assert_eq!((at_carol.chunks_done, at_carol.saved_as), (0, None));
+    assert_eq!(
+        carol.store.read_file(&id, 0, 1).await.ok(),
+        None,
+        "no byte arrived"
+    );
+}
+
+#[tokio::test]
+async fn files_over_the_limit_are_refused_on_both_sides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = FileLimits {
+        max_bytes: 1000,
+        auto_download_bytes: 1000,
+    };
+    let (world, alice, bob) = pair(limits).await;
+    let (path, _) = a_file(&tmp, "big.bin", 5000);
+    // Bob takes at most 1000 bytes: alice's offer is refused and bob keeps nothing.
+    let id = alice.node.send_file(&bob.name, &path).await.unwrap();
+    assert!(bob.store.file(&id).unwrap().is_none());
+    // Carol sends at most 1000 bytes: her node says so and offers nothing.
+    let carol = world.given_a_user_with_file_limits("carol", limits).await;
+    assert!(matches!(
+        carol.node.send_file(&bob.name, &path).await,
+        Err(NodeError::File(e)) if e.contains("larger than 1000")
+    ));
+    assert!(carol.store.files().unwrap().is_empty());
+    // A path that is no file.
+    assert!(matches!(
+        alice.node.send_file(&bob.name, tmp.path()).await,
+        Err(NodeError::File(_))
+    ));
+}
