@@ -6,6 +6,7 @@ mod binaries;
 mod e2ee_properties;
 mod e2ee_ratchet;
 mod e2ee_x3dh;
+mod file_daemons;
 mod files;
 mod floods;
 mod friction;
