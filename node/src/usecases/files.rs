@@ -13,6 +13,7 @@ use peerchat_pki::Username;
 use rand::RngCore;
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::{Node, NodeError};
 use crate::domain::file::{CHUNK_BYTES, TAG_BYTES, clean_name};
@@ -301,6 +302,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     /// Fetches one file from its first missing chunk; whether it completed (true) or failed
     /// its digest (false).
     async fn fetch(&self, mut record: FileRecord) -> Result<bool, FetchError> {
+        let mut hashed: Option<Sha256> = None;
         let offer = record.offer.clone();
         let id = offer.id;
         let chunks = offer.chunks();
@@ -324,7 +326,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 identity_key: contact.identity_key,
                 addresses,
             };
-            let mut stream = self
+            let stream = self
                 .network
                 .open_stream(&recipient, FILE_PROTOCOL)
                 .await
@@ -334,6 +336,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 from: record.chunks_done,
             };
             let broken = |e: std::io::Error| FetchError::Stream(e.kind().to_string());
+            let mut stream = stream;
             write_frame(
                 &mut stream.io,
                 &postcard::to_stdvec(&request).unwrap_or_default(),
@@ -348,15 +351,26 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             }
             tracing::info!(file = %id, from = record.chunks_done, chunks, "fetching a file");
             let max = offer.chunk_size as usize + TAG_BYTES;
+            // Whole from the start: hashed on the way (else the file is read once more at the
+            // end).
+            if record.chunks_done == 0 {
+                hashed = Some(Sha256::new());
+            }
+            // One chunk at a time: read, checked, written, recorded durably, and only then the
+            // next read, so a crash at any point costs at most the chunk being read.
+            let mut io = stream.io;
             while record.chunks_done < chunks {
                 let index = record.chunks_done;
-                let sealed = read_frame(&mut stream.io, max).await.map_err(broken)?;
+                let sealed = read_frame(&mut io, max).await.map_err(broken)?;
                 let plaintext = offer
                     .open(index, &sealed)
                     .map_err(|_| FetchError::BadChunk(index))?;
                 self.store
                     .write_file(&id, offer.offset(index), &plaintext)
                     .await?;
+                if let Some(hash) = hashed.as_mut() {
+                    hash.update(&plaintext);
+                }
                 record.chunks_done = index + 1;
                 self.store
                     .commit(&Batch::new().with(Write::File(Box::new(record.clone()))))
@@ -369,7 +383,10 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 });
             }
         }
-        let digest = self.store.digest_file(&id, offer.size).await?;
+        let digest = match hashed {
+            Some(hash) => hash.finalize().into(),
+            None => self.store.digest_file(&id, offer.size).await?,
+        };
         if digest != offer.sha256 {
             tracing::warn!(file = %id, "a fetched file does not match its digest; discarded");
             self.store.discard_file(&id).await?;

@@ -53,8 +53,16 @@ pub(super) async fn envelopes<I: Inbound>(mut received: mpsc::Receiver<Received>
         .await;
 }
 
+/// The byte an acceptor writes first on every stream it takes. libp2p-stream hands inbound
+/// streams over through a channel of one slot and drops those that find it full (two streams
+/// opened at once are enough), after the protocol was already confirmed to the opener; the
+/// opener waits for this byte, so a dropped stream is seen at once and opened again
+/// ([`super::P2pNetwork`]'s `open_stream`).
+pub(super) const STREAM_ACCEPTED: u8 = 1;
+
 /// Hands every stream of `protocol` that an admitted peer opens to `inbound`, at most `limit`
-/// at once (further ones are closed; the opener may try again). Returns when the swarm stops.
+/// at once (further ones are closed; the opener may try again), each confirmed to the opener
+/// with [`STREAM_ACCEPTED`] first. Returns when the swarm stops.
 pub(super) async fn streams<I: Inbound>(
     incoming: libp2p_stream::IncomingStreams,
     protocol: &'static str,
@@ -78,9 +86,17 @@ pub(super) async fn streams<I: Inbound>(
                 io: Box::pin(io),
             }))
         })
-        .for_each_concurrent(limit, |stream| {
+        .for_each_concurrent(limit, |mut stream| {
             let span = tracing::info_span!("p2p.stream", from = %stream.peer.username, protocol);
-            tracing::Instrument::instrument(inbound.stream(stream), span)
+            let inbound = inbound.clone();
+            let serve = async move {
+                use futures::AsyncWriteExt;
+                if stream.io.write_all(&[STREAM_ACCEPTED]).await.is_err() {
+                    return;
+                }
+                inbound.stream(stream).await;
+            };
+            tracing::Instrument::instrument(serve, span)
         })
         .await;
 }

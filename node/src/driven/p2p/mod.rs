@@ -421,17 +421,40 @@ impl Streams for P2pNetwork {
             .get(&peer_id)
             .filter(|p| p.username == to.username && self.admission.admits(p))
             .ok_or(DeliveryError::WrongPeer)?;
-        let io = self
-            .streams
-            .clone()
-            .open_stream(peer_id, stream_protocol)
-            .await
-            .map_err(|e| match e {
-                libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => {
-                    DeliveryError::Refused(format!("the peer does not speak {protocol}"))
+        // A stream the peer's side dropped before taking it (see
+        // [`inbound::STREAM_ACCEPTED`]) is opened again, a few times.
+        let mut attempt = 0;
+        let io = loop {
+            let mut io = self
+                .streams
+                .clone()
+                .open_stream(peer_id, stream_protocol.clone())
+                .await
+                .map_err(|e| match e {
+                    libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => {
+                        DeliveryError::Refused(format!("the peer does not speak {protocol}"))
+                    }
+                    other => DeliveryError::Refused(other.to_string()),
+                })?;
+            let mut accepted = [0u8; 1];
+            match futures::AsyncReadExt::read_exact(&mut io, &mut accepted).await {
+                Ok(()) if accepted[0] == inbound::STREAM_ACCEPTED => break io,
+                Ok(()) => {
+                    return Err(DeliveryError::Refused(format!(
+                        "the peer answered {protocol} with something else"
+                    )));
                 }
-                other => DeliveryError::Refused(other.to_string()),
-            })?;
+                Err(_) if attempt < STREAM_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+                }
+                Err(e) => {
+                    return Err(DeliveryError::Refused(format!(
+                        "the peer did not take the stream: {e}"
+                    )));
+                }
+            }
+        };
         Ok(PeerStream {
             peer: AuthenticatedPeer {
                 username: peer.username,
@@ -442,6 +465,9 @@ impl Streams for P2pNetwork {
         })
     }
 }
+
+/// How many more times a stream the peer dropped before taking it is opened.
+const STREAM_ATTEMPTS: u64 = 5;
 
 impl Reachability for P2pNetwork {
     fn own_addresses(&self) -> Vec<String> {
