@@ -398,34 +398,12 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     #[tracing::instrument(name = "usecase.mark_group_read", skip_all, fields(group = %group))]
     pub async fn mark_group_read(&self, group: &GroupId) -> Result<(), NodeError> {
         self.group(group)?;
-        let conversation = ConversationId::Group(*group);
-        let unread: Vec<StoredMessage> = self
-            .store
-            .history(&conversation, Page::ALL)?
-            .into_iter()
-            .filter(|m| m.direction == Direction::Incoming && m.status == MessageStatus::Received)
-            .collect();
-        if unread.is_empty() {
-            return Ok(());
-        }
-        let batch = Batch(
-            unread
-                .iter()
-                .map(|m| Write::Status {
-                    conversation: conversation.clone(),
-                    id: m.id,
-                    status: MessageStatus::Read,
-                    only: Some(Direction::Incoming),
-                })
-                .collect(),
-        );
-        let read = self.store.commit(&batch)?.advanced;
-        self.store.flush().await?;
+        let read = self.read_all(&ConversationId::Group(*group)).await?;
         if !self.read_receipts {
             return Ok(());
         }
         let mut by_author: BTreeMap<Username, Vec<MessageId>> = BTreeMap::new();
-        for m in unread.into_iter().filter(|m| read.contains(&m.id)) {
+        for m in read {
             by_author.entry(m.peer).or_default().push(m.id);
         }
         for (author, ids) in by_author {

@@ -227,19 +227,24 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         Ok(())
     }
 
-    /// Marks the conversation with `peer` read and, if read receipts are on, tells them.
-    #[tracing::instrument(name = "usecase.mark_read", skip_all, fields(peer = %peer))]
-    pub async fn mark_read(&self, peer: &Username) -> Result<(), NodeError> {
-        self.me()?;
-        if self.unread(peer)? == 0 {
-            return Ok(());
+    /// Marks every received message of `conversation` read (durably); returns those that were
+    /// not read before.
+    pub(super) async fn read_all(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Vec<StoredMessage>, NodeError> {
+        let unread: Vec<StoredMessage> = self
+            .store
+            .history(conversation, Page::ALL)?
+            .into_iter()
+            .filter(|m| m.direction == Direction::Incoming && m.status == MessageStatus::Received)
+            .collect();
+        if unread.is_empty() {
+            return Ok(unread);
         }
-        let conversation = ConversationId::from(peer);
         let batch = Batch(
-            self.store
-                .history(&conversation, Page::ALL)?
-                .into_iter()
-                .filter(|m| m.status == MessageStatus::Received)
+            unread
+                .iter()
                 .map(|m| Write::Status {
                     conversation: conversation.clone(),
                     id: m.id,
@@ -248,8 +253,27 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 })
                 .collect(),
         );
-        let unread = self.store.commit(&batch)?.advanced;
+        let read = self.store.commit(&batch)?.advanced;
         self.store.flush().await?;
+        Ok(unread
+            .into_iter()
+            .filter(|m| read.contains(&m.id))
+            .collect())
+    }
+
+    /// Marks the conversation with `peer` read and, if read receipts are on, tells them.
+    #[tracing::instrument(name = "usecase.mark_read", skip_all, fields(peer = %peer))]
+    pub async fn mark_read(&self, peer: &Username) -> Result<(), NodeError> {
+        self.me()?;
+        if self.unread(peer)? == 0 {
+            return Ok(());
+        }
+        let unread: Vec<_> = self
+            .read_all(&ConversationId::from(peer))
+            .await?
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
         if self.read_receipts {
             for ids in unread.chunks(crate::domain::content::MAX_RECEIPT_IDS) {
                 self.queue_receipt(peer, Content::ReadReceipt { ids: ids.to_vec() })

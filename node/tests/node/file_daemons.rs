@@ -9,16 +9,7 @@ use peerchat::ports::FileState;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::binaries::{Daemon, rendezvous};
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
+use crate::binaries::{Daemon, ok, rendezvous};
 
 fn file(d: &Daemon, id: &str) -> Option<FileView> {
     let files: Vec<FileView> = serde_json::from_str(&ok(&d.cli(&["files", "--json"]))).unwrap();

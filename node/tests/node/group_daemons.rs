@@ -6,16 +6,7 @@ use std::time::{Duration, Instant};
 use peerchat::driving::api::{GroupView, MessageView};
 use peerchat::ports::MessageStatus;
 
-use crate::binaries::{Daemon, files_containing, rendezvous_binary, rendezvous_process, stop};
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
+use crate::binaries::{Daemon, files_containing, ok, rendezvous_binary, rendezvous_process, stop};
 
 fn show(d: &Daemon, id: &str) -> Option<GroupView> {
     let out = d.cli(&["group", "show", id, "--json"]);
