@@ -908,3 +908,76 @@ impl Store for SledStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::domain::Envelope;
+
+    /// The records' shapes before groups, as they were written.
+    #[derive(Serialize)]
+    struct OldMessage {
+        id: MessageId,
+        peer: Username,
+        direction: Direction,
+        body: String,
+        sent_at_ms: u64,
+        status: MessageStatus,
+    }
+
+    #[derive(Serialize)]
+    struct OldEntry {
+        to: Address,
+        queued_at_ms: u64,
+        envelope: Envelope,
+    }
+
+    #[test]
+    fn records_written_before_groups_still_read() {
+        let bob = Username::new("bob").unwrap();
+        let old = OldMessage {
+            id: MessageId::from_bytes([1; 16]),
+            peer: bob.clone(),
+            direction: Direction::Outgoing,
+            body: "from before".into(),
+            sent_at_ms: 7,
+            status: MessageStatus::Delivered,
+        };
+        let read = dec_message(&enc(&old).unwrap()).unwrap();
+        assert_eq!(
+            read,
+            StoredMessage::direct(
+                old.id,
+                bob.clone(),
+                Direction::Outgoing,
+                "from before".into(),
+                7,
+                MessageStatus::Delivered
+            )
+        );
+        // And today's form reads as itself.
+        let mut grouped = read.clone();
+        grouped.group = Some(crate::domain::GroupId::from_bytes([2; 16]));
+        grouped.receipts.insert(bob.clone(), MessageStatus::Read);
+        assert_eq!(dec_message(&enc(&grouped).unwrap()).unwrap(), grouped);
+
+        let envelope = Envelope {
+            id: MessageId::from_bytes([3; 16]),
+            trace: None,
+            payload: vec![1, 2, 3],
+        };
+        let old = OldEntry {
+            to: Address::first(bob.clone()),
+            queued_at_ms: 9,
+            envelope: envelope.clone(),
+        };
+        let entry = dec_entry(&enc(&old).unwrap()).unwrap();
+        assert_eq!(
+            (entry.to, entry.queued_at_ms, entry.envelope, entry.group),
+            (Address::first(bob), 9, envelope, None)
+        );
+        assert!(dec_message(b"\x01\x02").is_err());
+    }
+}
