@@ -214,8 +214,9 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         let mut statuses = BTreeMap::new();
         let mut envelopes = Vec::with_capacity(recipients.len());
         let mut batch = Batch::new();
+        // Held from reading the sessions until their advanced states are committed.
+        let mut guards = Vec::with_capacity(recipients.len());
         for attempt in 0..2 {
-            let mut guards = Vec::with_capacity(recipients.len());
             for to in recipients.keys() {
                 guards.push(self.peer_lock(to).lock_owned().await);
             }
@@ -250,7 +251,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             }
             if !missing.is_empty() {
                 // First contact: lookups and X3DH bundles, without holding any lock.
-                drop(guards);
+                guards.clear();
                 set_up = stream::iter(missing)
                     .map(|to| async move {
                         let prepared = self.set_up(&to).await;
@@ -291,9 +292,10 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         if let Some(state) = state {
             batch.push(Write::Group(Box::new(state)));
         }
-        // The sessions read under the locks are written back in this commit: the locks are
-        // still held (their guards live in the loop's last round until here).
-        if self.store.commit(&batch)?.duplicate {
+        // The sessions read under the locks are written back in this commit, still under them.
+        let duplicate = self.store.commit(&batch)?.duplicate;
+        drop(guards);
+        if duplicate {
             // The same message id was sent meanwhile: that send delivers it.
             return Ok(());
         }
