@@ -136,6 +136,9 @@ enum Command {
         name: String,
         /// The file.
         path: PathBuf,
+        /// Wait until they have fetched it all, showing progress.
+        #[arg(long)]
+        wait: bool,
     },
     /// Lists files offered to and by you.
     Files {
@@ -478,7 +481,7 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
         Command::History { .. } => {
             return Err(CliError("usage: peerchat history NAME | --group ID".into()));
         }
-        Command::SendFile { name, path } => CliCommand::SendFile { name, path },
+        Command::SendFile { name, path, wait } => CliCommand::SendFile { name, path, wait },
         Command::Files { json } => CliCommand::Files { json },
         Command::File {
             action: FileAction::Accept { id },

@@ -231,6 +231,8 @@ pub enum CliCommand {
         name: String,
         /// The file.
         path: std::path::PathBuf,
+        /// Wait until it is fetched.
+        wait: bool,
     },
     /// List files.
     Files {
@@ -372,12 +374,13 @@ fn file_id(raw: &str) -> Result<crate::domain::FileId, CliError> {
     })
 }
 
-/// Waits until file `id` is fetched (accepting it first), with a progress bar on a terminal.
+/// Waits until file `id` is fetched, by us (accepting it first) or by the peer we offered it
+/// to, with a progress bar on a terminal.
 async fn wait_for_file(client: &ApiClient, id: &crate::domain::FileId) -> Result<(), CliError> {
     use crate::ports::FileState;
     let path = format!("/api/v1/files/{id}");
     let mut file: FileView = client.call::<(), _>(Method::GET, &path, None).await?;
-    if matches!(file.state, FileState::Offered) {
+    if file.state == FileState::Offered && file.direction == crate::ports::Direction::Incoming {
         client
             .call::<(), ()>(Method::POST, &format!("{path}/accept"), None)
             .await?;
@@ -741,11 +744,12 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
             Ok(())
         }
         CliCommand::Group(command) => group_command(&data_dir, command).await,
-        CliCommand::SendFile { name, path } => {
+        CliCommand::SendFile { name, path, wait } => {
             let to = username(&name)?;
             // The daemon reads the file: give it a path that does not depend on our directory.
             let path = std::path::absolute(&path).unwrap_or(path);
-            let file: FileView = ApiClient::from_data_dir(&data_dir)?
+            let client = ApiClient::from_data_dir(&data_dir)?;
+            let file: FileView = client
                 .call(
                     Method::POST,
                     "/api/v1/files",
@@ -761,6 +765,10 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
                 escape_controls(&file.name),
                 file.size
             );
+            if wait {
+                wait_for_file(&client, &file.id).await?;
+                eprintln!("{to} has fetched it");
+            }
             Ok(())
         }
         CliCommand::Files { json: as_json } => {

@@ -101,7 +101,9 @@ pub struct FileRecord {
     pub direction: Direction,
     /// Where it is.
     pub state: FileState,
-    /// Incoming: how many chunks, from the first, are stored durably.
+    /// Incoming: how many chunks, from the first, are stored durably. Outgoing: how far the
+    /// peer has fetched (recorded when it fetched the last chunk; the node knows more while
+    /// serving).
     pub chunks_done: u32,
     /// When it was offered, ms since the epoch.
     pub at_ms: u64,
@@ -110,12 +112,9 @@ pub struct FileRecord {
 }
 
 impl FileRecord {
-    /// Bytes stored so far (all of them for an outgoing file).
+    /// Bytes fetched so far (by us, or from us).
     pub fn bytes_done(&self) -> u64 {
-        match self.direction {
-            Direction::Outgoing => self.offer.size,
-            Direction::Incoming => self.offer.offset(self.chunks_done).min(self.offer.size),
-        }
+        self.offer.offset(self.chunks_done).min(self.offer.size)
     }
 }
 

@@ -174,7 +174,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             peer: to.clone(),
             direction: Direction::Outgoing,
             state: FileState::Offered,
-            chunks_done: offer.chunks(),
+            chunks_done: 0,
             at_ms: self.clock.now_ms(),
             saved_as: None,
         };
@@ -230,13 +230,19 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     /// Every file offered to or by this node, oldest first.
     #[tracing::instrument(name = "usecase.files", skip_all)]
     pub fn files(&self) -> Result<Vec<FileRecord>, NodeError> {
-        Ok(self.store.files()?)
+        Ok(self
+            .store
+            .files()?
+            .into_iter()
+            .map(|f| self.with_progress(f))
+            .collect())
     }
 
     /// One file's record.
     pub fn file(&self, id: &FileId) -> Result<FileRecord, NodeError> {
         self.store
             .file(id)?
+            .map(|f| self.with_progress(f))
             .ok_or_else(|| NodeError::File(format!("no file {id} on this node")))
     }
 
@@ -460,10 +466,58 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 break;
             }
             sent += 1;
+            self.served(&offer, index + 1).await;
         }
         let _ = stream.io.flush().await;
         let _ = stream.io.close().await;
         tracing::info!(file = %offer.id, peer = %peer, from = request.from, sent, "file chunks served");
+    }
+
+    /// Notes that the peer has fetched `chunks` chunks of a file we offered: shown as progress,
+    /// and recorded as complete once it has them all.
+    async fn served(&self, offer: &FileOffer, chunks: u32) {
+        self.notifier.notify(Event::FileProgress {
+            id: offer.id,
+            bytes_done: offer.offset(chunks).min(offer.size),
+            total: offer.size,
+        });
+        {
+            let mut serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
+            if chunks < offer.chunks() {
+                let high = serving.entry(offer.id).or_default();
+                *high = (*high).max(chunks);
+                return;
+            }
+            serving.remove(&offer.id);
+        }
+        let done = match self.store.file(&offer.id) {
+            Ok(Some(mut record)) if record.state == FileState::Offered => {
+                record.chunks_done = chunks;
+                record.state = FileState::Complete;
+                self.store
+                    .commit(&Batch::new().with(Write::File(Box::new(record))))
+                    .is_ok()
+            }
+            _ => false,
+        };
+        if done {
+            let _ = self.store.flush().await;
+            self.notifier.notify(Event::FileCompleted { id: offer.id });
+        }
+    }
+
+    /// `record` with what serving it has reached so far.
+    fn with_progress(&self, mut record: FileRecord) -> FileRecord {
+        if record.direction == Direction::Outgoing
+            && let Some(high) = self
+                .serving
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&record.offer.id)
+        {
+            record.chunks_done = record.chunks_done.max(*high);
+        }
+        record
     }
 
     /// An offered file: recorded (and fetched at once up to the size fetched without asking).

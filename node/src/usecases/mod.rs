@@ -164,6 +164,8 @@ pub struct Node<S, D, N, E, C> {
     file_limits: files::FileLimits,
     /// Woken when a file is marked for download.
     downloads_signal: tokio::sync::Notify,
+    /// How far peers have fetched the files we serve (chunks), while they fetch.
+    serving: Mutex<HashMap<crate::domain::FileId, u32>>,
 }
 
 /// How long looked-up addresses are reused.
@@ -191,6 +193,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             read_receipts: true,
             file_limits: files::FileLimits::default(),
             downloads_signal: tokio::sync::Notify::new(),
+            serving: Mutex::new(HashMap::new()),
         }
     }
 

@@ -61,8 +61,24 @@ async fn an_offered_file_is_fetched_chunk_by_chunk_checked_and_published() {
         .filter(|e| matches!(e, Event::FileProgress { id: p, .. } if *p == id))
         .count();
     assert_eq!(progress, 3, "one progress event per chunk");
-    // The sender's record: offered, with its bytes kept.
-    assert_eq!(offered_to(&alice, &id).direction, Direction::Outgoing);
+    // The sender sees bob fetch it: progress per chunk, then complete.
+    let sent = alice.node.file(&id).unwrap();
+    assert_eq!(sent.direction, Direction::Outgoing);
+    assert_eq!(
+        (sent.state, sent.bytes_done()),
+        (FileState::Complete, bytes.len() as u64)
+    );
+    let served: Vec<u64> = alice
+        .events
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            Event::FileProgress { bytes_done, .. } => Some(*bytes_done),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(served, [MIB as u64, 2 * MIB as u64, bytes.len() as u64]);
+    assert!(alice.events.events().contains(&Event::FileCompleted { id }));
 }
 
 #[tokio::test]
@@ -77,6 +93,11 @@ async fn a_large_offer_waits_for_accept_and_a_fetch_resumes_from_the_first_missi
     let id = alice.node.send_file(&bob.name, &path).await.unwrap();
     assert_eq!(offered_to(&bob, &id).state, FileState::Offered);
     assert_eq!(bob.node.fetch_files().await.unwrap(), 0, "not accepted yet");
+    let waiting = alice.node.file(&id).unwrap();
+    assert_eq!(
+        (waiting.state, waiting.bytes_done()),
+        (FileState::Offered, 0)
+    );
 
     // As if bob's node stopped after two chunks: they are stored, and recorded.
     let mut record = offered_to(&bob, &id);
