@@ -81,6 +81,8 @@ enum FetchError {
     Refused,
     #[error("chunk {0} failed authentication")]
     BadChunk(u32),
+    #[error("the download was cancelled")]
+    Cancelled,
     #[error("the stream broke: {0}")]
     Stream(String),
     #[error(transparent)]
@@ -269,13 +271,17 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     /// served no more.
     #[tracing::instrument(name = "usecase.cancel_file", skip_all, fields(file = %id))]
     pub async fn cancel_file(&self, id: &FileId) -> Result<(), NodeError> {
-        let mut record = self.file(id)?;
-        if record.state == FileState::Complete && record.direction == Direction::Incoming {
-            return Err(NodeError::File("that file is complete".into()));
+        let peer = self.file(id)?.peer;
+        {
+            let _guard = self.peer_lock(&peer).lock_owned().await;
+            let mut record = self.file(id)?;
+            if record.state == FileState::Complete && record.direction == Direction::Incoming {
+                return Err(NodeError::File("that file is complete".into()));
+            }
+            record.state = FileState::Cancelled;
+            self.store
+                .commit(&Batch::new().with(Write::File(Box::new(record))))?;
         }
-        record.state = FileState::Cancelled;
-        self.store
-            .commit(&Batch::new().with(Write::File(Box::new(record))))?;
         self.store.flush().await?;
         self.store
             .discard_file(id)
@@ -378,9 +384,19 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                     hash.update(&plaintext);
                 }
                 record.chunks_done = index + 1;
-                self.store
-                    .commit(&Batch::new().with(Write::File(Box::new(record.clone()))))
-                    .map_err(NodeError::from)?;
+                {
+                    // Recorded only if the user did not cancel it meanwhile (`cancel_file`
+                    // changes the record under the same lock).
+                    let _guard = self.peer_lock(&record.peer).lock_owned().await;
+                    let now = self.store.file(&id).map_err(NodeError::from)?;
+                    if now.is_some_and(|r| r.state == FileState::Cancelled) {
+                        self.store.discard_file(&id).await?;
+                        return Err(FetchError::Cancelled);
+                    }
+                    self.store
+                        .commit(&Batch::new().with(Write::File(Box::new(record.clone()))))
+                        .map_err(NodeError::from)?;
+                }
                 self.store.flush().await.map_err(NodeError::from)?;
                 self.notifier.notify(Event::FileProgress {
                     id,
@@ -406,12 +422,20 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             return Ok(false);
         }
         let name = clean_name(&offer.name).unwrap_or_else(|| id.to_string());
-        let path = self.store.publish_file(&id, &name).await?;
-        record.state = FileState::Complete;
-        record.saved_as = Some(path.display().to_string());
-        self.store
-            .commit(&Batch::new().with(Write::File(Box::new(record))))
-            .map_err(NodeError::from)?;
+        {
+            let _guard = self.peer_lock(&record.peer).lock_owned().await;
+            let now = self.store.file(&id).map_err(NodeError::from)?;
+            if now.is_some_and(|r| r.state == FileState::Cancelled) {
+                self.store.discard_file(&id).await?;
+                return Err(FetchError::Cancelled);
+            }
+            let path = self.store.publish_file(&id, &name).await?;
+            record.state = FileState::Complete;
+            record.saved_as = Some(path.display().to_string());
+            self.store
+                .commit(&Batch::new().with(Write::File(Box::new(record))))
+                .map_err(NodeError::from)?;
+        }
         self.store.flush().await.map_err(NodeError::from)?;
         self.notifier.notify(Event::FileCompleted { id });
         Ok(true)

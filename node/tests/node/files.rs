@@ -200,3 +200,30 @@ async fn files_over_the_limit_are_refused_on_both_sides() {
         Err(NodeError::File(_))
     ));
 }
+
+#[tokio::test]
+async fn a_cancelled_download_is_not_fetched_until_accepted_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = FileLimits {
+        auto_download_bytes: 0,
+        ..FileLimits::default()
+    };
+    let (_world, alice, bob) = pair(limits).await;
+    let (path, bytes) = a_file(&tmp, "notes.txt", 3000);
+    let id = alice.node.send_file(&bob.name, &path).await.unwrap();
+    bob.node.accept_file(&id).await.unwrap();
+    bob.node.cancel_file(&id).await.unwrap();
+    assert_eq!(offered_to(&bob, &id).state, FileState::Cancelled);
+    assert_eq!(bob.node.fetch_files().await.unwrap(), 0);
+    assert_eq!(offered_to(&bob, &id).chunks_done, 0);
+    // Changed their mind: accepted again, fetched.
+    bob.node.accept_file(&id).await.unwrap();
+    assert_eq!(bob.node.fetch_files().await.unwrap(), 1);
+    let saved = std::path::PathBuf::from(offered_to(&bob, &id).saved_as.unwrap());
+    assert_eq!(bob.store.published(&saved).unwrap(), bytes);
+    // A complete file cannot be cancelled.
+    assert!(matches!(
+        bob.node.cancel_file(&id).await,
+        Err(NodeError::File(_))
+    ));
+}
