@@ -26,6 +26,18 @@ async fn pair(bob_limits: FileLimits) -> (World, User, User) {
     (world, alice, bob)
 }
 
+/// The bytes done of every file progress event `u`'s node emitted, in order.
+fn progress(u: &User) -> Vec<u64> {
+    u.events
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            Event::FileProgress { bytes_done, .. } => Some(*bytes_done),
+            _ => None,
+        })
+        .collect()
+}
+
 fn offered_to(u: &User, id: &FileId) -> peerchat::ports::FileRecord {
     u.store.file(id).unwrap().expect("the offer arrived")
 }
@@ -54,13 +66,12 @@ async fn an_offered_file_is_fetched_chunk_by_chunk_checked_and_published() {
     assert_eq!(done.bytes_done(), bytes.len() as u64);
     let saved = std::path::PathBuf::from(done.saved_as.unwrap());
     assert_eq!(bob.store.published(&saved).unwrap(), bytes);
-    let events = bob.events.events();
-    assert!(events.contains(&Event::FileCompleted { id }));
-    let progress = events
-        .iter()
-        .filter(|e| matches!(e, Event::FileProgress { id: p, .. } if *p == id))
-        .count();
-    assert_eq!(progress, 3, "one progress event per chunk");
+    assert!(bob.events.events().contains(&Event::FileCompleted { id }));
+    assert_eq!(
+        progress(&bob),
+        [MIB as u64, 2 * MIB as u64, bytes.len() as u64],
+        "one progress event per chunk"
+    );
     // The sender sees bob fetch it: progress per chunk, then complete.
     let sent = alice.node.file(&id).unwrap();
     assert_eq!(sent.direction, Direction::Outgoing);
@@ -68,16 +79,10 @@ async fn an_offered_file_is_fetched_chunk_by_chunk_checked_and_published() {
         (sent.state, sent.bytes_done()),
         (FileState::Complete, bytes.len() as u64)
     );
-    let served: Vec<u64> = alice
-        .events
-        .events()
-        .iter()
-        .filter_map(|e| match e {
-            Event::FileProgress { bytes_done, .. } => Some(*bytes_done),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(served, [MIB as u64, 2 * MIB as u64, bytes.len() as u64]);
+    assert_eq!(
+        progress(&alice),
+        [MIB as u64, 2 * MIB as u64, bytes.len() as u64]
+    );
     assert!(alice.events.events().contains(&Event::FileCompleted { id }));
 }
 
@@ -114,17 +119,8 @@ async fn a_large_offer_waits_for_accept_and_a_fetch_resumes_from_the_first_missi
         .commit(&Batch::new().with(Write::File(Box::new(record))))
         .unwrap();
     assert_eq!(bob.node.fetch_files().await.unwrap(), 1);
-    let progress: Vec<u64> = bob
-        .events
-        .events()
-        .iter()
-        .filter_map(|e| match e {
-            Event::FileProgress { bytes_done, .. } => Some(*bytes_done),
-            _ => None,
-        })
-        .collect();
     assert_eq!(
-        progress,
+        progress(&bob),
         [3 * MIB as u64, 4 * MIB as u64, 4 * MIB as u64 + 1],
         "only the missing chunks were fetched"
     );
