@@ -129,13 +129,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Offers a file to someone (copied into this node's keeping; they fetch it peer to peer);
-    /// prints its id.
+    /// Offers a file to someone, or to a group with `--group ID` (copied into this node's
+    /// keeping; they fetch it peer to peer); prints its id.
     SendFile {
-        /// The recipient.
-        name: String,
-        /// The file.
-        path: PathBuf,
+        /// The group to offer it to (its id), instead of a person.
+        #[arg(long)]
+        group: Option<String>,
+        /// The recipient (not with --group) and the file.
+        #[arg(num_args = 1..=2, required = true, value_names = ["NAME", "PATH"])]
+        words: Vec<PathBuf>,
         /// Wait until they have fetched it all, showing progress.
         #[arg(long)]
         wait: bool,
@@ -481,7 +483,29 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
         Command::History { .. } => {
             return Err(CliError("usage: peerchat history NAME | --group ID".into()));
         }
-        Command::SendFile { name, path, wait } => CliCommand::SendFile { name, path, wait },
+        Command::SendFile { group, words, wait } => match (group, &words[..]) {
+            (None, [name, path]) => CliCommand::SendFile {
+                to: cli::FileTarget::Peer(name.to_string_lossy().into_owned()),
+                path: path.clone(),
+                wait,
+            },
+            (Some(_), [_]) if wait => {
+                return Err(CliError(
+                    "--wait follows a file sent to one person; `files` shows a group file".into(),
+                ));
+            }
+            (Some(group), [path]) => CliCommand::SendFile {
+                to: cli::FileTarget::Group(group),
+                path: path.clone(),
+                wait,
+            },
+            (None, _) => return Err(CliError("usage: peerchat send-file NAME PATH".into())),
+            (Some(_), _) => {
+                return Err(CliError(
+                    "usage: peerchat send-file --group ID PATH (no name with --group)".into(),
+                ));
+            }
+        },
         Command::Files { json } => CliCommand::Files { json },
         Command::File {
             action: FileAction::Accept { id },

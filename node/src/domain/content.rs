@@ -216,6 +216,7 @@ mod tests {
                     key: [1; 32],
                     nonce: [2; 7],
                     sha256: [3; 32],
+                    chunk_digests: vec![[4; 32]],
                 }),
                 group: None,
             },

@@ -9,12 +9,16 @@
 //! travel outside it, so whoever holds them (a relay, another member of a group) learns nothing.
 //!
 //! Sealing is deterministic for a given offer and position: any holder of the plaintext and the
-//! offer (the sender, or a member that completed the download) serves the same ciphertext.
+//! offer (the sender, or a member that completed the download) serves the same ciphertext. The
+//! offer carries the SHA-256 of every sealed chunk, so a chunk is checked against what the sender
+//! sealed, not only against the key: in a group every member holds the key and could seal a
+//! chunk of its own making, and the digest list is what stops a member from serving one.
 
 use aead::stream::{NewStream, StreamBE32, StreamPrimitive};
 use aead::{KeyInit, Payload};
 use aes_gcm::Aes256Gcm;
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use super::ids::FileId;
 
@@ -30,6 +34,9 @@ pub const MAX_NAME_BYTES: usize = 255;
 pub const MAX_MEDIA_TYPE_BYTES: usize = 127;
 /// AES-GCM's tag, added to every chunk.
 pub const TAG_BYTES: usize = 16;
+
+/// The most chunks an offer may have (its digest list stays within an envelope: 4096 × 32 bytes).
+pub const MAX_CHUNKS: u32 = 4096;
 
 /// Domain separation of the chunks' associated data.
 const CHUNK_CONTEXT: &[u8] = b"peerchat file chunk v1";
@@ -53,6 +60,9 @@ pub struct FileOffer {
     pub nonce: [u8; 7],
     /// SHA-256 of the plaintext.
     pub sha256: [u8; 32],
+    /// SHA-256 of each sealed chunk, in order (empty only in offers recorded before digests
+    /// were carried: those chunks are checked by their authentication alone).
+    pub chunk_digests: Vec<[u8; 32]>,
 }
 
 impl std::fmt::Debug for FileOffer {
@@ -116,10 +126,37 @@ impl FileOffer {
         if self.name.len() > MAX_NAME_BYTES || clean_name(&self.name).is_none() {
             return Err(FileError::Malformed("name"));
         }
-        if u64::from(self.chunks()) * u64::from(self.chunk_size) < self.size {
-            return Err(FileError::Malformed("more chunks than a counter holds"));
+        if u64::from(self.chunks()) * u64::from(self.chunk_size) < self.size
+            || self.chunks() > MAX_CHUNKS
+        {
+            return Err(FileError::Malformed("too many chunks"));
+        }
+        if self.chunk_digests.len() != self.chunks() as usize {
+            return Err(FileError::Malformed("chunk digests"));
         }
         Ok(())
+    }
+
+    /// The digest of a sealed chunk, as listed in [`FileOffer::chunk_digests`].
+    pub fn digest(sealed: &[u8]) -> [u8; 32] {
+        sha2::Sha256::digest(sealed).into()
+    }
+
+    /// Opens chunk `index` as served by anyone: it must be the chunk the sender sealed (its
+    /// digest is the listed one) and authenticate at its position.
+    pub fn check(&self, index: u32, sealed: &[u8]) -> Result<Vec<u8>, FileError> {
+        if let Some(listed) = self.chunk_digests.get(index as usize)
+            && *listed != Self::digest(sealed)
+        {
+            return Err(FileError::BadChunk(index));
+        }
+        if !self.chunk_digests.is_empty() && index as usize >= self.chunk_digests.len() {
+            return Err(FileError::PastEnd {
+                index,
+                chunks: self.chunks(),
+            });
+        }
+        self.open(index, sealed)
     }
 
     /// How many chunks the file has (an empty file has one, empty).
@@ -237,6 +274,20 @@ mod tests {
             key: [7; 32],
             nonce: [9; 7],
             sha256: [0; 32],
+            chunk_digests: Vec::new(),
+        }
+        .with_digests()
+    }
+
+    impl FileOffer {
+        fn with_digests(mut self) -> Self {
+            self.chunk_digests = (0..self.chunks())
+                .map(|i| {
+                    let plain = vec![i as u8; self.chunk_len(i).unwrap()];
+                    FileOffer::digest(&self.seal(i, &plain).unwrap())
+                })
+                .collect();
+            self
         }
     }
 
@@ -319,6 +370,29 @@ mod tests {
             ..offer(1, CHUNK_BYTES)
         };
         assert!(nameless.validate(1000).is_err());
+        let mut short_list = offer(40 * 1024, 16 * 1024);
+        short_list.chunk_digests.pop();
+        assert_eq!(
+            short_list.validate(1 << 20),
+            Err(FileError::Malformed("chunk digests"))
+        );
+        let mut too_many = offer(u64::from(MAX_CHUNKS + 1) * 16 * 1024, 16 * 1024);
+        too_many.chunk_digests = vec![[0; 32]; (MAX_CHUNKS + 1) as usize];
+        assert!(too_many.validate(u64::MAX).is_err());
+    }
+
+    #[test]
+    fn a_chunk_sealed_by_another_key_holder_is_not_the_one_listed() {
+        // A group member holds the key and can seal a chunk that authenticates: the digest
+        // list is what refuses it.
+        let o = offer(32 * 1024, 16 * 1024);
+        let genuine = o.seal(1, &plaintext(&o, 1)).unwrap();
+        assert_eq!(o.check(1, &genuine).unwrap(), plaintext(&o, 1));
+        let forged = o.seal(1, &vec![0xEE; o.chunk_len(1).unwrap()]).unwrap();
+        assert!(o.open(1, &forged).is_ok(), "it authenticates under the key");
+        assert_eq!(o.check(1, &forged), Err(FileError::BadChunk(1)));
+        assert_eq!(o.check(0, &genuine), Err(FileError::BadChunk(0)));
+        assert!(o.check(2, &genuine).is_err());
     }
 
     #[test]

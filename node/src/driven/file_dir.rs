@@ -152,7 +152,7 @@ impl FileDir {
     }
 
     /// See [`crate::ports::FileStore::publish_file`].
-    pub async fn publish(&self, id: &FileId, name: &str) -> Result<PathBuf, BlobError> {
+    pub async fn publish(&self, id: &FileId, name: &str, keep: bool) -> Result<PathBuf, BlobError> {
         let (from, downloads, name) = (self.partial(id), self.downloads.clone(), name.to_owned());
         blocking(move || {
             std::fs::create_dir_all(&downloads).map_err(io)?;
@@ -165,7 +165,9 @@ impl FileDir {
                 // is tried. Then the partial name goes.
                 match std::fs::hard_link(&from, &candidate) {
                     Ok(()) => {
-                        std::fs::remove_file(&from).map_err(io)?;
+                        if !keep {
+                            std::fs::remove_file(&from).map_err(io)?;
+                        }
                         return Ok(candidate);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -183,7 +185,9 @@ impl FileDir {
                         let mut input = std::fs::File::open(&from).map_err(io)?;
                         std::io::copy(&mut input, &mut output).map_err(io)?;
                         output.sync_all().map_err(io)?;
-                        std::fs::remove_file(&from).map_err(io)?;
+                        if !keep {
+                            std::fs::remove_file(&from).map_err(io)?;
+                        }
                         return Ok(candidate);
                     }
                 }

@@ -387,9 +387,13 @@ impl crate::ports::FileStore for MemoryStore {
         &self,
         id: &crate::domain::FileId,
         name: &str,
+        keep: bool,
     ) -> Result<std::path::PathBuf, crate::ports::BlobError> {
         let mut inner = self.inner();
-        let bytes = inner.file_bytes.remove(id).unwrap_or_default();
+        let bytes = match keep {
+            true => inner.file_bytes.get(id).cloned().unwrap_or_default(),
+            false => inner.file_bytes.remove(id).unwrap_or_default(),
+        };
         let mut n = 1;
         let path = loop {
             let candidate = std::path::PathBuf::from("memory").join(match n {

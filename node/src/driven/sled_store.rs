@@ -135,6 +135,59 @@ fn dec_entry(b: &[u8]) -> Result<OutboxEntry, StoreError> {
     })
 }
 
+/// A file offer as recorded before offers carried chunk digests.
+#[derive(Deserialize)]
+struct OfferBeforeDigests {
+    id: crate::domain::FileId,
+    name: String,
+    size: u64,
+    media_type: String,
+    chunk_size: u32,
+    key: [u8; 32],
+    nonce: [u8; 7],
+    sha256: [u8; 32],
+}
+
+/// A file record as stored before group files and chunk digests.
+#[derive(Deserialize)]
+struct FileBeforeGroups {
+    offer: OfferBeforeDigests,
+    peer: Username,
+    direction: Direction,
+    state: crate::ports::FileState,
+    chunks_done: u32,
+    at_ms: u64,
+    saved_as: Option<String>,
+}
+
+/// A file record, also one written before group files (a direct file whose chunks are checked
+/// by their authentication alone).
+fn dec_file(b: &[u8]) -> Result<FileRecord, StoreError> {
+    dec(b).or_else(|e| match postcard::from_bytes::<FileBeforeGroups>(b) {
+        Ok(old) => Ok(FileRecord {
+            offer: crate::domain::FileOffer {
+                id: old.offer.id,
+                name: old.offer.name,
+                size: old.offer.size,
+                media_type: old.offer.media_type,
+                chunk_size: old.offer.chunk_size,
+                key: old.offer.key,
+                nonce: old.offer.nonce,
+                sha256: old.offer.sha256,
+                chunk_digests: Vec::new(),
+            },
+            peer: old.peer,
+            direction: old.direction,
+            state: old.state,
+            chunks_done: old.chunks_done,
+            at_ms: old.at_ms,
+            saved_as: old.saved_as,
+            group: None,
+        }),
+        Err(_) => Err(e),
+    })
+}
+
 /// `name ‖ 0 ‖ suffix`: a record of a conversation, device or user (whose text forms contain no
 /// 0 byte), so each one's records are one prefix.
 fn key(name: &impl std::fmt::Display, suffix: &[u8]) -> Vec<u8> {
@@ -610,7 +663,11 @@ impl OutboxStore for SledStore {
 impl FileStore for SledStore {
     #[tracing::instrument(name = "store.file", skip_all)]
     fn file(&self, id: &crate::domain::FileId) -> Result<Option<FileRecord>, StoreError> {
-        Self::get(&self.file_records, id.as_bytes())
+        self.file_records
+            .get(id.as_bytes())
+            .map_err(backend)?
+            .map(|v| dec_file(&v))
+            .transpose()
     }
 
     #[tracing::instrument(name = "store.files", skip_all)]
@@ -619,7 +676,7 @@ impl FileStore for SledStore {
             .file_records
             .iter()
             .values()
-            .map(|v| dec(&v.map_err(backend)?))
+            .map(|v| dec_file(&v.map_err(backend)?))
             .collect::<Result<Vec<FileRecord>, StoreError>>()?;
         files.sort_by_key(|f| f.at_ms);
         Ok(files)
@@ -664,8 +721,9 @@ impl FileStore for SledStore {
         &self,
         id: &crate::domain::FileId,
         name: &str,
+        keep: bool,
     ) -> Result<std::path::PathBuf, BlobError> {
-        self.file_bytes.publish(id, name).await
+        self.file_bytes.publish(id, name, keep).await
     }
 
     async fn discard_file(&self, id: &crate::domain::FileId) -> Result<(), BlobError> {
@@ -979,5 +1037,65 @@ mod tests {
             (Address::first(bob), 9, envelope, None)
         );
         assert!(dec_message(b"\x01\x02").is_err());
+    }
+
+    #[derive(Serialize)]
+    struct OldOffer {
+        id: crate::domain::FileId,
+        name: String,
+        size: u64,
+        media_type: String,
+        chunk_size: u32,
+        key: [u8; 32],
+        nonce: [u8; 7],
+        sha256: [u8; 32],
+    }
+
+    #[derive(Serialize)]
+    struct OldFile {
+        offer: OldOffer,
+        peer: Username,
+        direction: Direction,
+        state: crate::ports::FileState,
+        chunks_done: u32,
+        at_ms: u64,
+        saved_as: Option<String>,
+    }
+
+    #[test]
+    fn file_records_written_before_group_files_still_read() {
+        let old = OldFile {
+            offer: OldOffer {
+                id: crate::domain::FileId::from_bytes([4; 16]),
+                name: "a.txt".into(),
+                size: 5,
+                media_type: "text/plain".into(),
+                chunk_size: crate::domain::file::CHUNK_BYTES,
+                key: [1; 32],
+                nonce: [2; 7],
+                sha256: [3; 32],
+            },
+            peer: Username::new("bob").unwrap(),
+            direction: Direction::Incoming,
+            state: crate::ports::FileState::Downloading,
+            chunks_done: 0,
+            at_ms: 11,
+            saved_as: None,
+        };
+        let read = dec_file(&enc(&old).unwrap()).unwrap();
+        assert_eq!(
+            (
+                read.offer.name.as_str(),
+                read.offer.key,
+                read.chunks_done,
+                read.at_ms
+            ),
+            ("a.txt", [1; 32], 0, 11)
+        );
+        assert!(read.offer.chunk_digests.is_empty() && read.group.is_none());
+        let mut today = read.clone();
+        today.group = Some(GroupId::from_bytes([5; 16]));
+        today.offer.chunk_digests = vec![[6; 32]];
+        assert_eq!(dec_file(&enc(&today).unwrap()).unwrap(), today);
     }
 }

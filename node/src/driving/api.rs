@@ -267,6 +267,9 @@ pub struct FileView {
     /// Where a complete download is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saved_as: Option<String>,
+    /// The group it was offered to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<crate::domain::GroupId>,
 }
 
 impl From<crate::ports::FileRecord> for FileView {
@@ -281,15 +284,20 @@ impl From<crate::ports::FileRecord> for FileView {
             direction: f.direction,
             state: f.state,
             saved_as: f.saved_as,
+            group: f.group,
         }
     }
 }
 
-/// `POST /api/v1/files`: offer a file on this machine to a peer.
+/// `POST /api/v1/files`: offer a file on this machine to a peer or a group (one of the two).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SendFileBody {
     /// The recipient.
-    pub to: Username,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Username>,
+    /// The group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<crate::domain::GroupId>,
     /// The file's path, as the daemon sees it.
     pub path: std::path::PathBuf,
 }
@@ -792,7 +800,17 @@ async fn send_file<P: Ports>(
     State(state): Shared<P>,
     Body(body): Body<SendFileBody>,
 ) -> Result<(StatusCode, Json<FileView>), ApiError> {
-    let id = state.node.send_file(&body.to, &body.path).await?;
+    let id = match (&body.to, &body.group) {
+        (Some(to), None) => state.node.send_file(to, &body.path).await?,
+        (None, Some(group)) => state.node.send_group_file(group, &body.path).await?,
+        _ => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "name either a recipient (to) or a group, not both".into(),
+            ));
+        }
+    };
     Ok((StatusCode::CREATED, Json(state.node.file(&id)?.into())))
 }
 

@@ -228,7 +228,7 @@ pub enum CliCommand {
     /// Offer a file.
     SendFile {
         /// The recipient.
-        name: String,
+        to: FileTarget,
         /// The file.
         path: std::path::PathBuf,
         /// Wait until it is fetched.
@@ -306,6 +306,15 @@ pub enum CliCommand {
         /// The safety number.
         number: String,
     },
+}
+
+/// Whom `send-file` offers a file to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileTarget {
+    /// A person (a username as typed).
+    Peer(String),
+    /// A group (its id as typed).
+    Group(String),
 }
 
 /// A `group` subcommand.
@@ -744,8 +753,11 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
             Ok(())
         }
         CliCommand::Group(command) => group_command(&data_dir, command).await,
-        CliCommand::SendFile { name, path, wait } => {
-            let to = username(&name)?;
+        CliCommand::SendFile { to, path, wait } => {
+            let (to, group) = match to {
+                FileTarget::Peer(name) => (Some(username(&name)?), None),
+                FileTarget::Group(id) => (None, Some(group_id(&id)?)),
+            };
             // The daemon reads the file: give it a path that does not depend on our directory.
             let path = std::path::absolute(&path).unwrap_or(path);
             let client = ApiClient::from_data_dir(&data_dir)?;
@@ -755,10 +767,16 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
                     "/api/v1/files",
                     Some(&SendFileBody {
                         to: to.clone(),
+                        group,
                         path,
                     }),
                 )
                 .await?;
+            let to = match (to, group) {
+                (Some(to), _) => to.to_string(),
+                (None, Some(group)) => format!("the members of group {group}"),
+                (None, None) => String::new(),
+            };
             println!("{}", file.id);
             eprintln!(
                 "offered {} ({} bytes) to {to}; they fetch it from this node",
@@ -780,16 +798,21 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
             }
             for f in files {
                 let state = serde_json::to_string(&f.state).unwrap_or_default();
-                let (arrow, direction) = match f.direction {
-                    crate::ports::Direction::Outgoing => ("to", "sent"),
-                    crate::ports::Direction::Incoming => ("from", "received"),
+                let whom = match (f.direction, f.group) {
+                    (crate::ports::Direction::Outgoing, None) => format!("sent to {}", f.peer),
+                    (crate::ports::Direction::Outgoing, Some(g)) => format!("sent to group {g}"),
+                    (crate::ports::Direction::Incoming, None) => {
+                        format!("received from {}", f.peer)
+                    }
+                    (crate::ports::Direction::Incoming, Some(g)) => {
+                        format!("received from {} in group {g}", f.peer)
+                    }
                 };
                 println!(
-                    "{}  {}  {} bytes  {direction} {arrow} {}  {}  {}/{}",
+                    "{}  {}  {} bytes  {whom}  {}  {}/{}",
                     f.id,
                     escape_controls(&f.name),
                     f.size,
-                    f.peer,
                     state.trim_matches('"'),
                     f.bytes_done,
                     f.size

@@ -109,6 +109,8 @@ pub struct FileRecord {
     pub at_ms: u64,
     /// Incoming and complete: the file's path in the download directory.
     pub saved_as: Option<String>,
+    /// The group it was offered to (then `peer` is who offered it; for ours, ourselves).
+    pub group: Option<GroupId>,
 }
 
 impl FileRecord {
@@ -425,11 +427,13 @@ pub trait FileStore {
         size: u64,
     ) -> impl Future<Output = Result<[u8; 32], BlobError>> + Send;
     /// Moves a fetched file into the download directory as `name` (`name (2)` and so on when
-    /// taken: nothing is overwritten); returns where it went.
+    /// taken: nothing is overwritten); returns where it went. With `keep`, the node keeps its
+    /// copy too (a group file it serves to other members; a hard link where the disk allows).
     fn publish_file(
         &self,
         id: &FileId,
         name: &str,
+        keep: bool,
     ) -> impl Future<Output = Result<std::path::PathBuf, BlobError>> + Send;
     /// Forgets a file's bytes (a failed or cancelled download, a withdrawn offer).
     fn discard_file(&self, id: &FileId) -> impl Future<Output = Result<(), BlobError>> + Send;

@@ -1,23 +1,31 @@
-//! Files: offer one (the offer travels through the ratchet like a text), serve its chunks to the
-//! peer it was offered to over `/peerchat/file/1`, and fetch offered files chunk by chunk —
-//! each chunk checked at its position before it is written, progress recorded durably, resumed
-//! from the first missing chunk after a restart or a dropped connection, and the whole checked
-//! against the offer's SHA-256 before the file appears in the download directory.
+//! Files: offer one to a peer or a group (the offer travels through the ratchet like a text),
+//! serve its chunks over `/peerchat/file/1`, and fetch offered files chunk by chunk — each chunk
+//! checked against the offer's digest list and at its position before it is written, progress
+//! recorded durably, resumed from the first missing chunk after a restart or a dropped
+//! connection, and the whole checked against the offer's SHA-256 before the file appears in the
+//! download directory.
+//!
+//! Who serves: the sender, to whomever it offered the file; and in a group every member, to the
+//! other members, the chunks it holds (a member that completed keeps its copy). A member fetches
+//! from the sender first and, when the sender is busy (it serves at most
+//! [`MAX_UPLOADS_PER_FILE`] fetchers of a file at once) or unreachable, from other members, so
+//! the sender does not upload a copy per member.
 //!
 //! The stream: the fetcher sends `len (u32 BE) ‖ postcard(FileRequest)`; the server answers
-//! `len ‖ postcard(FileAnswer)` and, if it serves, the sealed chunks from the one asked for to
-//! the last, each as `len ‖ bytes`.
+//! `len ‖ postcard(FileAnswer)` and, if it serves, the sealed chunks from the one asked for up
+//! to the one it announced, each as `len ‖ bytes`.
 
 use futures::{AsyncReadExt, AsyncWriteExt};
 use peerchat_pki::Username;
 use rand::RngCore;
 use rand::rngs::OsRng;
+use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{Node, NodeError};
 use crate::domain::file::{CHUNK_BYTES, TAG_BYTES, clean_name};
-use crate::domain::{Address, Content, Envelope, FileId, FileOffer, MessageId};
+use crate::domain::{Address, Content, Envelope, FileId, FileOffer, GroupId, MessageId};
 use crate::ports::{
     Batch, BlobError, Clock, Direction, Directory, Event, FileRecord, FileState, Network, Notifier,
     OutboxEntry, PeerStream, Recipient, Store, Write,
@@ -28,6 +36,13 @@ pub const FILE_PROTOCOL: &str = "/peerchat/file/1";
 
 /// Largest request or answer frame.
 const MAX_CONTROL_FRAME: usize = 1024;
+
+/// How many fetchers one node serves one file to at once; the others are told it is busy and
+/// fetch from other members (or come back later).
+pub const MAX_UPLOADS_PER_FILE: usize = 3;
+
+/// How many other members a group fetch tries, besides the sender.
+const MAX_MEMBER_SOURCES: usize = 8;
 
 /// Default largest file accepted (`--max-file-size`).
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 100 * 1024 * 1024;
@@ -64,10 +79,15 @@ pub struct FileRequest {
 /// The server's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileAnswer {
-    /// The chunks from the one asked for to the last follow.
-    Chunks,
+    /// The chunks from the one asked for up to (not including) `until` follow.
+    Chunks {
+        /// One past the last chunk that follows.
+        until: u32,
+    },
     /// Not served: unknown, not offered to the one asking, or not here any more.
     Refused,
+    /// Serving as many fetchers of this file as it will: ask someone else, or later.
+    Busy,
 }
 
 /// Why a fetch stopped.
@@ -79,6 +99,10 @@ enum FetchError {
     Unreachable(String),
     #[error("the peer refused to serve the file")]
     Refused,
+    #[error("the peer is serving the file to others")]
+    Busy,
+    #[error("nobody reachable holds the rest of the file")]
+    Unavailable,
     #[error("chunk {0} failed authentication")]
     BadChunk(u32),
     #[error("the download was cancelled")]
@@ -147,12 +171,94 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         if me.0 == *to {
             return Err(NodeError::OwnAccount(to.clone()));
         }
+        self.contact_for(to).await?;
+        let offer = self.prepare_offer(path).await?;
+        let id = offer.id;
+        let record = FileRecord {
+            offer: offer.clone(),
+            peer: to.clone(),
+            direction: Direction::Outgoing,
+            state: FileState::Offered,
+            chunks_done: 0,
+            at_ms: self.clock.now_ms(),
+            saved_as: None,
+            group: None,
+        };
+        let content = Content::FileOffer {
+            offer: Box::new(offer),
+            group: None,
+        };
+        if let Err(e) = self
+            .send_control(to, content, vec![Write::File(Box::new(record))])
+            .await
+        {
+            let _ = self.store.discard_file(&id).await;
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// Offers the file at `path` to every other member of `group`: encrypted and offered once,
+    /// the offer sent pairwise like a group message; members fetch the chunks from us or from
+    /// each other. Returns the file's id.
+    #[tracing::instrument(name = "usecase.send_group_file", skip_all, fields(group = %group))]
+    pub async fn send_group_file(
+        &self,
+        group: &GroupId,
+        path: &std::path::Path,
+    ) -> Result<FileId, NodeError> {
+        let me = self.me()?;
+        let state = self.group(group)?;
+        if !state.members.contains(&me.0) {
+            return Err(NodeError::NotMember(*group));
+        }
+        let offer = self.prepare_offer(path).await?;
+        let id = offer.id;
+        let record = FileRecord {
+            offer: offer.clone(),
+            peer: me.0.clone(),
+            direction: Direction::Outgoing,
+            state: FileState::Offered,
+            chunks_done: 0,
+            at_ms: self.clock.now_ms(),
+            saved_as: None,
+            group: Some(*group),
+        };
+        let plaintext = Content::FileOffer {
+            offer: Box::new(offer),
+            group: Some(*group),
+        }
+        .encode()?;
+        let recipients = state
+            .members
+            .iter()
+            .filter(|m| **m != me.0)
+            .map(|m| (m.clone(), plaintext.clone()))
+            .collect();
+        if let Err(e) = self
+            .fan_out(
+                *group,
+                recipients,
+                None,
+                None,
+                vec![Write::File(Box::new(record))],
+            )
+            .await
+        {
+            let _ = self.store.discard_file(&id).await;
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// Keeps a copy of the file at `path` and makes its offer: a fresh key and nonce prefix,
+    /// and the digest of every sealed chunk (sealed one at a time from the copy).
+    async fn prepare_offer(&self, path: &std::path::Path) -> Result<FileOffer, NodeError> {
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(clean_name)
             .ok_or_else(|| NodeError::File("that path names no file".into()))?;
-        self.contact_for(to).await?;
         let id = FileId::random(&mut OsRng);
         let (size, sha256) = self
             .store
@@ -168,30 +274,37 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             key: [0; 32],
             nonce: [0; 7],
             sha256,
+            chunk_digests: Vec::new(),
         };
         OsRng.fill_bytes(&mut offer.key);
         OsRng.fill_bytes(&mut offer.nonce);
-        let record = FileRecord {
-            offer: offer.clone(),
-            peer: to.clone(),
-            direction: Direction::Outgoing,
-            state: FileState::Offered,
-            chunks_done: 0,
-            at_ms: self.clock.now_ms(),
-            saved_as: None,
-        };
-        let content = Content::FileOffer {
-            offer: Box::new(offer),
-            group: None,
-        };
-        if let Err(e) = self
-            .send_control(to, content, vec![Write::File(Box::new(record))])
-            .await
-        {
-            let _ = self.store.discard_file(&id).await;
-            return Err(e);
+        let digests = async {
+            let mut digests = Vec::with_capacity(offer.chunks() as usize);
+            for index in 0..offer.chunks() {
+                let len = offer.chunk_len(index).map_err(|e| e.to_string())?;
+                let plaintext = self
+                    .store
+                    .read_file(&id, offer.offset(index), len)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let sealed = offer.seal(index, &plaintext).map_err(|e| e.to_string())?;
+                digests.push(FileOffer::digest(&sealed));
+            }
+            Ok::<_, String>(digests)
         }
-        Ok(id)
+        .await;
+        match digests {
+            Ok(digests) => offer.chunk_digests = digests,
+            Err(e) => {
+                let _ = self.store.discard_file(&id).await;
+                return Err(NodeError::File(e));
+            }
+        }
+        if let Err(e) = offer.validate(self.file_limits.max_bytes) {
+            let _ = self.store.discard_file(&id).await;
+            return Err(NodeError::File(e.to_string()));
+        }
+        Ok(offer)
     }
 
     /// Encrypts `content` for `to` (X3DH on first contact), stores it in the outbox with
@@ -314,95 +427,32 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     /// Fetches one file from its first missing chunk; whether it completed (true) or failed
     /// its digest (false).
     async fn fetch(&self, mut record: FileRecord) -> Result<bool, FetchError> {
-        let mut hashed: Option<Sha256> = None;
         let offer = record.offer.clone();
         let id = offer.id;
         let chunks = offer.chunks();
+        // Whole from the start: hashed on the way (else the file is read once more at the end).
+        let mut hashed = (record.chunks_done == 0).then(Sha256::new);
         if record.chunks_done < chunks {
-            let contact = self.contact_for(&record.peer).await?;
-            let addresses = match self
-                .store
-                .known_addresses(&Address::first(record.peer.clone()))
-            {
-                Ok(known) if !known.is_empty() => known,
-                _ => {
-                    self.directory
-                        .lookup(&record.peer)
-                        .await
-                        .map_err(NodeError::from)?
-                        .addresses
-                }
-            };
-            let recipient = Recipient {
-                username: record.peer.clone(),
-                identity_key: contact.identity_key,
-                addresses,
-            };
-            let stream = self
-                .network
-                .open_stream(&recipient, FILE_PROTOCOL)
-                .await
-                .map_err(|e| FetchError::Unreachable(e.to_string()))?;
-            let request = FileRequest {
-                id,
-                from: record.chunks_done,
-            };
-            let broken = |e: std::io::Error| FetchError::Stream(e.kind().to_string());
-            let mut stream = stream;
-            write_frame(
-                &mut stream.io,
-                &postcard::to_stdvec(&request).unwrap_or_default(),
-            )
-            .await
-            .map_err(broken)?;
-            let answer = read_frame(&mut stream.io, MAX_CONTROL_FRAME)
-                .await
-                .map_err(broken)?;
-            if postcard::from_bytes::<FileAnswer>(&answer) != Ok(FileAnswer::Chunks) {
-                return Err(FetchError::Refused);
-            }
-            tracing::info!(file = %id, from = record.chunks_done, chunks, "fetching a file");
-            let max = offer.chunk_size as usize + TAG_BYTES;
-            // Whole from the start: hashed on the way (else the file is read once more at the
-            // end).
-            if record.chunks_done == 0 {
-                hashed = Some(Sha256::new());
-            }
-            // One chunk at a time: read, checked, written, recorded durably, and only then the
-            // next read, so a crash at any point costs at most the chunk being read.
-            let mut io = stream.io;
-            while record.chunks_done < chunks {
-                let index = record.chunks_done;
-                let sealed = read_frame(&mut io, max).await.map_err(broken)?;
-                let plaintext = offer
-                    .open(index, &sealed)
-                    .map_err(|_| FetchError::BadChunk(index))?;
-                self.store
-                    .write_file(&id, offer.offset(index), &plaintext)
-                    .await?;
-                if let Some(hash) = hashed.as_mut() {
-                    hash.update(&plaintext);
-                }
-                record.chunks_done = index + 1;
-                {
-                    // Recorded only if the user did not cancel it meanwhile (`cancel_file`
-                    // changes the record under the same lock).
-                    let _guard = self.peer_lock(&record.peer).lock_owned().await;
-                    let now = self.store.file(&id).map_err(NodeError::from)?;
-                    if now.is_some_and(|r| r.state == FileState::Cancelled) {
-                        self.store.discard_file(&id).await?;
-                        return Err(FetchError::Cancelled);
+            let mut last_error = FetchError::Unavailable;
+            for source in self.sources(&record)? {
+                match self.fetch_from(&source, &mut record, &mut hashed).await {
+                    Ok(()) => {}
+                    Err(
+                        e @ (FetchError::Cancelled | FetchError::Node(_) | FetchError::Blob(_)),
+                    ) => {
+                        return Err(e);
                     }
-                    self.store
-                        .commit(&Batch::new().with(Write::File(Box::new(record.clone()))))
-                        .map_err(NodeError::from)?;
+                    Err(e) => {
+                        tracing::info!(file = %id, source = %source, error = %e, "fetching from one source stopped");
+                        last_error = e;
+                    }
                 }
-                self.store.flush().await.map_err(NodeError::from)?;
-                self.notifier.notify(Event::FileProgress {
-                    id,
-                    bytes_done: record.bytes_done(),
-                    total: offer.size,
-                });
+                if record.chunks_done == chunks {
+                    break;
+                }
+            }
+            if record.chunks_done < chunks {
+                return Err(last_error);
             }
         }
         let digest = match hashed {
@@ -429,7 +479,11 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 self.store.discard_file(&id).await?;
                 return Err(FetchError::Cancelled);
             }
-            let path = self.store.publish_file(&id, &name).await?;
+            // A group file stays here too, served to the members still fetching it.
+            let path = self
+                .store
+                .publish_file(&id, &name, record.group.is_some())
+                .await?;
             record.state = FileState::Complete;
             record.saved_as = Some(path.display().to_string());
             self.store
@@ -441,23 +495,160 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         Ok(true)
     }
 
-    /// Serves a `/peerchat/file/1` stream: the chunks of a file we offered to the peer asking,
-    /// from the one it asks for.
+    /// Whom to fetch a file from, in order: its sender, then (a group's file) up to
+    /// [`MAX_MEMBER_SOURCES`] other members in random order.
+    fn sources(&self, record: &FileRecord) -> Result<Vec<Username>, NodeError> {
+        let mut sources = vec![record.peer.clone()];
+        if let Some(group) = record.group {
+            let me = self.me()?;
+            let mut members: Vec<Username> = self
+                .store
+                .group(&group)?
+                .map(|g| g.state().members.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| *m != me.0 && *m != record.peer)
+                .collect();
+            members.shuffle(&mut OsRng);
+            members.truncate(MAX_MEMBER_SOURCES);
+            sources.extend(members);
+        }
+        Ok(sources)
+    }
+
+    /// Fetches from `source` the chunks it holds from our first missing one, each checked,
+    /// written and recorded durably before the next is read.
+    async fn fetch_from(
+        &self,
+        source: &Username,
+        record: &mut FileRecord,
+        hashed: &mut Option<Sha256>,
+    ) -> Result<(), FetchError> {
+        let offer = record.offer.clone();
+        let id = offer.id;
+        let contact = self.contact_for(source).await?;
+        let addresses = match self.store.known_addresses(&Address::first(source.clone())) {
+            Ok(known) if !known.is_empty() => known,
+            _ => {
+                self.directory
+                    .lookup(source)
+                    .await
+                    .map_err(NodeError::from)?
+                    .addresses
+            }
+        };
+        let recipient = Recipient {
+            username: source.clone(),
+            identity_key: contact.identity_key,
+            addresses,
+        };
+        let mut stream = self
+            .network
+            .open_stream(&recipient, FILE_PROTOCOL)
+            .await
+            .map_err(|e| FetchError::Unreachable(e.to_string()))?;
+        let request = FileRequest {
+            id,
+            from: record.chunks_done,
+        };
+        let broken = |e: std::io::Error| FetchError::Stream(e.kind().to_string());
+        write_frame(
+            &mut stream.io,
+            &postcard::to_stdvec(&request).unwrap_or_default(),
+        )
+        .await
+        .map_err(broken)?;
+        let answer = read_frame(&mut stream.io, MAX_CONTROL_FRAME)
+            .await
+            .map_err(broken)?;
+        let until = match postcard::from_bytes::<FileAnswer>(&answer) {
+            Ok(FileAnswer::Chunks { until }) => until.min(offer.chunks()),
+            Ok(FileAnswer::Busy) => return Err(FetchError::Busy),
+            _ => return Err(FetchError::Refused),
+        };
+        if until <= record.chunks_done {
+            return Err(FetchError::Refused);
+        }
+        tracing::info!(file = %id, source = %source, from = record.chunks_done, until, "fetching a file");
+        let max = offer.chunk_size as usize + TAG_BYTES;
+        // One chunk at a time: read, checked, written, recorded durably, and only then the
+        // next read, so a crash at any point costs at most the chunk being read.
+        let mut io = stream.io;
+        while record.chunks_done < until {
+            let index = record.chunks_done;
+            let sealed = read_frame(&mut io, max).await.map_err(broken)?;
+            let plaintext = offer.check(index, &sealed).map_err(|_| {
+                tracing::warn!(file = %id, source = %source, chunk = index, "a chunk failed its check; it is fetched elsewhere or again");
+                FetchError::BadChunk(index)
+            })?;
+            self.store
+                .write_file(&id, offer.offset(index), &plaintext)
+                .await?;
+            if let Some(hash) = hashed.as_mut() {
+                hash.update(&plaintext);
+            }
+            record.chunks_done = index + 1;
+            {
+                // Recorded only if the user did not cancel it meanwhile (`cancel_file`
+                // changes the record under the same lock).
+                let _guard = self.peer_lock(&record.peer).lock_owned().await;
+                let now = self.store.file(&id).map_err(NodeError::from)?;
+                if now.is_some_and(|r| r.state == FileState::Cancelled) {
+                    self.store.discard_file(&id).await?;
+                    return Err(FetchError::Cancelled);
+                }
+                self.store
+                    .commit(&Batch::new().with(Write::File(Box::new(record.clone()))))
+                    .map_err(NodeError::from)?;
+            }
+            self.store.flush().await.map_err(NodeError::from)?;
+            self.notifier.notify(Event::FileProgress {
+                id,
+                bytes_done: record.bytes_done(),
+                total: offer.size,
+            });
+        }
+        Ok(())
+    }
+
+    /// How far we serve a file to `asker`: one past the last chunk we hold, if `asker` may have
+    /// it at all — the peer we offered it to, or (a group's file) a current member.
+    fn servable(&self, record: &FileRecord, asker: &Username) -> Option<u32> {
+        if record.state == FileState::Cancelled {
+            return None;
+        }
+        let allowed = match record.group {
+            None => record.direction == Direction::Outgoing && record.peer == *asker,
+            Some(group) => self
+                .store
+                .group(&group)
+                .ok()
+                .flatten()
+                .is_some_and(|g| g.state().members.contains(asker)),
+        };
+        if !allowed {
+            return None;
+        }
+        match (record.direction, record.state) {
+            (Direction::Outgoing, _) | (_, FileState::Complete) => Some(record.offer.chunks()),
+            (Direction::Incoming, _) => Some(record.chunks_done),
+        }
+    }
+
+    /// Serves a `/peerchat/file/1` stream: the chunks of a file the peer asking may have, from
+    /// the one it asks for up to the last we hold.
     pub(super) async fn serve_file(&self, mut stream: PeerStream) {
         let peer = stream.peer.username.clone();
         let request = match read_frame(&mut stream.io, MAX_CONTROL_FRAME).await {
             Ok(bytes) => postcard::from_bytes::<FileRequest>(&bytes).ok(),
             Err(_) => None,
         };
-        let record = request
-            .as_ref()
-            .and_then(|r| self.store.file(&r.id).ok().flatten())
-            .filter(|f| {
-                f.direction == Direction::Outgoing
-                    && f.peer == peer
-                    && f.state != FileState::Cancelled
-            });
-        let (Some(request), Some(record)) = (request, record) else {
+        let served = request.as_ref().and_then(|r| {
+            let record = self.store.file(&r.id).ok().flatten()?;
+            let until = self.servable(&record, &peer)?;
+            Some((record, until))
+        });
+        let (Some(request), Some((record, until))) = (request, served) else {
             tracing::warn!(peer = %peer, "a peer asked for a file it was not offered");
             let _ = write_frame(
                 &mut stream.io,
@@ -467,12 +658,18 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             return;
         };
         let offer = record.offer;
-        let answer = postcard::to_stdvec(&FileAnswer::Chunks).unwrap_or_default();
+        let Some(_upload) = Upload::start(&self.uploads, offer.id) else {
+            let busy = postcard::to_stdvec(&FileAnswer::Busy).unwrap_or_default();
+            let _ = write_frame(&mut stream.io, &busy).await;
+            let _ = stream.io.close().await;
+            return;
+        };
+        let answer = postcard::to_stdvec(&FileAnswer::Chunks { until }).unwrap_or_default();
         if write_frame(&mut stream.io, &answer).await.is_err() {
             return;
         }
         let mut sent = 0u32;
-        for index in request.from..offer.chunks() {
+        for index in request.from..until {
             let served = async {
                 let len = offer.chunk_len(index).map_err(|e| e.to_string())?;
                 let plaintext = self
@@ -490,7 +687,9 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 break;
             }
             sent += 1;
-            self.served(&offer, index + 1).await;
+            if record.group.is_none() {
+                self.served(&offer, index + 1).await;
+            }
         }
         let _ = stream.io.flush().await;
         let _ = stream.io.close().await;
@@ -549,13 +748,18 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         &self,
         from: &Username,
         offer: FileOffer,
+        group: Option<GroupId>,
     ) -> Result<Option<FileRecord>, crate::domain::RejectReason> {
         if offer.validate(self.file_limits.max_bytes).is_err() {
             tracing::warn!(peer = %from, file = %offer.id, "a file offer over the limit or malformed was refused");
             return Err(crate::domain::RejectReason::Refused);
         }
         match self.store.file(&offer.id) {
-            Ok(Some(known)) if known.peer == *from && known.offer == offer => return Ok(None),
+            Ok(Some(known))
+                if known.peer == *from && known.offer == offer && known.group == group =>
+            {
+                return Ok(None);
+            }
             Ok(Some(_)) => {
                 tracing::warn!(peer = %from, file = %offer.id, "a second offer with a known file id was refused");
                 return Err(crate::domain::RejectReason::Refused);
@@ -575,6 +779,63 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             chunks_done: 0,
             at_ms: self.clock.now_ms(),
             saved_as: None,
+            group,
         }))
+    }
+}
+
+/// One fetcher being served a file: counted while it lasts, at most
+/// [`MAX_UPLOADS_PER_FILE`] at once.
+struct Upload<'a> {
+    uploads: &'a std::sync::Mutex<std::collections::HashMap<FileId, usize>>,
+    id: FileId,
+}
+
+impl<'a> Upload<'a> {
+    fn start(
+        uploads: &'a std::sync::Mutex<std::collections::HashMap<FileId, usize>>,
+        id: FileId,
+    ) -> Option<Self> {
+        let mut counts = uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(id).or_default();
+        if *count >= MAX_UPLOADS_PER_FILE {
+            return None;
+        }
+        *count += 1;
+        Some(Self { uploads, id })
+    }
+}
+
+impl Drop for Upload<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_file_is_served_to_a_bounded_number_of_fetchers_at_once() {
+        let uploads = std::sync::Mutex::new(std::collections::HashMap::new());
+        let (one, other) = (FileId::from_bytes([1; 16]), FileId::from_bytes([2; 16]));
+        let mut held: Vec<Upload<'_>> = (0..MAX_UPLOADS_PER_FILE)
+            .map(|_| Upload::start(&uploads, one).unwrap())
+            .collect();
+        assert!(Upload::start(&uploads, one).is_none(), "busy");
+        assert!(Upload::start(&uploads, other).is_some(), "per file");
+        held.pop();
+        assert!(Upload::start(&uploads, one).is_some(), "a slot came free");
+        held.clear();
+        assert!(uploads.lock().unwrap().is_empty(), "nothing left over");
     }
 }

@@ -76,7 +76,8 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             .filter(|m| **m != me.0)
             .map(|m| (m.clone(), plaintext.clone()))
             .collect();
-        self.fan_out(id, recipients, None, Some(group)).await?;
+        self.fan_out(id, recipients, None, Some(group), Vec::new())
+            .await?;
         Ok(id)
     }
 
@@ -128,7 +129,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 (m.clone(), plaintext)
             })
             .collect();
-        self.fan_out(*group, recipients, None, Some(current))
+        self.fan_out(*group, recipients, None, Some(current), Vec::new())
             .await?;
         Ok(after)
     }
@@ -182,7 +183,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 MessageStatus::Pending,
             )
         };
-        self.fan_out(*group, recipients, Some(message), None)
+        self.fan_out(*group, recipients, Some(message), None, Vec::new())
             .await?;
         Ok(self
             .store
@@ -192,20 +193,21 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
 
     /// Encrypts each recipient's plaintext over their session, stores the envelopes with
     /// `message` (a group message, its envelopes carrying its id) or `state` (a change, all or
-    /// none: a member who cannot be reached fails the change) in one commit and one flush, then
-    /// delivers them concurrently.
+    /// none: a member who cannot be reached fails the change), and `writes`, in one commit and
+    /// one flush, then delivers them concurrently.
     ///
     /// Every recipient's lock is taken (in name order: no other path holds two at once) and each
     /// session read once under it. Members without a session yet (first contact) are set up by
     /// X3DH outside the locks, then the locks are taken again.
-    async fn fan_out(
+    pub(super) async fn fan_out(
         &self,
         group: GroupId,
         recipients: Vec<(Username, Vec<u8>)>,
         mut message: Option<StoredMessage>,
         state: Option<Group>,
+        writes: Vec<Write>,
     ) -> Result<(), NodeError> {
-        let all_or_none = message.is_none();
+        let all_or_none = state.is_some();
         let envelope_id = message
             .as_ref()
             .map_or_else(|| MessageId::random(&mut OsRng), |m| m.id);
@@ -213,7 +215,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         let mut set_up: BTreeMap<Username, Prepared> = BTreeMap::new();
         let mut statuses = BTreeMap::new();
         let mut envelopes = Vec::with_capacity(recipients.len());
-        let mut batch = Batch::new();
+        let mut batch = Batch(writes);
         // Held from reading the sessions until their advanced states are committed.
         let mut guards = Vec::with_capacity(recipients.len());
         for attempt in 0..2 {

@@ -166,6 +166,8 @@ pub struct Node<S, D, N, E, C> {
     downloads_signal: tokio::sync::Notify,
     /// How far peers have fetched the files we serve (chunks), while they fetch.
     serving: Mutex<HashMap<crate::domain::FileId, u32>>,
+    /// How many fetchers each file is being served to now.
+    uploads: Mutex<HashMap<crate::domain::FileId, usize>>,
 }
 
 /// How long looked-up addresses are reused.
@@ -194,6 +196,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             file_limits: files::FileLimits::default(),
             downloads_signal: tokio::sync::Notify::new(),
             serving: Mutex::new(HashMap::new()),
+            uploads: Mutex::new(HashMap::new()),
         }
     }
 

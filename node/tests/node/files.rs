@@ -132,19 +132,59 @@ async fn a_large_offer_waits_for_accept_and_a_fetch_resumes_from_the_first_missi
 }
 
 #[tokio::test]
+async fn a_chunk_that_is_not_the_one_listed_is_refused_and_fetched_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_world, alice, bob) = pair(FileLimits::default()).await;
+    let (path, bytes) = a_file(&tmp, "report.pdf", 2 * MIB + 10);
+    let id = alice.node.send_file(&bob.name, &path).await.unwrap();
+    // The sender's kept copy changed after the offer: the second chunk it seals authenticates
+    // under the key but is not the chunk listed in the offer.
+    alice
+        .store
+        .write_file(&id, MIB as u64 + 5, b"changed")
+        .await
+        .unwrap();
+    assert_eq!(bob.node.fetch_files().await.unwrap(), 0);
+    let stopped = offered_to(&bob, &id);
+    assert_eq!(
+        (stopped.state, stopped.chunks_done, stopped.saved_as),
+        (FileState::Downloading, 1, None),
+        "the first chunk is kept, the bad one is not written, the download goes on later"
+    );
+    assert_eq!(progress(&bob), [MIB as u64]);
+    // The genuine bytes again: the next fetch takes the refused chunk again and completes.
+    alice
+        .store
+        .write_file(&id, MIB as u64, &bytes[MIB..2 * MIB])
+        .await
+        .unwrap();
+    assert_eq!(bob.node.fetch_files().await.unwrap(), 1);
+    let saved = std::path::PathBuf::from(offered_to(&bob, &id).saved_as.unwrap());
+    assert_eq!(bob.store.published(&saved).unwrap(), bytes);
+}
+
+#[tokio::test]
 async fn a_file_that_does_not_match_its_digest_is_discarded() {
     let tmp = tempfile::tempdir().unwrap();
     let (_world, alice, bob) = pair(FileLimits::default()).await;
     let (path, _) = a_file(&tmp, "report.pdf", MIB + 10);
     let id = alice.node.send_file(&bob.name, &path).await.unwrap();
-    // The sender's kept copy changed after the offer: every chunk authenticates (the sender
-    // seals what it has), the digest does not.
-    alice.store.write_file(&id, 5, b"changed").await.unwrap();
+    // A sender whose chunks are the ones it listed but whose announced digest of the whole is
+    // not theirs.
+    let mut lied = offered_to(&bob, &id);
+    lied.offer.sha256[0] ^= 1;
+    bob.store
+        .commit(&Batch::new().with(Write::File(Box::new(lied))))
+        .unwrap();
     assert_eq!(bob.node.fetch_files().await.unwrap(), 0);
     let failed = offered_to(&bob, &id);
     assert_eq!(failed.state, FileState::Failed);
-    assert_eq!(failed.saved_as, None);
+    assert_eq!((failed.saved_as, failed.chunks_done), (None, 0));
     assert!(bob.events.events().contains(&Event::FileFailed { id }));
+    assert!(
+        bob.store.read_file(&id, 0, 1).await.is_err(),
+        "its bytes were discarded"
+    );
 }
 
 #[tokio::test]
@@ -222,4 +262,147 @@ async fn a_cancelled_download_is_not_fetched_until_accepted_again() {
         bob.node.cancel_file(&id).await,
         Err(NodeError::File(_))
     ));
+}
+
+/// Alice (admin) with bob and carol in a group, every member holding the creation.
+async fn a_group_of_three() -> (World, [User; 3], peerchat::domain::GroupId) {
+    let world = given_a_rendezvous();
+    let alice = world.given_a_registered_user("alice").await;
+    let bob = world.given_a_registered_user("bob").await;
+    let carol = world.given_a_registered_user("carol").await;
+    let id = alice
+        .node
+        .create_group("crew", &[bob.name.clone(), carol.name.clone()])
+        .await
+        .unwrap();
+    (world, [alice, bob, carol], id)
+}
+
+#[tokio::test]
+async fn a_group_file_is_offered_once_and_a_member_completes_from_another_while_the_sender_is_away()
+{
+    let tmp = tempfile::tempdir().unwrap();
+    let (world, [alice, bob, carol], group) = a_group_of_three().await;
+    let (path, bytes) = a_file(&tmp, "plan.pdf", 3 * MIB + 7);
+    let id = alice.node.send_group_file(&group, &path).await.unwrap();
+
+    let sent = alice.node.file(&id).unwrap();
+    assert_eq!(
+        (sent.direction, sent.group, &sent.peer),
+        (Direction::Outgoing, Some(group), &alice.name)
+    );
+    for member in [&bob, &carol] {
+        let offered = offered_to(member, &id);
+        assert_eq!(
+            (offered.group, &offered.peer, offered.state),
+            (Some(group), &alice.name, FileState::Downloading),
+            "{}",
+            member.name
+        );
+        assert_eq!(
+            offered.offer, sent.offer,
+            "one offer, one key, for everyone"
+        );
+    }
+    assert_eq!(bob.node.fetch_files().await.unwrap(), 1);
+    let at_bob = offered_to(&bob, &id);
+    assert_eq!(
+        bob.store
+            .published(std::path::Path::new(&at_bob.saved_as.unwrap()))
+            .unwrap(),
+        bytes
+    );
+
+    // The sender goes away; carol fetches everything from bob, who kept his copy.
+    world.hub.set_online(&alice.name, false);
+    assert_eq!(carol.node.fetch_files().await.unwrap(), 1);
+    let at_carol = offered_to(&carol, &id);
+    assert_eq!(at_carol.state, FileState::Complete);
+    assert_eq!(
+        carol
+            .store
+            .published(std::path::Path::new(&at_carol.saved_as.unwrap()))
+            .unwrap(),
+        bytes
+    );
+}
+
+#[tokio::test]
+async fn a_member_serving_chunks_of_its_own_making_is_caught_and_the_sender_serves_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (world, [alice, bob, carol], group) = a_group_of_three().await;
+    let (path, bytes) = a_file(&tmp, "minutes.txt", 2 * MIB + 100);
+    let id = alice.node.send_group_file(&group, &path).await.unwrap();
+    assert_eq!(bob.node.fetch_files().await.unwrap(), 1);
+    // Bob changes his copy: what he serves now authenticates under the file's key (he holds
+    // it), but is not what alice sealed.
+    bob.store
+        .write_file(&id, MIB as u64 + 1, b"forged")
+        .await
+        .unwrap();
+    world.hub.set_online(&alice.name, false);
+    assert_eq!(carol.node.fetch_files().await.unwrap(), 0);
+    let stopped = offered_to(&carol, &id);
+    assert_eq!(
+        (stopped.state, stopped.chunks_done),
+        (FileState::Downloading, 1),
+        "bob's genuine first chunk is kept, his forged second is not"
+    );
+    world.hub.set_online(&alice.name, true);
+    assert_eq!(carol.node.fetch_files().await.unwrap(), 1);
+    let at_carol = offered_to(&carol, &id);
+    assert_eq!(
+        carol
+            .store
+            .published(std::path::Path::new(&at_carol.saved_as.unwrap()))
+            .unwrap(),
+        bytes
+    );
+}
+
+#[tokio::test]
+async fn group_files_go_to_members_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (world, [alice, bob, carol], group) = a_group_of_three().await;
+    let dave = world.given_a_registered_user("dave").await;
+    let (path, _) = a_file(&tmp, "crew only.txt", 1000);
+    // A non-member cannot offer a file to the group.
+    assert!(matches!(
+        dave.node.send_group_file(&group, &path).await,
+        Err(NodeError::UnknownGroup(_))
+    ));
+    let id = alice.node.send_group_file(&group, &path).await.unwrap();
+    assert_eq!(bob.node.fetch_files().await.unwrap(), 1);
+    // Dave learnt the offer and asks alice and bob for it: neither serves him.
+    let mut stolen = offered_to(&bob, &id);
+    stolen.state = FileState::Downloading;
+    stolen.chunks_done = 0;
+    stolen.saved_as = None;
+    let mut doctored = bob.node.group(&group).unwrap();
+    doctored.members.insert(dave.name.clone());
+    dave.store
+        .commit(
+            &Batch::new()
+                .with(Write::File(Box::new(stolen)))
+                .with(Write::Group(Box::new(
+                    peerchat::domain::Group::joined(doctored).unwrap(),
+                ))),
+        )
+        .unwrap();
+    assert_eq!(dave.node.fetch_files().await.unwrap(), 0);
+    assert!(
+        dave.store.read_file(&id, 0, 1).await.is_err(),
+        "no byte arrived"
+    );
+    // Once removed, carol is served no more either (she had not fetched it yet).
+    alice
+        .node
+        .change_group(
+            &group,
+            peerchat::domain::Change::Remove(vec![carol.name.clone()]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(carol.node.fetch_files().await.unwrap(), 0);
+    assert!(carol.store.read_file(&id, 0, 1).await.is_err());
 }

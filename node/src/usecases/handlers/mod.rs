@@ -110,7 +110,9 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             Content::GroupReceipt { group, ids, read } => {
                 self.handle_group_receipt(decrypted, group, ids, read).await
             }
-            Content::FileOffer { offer, .. } => self.handle_file_offer(decrypted, *offer).await,
+            Content::FileOffer { offer, group } => {
+                self.handle_file_offer(decrypted, *offer, group).await
+            }
         }
     }
 }
