@@ -103,7 +103,7 @@ enum FetchError {
     Busy,
     #[error("nobody reachable holds the rest of the file")]
     Unavailable,
-    #[error("chunk {0} failed authentication")]
+    #[error("chunk {0} is not the one the sender sealed")]
     BadChunk(u32),
     #[error("the download was cancelled")]
     Cancelled,

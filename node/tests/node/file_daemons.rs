@@ -136,3 +136,91 @@ async fn a_100_mb_file_survives_a_killed_receiver_and_a_restarted_sender() {
     );
     drop(alice);
 }
+
+/// Overwrites `bytes` at `offset` of the file at `path`, in place (the same inode: a hard link
+/// to it sees the change).
+fn overwrite(path: &std::path::Path, offset: u64, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_member_completes_from_another_while_the_sender_is_offline_and_a_tampered_chunk_is_refetched()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = rendezvous(&tmp.path().join("rendezvous")).await;
+    let dirs = ["alice", "bob", "carol"].map(|n| tmp.path().join(n));
+    let mut alice = Daemon::start(&dirs[0], &url);
+    let bob = Daemon::start(&dirs[1], &url);
+    let mut carol = Daemon::start(&dirs[2], &url);
+    alice.register("alice");
+    bob.register("bob");
+    carol.register("carol");
+    let group = ok(&alice.cli(&["group", "create", "crew", "--members", "bob,carol"]))
+        .trim()
+        .to_owned();
+    for d in [&bob, &carol] {
+        eventually("every member holds the group", 30, || {
+            ok(&d.cli(&["group", "list"]))
+                .contains(&group)
+                .then_some(())
+        });
+    }
+    carol.terminate();
+
+    // 8 MiB: under --auto-download-max, so members fetch it by themselves.
+    let mut bytes = vec![0u8; 8 * 1024 * 1024 + 3];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let source = tmp.path().join("slides.bin");
+    std::fs::write(&source, &bytes).unwrap();
+    let sent = ok(&alice.cli(&["send-file", "--group", &group, source.to_str().unwrap()]));
+    let id = sent.trim().to_owned();
+    assert_eq!(id.len(), 32, "the id alone on its line: {sent}");
+    let at_bob = eventually("bob fetched it", 60, || {
+        file(&bob, &id).filter(|f| f.state == FileState::Complete)
+    });
+    let bob_copy = std::path::PathBuf::from(at_bob.saved_as.unwrap());
+    assert_eq!(std::fs::read(&bob_copy).unwrap(), bytes);
+    alice.terminate();
+
+    // Bob's copy of the second chunk changes (what a member with the key could serve): carol,
+    // back while alice is away, takes the first chunk from bob and refuses the second.
+    let genuine = bytes[1024 * 1024..1024 * 1024 + 6].to_vec();
+    overwrite(&bob_copy, 1024 * 1024, b"forged");
+    carol = Daemon::start(&dirs[2], &url);
+    let carol_log = dirs[2].with_extension("log");
+    eventually("carol refuses bob's second chunk", 30, || {
+        std::fs::read_to_string(&carol_log)
+            .unwrap_or_default()
+            .contains("a chunk failed its check")
+            .then_some(())
+    });
+    let stuck = file(&carol, &id).unwrap();
+    assert_eq!(
+        (stuck.state, stuck.bytes_done),
+        (FileState::Downloading, 1024 * 1024),
+        "nothing past the refused chunk"
+    );
+    // Bob's copy is whole again: carol's next attempt fetches the chunk again and completes
+    // from bob, with alice still offline.
+    overwrite(&bob_copy, 1024 * 1024, &genuine);
+    let done = eventually("carol completes from bob", 60, || {
+        file(&carol, &id).filter(|f| f.state == FileState::Complete)
+    });
+    let got = std::fs::read(done.saved_as.unwrap()).unwrap();
+    assert_eq!(
+        Sha256::digest(&got),
+        Sha256::digest(&bytes),
+        "the same bytes"
+    );
+    let log = std::fs::read_to_string(&carol_log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("fetching a file") && l.contains("source=bob")),
+        "carol fetched from bob"
+    );
+    drop(bob);
+}
