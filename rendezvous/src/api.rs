@@ -254,3 +254,15 @@ pub struct Health {
     /// `ok`.
     pub status: String,
 }
+
+/// `PUT /v1/blobs/{id}`: park a file's sealed chunks for its readers (then `PUT
+/// /v1/blobs/{id}/{index}` with each chunk's bytes as the body).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkRequest {
+    /// Total bytes of the sealed chunks.
+    pub size: u64,
+    /// How many chunks.
+    pub chunks: u32,
+    /// Who may fetch it (and acknowledge it with `DELETE /v1/blobs/{id}`).
+    pub readers: Vec<String>,
+}

@@ -141,6 +141,13 @@ impl From<crate::service::ServiceError> for ApiError {
             E::KeyMismatch => Self::bad_request("key_mismatch", message),
             E::TooManyPreKeys(_) => Self::bad_request("too_many_prekeys", message),
             E::BadAddresses { .. } => Self::bad_request("bad_addresses", message),
+            E::NoBlobStore => Self::not_found("no_blob_store", message),
+            E::BadBlob(_) => Self::bad_request("bad_blob", message),
+            E::BlobTooLarge(_) => Self::too_large(message),
+            E::BlobExists => Self::new(StatusCode::CONFLICT, "blob_exists", message),
+            E::BlobQuota(_) => Self::new(StatusCode::INSUFFICIENT_STORAGE, "blob_quota", message),
+            E::NoSuchBlob => Self::not_found("no_such_blob", message),
+            E::NotYourBlob => Self::forbidden(message),
             E::Store(e) => e.into(),
             E::Internal => Self::internal(),
         }

@@ -224,6 +224,11 @@ fn api_router<S: Store>(state: Shared<S>) -> Router {
         .route("/v1/presence", put(announce::<S>))
         .route("/v1/mailbox/{username}", get(fetch::<S>).post(deposit::<S>))
         .route("/v1/mailbox/{username}/{id}", delete(ack::<S>))
+        .route("/v1/blobs/{id}", put(park::<S>).delete(unpark::<S>))
+        .route(
+            "/v1/blobs/{id}/{index}",
+            put(park_chunk::<S>).get(parked_chunk::<S>),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe::<S>))
         .with_state(state)
@@ -538,6 +543,89 @@ async fn ack<S: Store>(
 ) -> Result<StatusCode, ApiError> {
     let id = wire::envelope_id(&id)?;
     state.service.ack(&caller, &username(&owner)?, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn park<S: Store>(
+    State(state): State<Shared<S>>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<api::ParkRequest>,
+) -> Result<StatusCode, ApiError> {
+    let readers = request
+        .readers
+        .iter()
+        .map(|r| username(r))
+        .collect::<Result<_, _>>()?;
+    let spec = crate::service::blobs::BlobSpec {
+        size: request.size,
+        chunks: request.chunks,
+        readers,
+    };
+    state.service.park(&caller, &id, spec)?;
+    Ok(StatusCode::CREATED)
+}
+
+fn chunk_index(raw: &str) -> Result<u32, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::bad_request("bad_blob", "a chunk index is a number"))
+}
+
+async fn park_chunk<S: Store>(
+    State(state): State<Shared<S>>,
+    Authenticated(caller): Authenticated,
+    Path((id, index)): Path<(String, String)>,
+    request: Request,
+) -> Result<StatusCode, ApiError> {
+    let index = chunk_index(&index)?;
+    let limit = crate::service::blobs::MAX_BLOB_CHUNK_BYTES;
+    let timeout = state.service.limits().body_read_timeout;
+    let read = axum::body::to_bytes(request.into_body(), limit);
+    let bytes = tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| {
+            ApiError::request_timeout(format!(
+                "the chunk did not arrive within {} s",
+                timeout.as_secs()
+            ))
+        })?
+        .map_err(|_| ApiError::too_large(format!("a chunk is at most {limit} bytes")))?;
+    let service = state.service.clone();
+    tokio::task::spawn_blocking(move || service.park_chunk(&caller, &id, index, &bytes))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn parked_chunk<S: Store>(
+    State(state): State<Shared<S>>,
+    Authenticated(caller): Authenticated,
+    Path((id, index)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let index = chunk_index(&index)?;
+    let service = state.service.clone();
+    let chunk = tokio::task::spawn_blocking(move || service.parked_chunk(&caller, &id, index))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    match chunk {
+        Some(bytes) => Ok((
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            Bytes::from(bytes),
+        )
+            .into_response()),
+        None => Err(ApiError::not_found(
+            "no_such_chunk",
+            "that chunk is not parked here",
+        )),
+    }
+}
+
+async fn unpark<S: Store>(
+    State(state): State<Shared<S>>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.service.unpark(&caller, &id)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

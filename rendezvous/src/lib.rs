@@ -120,8 +120,11 @@ pub fn prepare(config: &Config, now: SystemTime) -> Result<Prepared, StartError>
     };
     let store = SledStore::open(&db_dir(&config.data_dir))?;
     private(&config.data_dir);
-    let service =
-        Arc::new(Rendezvous::new(store, ca, config.limits.clone())?.with_totp_key(totp_key));
+    let service = Arc::new(
+        Rendezvous::new(store, ca, config.limits.clone())?
+            .with_totp_key(totp_key)
+            .with_blobs(config.data_dir.join("blobs")),
+    );
     let credentials = Credentials::new(vec![server_cert.der], server_key);
     let tls = Arc::new(rendezvous_server_config(credentials, service.trust())?);
     Ok(Prepared {

@@ -68,6 +68,12 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Time a client has to send a request's body once its headers are in.
     pub body_read_timeout: Duration,
+    /// Largest parked file (sealed bytes: 100 MiB of plaintext and the chunks' tags).
+    pub blob_max_bytes: u64,
+    /// Most bytes of parked files one user may hold at once.
+    pub blob_quota_bytes: u64,
+    /// How long a parked file is kept when not every reader fetched it.
+    pub blob_expiry: Duration,
 }
 
 /// A token bucket: `burst` requests at once, then one per `period`.
@@ -133,6 +139,9 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
+            blob_max_bytes: 100 * 1024 * 1024 + 4096 * 16,
+            blob_quota_bytes: 256 * 1024 * 1024,
+            blob_expiry: Duration::from_secs(48 * 3600),
         }
     }
 }

@@ -79,6 +79,27 @@ pub enum ServiceError {
         /// Longest address.
         max_len: usize,
     },
+    /// This rendezvous keeps no parked files.
+    #[error("this rendezvous does not keep parked files")]
+    NoBlobStore,
+    /// A parked file or chunk that does not fit its description.
+    #[error("{0}")]
+    BadBlob(&'static str),
+    /// A parked file or chunk over the limit.
+    #[error("a parked file is at most {0} bytes")]
+    BlobTooLarge(u64),
+    /// Another file is parked under that id.
+    #[error("another file is parked under that id")]
+    BlobExists,
+    /// The caller's parked files would exceed its quota.
+    #[error("your parked files would exceed {0} bytes; try again when some are fetched")]
+    BlobQuota(u64),
+    /// No file is parked under that id (or it expired).
+    #[error("no file is parked under that id")]
+    NoSuchBlob,
+    /// Someone else's parked file.
+    #[error("only a parked file's owner and readers may use it")]
+    NotYourBlob,
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),

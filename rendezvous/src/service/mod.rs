@@ -5,6 +5,7 @@
 //! [`directory`] (lookup and presence) and [`mailbox`].
 
 pub mod accounts;
+pub mod blobs;
 pub mod certificates;
 pub mod directory;
 mod error;
@@ -114,6 +115,10 @@ pub struct Rendezvous<S: Store> {
     totp_lock: tokio::sync::Mutex<()>,
     /// Where `now` comes from.
     clock: Arc<dyn Clock>,
+    /// Where parked files live, if this rendezvous keeps them.
+    blobs: Option<std::path::PathBuf>,
+    /// Serializes changes to parked files (quota checks see a settled state).
+    blob_lock: Mutex<()>,
 }
 
 impl<S: Store> std::fmt::Debug for Rendezvous<S> {
@@ -172,6 +177,8 @@ impl<S: Store> Rendezvous<S> {
             totp_key: TotpKey::generate(),
             totp_lock: tokio::sync::Mutex::new(()),
             clock,
+            blobs: None,
+            blob_lock: Mutex::new(()),
         })
     }
 
@@ -179,6 +186,12 @@ impl<S: Store> Rendezvous<S> {
     /// random key lives as long as the service).
     pub fn with_totp_key(mut self, key: TotpKey) -> Self {
         self.totp_key = key;
+        self
+    }
+
+    /// Keeps parked files under `dir` (see [`blobs`]).
+    pub fn with_blobs(mut self, dir: std::path::PathBuf) -> Self {
+        self.blobs = Some(dir);
         self
     }
 
@@ -228,6 +241,10 @@ impl<S: Store> Rendezvous<S> {
         if purged > 0 {
             self.store.flush().await?;
             tracing::info!(purged, "expired envelopes dropped");
+        }
+        let swept = self.sweep_blobs()?;
+        if swept > 0 {
+            tracing::info!(swept, "expired parked files dropped");
         }
         for l in [
             &self.limiters.login_per_account,
