@@ -141,6 +141,11 @@ enum Command {
         /// Wait until they have fetched it all, showing progress.
         #[arg(long)]
         wait: bool,
+        /// Also leave the sealed file with the rendezvous, so they can fetch it while this node
+        /// is offline (done anyway when they are offline now). The rendezvous sees ciphertext
+        /// only and deletes it once they have it, or after 48 hours.
+        #[arg(long)]
+        park: bool,
     },
     /// Lists files offered to and by you.
     Files {
@@ -483,12 +488,23 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
         Command::History { .. } => {
             return Err(CliError("usage: peerchat history NAME | --group ID".into()));
         }
-        Command::SendFile { group, words, wait } => match (group, &words[..]) {
+        Command::SendFile {
+            group,
+            words,
+            wait,
+            park,
+        } => match (group, &words[..]) {
             (None, [name, path]) => CliCommand::SendFile {
                 to: cli::FileTarget::Peer(name.to_string_lossy().into_owned()),
                 path: path.clone(),
                 wait,
+                park,
             },
+            (Some(_), [_]) if park => {
+                return Err(CliError(
+                    "--park is for a file to one person; a group's members serve each other".into(),
+                ));
+            }
             (Some(_), [_]) if wait => {
                 return Err(CliError(
                     "--wait follows a file sent to one person; `files` shows a group file".into(),
@@ -498,6 +514,7 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
                 to: cli::FileTarget::Group(group),
                 path: path.clone(),
                 wait,
+                park,
             },
             (None, _) => return Err(CliError("usage: peerchat send-file NAME PATH".into())),
             (Some(_), _) => {

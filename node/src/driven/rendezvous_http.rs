@@ -21,6 +21,8 @@ use crate::ports::{Directory, DirectoryError, Issued, PeerInfo, TotpEnrolment};
 
 /// Timeout of every request to the rendezvous.
 const TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one parked chunk (up to 4 MiB) may take to move.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The HTTPS directory client.
 pub struct HttpDirectory {
@@ -120,6 +122,40 @@ impl HttpDirectory {
             let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
             return serde_json::from_slice(bytes)
                 .map_err(|e| DirectoryError::Unavailable(format!("unexpected answer: {e}")));
+        }
+        match serde_json::from_slice::<api::ErrorBody>(&bytes) {
+            Ok(body) => Err(rendezvous_wire::refused(body)),
+            Err(_) => Err(DirectoryError::Unavailable(format!(
+                "the rendezvous answered {status}"
+            ))),
+        }
+    }
+
+    /// A request with raw bytes for its body and answer (a parked file's chunks).
+    #[tracing::instrument(name = "rendezvous.call", skip_all, fields(%method, path))]
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, DirectoryError> {
+        let mut request = self
+            .http()
+            .request(method, format!("{}{path}", self.base))
+            .timeout(CHUNK_TIMEOUT);
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(body);
+        }
+        if let Some(trace) = peerchat_telemetry::traceparent() {
+            request = request.header(peerchat_telemetry::TRACEPARENT, trace);
+        }
+        let response = request.send().await.map_err(unavailable)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(unavailable)?;
+        if status.is_success() {
+            return Ok(bytes.to_vec());
         }
         match serde_json::from_slice::<api::ErrorBody>(&bytes) {
             Ok(body) => Err(rendezvous_wire::refused(body)),
@@ -357,6 +393,57 @@ impl Directory for HttpDirectory {
             }),
         )
         .await
+    }
+
+    async fn park(
+        &self,
+        id: &crate::domain::FileId,
+        size: u64,
+        chunks: u32,
+        readers: &[Username],
+    ) -> Result<(), DirectoryError> {
+        let request = api::ParkRequest {
+            size,
+            chunks,
+            readers: readers.iter().map(ToString::to_string).collect(),
+        };
+        self.call::<_, ()>(Method::PUT, &format!("/v1/blobs/{id}"), Some(&request))
+            .await
+    }
+
+    async fn park_chunk(
+        &self,
+        id: &crate::domain::FileId,
+        index: u32,
+        sealed: &[u8],
+    ) -> Result<(), DirectoryError> {
+        self.raw(
+            Method::PUT,
+            &format!("/v1/blobs/{id}/{index}"),
+            Some(sealed.to_vec()),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn parked_chunk(
+        &self,
+        id: &crate::domain::FileId,
+        index: u32,
+    ) -> Result<Option<Vec<u8>>, DirectoryError> {
+        match self
+            .raw(Method::GET, &format!("/v1/blobs/{id}/{index}"), None)
+            .await
+        {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(DirectoryError::Refused { code, .. }) if code == "no_such_chunk" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn unpark(&self, id: &crate::domain::FileId) -> Result<(), DirectoryError> {
+        self.call::<(), ()>(Method::DELETE, &format!("/v1/blobs/{id}"), None)
+            .await
     }
 }
 

@@ -308,4 +308,48 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
             .await
             .map_err(translate)
     }
+
+    async fn park(
+        &self,
+        id: &crate::domain::FileId,
+        size: u64,
+        chunks: u32,
+        readers: &[Username],
+    ) -> Result<(), DirectoryError> {
+        let spec = peerchat_rendezvous::service::blobs::BlobSpec {
+            size,
+            chunks,
+            readers: readers.iter().cloned().collect(),
+        };
+        self.service
+            .park(&self.caller()?, &id.to_string(), spec)
+            .map_err(translate)
+    }
+
+    async fn park_chunk(
+        &self,
+        id: &crate::domain::FileId,
+        index: u32,
+        sealed: &[u8],
+    ) -> Result<(), DirectoryError> {
+        self.service
+            .park_chunk(&self.caller()?, &id.to_string(), index, sealed)
+            .map_err(translate)
+    }
+
+    async fn parked_chunk(
+        &self,
+        id: &crate::domain::FileId,
+        index: u32,
+    ) -> Result<Option<Vec<u8>>, DirectoryError> {
+        self.service
+            .parked_chunk(&self.caller()?, &id.to_string(), index)
+            .map_err(translate)
+    }
+
+    async fn unpark(&self, id: &crate::domain::FileId) -> Result<(), DirectoryError> {
+        self.service
+            .unpark(&self.caller()?, &id.to_string())
+            .map_err(translate)
+    }
 }

@@ -298,6 +298,10 @@ pub struct SendFileBody {
     /// The group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<crate::domain::GroupId>,
+    /// Whether a file to one person is also parked with the rendezvous (`never`,
+    /// `if_offline`, the default, or `always`).
+    #[serde(default)]
+    pub park: crate::usecases::Parking,
     /// The file's path, as the daemon sees it.
     pub path: std::path::PathBuf,
 }
@@ -801,7 +805,12 @@ async fn send_file<P: Ports>(
     Body(body): Body<SendFileBody>,
 ) -> Result<(StatusCode, Json<FileView>), ApiError> {
     let id = match (&body.to, &body.group) {
-        (Some(to), None) => state.node.send_file(to, &body.path).await?,
+        (Some(to), None) => {
+            state
+                .node
+                .send_file_parking(to, &body.path, body.park)
+                .await?
+        }
         (None, Some(group)) => state.node.send_group_file(group, &body.path).await?,
         _ => {
             return Err(ApiError(

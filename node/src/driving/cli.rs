@@ -233,6 +233,8 @@ pub enum CliCommand {
         path: std::path::PathBuf,
         /// Wait until it is fetched.
         wait: bool,
+        /// Park it with the rendezvous even if the recipient is online.
+        park: bool,
     },
     /// List files.
     Files {
@@ -753,7 +755,12 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
             Ok(())
         }
         CliCommand::Group(command) => group_command(&data_dir, command).await,
-        CliCommand::SendFile { to, path, wait } => {
+        CliCommand::SendFile {
+            to,
+            path,
+            wait,
+            park,
+        } => {
             let (to, group) = match to {
                 FileTarget::Peer(name) => (Some(username(&name)?), None),
                 FileTarget::Group(id) => (None, Some(group_id(&id)?)),
@@ -769,6 +776,10 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
                         to: to.clone(),
                         group,
                         path,
+                        park: match park {
+                            true => crate::usecases::Parking::Always,
+                            false => crate::usecases::Parking::IfOffline,
+                        },
                     }),
                 )
                 .await?;

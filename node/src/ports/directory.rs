@@ -4,7 +4,7 @@ use std::future::Future;
 
 use peerchat_pki::Username;
 
-use crate::domain::{IdentityKey, MessageId, OneTimePreKey, PreKeyBundle, SignedPreKey};
+use crate::domain::{FileId, IdentityKey, MessageId, OneTimePreKey, PreKeyBundle, SignedPreKey};
 
 /// Why the rendezvous could not serve a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -227,4 +227,28 @@ pub trait Directory: Send + Sync + 'static {
         addresses: Vec<String>,
         ttl_secs: u64,
     ) -> impl Future<Output = Result<(), DirectoryError>> + Send;
+    /// Parks a file with the rendezvous for `readers`: `size` bytes of sealed chunks in
+    /// `chunks` chunks (uploaded with [`Directory::park_chunk`]).
+    fn park(
+        &self,
+        id: &FileId,
+        size: u64,
+        chunks: u32,
+        readers: &[Username],
+    ) -> impl Future<Output = Result<(), DirectoryError>> + Send;
+    /// Uploads sealed chunk `index` of a file we parked.
+    fn park_chunk(
+        &self,
+        id: &FileId,
+        index: u32,
+        sealed: &[u8],
+    ) -> impl Future<Output = Result<(), DirectoryError>> + Send;
+    /// Sealed chunk `index` of a file parked for us; `None` if it is not there.
+    fn parked_chunk(
+        &self,
+        id: &FileId,
+        index: u32,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, DirectoryError>> + Send;
+    /// We have a parked file (a reader), or withdraw it (its owner).
+    fn unpark(&self, id: &FileId) -> impl Future<Output = Result<(), DirectoryError>> + Send;
 }

@@ -67,6 +67,20 @@ impl Default for FileLimits {
     }
 }
 
+/// Whether a file sent to one person is also parked with the rendezvous, so that it can be
+/// fetched while we are offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parking {
+    /// Only served from this node.
+    Never,
+    /// Parked when the recipient is offline as the offer goes out.
+    #[default]
+    IfOffline,
+    /// Parked in any case.
+    Always,
+}
+
 /// The fetcher's request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRequest {
@@ -167,6 +181,17 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         to: &Username,
         path: &std::path::Path,
     ) -> Result<FileId, NodeError> {
+        self.send_file_parking(to, path, Parking::default()).await
+    }
+
+    /// [`Node::send_file`], parking the file's sealed chunks with the rendezvous as `parking`
+    /// says (ciphertext only; the rendezvous deletes them once the recipient has the file).
+    pub async fn send_file_parking(
+        &self,
+        to: &Username,
+        path: &std::path::Path,
+        parking: Parking,
+    ) -> Result<FileId, NodeError> {
         let me = self.me()?;
         if me.0 == *to {
             return Err(NodeError::OwnAccount(to.clone()));
@@ -195,7 +220,46 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             let _ = self.store.discard_file(&id).await;
             return Err(e);
         }
+        let park = match parking {
+            Parking::Never => false,
+            Parking::Always => true,
+            Parking::IfOffline => !self
+                .directory
+                .lookup(to)
+                .await
+                .is_ok_and(|peer| peer.online),
+        };
+        if park && let Err(e) = self.park(&id, std::slice::from_ref(to)).await {
+            // The offer went out: they fetch it from us when we are both online.
+            tracing::warn!(file = %id, error = %e, "the file could not be parked");
+        }
         Ok(id)
+    }
+
+    /// Parks a file we offered with the rendezvous for `readers`: its sealed chunks, one at a
+    /// time from our copy.
+    async fn park(&self, id: &FileId, readers: &[Username]) -> Result<(), NodeError> {
+        let offer = self.file(id)?.offer;
+        let sealed_size = offer.size + u64::from(offer.chunks()) * TAG_BYTES as u64;
+        self.directory
+            .park(id, sealed_size, offer.chunks(), readers)
+            .await?;
+        for index in 0..offer.chunks() {
+            let len = offer
+                .chunk_len(index)
+                .map_err(|e| NodeError::File(e.to_string()))?;
+            let plaintext = self
+                .store
+                .read_file(id, offer.offset(index), len)
+                .await
+                .map_err(|e| NodeError::File(e.to_string()))?;
+            let sealed = offer
+                .seal(index, &plaintext)
+                .map_err(|e| NodeError::File(e.to_string()))?;
+            self.directory.park_chunk(id, index, &sealed).await?;
+        }
+        tracing::info!(file = %id, chunks = offer.chunks(), "file parked with the rendezvous");
+        Ok(())
     }
 
     /// Offers the file at `path` to every other member of `group`: encrypted and offered once,
@@ -400,6 +464,11 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             .discard_file(id)
             .await
             .map_err(|e| NodeError::File(e.to_string()))?;
+        if self.file(id)?.direction == Direction::Outgoing
+            && let Err(e) = self.directory.unpark(id).await
+        {
+            tracing::info!(file = %id, error = %e, "could not withdraw a parked file");
+        }
         Ok(())
     }
 
@@ -452,7 +521,20 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 }
             }
             if record.chunks_done < chunks {
-                return Err(last_error);
+                // Nobody who holds it answered: the sender may have parked it.
+                match self.fetch_parked(&mut record, &mut hashed).await {
+                    Ok(()) => {}
+                    Err(
+                        e @ (FetchError::Cancelled | FetchError::Node(_) | FetchError::Blob(_)),
+                    ) => {
+                        return Err(e);
+                    }
+                    Err(FetchError::Unavailable) => return Err(last_error),
+                    Err(e) => {
+                        tracing::info!(file = %id, source = "rendezvous", error = %e, "fetching from one source stopped");
+                        return Err(e);
+                    }
+                }
             }
         }
         let digest = match hashed {
@@ -492,6 +574,10 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         }
         self.store.flush().await.map_err(NodeError::from)?;
         self.notifier.notify(Event::FileCompleted { id });
+        // A parked copy, if any, is not needed for us any more.
+        if let Err(e) = self.directory.unpark(&id).await {
+            tracing::info!(file = %id, error = %e, "could not acknowledge a parked file");
+        }
         Ok(true)
     }
 
@@ -575,39 +661,81 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         // next read, so a crash at any point costs at most the chunk being read.
         let mut io = stream.io;
         while record.chunks_done < until {
-            let index = record.chunks_done;
             let sealed = read_frame(&mut io, max).await.map_err(broken)?;
-            let plaintext = offer.check(index, &sealed).map_err(|_| {
-                tracing::warn!(file = %id, source = %source, chunk = index, "a chunk failed its check; it is fetched elsewhere or again");
-                FetchError::BadChunk(index)
-            })?;
-            self.store
-                .write_file(&id, offer.offset(index), &plaintext)
+            self.take_chunk(record, hashed, &sealed, source.as_str())
                 .await?;
-            if let Some(hash) = hashed.as_mut() {
-                hash.update(&plaintext);
-            }
-            record.chunks_done = index + 1;
-            {
-                // Recorded only if the user did not cancel it meanwhile (`cancel_file`
-                // changes the record under the same lock).
-                let _guard = self.peer_lock(&record.peer).lock_owned().await;
-                let now = self.store.file(&id).map_err(NodeError::from)?;
-                if now.is_some_and(|r| r.state == FileState::Cancelled) {
-                    self.store.discard_file(&id).await?;
-                    return Err(FetchError::Cancelled);
-                }
-                self.store
-                    .commit(&Batch::new().with(Write::File(Box::new(record.clone()))))
-                    .map_err(NodeError::from)?;
-            }
-            self.store.flush().await.map_err(NodeError::from)?;
-            self.notifier.notify(Event::FileProgress {
-                id,
-                bytes_done: record.bytes_done(),
-                total: offer.size,
-            });
         }
+        Ok(())
+    }
+
+    /// Fetches from the rendezvous the chunks the sender parked there, from our first missing
+    /// one.
+    async fn fetch_parked(
+        &self,
+        record: &mut FileRecord,
+        hashed: &mut Option<Sha256>,
+    ) -> Result<(), FetchError> {
+        let id = record.offer.id;
+        let chunks = record.offer.chunks();
+        let mut announced = false;
+        while record.chunks_done < chunks {
+            let sealed = self
+                .directory
+                .parked_chunk(&id, record.chunks_done)
+                .await
+                .map_err(|e| FetchError::Unreachable(e.to_string()))?
+                .ok_or(FetchError::Unavailable)?;
+            if !announced {
+                tracing::info!(file = %id, source = "rendezvous", from = record.chunks_done, "fetching a file");
+                announced = true;
+            }
+            self.take_chunk(record, hashed, &sealed, "rendezvous")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The next chunk as `source` served it: checked against the offer, written, recorded
+    /// durably (unless the user cancelled meanwhile), and shown as progress.
+    async fn take_chunk(
+        &self,
+        record: &mut FileRecord,
+        hashed: &mut Option<Sha256>,
+        sealed: &[u8],
+        source: &str,
+    ) -> Result<(), FetchError> {
+        let offer = &record.offer;
+        let (id, index) = (offer.id, record.chunks_done);
+        let plaintext = offer.check(index, sealed).map_err(|_| {
+            tracing::warn!(file = %id, source, chunk = index, "a chunk failed its check; it is fetched elsewhere or again");
+            FetchError::BadChunk(index)
+        })?;
+        self.store
+            .write_file(&id, offer.offset(index), &plaintext)
+            .await?;
+        if let Some(hash) = hashed.as_mut() {
+            hash.update(&plaintext);
+        }
+        record.chunks_done = index + 1;
+        {
+            // Recorded only if the user did not cancel it meanwhile (`cancel_file` changes the
+            // record under the same lock).
+            let _guard = self.peer_lock(&record.peer).lock_owned().await;
+            let now = self.store.file(&id).map_err(NodeError::from)?;
+            if now.is_some_and(|r| r.state == FileState::Cancelled) {
+                self.store.discard_file(&id).await?;
+                return Err(FetchError::Cancelled);
+            }
+            self.store
+                .commit(&Batch::new().with(Write::File(Box::new(record.clone()))))
+                .map_err(NodeError::from)?;
+        }
+        self.store.flush().await.map_err(NodeError::from)?;
+        self.notifier.notify(Event::FileProgress {
+            id,
+            bytes_done: record.bytes_done(),
+            total: record.offer.size,
+        });
         Ok(())
     }
 

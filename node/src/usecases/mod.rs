@@ -30,7 +30,7 @@ use crate::ports::{Clock, Directory, DirectoryError, Network, Notifier, Store, S
 
 pub use files::{
     DEFAULT_AUTO_DOWNLOAD_BYTES, DEFAULT_MAX_FILE_BYTES, FILE_PROTOCOL, FileAnswer, FileLimits,
-    FileRequest,
+    FileRequest, Parking,
 };
 pub use maintain::Schedule;
 pub use offline::MailFetched;

@@ -136,7 +136,12 @@ async fn a_chunk_that_is_not_the_one_listed_is_refused_and_fetched_again() {
     let tmp = tempfile::tempdir().unwrap();
     let (_world, alice, bob) = pair(FileLimits::default()).await;
     let (path, bytes) = a_file(&tmp, "report.pdf", 2 * MIB + 10);
-    let id = alice.node.send_file(&bob.name, &path).await.unwrap();
+    // Not parked: the sender is the only source.
+    let id = alice
+        .node
+        .send_file_parking(&bob.name, &path, peerchat::usecases::Parking::Never)
+        .await
+        .unwrap();
     // The sender's kept copy changed after the offer: the second chunk it seals authenticates
     // under the key but is not the chunk listed in the offer.
     alice
@@ -405,4 +410,88 @@ async fn group_files_go_to_members_only() {
         .unwrap();
     assert_eq!(carol.node.fetch_files().await.unwrap(), 0);
     assert!(carol.store.read_file(&id, 0, 1).await.is_err());
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .map(|e| e.unwrap().path())
+            .map(|p| if p.is_dir() { files_under(&p) } else { 1 })
+            .sum()
+    })
+}
+
+#[tokio::test]
+async fn a_file_to_an_offline_contact_is_parked_fetched_while_the_sender_is_away_and_then_deleted()
+{
+    let tmp = tempfile::tempdir().unwrap();
+    let (world, alice, bob) = pair(FileLimits::default()).await;
+    let (path, bytes) = a_file(&tmp, "letter.pdf", 2 * MIB + 77);
+    world.hub.set_online(&bob.name, false);
+    let id = alice.node.send_file(&bob.name, &path).await.unwrap();
+    let parked = world.blobs.path().join("blobs");
+    assert_eq!(
+        files_under(&parked),
+        1 + 3,
+        "its metadata and three sealed chunks"
+    );
+    // What the rendezvous holds is ciphertext: no chunk holds a run of the file.
+    for chunk in std::fs::read_dir(parked.join(id.to_string())).unwrap() {
+        let held = std::fs::read(chunk.unwrap().path()).unwrap();
+        assert!(
+            !held
+                .windows(64)
+                .any(|w| bytes.windows(64).next() == Some(w)),
+            "plaintext at the rendezvous"
+        );
+    }
+
+    // Alice goes away; bob comes back, gets the offer from the mailbox, fetches from the
+    // rendezvous.
+    world.hub.set_online(&alice.name, false);
+    world.hub.set_online(&bob.name, true);
+    assert_eq!(bob.node.fetch_mail(0, None).await.unwrap().count, 1);
+    assert_eq!(bob.node.fetch_files().await.unwrap(), 1);
+    let done = offered_to(&bob, &id);
+    let saved = std::path::PathBuf::from(done.saved_as.unwrap());
+    assert_eq!(bob.store.published(&saved).unwrap(), bytes);
+    assert_eq!(files_under(&parked), 0, "deleted once bob acknowledged it");
+}
+
+#[tokio::test]
+async fn a_tampered_parked_chunk_is_refused_and_fetched_from_the_sender() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (world, alice, bob) = pair(FileLimits::default()).await;
+    let (path, bytes) = a_file(&tmp, "letter.pdf", 2 * MIB + 77);
+    let id = alice
+        .node
+        .send_file_parking(&bob.name, &path, peerchat::usecases::Parking::Always)
+        .await
+        .unwrap();
+    // Whoever runs the rendezvous flips a byte of the second chunk.
+    let chunk = world
+        .blobs
+        .path()
+        .join("blobs")
+        .join(id.to_string())
+        .join("1");
+    let mut held = std::fs::read(&chunk).unwrap();
+    held[100] ^= 1;
+    std::fs::write(&chunk, held).unwrap();
+
+    world.hub.set_online(&alice.name, false);
+    assert_eq!(bob.node.fetch_files().await.unwrap(), 0);
+    assert_eq!(
+        (
+            offered_to(&bob, &id).state,
+            offered_to(&bob, &id).chunks_done
+        ),
+        (FileState::Downloading, 1),
+        "the first chunk from the rendezvous, not the tampered second"
+    );
+    world.hub.set_online(&alice.name, true);
+    assert_eq!(bob.node.fetch_files().await.unwrap(), 1);
+    let saved = std::path::PathBuf::from(offered_to(&bob, &id).saved_as.unwrap());
+    assert_eq!(bob.store.published(&saved).unwrap(), bytes);
 }

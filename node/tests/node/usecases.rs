@@ -29,6 +29,8 @@ pub(crate) type TestNode = Node<
 pub(crate) struct World {
     pub(crate) rendezvous: Arc<Rendezvous<RendezvousMemory>>,
     pub(crate) hub: Hub,
+    /// Where the rendezvous keeps parked files (removed with the world).
+    pub(crate) blobs: tempfile::TempDir,
 }
 
 pub(crate) struct User {
@@ -75,9 +77,15 @@ pub(crate) fn given_a_rendezvous() -> World {
         ..Limits::default()
     };
     let ca = CertificateAuthority::generate("use-case CA", SystemTime::now(), &mut OsRng).unwrap();
+    let blobs = tempfile::tempdir().unwrap();
     World {
-        rendezvous: Arc::new(Rendezvous::new(RendezvousMemory::default(), ca, limits).unwrap()),
+        rendezvous: Arc::new(
+            Rendezvous::new(RendezvousMemory::default(), ca, limits)
+                .unwrap()
+                .with_blobs(blobs.path().join("blobs")),
+        ),
         hub: Hub::default(),
+        blobs,
     }
 }
 
