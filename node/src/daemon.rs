@@ -395,6 +395,7 @@ pub async fn run(
         subscribe: Box::new(move || events.0.subscribe()),
         ui: crate::driving::ui::Sessions::persistent(config.data_dir.join(UI_SESSIONS_FILE)),
         closing: cancel.clone(),
+        uploads: files.join(".peerchat").join("uploads"),
     });
     let served = api::serve(listener, app, shutdown).await;
     // Nobody answers there any more: the CLI and health checks must not think otherwise.

@@ -360,15 +360,25 @@ async function refreshConversation() {
   await refreshMessages(peer);
 }
 
+/** The files of conversation `key`: offered in it, by either side. */
+async function filesOf(key) {
+  const files = await api("GET", "/api/v1/files");
+  return files.filter((f) => (isGroup(key) ? `#${f.group}` === key : !f.group && f.peer === key));
+}
+
 /** The latest page of the open conversation (with older pages already loaded kept). */
 async function refreshMessages(peer) {
   const latest = await api("GET", `${historyPath(peer)}?limit=${PAGE}`);
+  const files = await filesOf(peer);
   if (state.current !== peer) return;
   // Until older pages were loaded, whether there are any follows from the latest page.
   if (state.older.length === 0) state.exhausted = latest.length < PAGE;
   const shown = new Set(latest.map((m) => m.id));
   const messages = state.older.filter((m) => !shown.has(m.id)).concat(latest);
-  renderMessages(messages);
+  // Files among the messages, by when they were offered (those older than the oldest message
+  // shown wait until that page is loaded).
+  const since = state.exhausted || messages.length === 0 ? 0 : messages[0].sent_at_ms;
+  renderMessages(messages, files.filter((f) => f.at_ms >= since));
   if (messages.some((m) => m.direction === "incoming" && m.status === "received") && document.visibilityState === "visible") {
     await api("POST", readPath(peer));
   }
@@ -378,7 +388,7 @@ async function refreshMessages(peer) {
 async function loadOlder() {
   const peer = state.current;
   const list = $("messages");
-  const first = list.querySelector(".message");
+  const first = list.querySelector(".message:not(.file)");
   if (!peer || !first || state.exhausted || state.loadingOlder) return;
   state.loadingOlder = true;
   try {
@@ -395,12 +405,123 @@ async function loadOlder() {
   }
 }
 
-function renderMessages(messages) {
+function renderMessages(messages, files = []) {
   const list = $("messages");
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-  list.replaceChildren();
-  for (const m of messages) list.append(messageItem(m));
-  if (atBottom || messages.length) list.scrollTop = list.scrollHeight;
+  const items = messages
+    .map((m) => ({ at: m.sent_at_ms, item: () => messageItem(m) }))
+    .concat(files.map((f) => ({ at: f.at_ms, item: () => fileItem(f) })))
+    .sort((a, b) => a.at - b.at);
+  list.replaceChildren(...items.map((i) => i.item()));
+  if (atBottom || items.length) list.scrollTop = list.scrollHeight;
+}
+
+const FILE_STATES = {
+  offered: "offered",
+  downloading: "downloading…",
+  complete: "complete",
+  failed: "failed: it did not match what was sent",
+  cancelled: "cancelled",
+};
+const PREVIEWED = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+function sizeText(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+
+/** A file in the conversation: name, size, progress, and what can be done with it. */
+function fileItem(f) {
+  const item = document.createElement("li");
+  item.className = `message file ${f.direction}`;
+  item.dataset.file = f.id;
+  item.dataset.state = f.state;
+  if (f.group && f.direction === "incoming") {
+    const author = document.createElement("span");
+    author.className = "author";
+    author.textContent = f.peer;
+    item.append(author);
+  }
+  const name = document.createElement("p");
+  name.className = "text file-name";
+  name.textContent = `${f.name} (${sizeText(f.size)})`;
+  item.append(name);
+  const here = f.direction === "outgoing" || f.state === "complete";
+  if (here && PREVIEWED.includes(f.media_type)) {
+    const preview = document.createElement("img");
+    preview.className = "preview";
+    preview.alt = f.name;
+    preview.src = `/api/v1/files/${f.id}/content`;
+    item.append(preview);
+  }
+  const progress = document.createElement("progress");
+  progress.max = Math.max(f.size, 1);
+  progress.value = f.state === "complete" ? progress.max : f.bytes_done;
+  progress.setAttribute("aria-label", `${f.name}: transferred`);
+  const meta = document.createElement("span");
+  meta.className = "meta";
+  const status = document.createElement("span");
+  status.className = "status";
+  status.textContent = FILE_STATES[f.state] || f.state;
+  meta.append(status);
+  if (f.state !== "complete" && f.state !== "cancelled") item.append(progress);
+  if (f.direction === "incoming" && ["offered", "failed", "cancelled"].includes(f.state)) {
+    const accept = document.createElement("button");
+    accept.type = "button";
+    accept.className = "link";
+    accept.textContent = "Download";
+    accept.addEventListener("click", () =>
+      guarded(async () => {
+        await api("POST", `/api/v1/files/${f.id}/accept`);
+        await refreshConversation();
+      }),
+    );
+    meta.append(accept);
+  }
+  if (here && f.state !== "cancelled") {
+    const save = document.createElement("a");
+    save.className = "save";
+    save.href = `/api/v1/files/${f.id}/content?download=1`;
+    save.download = f.name;
+    save.textContent = "Save";
+    meta.append(save);
+  }
+  item.append(meta);
+  return item;
+}
+
+/** Uploads the file picked in the composer and offers it to the open conversation. */
+async function sendFile() {
+  const input = $("file-input");
+  const file = input.files && input.files[0];
+  input.value = "";
+  const key = state.current;
+  if (!file || !key) return;
+  const target = isGroup(key) ? `group=${key.slice(1)}` : `to=${peerPath(key)}`;
+  let response;
+  try {
+    response = await fetch(`/api/v1/files/upload?name=${encodeURIComponent(file.name)}&${target}`, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "X-Peerchat-CSRF": "1", "Content-Type": "application/octet-stream" },
+      body: file,
+    });
+  } catch (e) {
+    throw new ApiError(0, "offline", "The node is not answering. Is `peerchat daemon` running?");
+  }
+  if (!response.ok) {
+    const data = await response.json().catch(() => null);
+    throw new ApiError(response.status, data && data.error, data && data.message);
+  }
+  await refreshConversation();
+}
+
+/** Moves a file's progress bar on, if it is shown. */
+function showProgress(event) {
+  const item = document.querySelector(`[data-file="${event.id}"]`);
+  const bar = item && item.querySelector("progress");
+  if (bar) bar.value = event.bytes_done;
 }
 
 function messageItem(m) {
@@ -716,6 +837,12 @@ function listen() {
       await refreshConversations();
     }),
   );
+  events.addEventListener("file_progress", (e) => showProgress(JSON.parse(e.data)));
+  for (const name of ["file_offered", "file_completed", "file_failed"]) {
+    events.addEventListener(name, () => {
+      if (state.current) guarded(refreshConversation);
+    });
+  }
   for (const [name, online] of [["peer_online", true], ["peer_offline", false]]) {
     events.addEventListener(name, (e) => {
       const event = JSON.parse(e.data);
@@ -744,6 +871,7 @@ document.addEventListener("DOMContentLoaded", () => {
     if ($("messages").scrollTop < 40) guarded(loadOlder);
   });
   $("message-input").addEventListener("keydown", composerKeys);
+  $("file-input").addEventListener("change", () => guarded(sendFile));
   $("accept-key-button").addEventListener("click", () => guarded(acceptKey));
   $("safety-button").addEventListener("click", () => guarded(openSafety));
   $("verify-button").addEventListener("click", () => guarded(verify));

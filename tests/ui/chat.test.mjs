@@ -12,6 +12,7 @@ import { mkdtempSync, mkdirSync, existsSync, readFileSync, rmSync } from "node:f
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createHmac } from "node:crypto";
+import { crc32, deflateSync } from "node:zlib";
 import { chromium } from "playwright-core";
 
 const root = resolve(import.meta.dirname, "..", "..");
@@ -28,7 +29,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 async function waitFor(what, check, seconds = 30) {
   const deadline = Date.now() + seconds * 1000;
   for (;;) {
-    const value = check();
+    const value = await check();
     if (value) return value;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await sleep(100);
@@ -158,6 +159,33 @@ function totp(secret, step = 0) {
   return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, "0");
 }
 
+/** A `width` × `height` PNG of a colour gradient (truecolour, no filter). */
+function png(width, height) {
+  const chunk = (type, data) => {
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(data.length);
+    const body = Buffer.concat([Buffer.from(type, "ascii"), data]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(body));
+    return Buffer.concat([length, body, crc]);
+  };
+  const header = Buffer.alloc(13);
+  header.writeUInt32BE(width, 0);
+  header.writeUInt32BE(height, 4);
+  header.set([8, 2, 0, 0, 0], 8);
+  const rows = [];
+  for (let y = 0; y < height; y++) {
+    rows.push(0);
+    for (let x = 0; x < width; x++) rows.push((x * 255) / width, (y * 255) / height, 160);
+  }
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk("IHDR", header),
+    chunk("IDAT", deflateSync(Buffer.from(rows))),
+    chunk("IEND", Buffer.alloc(0)),
+  ]);
+}
+
 async function screenshot(page, name) {
   mkdirSync(shots, { recursive: true });
   await page.screenshot({ path: join(shots, `${name}.png`) });
@@ -247,6 +275,42 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     await screenshot(alicePage, "alice");
     await screenshot(bobPage, "bob");
 
+    step("Alice sends a picture from her window: both windows show it, bob's Save link serves it.");
+    const picture = png(96, 64);
+    await alicePage.setInputFiles("#file-input", { name: "sunset.png", mimeType: "image/png", buffer: picture });
+    const naturalWidth = (page, direction) =>
+      page
+        .locator(`#messages .message.file.${direction}[data-state="complete"] img.preview`)
+        .evaluate((img) => (img.complete ? img.naturalWidth : 0));
+    await bobPage.locator('#messages .message.file.incoming[data-state="complete"] img.preview').waitFor();
+    await waitFor("bob's preview is drawn", async () => (await naturalWidth(bobPage, "incoming")) === 96);
+    assert.match(await bobPage.locator("#messages .message.file.incoming .file-name").textContent(), /sunset\.png/);
+    await alicePage.locator('#messages .message.file.outgoing[data-state="complete"]').waitFor();
+    await waitFor("alice's preview is drawn", async () => (await naturalWidth(alicePage, "outgoing")) === 96);
+    const saved = await bobPage.evaluate(async () => {
+      const link = document.querySelector("#messages .message.file.incoming a.save");
+      const response = await fetch(link.href);
+      const bytes = new Uint8Array(await response.arrayBuffer());
+      return {
+        status: response.status,
+        disposition: response.headers.get("content-disposition"),
+        policy: response.headers.get("content-security-policy"),
+        bytes: Array.from(bytes),
+      };
+    });
+    assert.equal(saved.status, 200);
+    assert.match(saved.disposition, /^attachment; filename\*=UTF-8''sunset\.png$/);
+    assert.match(saved.policy, /sandbox/);
+    assert.deepEqual(Buffer.from(saved.bytes), picture, "the same bytes");
+    // Without the window's session the file is not served.
+    const stranger = await (await browser.newContext()).newPage();
+    const href = await bobPage.locator("#messages .message.file.incoming a.save").getAttribute("href");
+    const refusedFile = await stranger.goto(new URL(href, bobPage.url()).href);
+    assert.equal(refusedFile.status(), 401);
+    await stranger.context().close();
+    await screenshot(alicePage, "alice-file");
+    await screenshot(bobPage, "bob-file");
+
     step("A group: alice creates it with bob and carol, everyone writes, receipts per member, then");
     step("carol is removed and added back from the members dialog.");
     const carolDir = join(cluster.work, "carol");
@@ -300,7 +364,7 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     step("A long conversation loads older messages on scroll.");
     for (let i = 1; i <= 60; i++) cli(bobDir, ["send", "alice", `backlog ${i}`]);
     await alicePage.locator("#messages .message.incoming .text", { hasText: /^backlog 60$/ }).waitFor();
-    const firstPage = await alicePage.locator("#messages .message").count();
+    const firstPage = await alicePage.locator("#messages .message:not(.file)").count();
     assert.ok(firstPage <= 50, `one page at first, not ${firstPage}`);
     const oldest = alicePage.locator("#messages .message .text", { hasText: /^backlog 1$/ });
     assert.equal(await oldest.count(), 0, "the oldest messages wait until scrolled to");
@@ -310,7 +374,7 @@ test("alice and bob chat in their windows, live, offline and through a key chang
       list.dispatchEvent(new Event("scroll"));
     });
     await oldest.waitFor();
-    assert.equal(await alicePage.locator("#messages .message").count(), 2 + 60, "every message, each once");
+    assert.equal(await alicePage.locator("#messages .message:not(.file)").count(), 2 + 60, "every message, each once");
     assert.ok(await alicePage.evaluate(() => document.getElementById("messages").scrollTop > 0), "the view stays where it was");
 
     // Bob goes offline; alice's message waits in the mailbox; bob comes back and sees it in the

@@ -51,6 +51,13 @@ impl FileDir {
         self.own.join("partial").join(id.to_string())
     }
 
+    /// See [`crate::ports::FileStore::file_path`].
+    pub fn path(&self, id: &FileId) -> Option<PathBuf> {
+        [self.sent(id), self.partial(id)]
+            .into_iter()
+            .find(|p| p.is_file())
+    }
+
     /// See [`crate::ports::FileStore::keep_file`].
     pub async fn keep(
         &self,

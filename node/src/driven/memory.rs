@@ -409,6 +409,10 @@ impl crate::ports::FileStore for MemoryStore {
         Ok(path)
     }
 
+    fn file_path(&self, _: &crate::domain::FileId) -> Option<std::path::PathBuf> {
+        None
+    }
+
     async fn discard_file(
         &self,
         id: &crate::domain::FileId,

@@ -682,6 +682,10 @@ impl FileStore for SledStore {
         Ok(files)
     }
 
+    fn file_path(&self, id: &crate::domain::FileId) -> Option<std::path::PathBuf> {
+        self.file_bytes.path(id)
+    }
+
     async fn keep_file(
         &self,
         id: &crate::domain::FileId,

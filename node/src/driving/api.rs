@@ -270,6 +270,9 @@ pub struct FileView {
     /// The group it was offered to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<crate::domain::GroupId>,
+    /// When it was offered, ms since the epoch.
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 impl From<crate::ports::FileRecord> for FileView {
@@ -285,6 +288,7 @@ impl From<crate::ports::FileRecord> for FileView {
             state: f.state,
             saved_as: f.saved_as,
             group: f.group,
+            at_ms: f.at_ms,
         }
     }
 }
@@ -499,6 +503,9 @@ pub struct ApiState<P: Ports> {
     /// Cancelled when the daemon stops: event streams end, so shutdown need not wait for open
     /// windows.
     pub closing: tokio_util::sync::CancellationToken,
+    /// Where files uploaded by the window wait while they are offered (each in a directory of
+    /// its own, removed once the node has its copy).
+    pub uploads: std::path::PathBuf,
 }
 
 /// The API router.
@@ -527,7 +534,9 @@ pub fn router<P: Ports>(state: ApiState<P>) -> Router {
         )
         .route("/api/v1/messages", post(send::<P>))
         .route("/api/v1/files", get(files::<P>).post(send_file::<P>))
+        .route("/api/v1/files/upload", post(upload_file::<P>))
         .route("/api/v1/files/{id}", get(file::<P>))
+        .route("/api/v1/files/{id}/content", get(file_content::<P>))
         .route("/api/v1/files/{id}/accept", post(accept_file::<P>))
         .route("/api/v1/files/{id}/cancel", post(cancel_file::<P>))
         .route("/api/v1/files/{id}/save", post(save_file::<P>))
@@ -821,6 +830,137 @@ async fn send_file<P: Ports>(
         }
     };
     Ok((StatusCode::CREATED, Json(state.node.file(&id)?.into())))
+}
+
+/// `POST /api/v1/files/upload?name=N&to=PEER` (or `&group=ID`): the body is the file itself,
+/// streamed to disk (never held in memory), then offered like `POST /api/v1/files`.
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    /// The file's name.
+    pub name: String,
+    /// The recipient.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Or the group.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+async fn upload_file<P: Ports>(
+    State(state): Shared<P>,
+    axum::extract::Query(query): axum::extract::Query<UploadQuery>,
+    request: Request,
+) -> Result<(StatusCode, Json<FileView>), ApiError> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let bad = |message: &str| ApiError(StatusCode::BAD_REQUEST, "bad_file", message.into());
+    let target = match (&query.to, &query.group) {
+        (Some(to), None) => Ok(peer(to)?),
+        (None, Some(group)) => Err(group
+            .parse::<crate::domain::GroupId>()
+            .map_err(|_| bad("a group id is 32 hexadecimal digits"))?),
+        _ => return Err(bad("name either a recipient (to) or a group, not both")),
+    };
+    let name = crate::domain::file::clean_name(&query.name)
+        .ok_or_else(|| bad("that name names no file"))?;
+    let max = state.node.file_limits().max_bytes;
+    let dir = state.uploads.join(super::token::new_token());
+    let internal = |e: std::io::Error| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            e.kind().to_string(),
+        )
+    };
+    tokio::fs::create_dir_all(&dir).await.map_err(internal)?;
+    // Removed on every way out, the node having taken its copy (or not).
+    struct Upload(std::path::PathBuf);
+    impl Drop for Upload {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let upload = Upload(dir);
+    let path = upload.0.join(&name);
+    let mut file = tokio::fs::File::create(&path).await.map_err(internal)?;
+    let mut body = request.into_body().into_data_stream();
+    let mut size = 0u64;
+    while let Some(piece) = body.next().await {
+        let piece = piece.map_err(|_| bad("the upload broke off"))?;
+        size += piece.len() as u64;
+        if size > max {
+            return Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("a file is at most {max} bytes"),
+            ));
+        }
+        file.write_all(&piece).await.map_err(internal)?;
+    }
+    file.flush().await.map_err(internal)?;
+    drop(file);
+    let id = match target {
+        Ok(to) => state.node.send_file(&to, &path).await?,
+        Err(group) => state.node.send_group_file(&group, &path).await?,
+    };
+    drop(upload);
+    Ok((StatusCode::CREATED, Json(state.node.file(&id)?.into())))
+}
+
+/// Media types the window shows inline; everything else is served as a download.
+const INLINE_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+/// `GET /api/v1/files/{id}/content[?download=1]`: the file's bytes, streamed. Raster images are
+/// shown inline; anything else, and everything with `download=1`, is an attachment. The
+/// response is sandboxed and never sniffed, so a file cannot act as a page of this origin.
+async fn file_content<P: Ports>(
+    State(state): Shared<P>,
+    Path(raw): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Response, ApiError> {
+    let (record, path) = state.node.file_content(&file_id(&raw)?)?;
+    let file = tokio::fs::File::open(&path).await.map_err(|_| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "gone",
+            "the file is no longer where it was saved".into(),
+        )
+    })?;
+    let length = file.metadata().await.map(|m| m.len()).unwrap_or_default();
+    let download = query.as_deref() == Some("download=1");
+    let inline = !download && INLINE_TYPES.contains(&record.offer.media_type.as_str());
+    let content_type = match inline {
+        true => record.offer.media_type.clone(),
+        false => "application/octet-stream".to_owned(),
+    };
+    let encoded: String = record
+        .offer
+        .name
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    let disposition = format!(
+        "{}; filename*=UTF-8''{encoded}",
+        if inline { "inline" } else { "attachment" }
+    );
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    let value = |v: &str| {
+        axum::http::HeaderValue::from_str(v)
+            .unwrap_or_else(|_| axum::http::HeaderValue::from_static("application/octet-stream"))
+    };
+    headers.insert(header::CONTENT_TYPE, value(&content_type));
+    headers.insert(header::CONTENT_LENGTH, value(&length.to_string()));
+    headers.insert(header::CONTENT_DISPOSITION, value(&disposition));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static(ui::FILE_CSP),
+    );
+    Ok(response)
 }
 
 async fn file<P: Ports>(

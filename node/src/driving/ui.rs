@@ -33,6 +33,9 @@ pub const CSRF_HEADER: &str = "x-peerchat-csrf";
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
      connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
+/// The policy of a file served to the window: nothing runs, nothing loads, whatever it is.
+pub const FILE_CSP: &str = "default-src 'none'; sandbox";
+
 const INDEX_HTML: &str = include_str!("../../ui/index.html");
 const APP_JS: &str = include_str!("../../ui/app.js");
 const APP_CSS: &str = include_str!("../../ui/app.css");
@@ -205,10 +208,10 @@ pub fn same_origin_write(headers: &HeaderMap) -> bool {
 /// Adds the security headers every response carries.
 pub fn harden(response: &mut Response) {
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    // A stricter policy set by the handler (a file's) stays.
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(CSP));
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

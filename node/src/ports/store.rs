@@ -435,6 +435,9 @@ pub trait FileStore {
         name: &str,
         keep: bool,
     ) -> impl Future<Output = Result<std::path::PathBuf, BlobError>> + Send;
+    /// Where the node's own copy of a file is on disk (one we offered, or a download in
+    /// progress or kept for a group), if it has one there.
+    fn file_path(&self, id: &FileId) -> Option<std::path::PathBuf>;
     /// Forgets a file's bytes (a failed or cancelled download, a withdrawn offer).
     fn discard_file(&self, id: &FileId) -> impl Future<Output = Result<(), BlobError>> + Send;
 }

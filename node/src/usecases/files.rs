@@ -425,6 +425,24 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             .ok_or_else(|| NodeError::File(format!("no file {id} on this node")))
     }
 
+    /// Where a file's bytes can be read whole: a complete download in the download directory,
+    /// or the copy of a file we offered.
+    pub fn file_content(&self, id: &FileId) -> Result<(FileRecord, std::path::PathBuf), NodeError> {
+        let record = self.file(id)?;
+        let path = match (record.direction, record.state) {
+            (Direction::Incoming, FileState::Complete) => record
+                .saved_as
+                .clone()
+                .map(std::path::PathBuf::from)
+                .filter(|p| p.is_file())
+                .or_else(|| self.store.file_path(id)),
+            (Direction::Outgoing, _) => self.store.file_path(id),
+            _ => None,
+        };
+        let path = path.ok_or_else(|| NodeError::File("that file is not here (yet)".into()))?;
+        Ok((record, path))
+    }
+
     /// Starts fetching an offered file (one over the size fetched without asking).
     #[tracing::instrument(name = "usecase.accept_file", skip_all, fields(file = %id))]
     pub async fn accept_file(&self, id: &FileId) -> Result<(), NodeError> {

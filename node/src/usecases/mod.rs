@@ -206,6 +206,11 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         self
     }
 
+    /// How large the files this node sends and takes may be.
+    pub fn file_limits(&self) -> files::FileLimits {
+        self.file_limits
+    }
+
     /// Turns read receipts off (or on).
     pub fn with_read_receipts(mut self, on: bool) -> Self {
         self.read_receipts = on;

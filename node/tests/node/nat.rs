@@ -900,3 +900,120 @@ fn nat_figures() {
         println!("| {label} | {rate:.0} | {median:.1?} | {p95:.1?} |");
     }
 }
+
+/// `len` random bytes in a file under `dir`; their SHA-256.
+fn random_file(dir: &Path, name: &str, len: usize) -> (std::path::PathBuf, [u8; 32]) {
+    use rand::RngCore;
+    use sha2::Digest;
+    use std::io::Write;
+    let path = dir.join(name);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut digest = sha2::Sha256::new();
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(block.len());
+        rand::rngs::OsRng.fill_bytes(&mut block[..n]);
+        digest.update(&block[..n]);
+        out.write_all(&block[..n]).unwrap();
+        left -= n;
+    }
+    out.flush().unwrap();
+    (path, digest.finalize().into())
+}
+
+/// `daemon`'s view of file `id` (`files --json`).
+fn file_state(daemon: &Daemon, id: &str) -> Option<serde_json::Value> {
+    let out = daemon.cli(&["files", "--json"]);
+    let files: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    files.as_array()?.iter().find(|f| f["id"] == id).cloned()
+}
+
+/// Alice offers a file of `len` bytes to bob, who fetches it; how long from his accept to the
+/// last chunk stored, checked against the bytes sent.
+fn transfer(scene: &Scene, len: usize) -> Duration {
+    let (path, digest) = random_file(scene.tmp.path(), "payload.bin", len);
+    let out = scene
+        .alice
+        .cli(&["send-file", "bob", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while file_state(&scene.bob, &id).is_none() {
+        assert!(Instant::now() < deadline, "bob never got the offer");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let start = Instant::now();
+    let accepted = scene.bob.cli(&["file", "accept", &id]);
+    assert!(accepted.status.success());
+    let done = loop {
+        let state = file_state(&scene.bob, &id).unwrap();
+        if state["state"] == "complete" {
+            break state;
+        }
+        assert_ne!(state["state"], "failed");
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "never complete: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = start.elapsed();
+    let saved = std::fs::read(done["saved_as"].as_str().unwrap()).unwrap();
+    let got: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(
+        <sha2::Sha256 as sha2::Digest>::new(),
+        &saved,
+    ))
+    .into();
+    assert_eq!(got, digest, "the same bytes");
+    took
+}
+
+#[test]
+fn behind_symmetric_nats_a_file_goes_over_the_relay() {
+    if skipped("a_file_goes_over_the_relay") {
+        return;
+    }
+    let scene = relayed_after("here comes a file", &[]);
+    transfer(&scene, 5 * 1024 * 1024 + 3);
+    assert_eq!(path(&scene.alice, "bob").as_deref(), Some("relayed"));
+    assert_eq!(
+        scene.rendezvous.deposits(),
+        0.0,
+        "nothing went to the mailbox"
+    );
+}
+
+#[test]
+#[ignore = "figures, run by scripts/nat-figures"]
+fn nat_file_figures() {
+    if skipped("nat_file_figures") {
+        return;
+    }
+    let mib: usize = std::env::var("FILE_MB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    println!();
+    println!("| path | {mib} MiB file | MiB/s | circuits closed by the relay |");
+    println!("|---|---|---|---|");
+    for (label, bob_nat) in [("relayed", Nat::Symmetric), ("direct", Nat::Cone)] {
+        let scene = Scene::behind(Nat::Cone, bob_nat, &[]);
+        send(&scene.alice, "bob", "hello");
+        scene.bob.wait_for_history("alice", &["hello"]);
+        if label == "direct" {
+            wait_for_path(&scene.alice, "bob", "direct", Duration::from_secs(30));
+        }
+        let took = transfer(&scene, mib << 20);
+        assert_eq!(path(&scene.alice, "bob").as_deref(), Some(label));
+        println!(
+            "| {label} | {took:.2?} | {:.0} | {} |",
+            mib as f64 / took.as_secs_f64(),
+            scene.rendezvous.closed_circuits()
+        );
+    }
+}
