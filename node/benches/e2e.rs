@@ -104,7 +104,7 @@ fn main() {
             ..Limits::default()
         };
         let ca = CertificateAuthority::generate("bench CA", SystemTime::now(), &mut OsRng).unwrap();
-        let rendezvous = Arc::new(Rendezvous::new(MemoryStore::default(), ca, limits).unwrap());
+        let rendezvous = Arc::new(Rendezvous::new(MemoryStore::default(), ca, limits).await.unwrap());
         let (alice, _) = node("alice", &tmp.path().join("alice"), &rendezvous).await;
         let (bob, bob_events) = node("bob", &tmp.path().join("bob"), &rendezvous).await;
         let to_bob = Username::new("bob").unwrap();

@@ -196,7 +196,7 @@ fn main() {
             ..Limits::default()
         };
         let ca = CertificateAuthority::generate("bench CA", SystemTime::now(), &mut OsRng).unwrap();
-        let rendezvous = Arc::new(Rendezvous::new(MemoryStore::default(), ca, limits).unwrap());
+        let rendezvous = Arc::new(Rendezvous::new(MemoryStore::default(), ca, limits).await.unwrap());
         let (alice, alice_credentials, alice_trust) =
             node("alice", &tmp.path().join("alice"), &rendezvous).await;
         let (bob, bob_credentials, bob_trust) =

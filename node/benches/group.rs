@@ -187,7 +187,7 @@ fn main() {
             ..Limits::default()
         };
         let ca = CertificateAuthority::generate("bench CA", SystemTime::now(), &mut OsRng).unwrap();
-        let rendezvous = Arc::new(Rendezvous::new(MemoryStore::default(), ca, limits).unwrap());
+        let rendezvous = Arc::new(Rendezvous::new(MemoryStore::default(), ca, limits).await.unwrap());
         let hub = Hub::default();
         let alice_name = Username::new("alice").unwrap();
         let (alice, sender) = node(&alice_name, &tmp.path().join("alice"), &hub, &rendezvous).await;

@@ -64,12 +64,14 @@ pub async fn run(
         data_dir: rendezvous_dir.clone(),
         hostnames: vec![HostName::parse("localhost"), HostName::parse("127.0.0.1")],
         limits: Limits::default(),
+        shared: false,
         relay: Some(peerchat_rendezvous::relay::RelayConfig {
             listen: vec![loopback_any_port()],
             ..Default::default()
         }),
     };
     let prepared = peerchat_rendezvous::prepare(&config, SystemTime::now())
+        .await
         .map_err(|e| DaemonError::Start(e.to_string()))?;
     let fingerprint = prepared.service.ca().certificate().fingerprint();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

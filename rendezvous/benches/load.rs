@@ -40,6 +40,15 @@ fn populate(dir: &std::path::Path, users: u64) -> CertificateAuthority {
     let now = SystemTime::now();
     let (ca, _) = CertificateAuthority::load_or_generate(dir, "load CA", now, &mut OsRng).unwrap();
     let store = SledStore::open(&peerchat_rendezvous::db_dir(dir)).unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(fill(&store, &ca, users));
+    ca
+}
+
+/// Writes `users` accounts, each with a signed prekey and two one-time prekeys, into `store`.
+async fn fill(store: &impl Store, ca: &CertificateAuthority, users: u64) {
+    let now = SystemTime::now();
     let template_key = SigningKey::generate(&mut OsRng);
     let template_name = Username::new("template").unwrap();
     let template = ca
@@ -66,7 +75,7 @@ fn populate(dir: &std::path::Path, users: u64) -> CertificateAuthority {
                 serial: template.serial.clone(),
                 totp: None,
                 created_at: 0,
-            })
+            }).await
             .unwrap();
         store
             .set_signed_prekey(
@@ -77,6 +86,7 @@ fn populate(dir: &std::path::Path, users: u64) -> CertificateAuthority {
                     signature: vec![0; 64],
                 },
             )
+            .await
             .unwrap();
         let keys = [
             OneTimePreKeyRecord {
@@ -88,17 +98,16 @@ fn populate(dir: &std::path::Path, users: u64) -> CertificateAuthority {
                 public_key: rng.r#gen(),
             },
         ];
-        store.add_one_time_prekeys(&username, &keys, 200).unwrap();
+        store
+            .add_one_time_prekeys(&username, &keys, 200)
+            .await
+            .unwrap();
     }
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(store.flush())
-        .unwrap();
+    store.flush().await.unwrap();
     eprintln!(
         "populated {users} users in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    ca
 }
 
 fn client_credentials(ca: &CertificateAuthority, i: usize) -> Arc<Credentials> {

@@ -126,7 +126,7 @@ impl<S: Store> FromRequestParts<Shared<S>> for Authenticated {
             .extensions
             .get::<ConnectionInfo>()
             .and_then(|c| c.peer.as_ref());
-        Ok(Authenticated(state.service.authenticate(peer)?))
+        Ok(Authenticated(state.service.authenticate(peer).await?))
     }
 }
 
@@ -287,8 +287,14 @@ async fn health() -> Json<api::Health> {
 
 async fn metrics<S: Store>(State(state): State<Shared<S>>) -> Result<Response, ApiError> {
     let store = state.service.store();
-    state.metrics.users.set(store.count_accounts()? as i64);
-    state.metrics.envelopes.set(store.count_envelopes()? as i64);
+    state
+        .metrics
+        .users
+        .set(store.count_accounts().await? as i64);
+    state
+        .metrics
+        .envelopes
+        .set(store.count_envelopes().await? as i64);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry)
         .map_err(|_| ApiError::internal())?;
@@ -324,7 +330,7 @@ async fn relay<S: Store>(
 }
 
 async fn crl<S: Store>(State(state): State<Shared<S>>) -> Result<Response, ApiError> {
-    let crl = state.service.crl()?;
+    let crl = state.service.crl().await?;
     Ok((
         [(header::CONTENT_TYPE, "application/pkix-crl")],
         Bytes::from(crl.der().to_vec()),
@@ -409,7 +415,9 @@ async fn prekey_status<S: Store>(
     State(state): State<Shared<S>>,
     Authenticated(caller): Authenticated,
 ) -> Result<Json<api::PreKeyStatus>, ApiError> {
-    Ok(Json(wire::supply(state.service.prekey_status(&caller)?)))
+    Ok(Json(wire::supply(
+        state.service.prekey_status(&caller).await?,
+    )))
 }
 
 async fn upload_signed_prekey<S: Store>(
@@ -444,7 +452,7 @@ async fn lookup<S: Store>(
     Path(target): Path<String>,
 ) -> Result<Json<api::LookupResponse>, ApiError> {
     Ok(Json(wire::lookup(
-        state.service.lookup(&caller, &username(&target)?)?,
+        state.service.lookup(&caller, &username(&target)?).await?,
     )))
 }
 

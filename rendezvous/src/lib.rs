@@ -13,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod limits;
 pub mod memory_store;
+pub mod pg_store;
 pub mod relay;
 pub mod service;
 pub mod sled_store;
@@ -33,6 +34,7 @@ use tokio::net::TcpListener;
 use crate::limits::Limits;
 use crate::service::Rendezvous;
 use crate::sled_store::SledStore;
+use crate::store::Store;
 use crate::totp_key::TotpKey;
 
 /// Lifetime of the HTTPS server certificate; a fresh one is issued at every start.
@@ -41,8 +43,8 @@ pub const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(397 * 24 * 3600);
 /// What the server needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Holds `ca.pem`, `ca.key`, `totp.key` and the database (`db/`), readable by the owner
-    /// only.
+    /// Holds `ca.pem`, `ca.key`, `totp.key`, the relay's key, parked files (`blobs/`) and
+    /// the embedded database (`db/`), readable by the owner only.
     pub data_dir: PathBuf,
     /// Names the HTTPS certificate is valid for.
     pub hostnames: Vec<HostName>,
@@ -50,6 +52,10 @@ pub struct Config {
     pub limits: Limits,
     /// The circuit relay for nodes behind NATs (`None`: no relay).
     pub relay: Option<relay::RelayConfig>,
+    /// Several instances share the data directory (and a database): the relay's key is then
+    /// this instance's own, made at each start and never written, so that every instance's
+    /// relay has its own peer id.
+    pub shared: bool,
 }
 
 /// Why the server could not start.
@@ -73,8 +79,8 @@ pub enum StartError {
     /// The TLS configuration was refused.
     #[error("TLS: {0}")]
     Tls(#[from] peerchat_pki::tls::TlsError),
-    /// The relay's key could not be loaded or created.
-    #[error("the relay key: {0}")]
+    /// The data directory or the relay's key could not be used.
+    #[error("the data directory: {0}")]
     RelayKey(#[from] std::io::Error),
     /// The relay could not start.
     #[error(transparent)]
@@ -83,9 +89,9 @@ pub enum StartError {
 
 /// A rendezvous ready to serve.
 #[derive(Debug)]
-pub struct Prepared {
+pub struct Prepared<S: Store = SledStore> {
     /// The service.
-    pub service: Arc<Rendezvous<SledStore>>,
+    pub service: Arc<Rendezvous<S>>,
     /// Its TLS configuration.
     pub tls: Arc<rustls::ServerConfig>,
     /// Whether the CA was created by this start.
@@ -94,8 +100,25 @@ pub struct Prepared {
     pub relay: Option<(relay::RelayConfig, SigningKey)>,
 }
 
-/// Loads or creates the CA, issues the HTTPS certificate, opens the store.
-pub fn prepare(config: &Config, now: SystemTime) -> Result<Prepared, StartError> {
+/// Loads or creates the CA, issues the HTTPS certificate, opens the embedded store (sled, in
+/// the data directory's `db/`).
+pub async fn prepare(config: &Config, now: SystemTime) -> Result<Prepared, StartError> {
+    let store = SledStore::open(&db_dir(&config.data_dir))?;
+    prepare_on(config, now, store).await
+}
+
+/// [`prepare`] on `store` (a [`pg_store::PgStore`] several instances share, say): the data
+/// directory then holds the CA, the TOTP sealing key and parked files, and no database.
+pub async fn prepare_on<S: Store>(
+    config: &Config,
+    now: SystemTime,
+    store: S,
+) -> Result<Prepared<S>, StartError> {
+    // Instances sharing the data directory may start at the same moment: one creates the CA
+    // and the TOTP key, the others wait for it and load them.
+    std::fs::create_dir_all(&config.data_dir)?;
+    let lock = std::fs::File::create(config.data_dir.join("start.lock"))?;
+    lock.lock()?;
     let (ca, created_ca) = CertificateAuthority::load_or_generate(
         &config.data_dir,
         "peerchat rendezvous CA",
@@ -111,17 +134,21 @@ pub fn prepare(config: &Config, now: SystemTime) -> Result<Prepared, StartError>
         &mut OsRng,
     )?;
     let totp_key = TotpKey::load_or_create(&config.data_dir)?;
+    drop(lock);
     let relay = match &config.relay {
+        Some(relay_config) if config.shared => {
+            Some((relay_config.clone(), SigningKey::generate(&mut OsRng)))
+        }
         Some(relay_config) => Some((
             relay_config.clone(),
             relay::load_or_create_key(&config.data_dir)?,
         )),
         None => None,
     };
-    let store = SledStore::open(&db_dir(&config.data_dir))?;
     private(&config.data_dir);
     let service = Arc::new(
-        Rendezvous::new(store, ca, config.limits.clone())?
+        Rendezvous::new(store, ca, config.limits.clone())
+            .await?
             .with_totp_key(totp_key)
             .with_blobs(config.data_dir.join("blobs")),
     );
@@ -163,7 +190,9 @@ pub fn db_dir(data_dir: &Path) -> PathBuf {
 }
 
 /// Starts the relay, when the configuration has one.
-pub async fn start_relay(prepared: &Prepared) -> Result<Option<relay::Relay>, StartError> {
+pub async fn start_relay<S: Store>(
+    prepared: &Prepared<S>,
+) -> Result<Option<relay::Relay>, StartError> {
     let Some((config, key)) = &prepared.relay else {
         return Ok(None);
     };
@@ -182,9 +211,9 @@ pub async fn start_relay(prepared: &Prepared) -> Result<Option<relay::Relay>, St
 
 /// Serves until `shutdown` completes; housekeeping runs every ten minutes; everything is flushed
 /// before returning. The relay, if configured, is started first.
-pub async fn run(
+pub async fn run<S: Store>(
     listener: TcpListener,
-    prepared: Prepared,
+    prepared: Prepared<S>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let relay = start_relay(&prepared).await?;
@@ -193,10 +222,10 @@ pub async fn run(
 }
 
 /// [`run`], with the operator's metrics (`GET /metrics`, plain HTTP) served on `metrics` too.
-pub async fn run_with_metrics(
+pub async fn run_with_metrics<S: Store>(
     listener: TcpListener,
     metrics: Option<TcpListener>,
-    prepared: Prepared,
+    prepared: Prepared<S>,
     relay: Option<relay::Relay>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -227,6 +256,11 @@ pub async fn run_with_metrics(
             }
         })
     };
+    // Deposits and CRLs of the other instances sharing the store.
+    let following = {
+        let service = prepared.service.clone();
+        tokio::spawn(async move { service.follow_changes().await })
+    };
     let result = http::serve(
         listener,
         prepared.tls,
@@ -236,6 +270,7 @@ pub async fn run_with_metrics(
     )
     .await;
     housekeeping.abort();
+    following.abort();
     if let Some(relay) = relay {
         relay.stop();
     }

@@ -9,8 +9,10 @@ use clap::Parser;
 use libp2p::Multiaddr;
 use peerchat_pki::HostName;
 use peerchat_rendezvous::limits::{Limits, Rate};
+use peerchat_rendezvous::pg_store::PgStore;
 use peerchat_rendezvous::relay::{self, RelayConfig, RelayLimits};
-use peerchat_rendezvous::{Config, prepare, run_with_metrics, start_relay};
+use peerchat_rendezvous::store::Store;
+use peerchat_rendezvous::{Config, Prepared, prepare, prepare_on, run_with_metrics, start_relay};
 use peerchat_telemetry::Telemetry;
 
 /// The peerchat rendezvous server: accounts, certificate authority, prekeys, lookup, mailbox.
@@ -20,6 +22,11 @@ struct Args {
     /// Directory for the CA (ca.pem, ca.key) and the database.
     #[arg(long, env = "PEERCHAT_RENDEZVOUS_DATA_DIR")]
     data_dir: PathBuf,
+    /// Keep the records in this Postgres-protocol database
+    /// (`postgres://user:password@host:port/db`) instead of sled in the data directory.
+    /// Several instances on one database (and one data directory, for the CA) are one service.
+    #[arg(long, env = "PEERCHAT_RENDEZVOUS_DATABASE_URL", hide_env_values = true)]
+    database: Option<String>,
     /// Address to serve HTTPS on.
     #[arg(
         long,
@@ -144,7 +151,7 @@ async fn main() -> ExitCode {
 
 async fn serve(args: Args) -> Result<(), BoxError> {
     let config = Config {
-        data_dir: args.data_dir,
+        data_dir: args.data_dir.clone(),
         hostnames: args.hostnames.iter().map(|h| HostName::parse(h)).collect(),
         limits: Limits {
             lookups_per_user: per_minute(args.lookups_per_minute),
@@ -153,6 +160,7 @@ async fn serve(args: Args) -> Result<(), BoxError> {
             idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
             ..Limits::default()
         },
+        shared: args.database.is_some(),
         relay: (!args.no_relay).then(|| RelayConfig {
             listen: args.relay_listen.clone(),
             announce: args.relay_announce.clone(),
@@ -167,7 +175,20 @@ async fn serve(args: Args) -> Result<(), BoxError> {
             },
         }),
     };
-    let prepared = prepare(&config, SystemTime::now())?;
+    match &args.database {
+        Some(url) => {
+            let store = PgStore::connect(url).await?;
+            let prepared = prepare_on(&config, SystemTime::now(), store).await?;
+            serve_prepared(args, prepared).await
+        }
+        None => {
+            let prepared = prepare(&config, SystemTime::now()).await?;
+            serve_prepared(args, prepared).await
+        }
+    }
+}
+
+async fn serve_prepared<S: Store>(args: Args, prepared: Prepared<S>) -> Result<(), BoxError> {
     if let Some(out) = &args.ca_cert_out {
         // Written whole, then renamed: a reader never sees half a certificate.
         let partial = out.with_extension("partial");

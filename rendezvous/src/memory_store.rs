@@ -17,6 +17,7 @@ struct Inner {
     certificates: HashMap<Username, Vec<Serial>>,
     revoked: BTreeMap<Serial, u64>,
     crl_number: u64,
+    crl: Option<(u64, Vec<u8>)>,
     signed_prekeys: HashMap<Username, SignedPreKeyRecord>,
     one_time_prekeys: HashMap<Username, BTreeMap<u32, [u8; 32]>>,
     presence: HashMap<Username, Presence>,
@@ -34,7 +35,7 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn create_account(&self, account: &Account) -> Result<bool, StoreError> {
+    async fn create_account(&self, account: &Account) -> Result<bool, StoreError> {
         let mut inner = self.inner();
         if inner.accounts.contains_key(&account.username) {
             return Ok(false);
@@ -45,22 +46,26 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
-    fn account(&self, username: &Username) -> Result<Option<Account>, StoreError> {
+    async fn account(&self, username: &Username) -> Result<Option<Account>, StoreError> {
         Ok(self.inner().accounts.get(username).cloned())
     }
 
-    fn update_account(&self, account: &Account) -> Result<(), StoreError> {
+    async fn update_account(&self, account: &Account) -> Result<(), StoreError> {
         self.inner()
             .accounts
             .insert(account.username.clone(), account.clone());
         Ok(())
     }
 
-    fn count_accounts(&self) -> Result<u64, StoreError> {
+    async fn count_accounts(&self) -> Result<u64, StoreError> {
         Ok(self.inner().accounts.len() as u64)
     }
 
-    fn record_certificate(&self, username: &Username, serial: &Serial) -> Result<(), StoreError> {
+    async fn record_certificate(
+        &self,
+        username: &Username,
+        serial: &Serial,
+    ) -> Result<(), StoreError> {
         self.inner()
             .certificates
             .entry(username.clone())
@@ -69,7 +74,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn certificates_of(&self, username: &Username) -> Result<Vec<Serial>, StoreError> {
+    async fn certificates_of(&self, username: &Username) -> Result<Vec<Serial>, StoreError> {
         Ok(self
             .inner()
             .certificates
@@ -78,16 +83,16 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
-    fn revoke(&self, serial: &Serial, at: u64) -> Result<(), StoreError> {
+    async fn revoke(&self, serial: &Serial, at: u64) -> Result<(), StoreError> {
         self.inner().revoked.entry(serial.clone()).or_insert(at);
         Ok(())
     }
 
-    fn is_revoked(&self, serial: &Serial) -> Result<bool, StoreError> {
+    async fn is_revoked(&self, serial: &Serial) -> Result<bool, StoreError> {
         Ok(self.inner().revoked.contains_key(serial))
     }
 
-    fn revoked(&self) -> Result<Vec<RevokedEntry>, StoreError> {
+    async fn revoked(&self) -> Result<Vec<RevokedEntry>, StoreError> {
         Ok(self
             .inner()
             .revoked
@@ -99,13 +104,13 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn next_crl_number(&self) -> Result<u64, StoreError> {
+    async fn next_crl_number(&self) -> Result<u64, StoreError> {
         let mut inner = self.inner();
         inner.crl_number += 1;
         Ok(inner.crl_number)
     }
 
-    fn set_signed_prekey(
+    async fn set_signed_prekey(
         &self,
         username: &Username,
         key: &SignedPreKeyRecord,
@@ -116,11 +121,14 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn signed_prekey(&self, username: &Username) -> Result<Option<SignedPreKeyRecord>, StoreError> {
+    async fn signed_prekey(
+        &self,
+        username: &Username,
+    ) -> Result<Option<SignedPreKeyRecord>, StoreError> {
         Ok(self.inner().signed_prekeys.get(username).cloned())
     }
 
-    fn add_one_time_prekeys(
+    async fn add_one_time_prekeys(
         &self,
         username: &Username,
         keys: &[OneTimePreKeyRecord],
@@ -137,7 +145,7 @@ impl Store for MemoryStore {
         Ok(stored.len() as u32)
     }
 
-    fn take_one_time_prekey(
+    async fn take_one_time_prekey(
         &self,
         username: &Username,
     ) -> Result<Option<OneTimePreKeyRecord>, StoreError> {
@@ -149,7 +157,7 @@ impl Store for MemoryStore {
             .map(|(id, public_key)| OneTimePreKeyRecord { id, public_key }))
     }
 
-    fn count_one_time_prekeys(&self, username: &Username) -> Result<u32, StoreError> {
+    async fn count_one_time_prekeys(&self, username: &Username) -> Result<u32, StoreError> {
         Ok(self
             .inner()
             .one_time_prekeys
@@ -157,25 +165,29 @@ impl Store for MemoryStore {
             .map_or(0, |k| k.len() as u32))
     }
 
-    fn clear_prekeys(&self, username: &Username) -> Result<(), StoreError> {
+    async fn clear_prekeys(&self, username: &Username) -> Result<(), StoreError> {
         let mut inner = self.inner();
         inner.signed_prekeys.remove(username);
         inner.one_time_prekeys.remove(username);
         Ok(())
     }
 
-    fn set_presence(&self, username: &Username, presence: &Presence) -> Result<(), StoreError> {
+    async fn set_presence(
+        &self,
+        username: &Username,
+        presence: &Presence,
+    ) -> Result<(), StoreError> {
         self.inner()
             .presence
             .insert(username.clone(), presence.clone());
         Ok(())
     }
 
-    fn presence(&self, username: &Username) -> Result<Option<Presence>, StoreError> {
+    async fn presence(&self, username: &Username) -> Result<Option<Presence>, StoreError> {
         Ok(self.inner().presence.get(username).cloned())
     }
 
-    fn deposit(
+    async fn deposit(
         &self,
         recipient: &Username,
         envelope: &StoredEnvelope,
@@ -201,7 +213,7 @@ impl Store for MemoryStore {
         Ok(Deposit::Stored)
     }
 
-    fn mailbox(
+    async fn mailbox(
         &self,
         recipient: &Username,
         now: u64,
@@ -221,7 +233,7 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
-    fn ack(&self, recipient: &Username, id: &[u8; 16]) -> Result<bool, StoreError> {
+    async fn ack(&self, recipient: &Username, id: &[u8; 16]) -> Result<bool, StoreError> {
         let mut inner = self.inner();
         let Some(mailbox) = inner.mail.get_mut(recipient) else {
             return Ok(false);
@@ -231,7 +243,7 @@ impl Store for MemoryStore {
         Ok(mailbox.len() != before)
     }
 
-    fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
+    async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
         let mut purged = 0;
         for mailbox in self.inner().mail.values_mut() {
             let before = mailbox.len();
@@ -241,8 +253,36 @@ impl Store for MemoryStore {
         Ok(purged)
     }
 
-    fn count_envelopes(&self) -> Result<u64, StoreError> {
+    async fn count_envelopes(&self) -> Result<u64, StoreError> {
         Ok(self.inner().mail.values().map(|m| m.len() as u64).sum())
+    }
+
+    async fn latest_crl(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(self.inner().crl.clone())
+    }
+
+    async fn save_crl(&self, number: u64, der: &[u8]) -> Result<(), StoreError> {
+        let mut inner = self.inner();
+        if inner.crl.as_ref().is_none_or(|(saved, _)| *saved <= number) {
+            inner.crl = Some((number, der.to_vec()));
+        }
+        Ok(())
+    }
+
+    async fn update_account_if_step(
+        &self,
+        account: &Account,
+        prior_step: u64,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.inner();
+        let Some(stored) = inner.accounts.get_mut(&account.username) else {
+            return Ok(false);
+        };
+        if stored.totp.as_ref().map_or(0, |t| t.last_step) != prior_step {
+            return Ok(false);
+        }
+        *stored = account.clone();
+        Ok(true)
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

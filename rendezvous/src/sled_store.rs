@@ -208,7 +208,7 @@ impl SledStore {
 
 impl Store for SledStore {
     #[tracing::instrument(name = "store.create_account", skip_all)]
-    fn create_account(&self, account: &Account) -> Result<bool, StoreError> {
+    async fn create_account(&self, account: &Account) -> Result<bool, StoreError> {
         let created = self
             .accounts
             .compare_and_swap(
@@ -224,7 +224,7 @@ impl Store for SledStore {
         Ok(created)
     }
 
-    fn account(&self, username: &Username) -> Result<Option<Account>, StoreError> {
+    async fn account(&self, username: &Username) -> Result<Option<Account>, StoreError> {
         self.accounts
             .get(username.as_str())
             .map_err(backend)?
@@ -232,25 +232,29 @@ impl Store for SledStore {
             .transpose()
     }
 
-    fn update_account(&self, account: &Account) -> Result<(), StoreError> {
+    async fn update_account(&self, account: &Account) -> Result<(), StoreError> {
         self.accounts
             .insert(account.username.as_str(), encode(account)?)
             .map_err(backend)?;
         Ok(())
     }
 
-    fn count_accounts(&self) -> Result<u64, StoreError> {
+    async fn count_accounts(&self) -> Result<u64, StoreError> {
         Ok(self.account_count.load(Ordering::Relaxed))
     }
 
-    fn record_certificate(&self, username: &Username, serial: &Serial) -> Result<(), StoreError> {
+    async fn record_certificate(
+        &self,
+        username: &Username,
+        serial: &Serial,
+    ) -> Result<(), StoreError> {
         self.user_certs
             .insert(key(username, serial.as_bytes()), &[])
             .map_err(backend)?;
         Ok(())
     }
 
-    fn certificates_of(&self, username: &Username) -> Result<Vec<Serial>, StoreError> {
+    async fn certificates_of(&self, username: &Username) -> Result<Vec<Serial>, StoreError> {
         let p = prefix(username);
         self.user_certs
             .scan_prefix(&p)
@@ -262,7 +266,7 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn revoke(&self, serial: &Serial, at: u64) -> Result<(), StoreError> {
+    async fn revoke(&self, serial: &Serial, at: u64) -> Result<(), StoreError> {
         let _ = self
             .revoked
             .compare_and_swap(
@@ -274,13 +278,13 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn is_revoked(&self, serial: &Serial) -> Result<bool, StoreError> {
+    async fn is_revoked(&self, serial: &Serial) -> Result<bool, StoreError> {
         self.revoked
             .contains_key(serial.as_bytes())
             .map_err(backend)
     }
 
-    fn revoked(&self) -> Result<Vec<RevokedEntry>, StoreError> {
+    async fn revoked(&self) -> Result<Vec<RevokedEntry>, StoreError> {
         self.revoked
             .iter()
             .map(|item| {
@@ -296,7 +300,7 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn next_crl_number(&self) -> Result<u64, StoreError> {
+    async fn next_crl_number(&self) -> Result<u64, StoreError> {
         let next = self
             .meta
             .update_and_fetch("crl_number", |old| {
@@ -313,7 +317,7 @@ impl Store for SledStore {
         Ok(next)
     }
 
-    fn set_signed_prekey(
+    async fn set_signed_prekey(
         &self,
         username: &Username,
         key: &SignedPreKeyRecord,
@@ -324,7 +328,10 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn signed_prekey(&self, username: &Username) -> Result<Option<SignedPreKeyRecord>, StoreError> {
+    async fn signed_prekey(
+        &self,
+        username: &Username,
+    ) -> Result<Option<SignedPreKeyRecord>, StoreError> {
         self.signed_prekeys
             .get(username.as_str())
             .map_err(backend)?
@@ -333,7 +340,7 @@ impl Store for SledStore {
     }
 
     #[tracing::instrument(name = "store.add_one_time_prekeys", skip_all)]
-    fn add_one_time_prekeys(
+    async fn add_one_time_prekeys(
         &self,
         username: &Username,
         keys: &[OneTimePreKeyRecord],
@@ -341,7 +348,7 @@ impl Store for SledStore {
     ) -> Result<u32, StoreError> {
         // One writer at a time, so concurrent uploads cannot together exceed `max`.
         let _guard = self.prekey_writer.lock().unwrap_or_else(|p| p.into_inner());
-        let mut count = self.count_one_time_prekeys(username)?;
+        let mut count = self.one_time_prekeys.scan_prefix(prefix(username)).count() as u32;
         for k in keys {
             let entry = key(username, &k.id.to_be_bytes());
             let exists = self
@@ -362,7 +369,7 @@ impl Store for SledStore {
     }
 
     #[tracing::instrument(name = "store.take_one_time_prekey", skip_all)]
-    fn take_one_time_prekey(
+    async fn take_one_time_prekey(
         &self,
         username: &Username,
     ) -> Result<Option<OneTimePreKeyRecord>, StoreError> {
@@ -389,11 +396,11 @@ impl Store for SledStore {
         }
     }
 
-    fn count_one_time_prekeys(&self, username: &Username) -> Result<u32, StoreError> {
+    async fn count_one_time_prekeys(&self, username: &Username) -> Result<u32, StoreError> {
         Ok(self.one_time_prekeys.scan_prefix(prefix(username)).count() as u32)
     }
 
-    fn clear_prekeys(&self, username: &Username) -> Result<(), StoreError> {
+    async fn clear_prekeys(&self, username: &Username) -> Result<(), StoreError> {
         self.signed_prekeys
             .remove(username.as_str())
             .map_err(backend)?;
@@ -406,14 +413,18 @@ impl Store for SledStore {
     }
 
     #[tracing::instrument(name = "store.set_presence", skip_all)]
-    fn set_presence(&self, username: &Username, presence: &Presence) -> Result<(), StoreError> {
+    async fn set_presence(
+        &self,
+        username: &Username,
+        presence: &Presence,
+    ) -> Result<(), StoreError> {
         self.presence
             .insert(username.as_str(), encode(presence)?)
             .map_err(backend)?;
         Ok(())
     }
 
-    fn presence(&self, username: &Username) -> Result<Option<Presence>, StoreError> {
+    async fn presence(&self, username: &Username) -> Result<Option<Presence>, StoreError> {
         self.presence
             .get(username.as_str())
             .map_err(backend)?
@@ -422,7 +433,7 @@ impl Store for SledStore {
     }
 
     #[tracing::instrument(name = "store.deposit", skip_all)]
-    fn deposit(
+    async fn deposit(
         &self,
         recipient: &Username,
         envelope: &StoredEnvelope,
@@ -469,7 +480,7 @@ impl Store for SledStore {
     }
 
     #[tracing::instrument(name = "store.mailbox", skip_all)]
-    fn mailbox(
+    async fn mailbox(
         &self,
         recipient: &Username,
         now: u64,
@@ -489,11 +500,11 @@ impl Store for SledStore {
     }
 
     #[tracing::instrument(name = "store.ack", skip_all)]
-    fn ack(&self, recipient: &Username, id: &[u8; 16]) -> Result<bool, StoreError> {
+    async fn ack(&self, recipient: &Username, id: &[u8; 16]) -> Result<bool, StoreError> {
         self.remove_envelope(recipient, id)
     }
 
-    fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
+    async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
         let mut expired = Vec::new();
         for item in self.mail.iter() {
             let (k, v) = item.map_err(backend)?;
@@ -518,8 +529,66 @@ impl Store for SledStore {
         Ok(purged)
     }
 
-    fn count_envelopes(&self) -> Result<u64, StoreError> {
+    async fn count_envelopes(&self) -> Result<u64, StoreError> {
         Ok(self.envelope_count.load(Ordering::Relaxed))
+    }
+
+    async fn latest_crl(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let Some(bytes) = self.meta.get("crl").map_err(backend)? else {
+            return Ok(None);
+        };
+        let number = bytes
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| StoreError::Corrupt("saved CRL".into()))?;
+        Ok(Some((number, bytes[8..].to_vec())))
+    }
+
+    async fn save_crl(&self, number: u64, der: &[u8]) -> Result<(), StoreError> {
+        let mut record = number.to_be_bytes().to_vec();
+        record.extend_from_slice(der);
+        self.meta
+            .fetch_and_update("crl", |old| {
+                let newer = old
+                    .and_then(|b| b.get(..8))
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .is_some_and(|saved| saved > number);
+                match (newer, old) {
+                    (true, Some(old)) => Some(old.to_vec()),
+                    _ => Some(record.clone()),
+                }
+            })
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn update_account_if_step(
+        &self,
+        account: &Account,
+        prior_step: u64,
+    ) -> Result<bool, StoreError> {
+        let name = account.username.as_str();
+        let new = encode(account)?;
+        loop {
+            let Some(old) = self.accounts.get(name).map_err(backend)? else {
+                return Ok(false);
+            };
+            let step = decode_account(&old)?.totp.map_or(0, |t| t.last_step);
+            if step != prior_step {
+                return Ok(false);
+            }
+            // Compare-and-swap: a concurrent change of the record makes us look again.
+            if self
+                .accounts
+                .compare_and_swap(name, Some(&old), Some(new.as_slice()))
+                .map_err(backend)?
+                .is_ok()
+            {
+                return Ok(true);
+            }
+        }
     }
 
     #[tracing::instrument(name = "store.flush", skip_all)]

@@ -194,38 +194,77 @@ pub struct Quota {
     pub max_bytes_per_sender: u64,
 }
 
+/// A change the other instances sharing a store must hear of (see [`Store::publish`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Mail (or a prekey shortage) for this user: a long poll of theirs answers.
+    Mailbox(Username),
+    /// A CRL with this number was saved ([`Store::save_crl`]): it is the one to serve.
+    Crl(u64),
+    /// Changes may have been missed (the store lost its way of hearing them for a while):
+    /// every long poll looks again, and the newest CRL is loaded.
+    Missed,
+}
+
 /// The storage port.
+///
+/// Several rendezvous instances may share one store (a database server); what they must agree
+/// on — one-time prekeys handed out once, CRL numbers, TOTP steps, mailbox quotas — is decided
+/// by the store, never by one instance's memory.
 pub trait Store: Send + Sync + 'static {
     /// Creates `account`. MUST return `Ok(false)` and change nothing when the name is taken.
-    fn create_account(&self, account: &Account) -> Result<bool, StoreError>;
+    fn create_account(
+        &self,
+        account: &Account,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// The account named `username`, if any.
-    fn account(&self, username: &Username) -> Result<Option<Account>, StoreError>;
+    fn account(
+        &self,
+        username: &Username,
+    ) -> impl Future<Output = Result<Option<Account>, StoreError>> + Send;
     /// Replaces an existing account record.
-    fn update_account(&self, account: &Account) -> Result<(), StoreError>;
+    fn update_account(
+        &self,
+        account: &Account,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Number of accounts.
-    fn count_accounts(&self) -> Result<u64, StoreError>;
+    fn count_accounts(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Remembers that `serial` was issued to `username` (so it can be revoked with the account).
-    fn record_certificate(&self, username: &Username, serial: &Serial) -> Result<(), StoreError>;
+    fn record_certificate(
+        &self,
+        username: &Username,
+        serial: &Serial,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Serials ever issued to `username`.
-    fn certificates_of(&self, username: &Username) -> Result<Vec<Serial>, StoreError>;
+    fn certificates_of(
+        &self,
+        username: &Username,
+    ) -> impl Future<Output = Result<Vec<Serial>, StoreError>> + Send;
     /// Marks `serial` revoked at `at` (Unix seconds). Revoking twice keeps the first time.
-    fn revoke(&self, serial: &Serial, at: u64) -> Result<(), StoreError>;
+    fn revoke(
+        &self,
+        serial: &Serial,
+        at: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Whether `serial` is revoked.
-    fn is_revoked(&self, serial: &Serial) -> Result<bool, StoreError>;
+    fn is_revoked(&self, serial: &Serial) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Every revoked serial.
-    fn revoked(&self) -> Result<Vec<RevokedEntry>, StoreError>;
+    fn revoked(&self) -> impl Future<Output = Result<Vec<RevokedEntry>, StoreError>> + Send;
     /// A CRL number larger than every one returned before, across restarts.
-    fn next_crl_number(&self) -> Result<u64, StoreError>;
+    fn next_crl_number(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Sets the signed prekey of `username`.
     fn set_signed_prekey(
         &self,
         username: &Username,
         key: &SignedPreKeyRecord,
-    ) -> Result<(), StoreError>;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// The signed prekey of `username`.
-    fn signed_prekey(&self, username: &Username) -> Result<Option<SignedPreKeyRecord>, StoreError>;
+    fn signed_prekey(
+        &self,
+        username: &Username,
+    ) -> impl Future<Output = Result<Option<SignedPreKeyRecord>, StoreError>> + Send;
     /// Adds one-time prekeys, keeping at most `max` in total (extra ones are dropped; a known id
     /// is overwritten). Returns how many are stored afterwards.
     fn add_one_time_prekeys(
@@ -233,22 +272,35 @@ pub trait Store: Send + Sync + 'static {
         username: &Username,
         keys: &[OneTimePreKeyRecord],
         max: u32,
-    ) -> Result<u32, StoreError>;
+    ) -> impl Future<Output = Result<u32, StoreError>> + Send;
     /// Removes and returns one one-time prekey. MUST hand each key to at most one caller, however
     /// many call at once.
     fn take_one_time_prekey(
         &self,
         username: &Username,
-    ) -> Result<Option<OneTimePreKeyRecord>, StoreError>;
+    ) -> impl Future<Output = Result<Option<OneTimePreKeyRecord>, StoreError>> + Send;
     /// How many one-time prekeys `username` has.
-    fn count_one_time_prekeys(&self, username: &Username) -> Result<u32, StoreError>;
+    fn count_one_time_prekeys(
+        &self,
+        username: &Username,
+    ) -> impl Future<Output = Result<u32, StoreError>> + Send;
     /// Forgets all prekeys of `username` (its identity key changed, so they are void).
-    fn clear_prekeys(&self, username: &Username) -> Result<(), StoreError>;
+    fn clear_prekeys(
+        &self,
+        username: &Username,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Sets the presence of `username`.
-    fn set_presence(&self, username: &Username, presence: &Presence) -> Result<(), StoreError>;
+    fn set_presence(
+        &self,
+        username: &Username,
+        presence: &Presence,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// The presence of `username` (possibly expired: the caller compares with its clock).
-    fn presence(&self, username: &Username) -> Result<Option<Presence>, StoreError>;
+    fn presence(
+        &self,
+        username: &Username,
+    ) -> impl Future<Output = Result<Option<Presence>, StoreError>> + Send;
 
     /// Adds an envelope to `recipient`'s mailbox unless one with its id waits already or the
     /// quota is full.
@@ -257,20 +309,54 @@ pub trait Store: Send + Sync + 'static {
         recipient: &Username,
         envelope: &StoredEnvelope,
         quota: Quota,
-    ) -> Result<Deposit, StoreError>;
+    ) -> impl Future<Output = Result<Deposit, StoreError>> + Send;
     /// Up to `limit` envelopes of `recipient`, oldest first, skipping those expired at `now`.
     fn mailbox(
         &self,
         recipient: &Username,
         now: u64,
         limit: usize,
-    ) -> Result<Vec<StoredEnvelope>, StoreError>;
+    ) -> impl Future<Output = Result<Vec<StoredEnvelope>, StoreError>> + Send;
     /// Deletes `recipient`'s envelope `id`. Returns whether it was there.
-    fn ack(&self, recipient: &Username, id: &[u8; 16]) -> Result<bool, StoreError>;
+    fn ack(
+        &self,
+        recipient: &Username,
+        id: &[u8; 16],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Deletes every envelope expired at `now`; returns how many.
-    fn purge_expired(&self, now: u64) -> Result<u64, StoreError>;
+    fn purge_expired(&self, now: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Envelopes waiting in all mailboxes.
-    fn count_envelopes(&self) -> Result<u64, StoreError>;
+    fn count_envelopes(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The newest CRL saved: its number and DER.
+    fn latest_crl(&self)
+    -> impl Future<Output = Result<Option<(u64, Vec<u8>)>, StoreError>> + Send;
+    /// Saves a CRL signed with `number` (from [`Store::next_crl_number`]); a number lower than
+    /// the newest saved changes nothing.
+    fn save_crl(
+        &self,
+        number: u64,
+        der: &[u8],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Replaces an existing account record only if the TOTP step it holds is still
+    /// `prior_step`, atomically; returns whether it did. Of two logins with one code, on any
+    /// instances, one wins.
+    fn update_account_if_step(
+        &self,
+        account: &Account,
+        prior_step: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Tells every instance sharing this store (this one included) of `change`. A store that
+    /// one instance has to itself does nothing: that instance acts on its changes directly.
+    fn publish(&self, change: Change) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = change;
+        std::future::ready(Ok(()))
+    }
+    /// Changes published by the instances sharing this store, if it is shared.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
 
     /// Makes every write so far durable.
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

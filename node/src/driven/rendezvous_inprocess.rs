@@ -126,7 +126,12 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
             .trust()
             .verify(&[der], self.service.now())
             .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
-        let caller = self.service.authenticate(Some(&peer)).map_err(translate)?;
+        // The trust store's CRL is the one in force: a revoked certificate failed `verify`.
+        let caller = Caller {
+            username: peer.username,
+            serial: peer.serial,
+            identity_key: peer.identity_key,
+        };
         *self.caller.write().unwrap_or_else(|p| p.into_inner()) = Some(caller);
         Ok(())
     }
@@ -164,13 +169,18 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
         Ok(self
             .service
             .prekey_status(&caller)
+            .await
             .map_err(translate)?
             .one_time_prekeys)
     }
 
     async fn lookup(&self, username: &Username) -> Result<PeerInfo, DirectoryError> {
         let caller = self.caller()?;
-        let peer = self.service.lookup(&caller, username).map_err(translate)?;
+        let peer = self
+            .service
+            .lookup(&caller, username)
+            .await
+            .map_err(translate)?;
         Ok(PeerInfo {
             username: peer.username,
             identity_key: IdentityKey::from_bytes(&peer.identity_key)
@@ -297,7 +307,7 @@ impl<R: RendezvousStore> Directory for InProcessDirectory<R> {
     }
 
     async fn crl(&self) -> Result<Vec<u8>, DirectoryError> {
-        let crl = self.service.crl().map_err(translate)?;
+        let crl = self.service.crl().await.map_err(translate)?;
         Ok(crl.der().to_vec())
     }
 

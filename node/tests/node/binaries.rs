@@ -43,12 +43,13 @@ pub(crate) async fn rendezvous_with(
         data_dir: dir.to_path_buf(),
         hostnames: vec![HostName::parse("localhost"), HostName::parse("127.0.0.1")],
         limits,
+        shared: false,
         relay: Some(peerchat_rendezvous::relay::RelayConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             ..Default::default()
         }),
     };
-    let prepared = prepare(&config, SystemTime::now()).unwrap();
+    let prepared = prepare(&config, SystemTime::now()).await.unwrap();
     let service = prepared.service.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

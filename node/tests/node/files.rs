@@ -20,7 +20,7 @@ fn a_file(dir: &tempfile::TempDir, name: &str, len: usize) -> (std::path::PathBu
 }
 
 async fn pair(bob_limits: FileLimits) -> (World, User, User) {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_user_with_file_limits("bob", bob_limits).await;
     (world, alice, bob)
@@ -271,7 +271,7 @@ async fn a_cancelled_download_is_not_fetched_until_accepted_again() {
 
 /// Alice (admin) with bob and carol in a group, every member holding the creation.
 async fn a_group_of_three() -> (World, [User; 3], peerchat::domain::GroupId) {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
     let carol = world.given_a_registered_user("carol").await;

@@ -205,7 +205,8 @@ async fn one_user_cannot_drain_anothers_prekeys_and_a_low_supply_is_topped_up_at
     let bob = Daemon::start(&tmp.path().join("bob"), &url);
     bob.register("bob");
     let bob_name = Username::new("bob").unwrap();
-    let supply = || service.store().count_one_time_prekeys(&bob_name).unwrap();
+    let supply =
+        || futures::executor::block_on(service.store().count_one_time_prekeys(&bob_name)).unwrap();
     let full = supply();
     assert_eq!(full, 100);
 
@@ -273,6 +274,7 @@ async fn a_peer_flooding_a_daemon_with_connections_and_half_sent_envelopes_is_bo
         let presence = service
             .store()
             .presence(&Username::new("bob").unwrap())
+            .await
             .unwrap()
             .expect("bob announced his addresses");
         presence.addresses[0].parse().unwrap()

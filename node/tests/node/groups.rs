@@ -16,7 +16,7 @@ use crate::usecases::{User, World, given_a_rendezvous, user};
 
 /// Alice (admin) with bob, carol and dave in "friends", every member holding the creation.
 async fn a_group_of_four() -> (World, [User; 4], GroupId) {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let mut people = Vec::new();
     for name in ["alice", "bob", "carol", "dave"] {
         people.push(world.given_a_registered_user(name).await);

@@ -47,7 +47,7 @@ pub(crate) fn user(name: &str) -> Username {
     Username::new(name).unwrap()
 }
 
-pub(crate) fn given_a_rendezvous() -> World {
+pub(crate) async fn given_a_rendezvous() -> World {
     let limits = Limits {
         argon2_memory_kib: 256,
         lookups_per_user: Rate {
@@ -81,6 +81,7 @@ pub(crate) fn given_a_rendezvous() -> World {
     World {
         rendezvous: Arc::new(
             Rendezvous::new(RendezvousMemory::default(), ca, limits)
+                .await
                 .unwrap()
                 .with_blobs(blobs.path().join("blobs")),
         ),
@@ -141,7 +142,7 @@ fn texts(node: &TestNode, peer: &Username) -> Vec<(Direction, String)> {
 
 #[tokio::test]
 async fn given_two_users_when_alice_sends_then_bob_stores_it_and_alice_sees_sent() {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
 
@@ -174,7 +175,7 @@ async fn given_two_users_when_alice_sends_then_bob_stores_it_and_alice_sees_sent
 
 #[tokio::test]
 async fn given_a_conversation_then_both_histories_show_the_same_messages_in_order() {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
 
@@ -220,7 +221,7 @@ async fn given_a_conversation_then_both_histories_show_the_same_messages_in_orde
 
 #[tokio::test]
 async fn given_a_sent_message_when_the_client_retries_the_same_id_then_nothing_is_sent_twice() {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
     let id = MessageId::random(&mut OsRng);
@@ -234,7 +235,7 @@ async fn given_a_sent_message_when_the_client_retries_the_same_id_then_nothing_i
 
 #[tokio::test]
 async fn given_bob_offline_when_alice_sends_then_the_mailbox_keeps_it_until_bob_fetches() {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
     world.hub.set_online(&bob.name, false);
@@ -270,7 +271,7 @@ async fn given_bob_offline_when_alice_sends_then_the_mailbox_keeps_it_until_bob_
 #[tokio::test]
 async fn given_neither_peer_nor_mailbox_reachable_then_the_message_waits_in_the_outbox_and_is_retried()
  {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
     world.hub.set_online(&bob.name, false);
@@ -362,7 +363,7 @@ async fn given_neither_peer_nor_mailbox_reachable_then_the_message_waits_in_the_
 #[tokio::test]
 async fn given_a_received_envelope_when_it_is_tampered_then_it_is_kept_as_undecryptable_until_a_good_copy_replaces_it()
  {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
     world.hub.set_online(&bob.name, false);
@@ -422,7 +423,7 @@ async fn given_a_received_envelope_when_it_is_tampered_then_it_is_kept_as_undecr
 #[tokio::test]
 async fn given_an_envelope_whose_x3dh_identity_is_not_the_authenticated_sender_then_it_is_refused()
 {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
     let mallory = world.given_a_registered_user("mallory").await;
@@ -455,7 +456,7 @@ async fn given_an_envelope_whose_x3dh_identity_is_not_the_authenticated_sender_t
 
 #[tokio::test]
 async fn given_an_unknown_recipient_when_sending_then_a_clear_error_and_nothing_stored() {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     let nobody = user("nobody");
     let err = alice
@@ -483,7 +484,7 @@ async fn given_an_unknown_recipient_when_sending_then_a_clear_error_and_nothing_
 
 #[tokio::test]
 async fn given_no_account_then_commands_say_so_and_registering_twice_is_refused() {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let (network, _inbound) = world.hub.attach(user("carol"));
     let node = Node::new(
         MemoryStore::default(),
@@ -509,7 +510,7 @@ async fn given_no_account_then_commands_say_so_and_registering_twice_is_refused(
 
 #[tokio::test]
 async fn given_a_drained_prekey_supply_when_refreshing_then_a_new_batch_is_published() {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
     use peerchat::ports::Directory;
@@ -549,7 +550,7 @@ async fn mailed(u: &User) -> Envelope {
 
 #[tokio::test]
 async fn given_a_stored_message_then_receipts_move_the_senders_status_to_delivered_then_read() {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
     let id = MessageId::random(&mut OsRng);
@@ -593,7 +594,7 @@ async fn given_a_stored_message_then_receipts_move_the_senders_status_to_deliver
 
 #[tokio::test]
 async fn given_a_registered_node_then_it_renews_its_certificate_and_logout_revokes_it() {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
     let before = alice.store.identity().unwrap().unwrap().certificate_pem;
@@ -624,7 +625,7 @@ async fn given_a_registered_node_then_it_renews_its_certificate_and_logout_revok
     assert_eq!(bob.node.history(&alice.name).unwrap().len(), 1);
 
     alice.node.logout().await.unwrap();
-    let crl = world.rendezvous.crl().unwrap();
+    let crl = world.rendezvous.crl().await.unwrap();
     let serial = {
         use rustls::pki_types::pem::PemObject;
         let der = peerchat_pki::CertificateDer::from_pem_slice(after.as_bytes()).unwrap();
@@ -646,7 +647,7 @@ async fn given_a_registered_node_then_it_renews_its_certificate_and_logout_revok
 #[tokio::test]
 async fn given_an_old_signed_prekey_then_it_is_rotated_and_the_previous_one_still_answers_late_messages()
  {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
     world.hub.set_online(&bob.name, false);
@@ -704,7 +705,7 @@ async fn given_an_old_signed_prekey_then_it_is_rotated_and_the_previous_one_stil
 #[tokio::test]
 async fn given_bob_logs_in_with_a_new_key_then_alice_gets_a_key_change_event_and_her_send_is_held()
 {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
     alice
@@ -790,7 +791,7 @@ async fn given_bob_logs_in_with_a_new_key_then_alice_gets_a_key_change_event_and
 
 #[tokio::test]
 async fn given_a_second_factor_when_logging_in_on_a_new_install_then_the_code_is_required() {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     let enrolment = alice.node.enable_totp().await.unwrap();
     assert!(enrolment.uri.starts_with("otpauth://totp/"));
@@ -865,7 +866,7 @@ async fn given_a_second_factor_when_logging_in_on_a_new_install_then_the_code_is
 
 #[tokio::test]
 async fn given_a_receipt_in_the_outbox_then_status_counts_only_messages_and_its_ack_is_no_event() {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
     // Bob writes; alice stores it and queues a delivery receipt (sent by her next outbox run).
@@ -904,7 +905,7 @@ async fn given_a_receipt_in_the_outbox_then_status_counts_only_messages_and_its_
 
 #[tokio::test]
 async fn given_the_receipt_processed_before_the_ack_then_the_status_stays_delivered() {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     // Bob's node answers each envelope only after it has sent its own delivery receipt, so
     // alice processes the receipt before the acknowledgement of her send.
@@ -1002,7 +1003,7 @@ impl TransportTrust for RecordingTrust {
 
 #[tokio::test]
 async fn maintenance_empties_the_mailbox_follows_revocations_and_stops_when_cancelled() {
-    let world = given_a_rendezvous();
+    let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
     let bob = world.given_a_registered_user("bob").await;
     let carol = world.given_a_registered_user("carol").await;

@@ -44,7 +44,7 @@ impl<S: Store> Rendezvous<S> {
         check(&self.limiters.registrations, &())?;
         // The relay's certificate carries a reserved name: no user may hold it.
         if username.as_str() == crate::relay::RELAY_USERNAME
-            || self.store.account(username)?.is_some()
+            || self.store.account(username).await?.is_some()
         {
             return Err(ServiceError::UsernameTaken);
         }
@@ -60,10 +60,12 @@ impl<S: Store> Rendezvous<S> {
             totp: None,
             created_at: unix(now),
         };
-        if !self.store.create_account(&account)? {
+        if !self.store.create_account(&account).await? {
             return Err(ServiceError::UsernameTaken);
         }
-        self.store.record_certificate(username, &issued.serial)?;
+        self.store
+            .record_certificate(username, &issued.serial)
+            .await?;
         self.store.flush().await?;
         tracing::info!(user = %username, serial = %issued.serial, "account registered");
         Ok(self.issued(&issued))
@@ -88,7 +90,7 @@ impl<S: Store> Rendezvous<S> {
             &(username.clone(), prefix),
         )?;
         check(&self.limiters.login_per_account, username)?;
-        let account = self.store.account(username)?;
+        let account = self.store.account(username).await?;
         let hash = account
             .as_ref()
             .map_or(self.dummy_hash.clone(), |a| a.password_hash.clone());
@@ -101,36 +103,45 @@ impl<S: Store> Rendezvous<S> {
             // Read again under the lock: the last accepted step may have moved.
             let mut fresh = self
                 .store
-                .account(&account.username)?
+                .account(&account.username)
+                .await?
                 .ok_or(ServiceError::NoSuchUser)?;
             let code = totp.unwrap_or_default();
+            let prior_step = fresh.totp.as_ref().map_or(0, |t| t.last_step);
             let accepted = match fresh.totp.as_mut() {
                 Some(state) => self.accept_totp_code(state, &fresh.username, code, now)?,
                 None => false,
             };
-            if !accepted {
+            // Recorded only if no other instance accepted a code meanwhile: the lock above
+            // covers this instance, the store's compare-and-set all of them.
+            if !accepted
+                || !self
+                    .store
+                    .update_account_if_step(&fresh, prior_step)
+                    .await?
+            {
                 return Err(ServiceError::TotpRequired);
             }
-            self.store.update_account(&fresh)?;
             self.store.flush().await?;
             account = fresh;
         }
         let issued = self.issue(csr, &account.username, now)?;
-        for serial in self.store.certificates_of(&account.username)? {
-            self.store.revoke(&serial, unix(now))?;
+        for serial in self.store.certificates_of(&account.username).await? {
+            self.store.revoke(&serial, unix(now)).await?;
         }
         if account.identity_key != issued.public_key.to_bytes() {
-            self.store.clear_prekeys(&account.username)?;
+            self.store.clear_prekeys(&account.username).await?;
         }
         account.identity_key = issued.public_key.to_bytes();
         account.peer_id = peer_id_of(&issued.public_key)?;
         account.certificate = issued.der.to_vec();
         account.serial = issued.serial.clone();
-        self.store.update_account(&account)?;
+        self.store.update_account(&account).await?;
         self.store
-            .record_certificate(&account.username, &issued.serial)?;
+            .record_certificate(&account.username, &issued.serial)
+            .await?;
         self.store.flush().await?;
-        self.refresh_crl(now)?;
+        self.refresh_crl(now).await?;
         tracing::info!(user = %account.username, serial = %issued.serial, "logged in, older certificates revoked");
         Ok(self.issued(&issued))
     }
@@ -138,7 +149,7 @@ impl<S: Store> Rendezvous<S> {
     /// Starts TOTP enrolment: a fresh secret, not required until confirmed.
     #[tracing::instrument(name = "service.totp_enrol", skip_all)]
     pub async fn totp_enrol(&self, caller: &Caller) -> Result<TotpEnrolment, ServiceError> {
-        let mut account = self.account_of(caller)?;
+        let mut account = self.account_of(caller).await?;
         if account.totp.as_ref().is_some_and(|t| t.confirmed) {
             return Err(ServiceError::TotpAlreadyEnabled);
         }
@@ -155,7 +166,7 @@ impl<S: Store> Rendezvous<S> {
             confirmed: false,
             last_step: 0,
         });
-        self.store.update_account(&account)?;
+        self.store.update_account(&account).await?;
         self.store.flush().await?;
         Ok(enrolment)
     }
@@ -165,15 +176,22 @@ impl<S: Store> Rendezvous<S> {
     pub async fn totp_confirm(&self, caller: &Caller, code: &str) -> Result<(), ServiceError> {
         let now = self.now();
         let _one_at_a_time = self.totp_lock.lock().await;
-        let mut account = self.account_of(caller)?;
+        let mut account = self.account_of(caller).await?;
         let Some(state) = account.totp.as_mut() else {
             return Err(ServiceError::TotpNotEnrolled);
         };
+        let prior_step = state.last_step;
         if !self.accept_totp_code(state, &caller.username, code, now)? {
             return Err(ServiceError::TotpInvalid);
         }
         state.confirmed = true;
-        self.store.update_account(&account)?;
+        if !self
+            .store
+            .update_account_if_step(&account, prior_step)
+            .await?
+        {
+            return Err(ServiceError::TotpInvalid);
+        }
         self.store.flush().await?;
         Ok(())
     }

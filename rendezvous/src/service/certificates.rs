@@ -8,7 +8,7 @@ use peerchat_pki::{Crl, IssueError, IssuedCertificate, Serial, Username};
 use rand::rngs::OsRng;
 
 use super::{Caller, Rendezvous, ServiceError, internal, unix};
-use crate::store::Store;
+use crate::store::{Change, Store};
 
 /// A certificate just issued, with the CA that issued it.
 #[derive(Debug, Clone)]
@@ -26,11 +26,11 @@ pub struct Issued {
 impl<S: Store> Rendezvous<S> {
     /// The current CRL, re-signed when a day of its validity has passed.
     #[tracing::instrument(name = "service.crl", skip_all)]
-    pub fn crl(&self) -> Result<Arc<Crl>, ServiceError> {
+    pub async fn crl(&self) -> Result<Arc<Crl>, ServiceError> {
         let now = self.now();
         let current = self.crl.read().unwrap_or_else(|p| p.into_inner()).clone();
         if current.next_update() < now + self.limits.crl_validity - Duration::from_secs(24 * 3600) {
-            return self.refresh_crl(now);
+            return self.refresh_crl(now).await;
         }
         Ok(current)
     }
@@ -40,15 +40,39 @@ impl<S: Store> Rendezvous<S> {
         self.crl.read().unwrap_or_else(|p| p.into_inner()).number()
     }
 
-    pub(super) fn refresh_crl(&self, now: SystemTime) -> Result<Arc<Crl>, ServiceError> {
-        let revoked = self.store.revoked()?;
-        let number = self.store.next_crl_number()?;
+    /// Signs a CRL of every revocation stored, with the next number from the store, saves it
+    /// there (where instances sharing the store find it) and puts it in force.
+    pub(super) async fn refresh_crl(&self, now: SystemTime) -> Result<Arc<Crl>, ServiceError> {
+        let revoked = self.store.revoked().await?;
+        let number = self.store.next_crl_number().await?;
         let crl = self
             .ca
             .sign_crl(&revoked, number, now, now + self.limits.crl_validity)
             .map_err(|e| internal("signing the CRL", e))?;
+        self.store.save_crl(number, crl.der()).await?;
+        self.store.flush().await?;
+        let current = self.install_crl(crl)?;
+        self.store.publish(Change::Crl(number)).await?;
+        Ok(current)
+    }
+
+    /// Puts the newest CRL in the store in force, if it is newer than ours (another instance
+    /// signed it). A CRL that does not verify against our CA is refused.
+    pub async fn load_crl(&self) -> Result<Arc<Crl>, ServiceError> {
+        if let Some((number, der)) = self.store.latest_crl().await?
+            && number > self.current_crl_number()
+        {
+            let crl = Crl::from_der(&der, self.ca.certificate())
+                .map_err(|e| internal("the stored CRL", e))?;
+            return self.install_crl(crl);
+        }
+        Ok(self.crl.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// Puts `crl` in force unless a newer one is (concurrent refreshes may finish out of
+    /// order), waking every long poll; returns the one in force.
+    fn install_crl(&self, crl: Crl) -> Result<Arc<Crl>, ServiceError> {
         let mut slot = self.crl.write().unwrap_or_else(|p| p.into_inner());
-        // Concurrent refreshes may finish out of order: keep the newest.
         if crl.number() > slot.number() {
             self.trust
                 .set_crl(crl.clone())
@@ -66,12 +90,13 @@ impl<S: Store> Rendezvous<S> {
         if issued.public_key != caller.identity_key {
             return Err(ServiceError::KeyMismatch);
         }
-        let mut account = self.account_of(caller)?;
+        let mut account = self.account_of(caller).await?;
         account.certificate = issued.der.to_vec();
         account.serial = issued.serial.clone();
-        self.store.update_account(&account)?;
+        self.store.update_account(&account).await?;
         self.store
-            .record_certificate(&caller.username, &issued.serial)?;
+            .record_certificate(&caller.username, &issued.serial)
+            .await?;
         self.store.flush().await?;
         Ok(self.issued(&issued))
     }
@@ -80,9 +105,9 @@ impl<S: Store> Rendezvous<S> {
     #[tracing::instrument(name = "service.revoke", skip_all)]
     pub async fn revoke(&self, caller: &Caller) -> Result<(), ServiceError> {
         let now = self.now();
-        self.store.revoke(&caller.serial, unix(now))?;
+        self.store.revoke(&caller.serial, unix(now)).await?;
         self.store.flush().await?;
-        self.refresh_crl(now)?;
+        self.refresh_crl(now).await?;
         tracing::info!(user = %caller.username, serial = %caller.serial, "certificate revoked");
         Ok(())
     }

@@ -28,15 +28,21 @@ pub struct PeerRecord {
 impl<S: Store> Rendezvous<S> {
     /// Exact-name lookup.
     #[tracing::instrument(name = "service.lookup", skip_all)]
-    pub fn lookup(&self, caller: &Caller, target: &Username) -> Result<PeerRecord, ServiceError> {
+    pub async fn lookup(
+        &self,
+        caller: &Caller,
+        target: &Username,
+    ) -> Result<PeerRecord, ServiceError> {
         check(&self.limiters.lookups_per_user, &caller.username)?;
         let account = self
             .store
-            .account(target)?
+            .account(target)
+            .await?
             .ok_or(ServiceError::NoSuchUser)?;
         let presence = self
             .store
-            .presence(target)?
+            .presence(target)
+            .await?
             .filter(|p| p.expires_at > unix(self.now()));
         Ok(PeerRecord {
             username: target.clone(),
@@ -67,13 +73,15 @@ impl<S: Store> Rendezvous<S> {
             });
         }
         let ttl = ttl.min(self.limits.max_presence_ttl);
-        self.store.set_presence(
-            &caller.username,
-            &Presence {
-                addresses,
-                expires_at: unix(self.now() + ttl),
-            },
-        )?;
+        self.store
+            .set_presence(
+                &caller.username,
+                &Presence {
+                    addresses,
+                    expires_at: unix(self.now() + ttl),
+                },
+            )
+            .await?;
         self.store.flush().await?;
         Ok(())
     }

@@ -45,7 +45,7 @@ impl<S: Store> Rendezvous<S> {
                 self.limits.max_envelope_bytes,
             ));
         }
-        if self.store.account(recipient)?.is_none() {
+        if self.store.account(recipient).await?.is_none() {
             return Err(ServiceError::NoSuchUser);
         }
         let stored = StoredEnvelope {
@@ -62,14 +62,14 @@ impl<S: Store> Rendezvous<S> {
             max_envelopes_per_sender: self.limits.mailbox_max_envelopes_per_sender,
             max_bytes_per_sender: self.limits.mailbox_max_bytes_per_sender,
         };
-        let status = match self.store.deposit(recipient, &stored, quota)? {
+        let status = match self.store.deposit(recipient, &stored, quota).await? {
             Deposit::Stored => Stored::New,
             Deposit::Duplicate => Stored::Duplicate,
             Deposit::QuotaExceeded => return Err(ServiceError::MailboxFull),
         };
         self.store.flush().await?;
         if status == Stored::New {
-            self.wake(recipient);
+            self.wake_everywhere(recipient).await?;
         }
         Ok(status)
     }
@@ -91,7 +91,7 @@ impl<S: Store> Rendezvous<S> {
         // Woken once already: if the owner's prekeys are low, that is news worth answering.
         let mut woken = false;
         loop {
-            let low_news = woken && self.prekeys_low(owner)?;
+            let low_news = woken && self.prekeys_low(owner).await?;
             let notify = self.waiter(owner);
             let outcome = {
                 let notified = notify.notified();
@@ -102,7 +102,7 @@ impl<S: Store> Rendezvous<S> {
                 tokio::pin!(new_crl);
                 new_crl.as_mut().enable();
                 let behind = known_crl.is_some_and(|known| known < self.current_crl_number());
-                match self.store.mailbox(owner, unix(self.now()), 100) {
+                match self.store.mailbox(owner, unix(self.now()), 100).await {
                     Err(e) => Err(e),
                     Ok(envelopes)
                         if !envelopes.is_empty() || wait.is_zero() || behind || low_news =>
@@ -131,7 +131,7 @@ impl<S: Store> Rendezvous<S> {
             self.release_waiter(owner, notify);
             // A long poll authenticated before its certificate was revoked must not hand out
             // mail after: check again before answering.
-            if self.store.is_revoked(&caller.serial)? {
+            if self.store.is_revoked(&caller.serial).await? {
                 return Err(ServiceError::CertificateRevoked);
             }
             // `None`: woken by a deposit, or by a bundle fetch that left the owner's prekeys
@@ -143,7 +143,7 @@ impl<S: Store> Rendezvous<S> {
             return Ok(Mailbox {
                 envelopes,
                 crl_number: self.current_crl_number(),
-                prekeys_low: self.prekeys_low(owner)?,
+                prekeys_low: self.prekeys_low(owner).await?,
             });
         }
     }
@@ -157,7 +157,7 @@ impl<S: Store> Rendezvous<S> {
         id: &[u8; 16],
     ) -> Result<(), ServiceError> {
         own_mailbox(caller, owner)?;
-        if !self.store.ack(owner, id)? {
+        if !self.store.ack(owner, id).await? {
             return Err(ServiceError::NoSuchEnvelope);
         }
         self.store.flush().await?;

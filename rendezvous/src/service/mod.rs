@@ -33,7 +33,7 @@ pub use self::prekeys::{Bundle, PreKeySupply};
 use crate::clock::{Clock, SystemClock};
 use crate::connections::SourcePrefix;
 use crate::limits::{Limits, Rate};
-use crate::store::{Account, Store};
+use crate::store::{Account, Change, Store};
 use crate::totp_key::TotpKey;
 
 /// The caller of a protected route, as its (unrevoked) certificate names it.
@@ -132,12 +132,16 @@ impl<S: Store> std::fmt::Debug for Rendezvous<S> {
 impl<S: Store> Rendezvous<S> {
     /// Wires the service on the system clock and signs a first CRL from the stored
     /// revocations.
-    pub fn new(store: S, ca: CertificateAuthority, limits: Limits) -> Result<Self, ServiceError> {
-        Self::with_clock(store, ca, limits, Arc::new(SystemClock))
+    pub async fn new(
+        store: S,
+        ca: CertificateAuthority,
+        limits: Limits,
+    ) -> Result<Self, ServiceError> {
+        Self::with_clock(store, ca, limits, Arc::new(SystemClock)).await
     }
 
     /// [`Rendezvous::new`], with `now` from `clock`.
-    pub fn with_clock(
+    pub async fn with_clock(
         store: S,
         ca: CertificateAuthority,
         limits: Limits,
@@ -146,11 +150,14 @@ impl<S: Store> Rendezvous<S> {
         let now = clock.now();
         let trust = Arc::new(TrustStore::new(ca.certificate().clone()));
         let dummy_hash = accounts::hash_password(&limits, "no such account")?;
-        let revoked = store.revoked()?;
-        let number = store.next_crl_number()?;
+        let revoked = store.revoked().await?;
+        let number = store.next_crl_number().await?;
         let crl = ca
             .sign_crl(&revoked, number, now, now + limits.crl_validity)
             .map_err(|e| internal("signing the CRL", e))?;
+        store.save_crl(number, crl.der()).await?;
+        store.flush().await?;
+        store.publish(Change::Crl(number)).await?;
         trust
             .set_crl(crl.clone())
             .map_err(|e| internal("installing the CRL", e))?;
@@ -221,9 +228,9 @@ impl<S: Store> Rendezvous<S> {
     }
 
     /// The caller of a protected route: a verified certificate that has not been revoked since.
-    pub fn authenticate(&self, peer: Option<&VerifiedPeer>) -> Result<Caller, ServiceError> {
+    pub async fn authenticate(&self, peer: Option<&VerifiedPeer>) -> Result<Caller, ServiceError> {
         let peer = peer.ok_or(ServiceError::Unauthenticated)?;
-        if self.store.is_revoked(&peer.serial)? {
+        if self.store.is_revoked(&peer.serial).await? {
             return Err(ServiceError::CertificateRevoked);
         }
         Ok(Caller {
@@ -237,7 +244,7 @@ impl<S: Store> Rendezvous<S> {
     #[tracing::instrument(name = "service.housekeeping", skip_all)]
     pub async fn housekeeping(&self) -> Result<(), ServiceError> {
         let now = self.now();
-        let purged = self.store.purge_expired(unix(now))?;
+        let purged = self.store.purge_expired(unix(now)).await?;
         if purged > 0 {
             self.store.flush().await?;
             tracing::info!(purged, "expired envelopes dropped");
@@ -260,7 +267,7 @@ impl<S: Store> Rendezvous<S> {
         self.limiters.one_time_per_pair.shrink_to_fit();
         self.limiters.login_per_account_prefix.retain_recent();
         self.limiters.login_per_account_prefix.shrink_to_fit();
-        self.crl()?;
+        self.crl().await?;
         Ok(())
     }
 
@@ -279,8 +286,8 @@ impl<S: Store> Rendezvous<S> {
     }
 
     /// Whether `owner` holds fewer one-time prekeys than the low threshold.
-    fn prekeys_low(&self, owner: &Username) -> Result<bool, ServiceError> {
-        Ok(self.store.count_one_time_prekeys(owner)? < self.limits.low_prekey_threshold)
+    async fn prekeys_low(&self, owner: &Username) -> Result<bool, ServiceError> {
+        Ok(self.store.count_one_time_prekeys(owner).await? < self.limits.low_prekey_threshold)
     }
 
     /// Wakes `owner`'s long poll, if one is held.
@@ -292,6 +299,49 @@ impl<S: Store> Rendezvous<S> {
             .get(owner)
         {
             waiter.notify_waiters();
+        }
+    }
+
+    /// Wakes `owner`'s long poll here and on every instance sharing the store.
+    async fn wake_everywhere(&self, owner: &Username) -> Result<(), ServiceError> {
+        self.wake(owner);
+        self.store.publish(Change::Mailbox(owner.clone())).await?;
+        Ok(())
+    }
+
+    /// Acts on what the instances sharing the store publish: their deposits wake the long
+    /// polls held here, their CRL is put in force here. Returns at once for a store that is
+    /// not shared, else when the store stops publishing.
+    pub async fn follow_changes(&self) {
+        use tokio::sync::broadcast::error::RecvError;
+        let Some(mut changes) = self.store.changes() else {
+            return;
+        };
+        loop {
+            let crl = match changes.recv().await {
+                Ok(Change::Mailbox(owner)) => {
+                    self.wake(&owner);
+                    false
+                }
+                Ok(Change::Crl(number)) => number > self.current_crl_number(),
+                Ok(Change::Missed) | Err(RecvError::Lagged(_)) => {
+                    // Changes were lost: every long poll looks again, and so does the CRL.
+                    tracing::warn!("changes from other instances missed; waking all");
+                    let waiters: Vec<_> = self
+                        .waiters
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .values()
+                        .cloned()
+                        .collect();
+                    waiters.iter().for_each(|w| w.notify_waiters());
+                    true
+                }
+                Err(RecvError::Closed) => return,
+            };
+            if crl && let Err(e) = self.load_crl().await {
+                tracing::error!(error = %e, "the CRL another instance saved could not be loaded");
+            }
         }
     }
 
@@ -316,9 +366,10 @@ impl<S: Store> Rendezvous<S> {
         }
     }
 
-    fn account_of(&self, caller: &Caller) -> Result<Account, ServiceError> {
+    async fn account_of(&self, caller: &Caller) -> Result<Account, ServiceError> {
         self.store
-            .account(&caller.username)?
+            .account(&caller.username)
+            .await?
             .ok_or(ServiceError::NoSuchUser)
     }
 }

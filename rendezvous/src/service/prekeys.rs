@@ -54,9 +54,11 @@ impl<S: Store> Rendezvous<S> {
             .map_err(|_| {
                 ServiceError::BadSignature("the signed prekey is not signed by your identity key")
             })?;
-        self.store.set_signed_prekey(&caller.username, &record)?;
+        self.store
+            .set_signed_prekey(&caller.username, &record)
+            .await?;
         self.store.flush().await?;
-        self.prekey_status(caller)
+        self.prekey_status(caller).await
     }
 
     /// Adds one-time prekeys (up to the stored maximum).
@@ -69,22 +71,20 @@ impl<S: Store> Rendezvous<S> {
         if keys.len() > self.limits.max_prekey_batch {
             return Err(ServiceError::TooManyPreKeys(self.limits.max_prekey_batch));
         }
-        self.store.add_one_time_prekeys(
-            &caller.username,
-            &keys,
-            self.limits.max_one_time_prekeys,
-        )?;
+        self.store
+            .add_one_time_prekeys(&caller.username, &keys, self.limits.max_one_time_prekeys)
+            .await?;
         self.store.flush().await?;
-        self.prekey_status(caller)
+        self.prekey_status(caller).await
     }
 
     /// The caller's prekey supply.
     #[tracing::instrument(name = "service.prekey_status", skip_all)]
-    pub fn prekey_status(&self, caller: &Caller) -> Result<PreKeySupply, ServiceError> {
-        let count = self.store.count_one_time_prekeys(&caller.username)?;
+    pub async fn prekey_status(&self, caller: &Caller) -> Result<PreKeySupply, ServiceError> {
+        let count = self.store.count_one_time_prekeys(&caller.username).await?;
         Ok(PreKeySupply {
             one_time_prekeys: count,
-            signed_prekey: self.store.signed_prekey(&caller.username)?.is_some(),
+            signed_prekey: self.store.signed_prekey(&caller.username).await?.is_some(),
             low: count < self.limits.low_prekey_threshold,
         })
     }
@@ -95,11 +95,13 @@ impl<S: Store> Rendezvous<S> {
         check(&self.limiters.lookups_per_user, &caller.username)?;
         let account = self
             .store
-            .account(target)?
+            .account(target)
+            .await?
             .ok_or(ServiceError::NoSuchUser)?;
         let signed = self
             .store
-            .signed_prekey(target)?
+            .signed_prekey(target)
+            .await?
             .ok_or(ServiceError::NoPrekeys)?;
         // One session needs one one-time prekey: past a few per (caller, target), the bundle
         // carries the signed prekey only, so no one can drain another's supply.
@@ -109,17 +111,17 @@ impl<S: Store> Rendezvous<S> {
             .check_key(&(caller.username.clone(), target.clone()))
             .is_ok();
         let one_time = if may_take {
-            self.store.take_one_time_prekey(target)?
+            self.store.take_one_time_prekey(target).await?
         } else {
             None
         };
         if one_time.is_some() {
             self.store.flush().await?;
         }
-        let left = self.store.count_one_time_prekeys(target)?;
+        let left = self.store.count_one_time_prekeys(target).await?;
         if one_time.is_some() && left < self.limits.low_prekey_threshold {
             // Tell the owner now, through the long poll it holds, not at its next refresh.
-            self.wake(target);
+            self.wake_everywhere(target).await?;
         }
         Ok(Bundle {
             username: target.clone(),

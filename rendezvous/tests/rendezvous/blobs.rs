@@ -25,6 +25,14 @@ fn caller(name: &str) -> Caller {
     }
 }
 
+/// Runs `f` to completion (the memory store's futures never wait).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 fn readers(names: &[&str]) -> BTreeSet<Username> {
     names.iter().map(|n| Username::new(*n).unwrap()).collect()
 }
@@ -33,9 +41,14 @@ fn service(dir: &std::path::Path, limits: Limits) -> (Rendezvous<MemoryStore>, A
     let now = SystemTime::now();
     let clock = Arc::new(ManualClock::new(now));
     let ca = CertificateAuthority::generate("t", now, &mut OsRng).unwrap();
-    let service = Rendezvous::with_clock(MemoryStore::default(), ca, limits, clock.clone())
-        .unwrap()
-        .with_blobs(dir.join("blobs"));
+    let service = block_on(Rendezvous::with_clock(
+        MemoryStore::default(),
+        ca,
+        limits,
+        clock.clone(),
+    ))
+    .unwrap()
+    .with_blobs(dir.join("blobs"));
     (service, clock)
 }
 
@@ -202,7 +215,7 @@ fn malformed_parking_requests_change_nothing() {
         let now = SystemTime::now();
         let ca = CertificateAuthority::generate("t", now, &mut OsRng).unwrap();
         (
-            Rendezvous::new(MemoryStore::default(), ca, test_limits()).unwrap(),
+            block_on(Rendezvous::new(MemoryStore::default(), ca, test_limits())).unwrap(),
             (),
         )
     };

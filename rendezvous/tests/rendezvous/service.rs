@@ -18,7 +18,9 @@ async fn presence_expires_after_its_ttl() {
     let clock = Arc::new(ManualClock::new(now));
     let ca = CertificateAuthority::generate("t", now, &mut OsRng).unwrap();
     let store = peerchat_rendezvous::memory_store::MemoryStore::default();
-    let service = Rendezvous::with_clock(store, ca, test_limits(), clock.clone()).unwrap();
+    let service = Rendezvous::with_clock(store, ca, test_limits(), clock.clone())
+        .await
+        .unwrap();
     let key = ed25519_dalek::SigningKey::generate(&mut OsRng);
     let alice = Username::new("alice").unwrap();
     let csr = peerchat_pki::build_csr(&key, &alice).unwrap();
@@ -42,9 +44,9 @@ async fn presence_expires_after_its_ttl() {
         .await
         .unwrap();
     clock.advance(Duration::from_secs(59));
-    assert!(service.lookup(&caller, &alice).unwrap().online);
+    assert!(service.lookup(&caller, &alice).await.unwrap().online);
     clock.advance(Duration::from_secs(2));
-    let later = service.lookup(&caller, &alice).unwrap();
+    let later = service.lookup(&caller, &alice).await.unwrap();
     assert!(!later.online);
     assert!(later.addresses.is_empty());
 
@@ -54,7 +56,7 @@ async fn presence_expires_after_its_ttl() {
         .await
         .unwrap();
     clock.advance(Duration::from_secs(3601));
-    assert!(!service.lookup(&caller, &alice).unwrap().online);
+    assert!(!service.lookup(&caller, &alice).await.unwrap().online);
 }
 
 #[tokio::test]
@@ -62,7 +64,7 @@ async fn the_service_answers_typed_errors() {
     let now = SystemTime::now();
     let ca = CertificateAuthority::generate("t", now, &mut OsRng).unwrap();
     let store = peerchat_rendezvous::memory_store::MemoryStore::default();
-    let service = Rendezvous::new(store, ca, test_limits()).unwrap();
+    let service = Rendezvous::new(store, ca, test_limits()).await.unwrap();
     let key = ed25519_dalek::SigningKey::generate(&mut OsRng);
     let alice = Username::new("alice").unwrap();
     let csr = peerchat_pki::build_csr(&key, &alice).unwrap();
@@ -100,7 +102,7 @@ async fn the_service_answers_typed_errors() {
     };
     let nobody = Username::new("nobody").unwrap();
     assert!(matches!(
-        service.lookup(&caller, &nobody),
+        service.lookup(&caller, &nobody).await,
         Err(ServiceError::NoSuchUser)
     ));
     assert!(matches!(
@@ -144,7 +146,7 @@ async fn concurrent_flushes_all_complete() {
         .map(|i| {
             let store = store.clone();
             tokio::spawn(async move {
-                store.next_crl_number().unwrap();
+                store.next_crl_number().await.unwrap();
                 store.flush().await.unwrap();
                 i
             })

@@ -77,12 +77,13 @@ impl Server {
                 peerchat_pki::HostName::parse("127.0.0.1"),
             ],
             limits,
+            shared: false,
             relay: Some(peerchat_rendezvous::relay::RelayConfig {
                 listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
                 ..Default::default()
             }),
         };
-        let prepared = prepare(&config, SystemTime::now()).unwrap();
+        let prepared = prepare(&config, SystemTime::now()).await.unwrap();
         let relay = peerchat_rendezvous::start_relay(&prepared).await.unwrap();
         let ca = prepared.service.ca().certificate().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
