@@ -55,8 +55,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 pub struct DaemonConfig {
     /// Where everything is kept.
     pub data_dir: PathBuf,
-    /// `https://host:port` of the rendezvous.
-    pub rendezvous: String,
+    /// `https://host:port` of the rendezvous: instances of one service (one database, one
+    /// CA), used in this order, the next when one stops answering.
+    pub rendezvous: Vec<String>,
     /// A CA certificate to pin instead of trusting the rendezvous's on first contact.
     pub ca_cert: Option<PathBuf>,
     /// Where the local API listens (loopback).
@@ -237,7 +238,14 @@ pub async fn run(
     }
     // Held until the daemon stops: a second daemon on this directory is told who runs it.
     let _lock = lock_data_dir(&config.data_dir)?;
-    let _ = std::fs::write(config.data_dir.join(RENDEZVOUS_FILE), &config.rendezvous);
+    let _ = std::fs::write(
+        config.data_dir.join(RENDEZVOUS_FILE),
+        config
+            .rendezvous
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default(),
+    );
     let files = config.data_dir.join("files");
     let store = SledStore::open(&config.data_dir.join("db"))
         .map_err(|e| DaemonError::Start(e.to_string()))?

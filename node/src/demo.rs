@@ -97,7 +97,7 @@ pub async fn run(
         let _ = std::fs::remove_file(dir.join(API_ADDR_FILE));
         let config = DaemonConfig {
             data_dir: dir.clone(),
-            rendezvous: url.clone(),
+            rendezvous: vec![url.clone()],
             ca_cert: Some(rendezvous_dir.join("ca.pem")),
             api: "127.0.0.1:0"
                 .parse()

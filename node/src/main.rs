@@ -25,9 +25,11 @@ struct Args {
 enum Command {
     /// Runs the node.
     Daemon {
-        /// The rendezvous, e.g. https://localhost:8443.
-        #[arg(long, env = "PEERCHAT_RENDEZVOUS", value_parser = https_url)]
-        rendezvous: String,
+        /// The rendezvous, e.g. https://localhost:8443. Repeat it (or comma-separate in the
+        /// environment) for instances of one service: the node moves to the next when one stops
+        /// answering.
+        #[arg(long, env = "PEERCHAT_RENDEZVOUS", value_parser = https_url, value_delimiter = ',', required = true)]
+        rendezvous: Vec<String>,
         /// The rendezvous CA certificate to trust (else it is pinned on first contact).
         #[arg(long, env = "PEERCHAT_CA_CERT")]
         ca_cert: Option<PathBuf>,

@@ -26,7 +26,10 @@ const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The HTTPS directory client.
 pub struct HttpDirectory {
-    base: String,
+    /// The rendezvous instances, in the order given; all share one CA.
+    bases: Vec<String>,
+    /// The one in use (an index into `bases`): the next when it stops answering.
+    current: std::sync::atomic::AtomicUsize,
     ca: CaCertificate,
     client: RwLock<reqwest::Client>,
     /// Our username, once authenticated (the mailbox routes name it).
@@ -36,7 +39,7 @@ pub struct HttpDirectory {
 impl std::fmt::Debug for HttpDirectory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpDirectory")
-            .field("base", &self.base)
+            .field("bases", &self.bases)
             .finish_non_exhaustive()
     }
 }
@@ -63,14 +66,55 @@ fn unavailable(e: reqwest::Error) -> DirectoryError {
 }
 
 impl HttpDirectory {
-    /// A client of the rendezvous at `base` (`https://host:port`), trusting only `ca`.
-    pub fn new(base: &str, ca: CaCertificate) -> Result<Self, DirectoryError> {
+    /// A client of the rendezvous at `bases` (`https://host:port`, instances of one service:
+    /// it moves to the next when one stops answering), trusting only `ca`.
+    pub fn new(bases: &[String], ca: CaCertificate) -> Result<Self, DirectoryError> {
+        if bases.is_empty() {
+            return Err(DirectoryError::Unavailable("no rendezvous given".into()));
+        }
         Ok(Self {
-            base: base.trim_end_matches('/').to_owned(),
+            bases: bases
+                .iter()
+                .map(|b| b.trim_end_matches('/').to_owned())
+                .collect(),
+            current: std::sync::atomic::AtomicUsize::new(0),
             client: RwLock::new(client(&ca, None)?),
             me: RwLock::new(None),
             ca,
         })
+    }
+
+    /// Sends the request `build` makes for a base URL to the instance in use; when that one
+    /// does not answer (refused, reset, timed out), to the next, each at most once.
+    async fn send(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, DirectoryError> {
+        use std::sync::atomic::Ordering;
+        let count = self.bases.len();
+        let mut attempt = 0;
+        loop {
+            let at = self.current.load(Ordering::Acquire) % count;
+            let base = &self.bases[at];
+            match build(base).send().await {
+                Ok(response) => return Ok(response),
+                Err(e)
+                    if attempt + 1 < count
+                        && (e.is_connect() || e.is_timeout() || e.is_request()) =>
+                {
+                    let next = (at + 1) % count;
+                    tracing::warn!(rendezvous = %base, next = %self.bases[next], error = %e, "the rendezvous does not answer; moving to the next");
+                    let _ = self.current.compare_exchange(
+                        at,
+                        next,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                    attempt += 1;
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
     }
 
     fn http(&self) -> reqwest::Client {
@@ -105,17 +149,22 @@ impl HttpDirectory {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<T, DirectoryError> {
-        let mut request = self
-            .http()
-            .request(method, format!("{}{path}", self.base))
-            .timeout(timeout);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        if let Some(trace) = peerchat_telemetry::traceparent() {
-            request = request.header(peerchat_telemetry::TRACEPARENT, trace);
-        }
-        let response = request.send().await.map_err(unavailable)?;
+        let http = self.http();
+        let trace = peerchat_telemetry::traceparent();
+        let response = self
+            .send(|base| {
+                let mut request = http
+                    .request(method.clone(), format!("{base}{path}"))
+                    .timeout(timeout);
+                if let Some(body) = body {
+                    request = request.json(body);
+                }
+                if let Some(trace) = &trace {
+                    request = request.header(peerchat_telemetry::TRACEPARENT, trace);
+                }
+                request
+            })
+            .await?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(unavailable)?;
         if status.is_success() {
@@ -139,19 +188,24 @@ impl HttpDirectory {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, DirectoryError> {
-        let mut request = self
-            .http()
-            .request(method, format!("{}{path}", self.base))
-            .timeout(CHUNK_TIMEOUT);
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                .body(body);
-        }
-        if let Some(trace) = peerchat_telemetry::traceparent() {
-            request = request.header(peerchat_telemetry::TRACEPARENT, trace);
-        }
-        let response = request.send().await.map_err(unavailable)?;
+        let http = self.http();
+        let trace = peerchat_telemetry::traceparent();
+        let response = self
+            .send(|base| {
+                let mut request = http
+                    .request(method.clone(), format!("{base}{path}"))
+                    .timeout(CHUNK_TIMEOUT);
+                if let Some(body) = &body {
+                    request = request
+                        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                        .body(body.clone());
+                }
+                if let Some(trace) = &trace {
+                    request = request.header(peerchat_telemetry::TRACEPARENT, trace);
+                }
+                request
+            })
+            .await?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(unavailable)?;
         if status.is_success() {
@@ -195,12 +249,8 @@ impl HttpDirectory {
 
 impl Directory for HttpDirectory {
     async fn crl(&self) -> Result<Vec<u8>, DirectoryError> {
-        let response = self
-            .http()
-            .get(format!("{}/v1/crl", self.base))
-            .send()
-            .await
-            .map_err(unavailable)?;
+        let http = self.http();
+        let response = self.send(|base| http.get(format!("{base}/v1/crl"))).await?;
         if response.status() != StatusCode::OK {
             return Err(DirectoryError::Unavailable(format!(
                 "CRL: {}",
@@ -486,9 +536,12 @@ pub enum PinError {
 /// it was pinned just now.
 pub async fn pin_ca(
     data_dir: &Path,
-    rendezvous: &str,
+    rendezvous: &[String],
     ca_cert: Option<&Path>,
 ) -> Result<(CaCertificate, bool), PinError> {
+    let first = rendezvous
+        .first()
+        .ok_or_else(|| DirectoryError::Unavailable("no rendezvous given".into()))?;
     let pin_path = data_dir.join("ca.pem");
     let read = |path: &Path| -> Result<CaCertificate, PinError> {
         let pem = std::fs::read_to_string(path)
@@ -510,11 +563,11 @@ pub async fn pin_ca(
         // Say so now if the rendezvous holds another CA, rather than failing every request
         // later with "unavailable". An unreachable rendezvous is no reason not to start.
         if let Ok(Ok(presented)) =
-            tokio::time::timeout(Duration::from_secs(5), fetch_ca(rendezvous)).await
+            tokio::time::timeout(Duration::from_secs(5), fetch_ca(first)).await
             && presented != pinned
         {
             return Err(PinError::RendezvousCa {
-                url: rendezvous.to_owned(),
+                url: first.to_owned(),
                 pinned: pinned.fingerprint().to_string(),
                 presented: presented.fingerprint().to_string(),
             });
@@ -523,7 +576,18 @@ pub async fn pin_ca(
     }
     let ca = match given {
         Some(ca) => ca,
-        None => fetch_ca(rendezvous).await?,
+        None => {
+            // The first instance that answers; the others must hold the same CA (checked by
+            // every verified connection to them).
+            let mut fetched = Err(DirectoryError::Unavailable("no rendezvous answered".into()));
+            for url in rendezvous {
+                fetched = fetch_ca(url).await;
+                if fetched.is_ok() {
+                    break;
+                }
+            }
+            fetched?
+        }
     };
     // Whatever its source, the rendezvous must present a certificate from this CA for its name.
     let directory = HttpDirectory::new(rendezvous, ca.clone())?;

@@ -15,7 +15,10 @@ mod groups;
 mod held_mail;
 mod nat;
 mod p2p;
+#[path = "../../../rendezvous/tests/rendezvous/postgres.rs"]
+mod postgres;
 mod revocation;
+mod scale_out;
 mod store_contract;
 mod support;
 mod traces;
