@@ -100,9 +100,14 @@ fn account_of(row: &PgRow) -> Result<Account, StoreError> {
     })
 }
 
-/// The TOTP columns of `account`: secret, sealed, confirmed, last step.
-fn totp_columns(account: &Account) -> (Option<&[u8]>, bool, bool, i64) {
-    match &account.totp {
+/// Binds `account`'s columns as `$1`…`$11`, in the order of the `accounts` table: username,
+/// password hash, identity key, peer id, certificate, serial, TOTP secret, sealed, confirmed,
+/// last step, creation time.
+fn bind_account<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    account: &'q Account,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let (secret, sealed, confirmed, last_step) = match &account.totp {
         None => (None, false, false, 0),
         Some(t) => {
             let (secret, sealed) = match &t.secret {
@@ -111,7 +116,19 @@ fn totp_columns(account: &Account) -> (Option<&[u8]>, bool, bool, i64) {
             };
             (Some(secret), sealed, t.confirmed, int(t.last_step))
         }
-    }
+    };
+    query
+        .bind(account.username.as_str())
+        .bind(&account.password_hash)
+        .bind(&account.identity_key[..])
+        .bind(&account.peer_id)
+        .bind(&account.certificate)
+        .bind(account.serial.as_bytes())
+        .bind(secret)
+        .bind(sealed)
+        .bind(confirmed)
+        .bind(last_step)
+        .bind(int(account.created_at))
 }
 
 fn envelope_of(row: &PgRow) -> Result<StoredEnvelope, StoreError> {
@@ -227,24 +244,15 @@ async fn listen(mut listener: PgListener, changes: broadcast::Sender<Change>) {
 
 impl Store for PgStore {
     async fn create_account(&self, account: &Account) -> Result<bool, StoreError> {
-        let (secret, sealed, confirmed, last_step) = totp_columns(account);
-        let inserted = sqlx::query(
-            "INSERT INTO accounts (username, password_hash, identity_key, peer_id, certificate, \
-             serial, totp_secret, totp_sealed, totp_confirmed, totp_last_step, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             ON CONFLICT (username) DO NOTHING",
+        let inserted = bind_account(
+            sqlx::query(
+                "INSERT INTO accounts (username, password_hash, identity_key, peer_id, \
+                 certificate, serial, totp_secret, totp_sealed, totp_confirmed, totp_last_step, \
+                 created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (username) DO NOTHING",
+            ),
+            account,
         )
-        .bind(account.username.as_str())
-        .bind(&account.password_hash)
-        .bind(&account.identity_key[..])
-        .bind(&account.peer_id)
-        .bind(&account.certificate)
-        .bind(account.serial.as_bytes())
-        .bind(secret)
-        .bind(sealed)
-        .bind(confirmed)
-        .bind(last_step)
-        .bind(int(account.created_at))
         .execute(&self.pool)
         .await
         .map_err(backend)?;
@@ -699,7 +707,6 @@ impl PgStore {
         account: &Account,
         prior_step: Option<u64>,
     ) -> Result<bool, StoreError> {
-        let (secret, sealed, confirmed, last_step) = totp_columns(account);
         let condition = match prior_step {
             Some(_) => " AND totp_last_step = $12",
             None => "",
@@ -710,18 +717,7 @@ impl PgStore {
              totp_confirmed = $9, totp_last_step = $10, created_at = $11 \
              WHERE username = $1{condition}"
         );
-        let mut query = sqlx::query(&statement)
-            .bind(account.username.as_str())
-            .bind(&account.password_hash)
-            .bind(&account.identity_key[..])
-            .bind(&account.peer_id)
-            .bind(&account.certificate)
-            .bind(account.serial.as_bytes())
-            .bind(secret)
-            .bind(sealed)
-            .bind(confirmed)
-            .bind(last_step)
-            .bind(int(account.created_at));
+        let mut query = bind_account(sqlx::query(&statement), account);
         if let Some(prior) = prior_step {
             query = query.bind(int(prior));
         }
