@@ -539,7 +539,7 @@ async fn run_network(
         tokio::spawn(
             cancel
                 .clone()
-                .run_until_cancelled_owned(find_relay(directory, net.clone())),
+                .run_until_cancelled_owned(keep_relay(directory, net.clone())),
         );
     }
     let addresses = net.own_addresses();
@@ -567,17 +567,29 @@ async fn run_network(
     Ok(())
 }
 
-/// Asks the rendezvous where its relay is until it answers, then reserves a slot there.
-async fn find_relay(directory: HttpDirectory, net: P2pNetwork) {
+/// How long a relay may stay without an accepted reservation before the rendezvous is asked
+/// again which relay to use (the network itself retries the one it has every few seconds).
+const RELAY_GRACE: Duration = Duration::from_secs(30);
+
+/// Keeps a reservation on a relay of the rendezvous: asks where its relay is until it answers and
+/// reserves a slot there; whenever that reservation is lost (or not made within
+/// [`RELAY_GRACE`]), asks again. The directory moves to the next instance when one stops
+/// answering, so a node given several instances reserves on another instance's relay when its
+/// own dies, and the presence it announces then carries the new relayed address.
+async fn keep_relay(directory: HttpDirectory, net: P2pNetwork) {
+    let mut reservation = net.relay_reservation();
+    let mut current: Option<libp2p::PeerId> = None;
     let mut wait = Duration::from_secs(2);
     loop {
         match directory.relay().await {
             Ok(Some(answer)) => match relay_server(&answer) {
-                Some(relay) => {
+                Some(relay) if Some(relay.peer_id) != current => {
                     tracing::info!(relay = %relay.peer_id, "using the rendezvous's relay");
+                    current = Some(relay.peer_id);
                     net.use_relay(relay).await;
-                    return;
                 }
+                // The same relay: the network keeps trying it.
+                Some(_) => {}
                 None => {
                     tracing::warn!("the rendezvous described its relay in a form not understood");
                     return;
@@ -587,10 +599,30 @@ async fn find_relay(directory: HttpDirectory, net: P2pNetwork) {
                 tracing::info!("the rendezvous runs no relay");
                 return;
             }
-            Err(e) => tracing::debug!(error = %e, "asking for the relay failed; trying again"),
+            Err(e) => {
+                tracing::debug!(error = %e, "asking for the relay failed; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(60));
+                continue;
+            }
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(60));
+        wait = Duration::from_secs(2);
+        // Wait for the reservation to be made, then for it to be lost.
+        let made = tokio::time::timeout(RELAY_GRACE, reservation.wait_for(Option::is_some))
+            .await
+            .map(|held| held.is_ok());
+        match made {
+            Ok(true) => {
+                if reservation.wait_for(Option::is_none).await.is_err() {
+                    return;
+                }
+                tracing::info!("the relay reservation was lost; asking the rendezvous again");
+            }
+            Ok(false) => return,
+            Err(_) => {
+                tracing::debug!("no reservation on the relay yet; asking the rendezvous again")
+            }
+        }
     }
 }
 

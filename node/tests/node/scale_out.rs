@@ -1,6 +1,6 @@
 //! Several rendezvous instances on one PostgreSQL database, through the real binaries: users
 //! registered on different instances reach each other, mail deposited on a third is delivered,
-//! and a daemon given several instances moves on when one is killed.
+//! and a daemon given several instances moves on when one is killed, to its API and its relay.
 
 use std::process::Child;
 use std::time::Duration;
@@ -30,6 +30,20 @@ impl Drop for Instances {
             let _ = child.wait();
         }
     }
+}
+
+/// The relay's peer id in the first relayed address of a printed address list
+/// (`…/p2p/RELAY/p2p-circuit/p2p/US`).
+fn relay_of(line: &str) -> String {
+    let before = line
+        .split("/p2p-circuit")
+        .next()
+        .unwrap_or_else(|| panic!("no relayed address in {line:?}"));
+    before
+        .rsplit("/p2p/")
+        .next()
+        .unwrap_or_else(|| panic!("no relay peer id in {line:?}"))
+        .to_owned()
 }
 
 fn ok(out: &std::process::Output) -> String {
@@ -67,6 +81,8 @@ async fn three_instances_on_one_database_are_one_rendezvous_and_a_killed_one_is_
     let mut bob = Daemon::start(&bob_dir, &rv.url(1));
     alice.register("alice");
     bob.register("bob");
+    // Alice holds a reservation on the first instance's relay and announces it.
+    let first_relay = relay_of(&alice.wait_for("/p2p-circuit"));
     ok(&alice.cli(&["send", "bob", "hello from the first instance"]));
     bob.wait_for_history("alice", &["hello from the first instance"]);
 
@@ -86,6 +102,23 @@ async fn three_instances_on_one_database_are_one_rendezvous_and_a_killed_one_is_
             "alice never moved to the third instance"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+    // Her reservation died with the first instance: she reserves on the third's relay and
+    // announces that address, through the third, in the presence every instance reads.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let line = alice.wait_for("reachable at");
+        if line.contains("/p2p-circuit") && relay_of(&line) != first_relay {
+            assert!(
+                !line.contains(&format!("/p2p/{first_relay}/")),
+                "the dead relay is no longer announced: {line}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alice never announced another relay"
+        );
     }
 
     // Bob comes back on the second instance and gets it from the mailbox they share.

@@ -258,6 +258,8 @@ pub struct P2pNetwork {
     dial_any_local: bool,
     /// Addresses of peers found by mDNS on the local network.
     discovered: Discovered,
+    /// The relay we hold a reservation on now, if any.
+    reservation: tokio::sync::watch::Receiver<Option<PeerId>>,
     stop: tokio_util::sync::CancellationToken,
 }
 
@@ -364,6 +366,11 @@ impl P2pNetwork {
     /// up while the network runs (renewed, and made again after the relay was unreachable).
     pub async fn use_relay(&self, relay: RelayServer) {
         let _ = self.commands.send(Command::UseRelay(relay)).await;
+    }
+
+    /// The relay we hold a reservation on, changing as reservations are accepted and lost.
+    pub fn relay_reservation(&self) -> tokio::sync::watch::Receiver<Option<PeerId>> {
+        self.reservation.clone()
     }
 }
 
@@ -713,6 +720,7 @@ pub async fn start<I: Inbound>(
     let listen_addrs = Arc::new(std::sync::RwLock::new(listen_addrs));
     let connections = Connections::default();
     let discovered = Discovered::default();
+    let (reservation_tx, reservation) = tokio::sync::watch::channel(None);
     let _ = config.reachability.send(ReachabilityEvent::OwnAddresses(
         reachable(&listen_addrs.read().unwrap_or_else(|p| p.into_inner()))
             .iter()
@@ -741,6 +749,7 @@ pub async fn start<I: Inbound>(
         relay: None,
         relay_listener: None,
         relay_retry: None,
+        reservation: reservation_tx,
         discovered: discovered.clone(),
     };
     tokio::spawn(
@@ -760,6 +769,7 @@ pub async fn start<I: Inbound>(
         connections,
         dial_any_local: config.dial_any_local,
         discovered,
+        reservation,
         stop,
     };
     if let Some(relay) = config.relay {
@@ -811,6 +821,8 @@ struct Driver {
     relay_listener: Option<libp2p::core::transport::ListenerId>,
     /// When to try the reservation again after it failed or closed.
     relay_retry: Option<tokio::time::Instant>,
+    /// The relay whose reservation is accepted and not closed since, shared with the handles.
+    reservation: tokio::sync::watch::Sender<Option<PeerId>>,
     discovered: Discovered,
 }
 
@@ -919,6 +931,7 @@ impl Driver {
                 }
             }
             Command::UseRelay(relay) => {
+                self.reservation.send_replace(None);
                 self.policy.reuse_for(relay.peer_id);
                 self.relay = Some(relay);
                 self.reserve();
@@ -1021,6 +1034,13 @@ impl Driver {
                     ..
                 } => {
                     tracing::info!(relay = %relay_peer_id, renewal, "relay reservation accepted");
+                    if self
+                        .relay
+                        .as_ref()
+                        .is_some_and(|r| r.peer_id == relay_peer_id)
+                    {
+                        self.reservation.send_replace(Some(relay_peer_id));
+                    }
                 }
                 other => tracing::debug!(event = ?other, "relay client"),
             },
@@ -1113,6 +1133,7 @@ impl Driver {
                 // The relay went away, refused the reservation, or closed it: try again later.
                 tracing::info!(reason = ?reason.err().map(|e| e.to_string()), "the relay reservation ended; trying again shortly");
                 self.relay_listener = None;
+                self.reservation.send_replace(None);
                 self.relay_retry = Some(tokio::time::Instant::now() + RELAY_RETRY);
             }
             SwarmEvent::IncomingConnectionError {
