@@ -82,17 +82,34 @@ async fn the_start_line_names_the_metrics_address_and_the_data_directory_is_priv
 }
 
 /// A minimal server handle so the `support::User` helpers work against the external process.
-struct External {
-    ca: CaCertificate,
-    port: u16,
+pub struct External {
+    pub ca: CaCertificate,
+    pub port: u16,
 }
 
 impl External {
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.port)
     }
 
-    async fn register(&self, name: &str) -> User {
+    /// `user`, talking to this server.
+    pub fn as_user(&self, user: &User) -> User {
+        User::new_external(
+            user.username.clone(),
+            user.key.clone(),
+            &user.certificate,
+            crate::support::client(
+                &self.ca,
+                Some(peerchat_pki::tls::Credentials::new(
+                    vec![cert_der(&user.certificate.certificate)],
+                    user.key.clone(),
+                )),
+            ),
+            self.url(""),
+        )
+    }
+
+    pub async fn register(&self, name: &str) -> User {
         use ed25519_dalek::SigningKey;
         use peerchat_pki::{Username, build_csr};
         use rand::rngs::OsRng;
@@ -149,19 +166,7 @@ async fn a_deposit_survives_kill_9_and_restart() {
         CaCertificate::from_pem(&std::fs::read_to_string(dir.path().join("ca.pem")).unwrap())
             .unwrap();
     assert_eq!(restarted, ca, "the CA survives");
-    let alice = User::new_external(
-        alice.username.clone(),
-        alice.key.clone(),
-        &alice.certificate,
-        crate::support::client(
-            &ca,
-            Some(peerchat_pki::tls::Credentials::new(
-                vec![cert_der(&alice.certificate.certificate)],
-                alice.key.clone(),
-            )),
-        ),
-        format!("https://localhost:{port}"),
-    );
+    let alice = External { ca, port }.as_user(&alice);
     let (code, mail) = alice
         .call::<(), api::MailboxResponse>(Method::GET, "/v1/mailbox/alice", NO_BODY)
         .await;

@@ -216,3 +216,225 @@ async fn a_revocation_on_one_instance_is_refused_by_every_other_and_they_serve_o
         );
     }
 }
+
+/// A process killed (SIGKILL) when dropped, however the test ends.
+struct Process(std::process::Child);
+
+impl Process {
+    fn kill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `request` sent to the first instance in `order` that answers; `None` when none did. Errors of
+/// the connection (refused, reset, cut mid-answer) move to the next one, as a node does.
+async fn on_any(
+    users: &[&crate::support::User],
+    build: impl Fn(&crate::support::User) -> reqwest::RequestBuilder,
+) -> Option<(reqwest::StatusCode, Vec<u8>)> {
+    for user in users {
+        let Ok(response) = build(user).send().await else {
+            continue;
+        };
+        let status = response.status();
+        if let Ok(body) = response.bytes().await {
+            return Some((status, body.to_vec()));
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_with_sigkill_under_load_loses_no_acknowledged_write() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use peerchat_rendezvous::api;
+
+    use crate::crash::{External, start_with};
+
+    const SENDERS: u128 = 4;
+    const PER_SENDER: u128 = 150;
+    const FETCHERS: usize = 8;
+    const BUNDLES_PER_FETCHER: usize = 20;
+    const KILL_AFTER: usize = 150;
+
+    let server = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("rv");
+    let args = [
+        "--database",
+        server.url.as_str(),
+        "--deposits-per-minute",
+        "1000000",
+        "--lookups-per-minute",
+        "1000000",
+        "--max-connections-per-source",
+        "10000",
+    ];
+    let (first, first_port) = start_with(&data, &args);
+    let mut first = Process(first);
+    let (second, second_port) = start_with(&data, &args);
+    let _second = Process(second);
+    let ca = peerchat_pki::CaCertificate::from_pem(
+        &std::fs::read_to_string(data.join("ca.pem")).unwrap(),
+    )
+    .unwrap();
+    let rv = [
+        External {
+            ca: ca.clone(),
+            port: first_port,
+        },
+        External {
+            ca,
+            port: second_port,
+        },
+    ];
+
+    let alice = rv[0].register("alice").await;
+    assert_eq!(alice.upload_prekeys(0..100).await.one_time_prekeys, 100);
+    let mut senders = Vec::new();
+    for s in 0..SENDERS {
+        senders.push(rv[0].register(&format!("sender{s}")).await);
+    }
+    let mut fetchers = Vec::new();
+    for f in 0..FETCHERS {
+        fetchers.push(rv[1].register(&format!("fetcher{f}")).await);
+    }
+
+    // Senders deposit for alice on both instances in turn; fetchers take her bundle on both.
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let mut deposits = tokio::task::JoinSet::new();
+    for (s, sender) in senders.iter().enumerate() {
+        let handles = [rv[0].as_user(sender), rv[1].as_user(sender)];
+        let acknowledged = acknowledged.clone();
+        deposits.spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..PER_SENDER {
+                let id = (s as u128) << 16 | i;
+                let request = api::DepositRequest {
+                    id: format!("{id:032x}"),
+                    envelope: B64.encode(id.to_be_bytes()),
+                };
+                let [a, b] = &handles;
+                let order = if i % 2 == 0 { [a, b] } else { [b, a] };
+                let answer = on_any(&order, |user| {
+                    user.http.post(user.url("/v1/mailbox/alice")).json(&request)
+                })
+                .await
+                .expect("one instance answers");
+                assert_eq!(answer.0, reqwest::StatusCode::ACCEPTED, "{answer:?}");
+                acked.push(id);
+                acknowledged.fetch_add(1, Ordering::AcqRel);
+            }
+            acked
+        });
+    }
+    let mut bundles = tokio::task::JoinSet::new();
+    for fetcher in &fetchers {
+        let handles = [rv[0].as_user(fetcher), rv[1].as_user(fetcher)];
+        bundles.spawn(async move {
+            let mut handed = Vec::new();
+            for i in 0..BUNDLES_PER_FETCHER {
+                let [a, b] = &handles;
+                let order = if i % 2 == 0 { [a, b] } else { [b, a] };
+                let (status, body) = on_any(&order, |user| {
+                    user.http.post(user.url("/v1/users/alice/bundle"))
+                })
+                .await
+                .expect("one instance answers");
+                assert_eq!(status, reqwest::StatusCode::OK);
+                let bundle: api::BundleResponse = serde_json::from_slice(&body).unwrap();
+                handed.extend(bundle.one_time_prekey.map(|k| k.id));
+            }
+            handed
+        });
+    }
+
+    // The first instance dies mid-load.
+    while acknowledged.load(Ordering::Acquire) < KILL_AFTER {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.kill();
+    let at_kill = acknowledged.load(Ordering::Acquire);
+    assert!(
+        at_kill < (SENDERS * PER_SENDER) as usize,
+        "the kill came while deposits were still going"
+    );
+
+    let mut acked = Vec::new();
+    while let Some(done) = deposits.join_next().await {
+        acked.extend(done.unwrap());
+    }
+    let mut handed = Vec::new();
+    while let Some(done) = bundles.join_next().await {
+        handed.extend(done.unwrap());
+    }
+
+    // Every acknowledged deposit is in alice's mailbox, read through the survivor, once.
+    let alice = rv[1].as_user(&alice);
+    let mut seen = BTreeMap::<u128, usize>::new();
+    loop {
+        let (status, mail) = alice
+            .call::<(), api::MailboxResponse>(
+                reqwest::Method::GET,
+                "/v1/mailbox/alice",
+                crate::support::NO_BODY,
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK);
+        let mail = mail.unwrap().envelopes;
+        if mail.is_empty() {
+            break;
+        }
+        for envelope in mail {
+            let id = u128::from_str_radix(&envelope.id, 16).unwrap();
+            assert_eq!(B64.decode(&envelope.envelope).unwrap(), id.to_be_bytes());
+            *seen.entry(id).or_default() += 1;
+            let (status, _) = alice
+                .call::<(), serde_json::Value>(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/mailbox/alice/{}", envelope.id),
+                    crate::support::NO_BODY,
+                )
+                .await;
+            assert_eq!(status, reqwest::StatusCode::NO_CONTENT);
+        }
+    }
+    assert_eq!(acked.len(), (SENDERS * PER_SENDER) as usize);
+    let missing: Vec<_> = acked.iter().filter(|id| !seen.contains_key(id)).collect();
+    assert!(missing.is_empty(), "acknowledged and lost: {missing:?}");
+    assert!(seen.values().all(|n| *n == 1), "an envelope twice");
+    assert_eq!(seen.len(), acked.len(), "nothing that was not sent");
+
+    // No one-time prekey went to two fetchers, and none handed out is still offered.
+    let mut once = BTreeMap::<u32, usize>::new();
+    for id in &handed {
+        *once.entry(*id).or_default() += 1;
+    }
+    assert!(once.values().all(|n| *n == 1), "a key twice: {once:?}");
+    let (status, left) = alice
+        .call::<(), api::PreKeyStatus>(reqwest::Method::GET, "/v1/prekeys", crate::support::NO_BODY)
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let left = left.unwrap().one_time_prekeys as usize;
+    assert!(
+        handed.len() + left <= 100,
+        "{} handed out and {left} left of 100",
+        handed.len()
+    );
+    eprintln!(
+        "killed after {at_kill} acknowledged deposits; {} deposits, {} one-time prekeys handed out, {left} left",
+        acked.len(),
+        handed.len()
+    );
+}
