@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use peerchat::daemon::{self, DaemonConfig};
-use peerchat::driving::cli::{self, CliCommand, CliError};
+use peerchat::driving::api::AmendBody;
+use peerchat::driving::cli::{self, CliCommand, CliError, Conversation};
 use peerchat_telemetry::Telemetry;
 
 /// peerchat: peer-to-peer, end-to-end encrypted chat.
@@ -115,8 +116,44 @@ enum Command {
         /// The group to send to (its id, from `group list`), instead of a person.
         #[arg(long)]
         group: Option<String>,
+        /// Reply to this message of the conversation (its id, from `history --json`).
+        #[arg(long, value_name = "ID")]
+        reply_to: Option<String>,
         /// The recipient and the text (the text only with --group).
         #[arg(num_args = 1..=2, required = true, value_names = ["NAME", "TEXT"])]
+        words: Vec<String>,
+    },
+    /// Edits one of your messages (within 24 hours): `edit NAME ID TEXT`, or
+    /// `edit --group GROUP ID TEXT`.
+    Edit {
+        /// The group, instead of a person.
+        #[arg(long)]
+        group: Option<String>,
+        /// The person (not with --group), the message's id and the new text.
+        #[arg(num_args = 2..=3, required = true, value_names = ["NAME", "ID", "TEXT"])]
+        words: Vec<String>,
+    },
+    /// Deletes one of your messages for everyone (within 24 hours): `delete NAME ID`, or
+    /// `delete --group GROUP ID`.
+    Delete {
+        /// The group, instead of a person.
+        #[arg(long)]
+        group: Option<String>,
+        /// The person (not with --group) and the message's id.
+        #[arg(num_args = 1..=2, required = true, value_names = ["NAME", "ID"])]
+        words: Vec<String>,
+    },
+    /// Reacts to a message with one emoji (replacing your reaction): `react NAME ID EMOJI`,
+    /// `react --group GROUP ID EMOJI`; `--remove` takes your reaction back.
+    React {
+        /// The group, instead of a person.
+        #[arg(long)]
+        group: Option<String>,
+        /// Take your reaction back (no EMOJI then).
+        #[arg(long)]
+        remove: bool,
+        /// The person (not with --group), the message's id and the emoji.
+        #[arg(num_args = 1..=3, required = true, value_names = ["NAME", "ID", "EMOJI"])]
         words: Vec<String>,
     },
     /// Shows the conversation with someone, or a group's (`--group ID`).
@@ -359,6 +396,29 @@ fn main() -> ExitCode {
 }
 
 /// `--rendezvous` must be an `https://` URL: the rendezvous speaks nothing else.
+/// The conversation of an amending command (`--group GROUP`, or a person as the first word)
+/// and the `wanted` words after it; `usage` when the words do not fit.
+fn conversation(
+    group: Option<String>,
+    words: &[String],
+    wanted: usize,
+    usage: &str,
+) -> Result<(Conversation, Vec<String>), CliError> {
+    let (conversation, rest) = match group {
+        Some(group) => (Conversation::Group(group), words),
+        None => match words.split_first() {
+            Some((name, rest)) => (Conversation::Person(name.clone()), rest),
+            None => return Err(CliError(format!("usage: peerchat {usage}"))),
+        },
+    };
+    if rest.len() != wanted {
+        return Err(CliError(format!(
+            "usage: peerchat {usage} (or --group GROUP instead of NAME)"
+        )));
+    }
+    Ok((conversation, rest.to_vec()))
+}
+
 fn https_url(raw: &str) -> Result<String, String> {
     let rest = raw.strip_prefix("https://").ok_or_else(|| {
         format!("`{raw}` is not an https:// URL; the rendezvous is reached over HTTPS, e.g. https://localhost:8443")
@@ -461,14 +521,20 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
             print_only: print,
             base,
         },
-        Command::Send { group, words } => match (group, &words[..]) {
+        Command::Send {
+            group,
+            reply_to,
+            words,
+        } => match (group, &words[..]) {
             (None, [name, text]) => CliCommand::Send {
                 name: name.clone(),
                 text: text.clone(),
+                reply_to,
             },
             (Some(group), [text]) => CliCommand::SendGroup {
                 group,
                 text: text.clone(),
+                reply_to,
             },
             (None, _) => return Err(CliError("usage: peerchat send NAME TEXT".into())),
             (Some(_), _) => {
@@ -477,6 +543,44 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
                 ));
             }
         },
+        Command::Edit { group, words } => {
+            let (conversation, rest) = conversation(group, &words, 2, "edit NAME ID TEXT")?;
+            CliCommand::Amend {
+                conversation,
+                id: rest[0].clone(),
+                action: AmendBody::Edit {
+                    text: rest[1].clone(),
+                },
+            }
+        }
+        Command::Delete { group, words } => {
+            let (conversation, rest) = conversation(group, &words, 1, "delete NAME ID")?;
+            CliCommand::Amend {
+                conversation,
+                id: rest[0].clone(),
+                action: AmendBody::Delete,
+            }
+        }
+        Command::React {
+            group,
+            remove,
+            words,
+        } => {
+            let wanted = if remove { 1 } else { 2 };
+            let usage = if remove {
+                "react --remove NAME ID"
+            } else {
+                "react NAME ID EMOJI"
+            };
+            let (conversation, rest) = conversation(group, &words, wanted, usage)?;
+            CliCommand::Amend {
+                conversation,
+                id: rest[0].clone(),
+                action: AmendBody::React {
+                    emoji: rest.get(1).cloned(),
+                },
+            }
+        }
         Command::History {
             name: Some(name),
             json,

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::amend::{AmendRefused, Amendment};
 use super::file::{FileOffer, MAX_FILE_BYTES};
 use super::group::{Change, GroupState, MAX_MEMBERS, SignedChange};
 use super::ids::{GroupId, MessageId};
@@ -81,6 +82,40 @@ pub enum Content {
         /// The group it was offered in, if any.
         group: Option<GroupId>,
     },
+    /// A text that replies to an earlier message of the same conversation.
+    Reply {
+        /// The group and its version as the author sent it, for a reply in a group.
+        group: Option<GroupRef>,
+        /// The sender's id for it (the same for every member of a group).
+        id: MessageId,
+        /// Milliseconds since the Unix epoch on the sender's clock.
+        sent_at_ms: u64,
+        /// The text.
+        body: String,
+        /// The message it replies to.
+        reply_to: MessageId,
+    },
+    /// An edit, delete or reaction of an earlier message of the same conversation.
+    Amend {
+        /// The group and its version as the author sent it, for a message in a group.
+        group: Option<GroupRef>,
+        /// The message amended.
+        target: MessageId,
+        /// Milliseconds since the Unix epoch on the sender's clock.
+        at_ms: u64,
+        /// What is done to it.
+        amendment: Amendment,
+    },
+}
+
+/// A group, and its version as a sender knew it (a receiver behind it waits for the changes it
+/// misses before judging whether the sender is a member).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRef {
+    /// The group.
+    pub group: GroupId,
+    /// Its version.
+    pub version: u64,
 }
 
 /// Why content could not be built or read.
@@ -98,6 +133,9 @@ pub enum ContentError {
     /// A file offer out of bounds.
     #[error(transparent)]
     File(#[from] super::file::FileError),
+    /// An amendment out of bounds (too long a text, a reaction that is not one emoji).
+    #[error(transparent)]
+    Amend(#[from] AmendRefused),
     /// An encoding version this node does not know.
     #[error("unsupported content version {0}")]
     UnsupportedVersion(u8),
@@ -110,7 +148,9 @@ impl Content {
     /// Checks the bounds of the content.
     pub fn validate(&self) -> Result<(), ContentError> {
         match self {
-            Content::Text { body, .. } | Content::GroupText { body, .. }
+            Content::Text { body, .. }
+            | Content::GroupText { body, .. }
+            | Content::Reply { body, .. }
                 if body.len() > MAX_TEXT_BYTES =>
             {
                 Err(ContentError::TextTooLong)
@@ -123,6 +163,7 @@ impl Content {
                 Err(ContentError::TooManyIds)
             }
             Content::FileOffer { offer, .. } => Ok(offer.validate(MAX_FILE_BYTES)?),
+            Content::Amend { amendment, .. } => Ok(amendment.validate()?),
             Content::GroupChange { base, change } => {
                 let named = match &change.change {
                     Change::Create { members, .. } => members.len(),
@@ -220,6 +261,38 @@ mod tests {
                 }),
                 group: None,
             },
+            Content::Reply {
+                group: Some(GroupRef {
+                    group: GroupId::from_bytes([3; 16]),
+                    version: 4,
+                }),
+                id: MessageId::from_bytes([6; 16]),
+                sent_at_ms: 7,
+                body: "agreed".into(),
+                reply_to: MessageId::from_bytes([4; 16]),
+            },
+            Content::Amend {
+                group: None,
+                target: MessageId::from_bytes([7; 16]),
+                at_ms: 8,
+                amendment: Amendment::Edit {
+                    body: "fixed".into(),
+                },
+            },
+            Content::Amend {
+                group: None,
+                target: MessageId::from_bytes([7; 16]),
+                at_ms: 9,
+                amendment: Amendment::React {
+                    emoji: Some("👍".into()),
+                },
+            },
+            Content::Amend {
+                group: None,
+                target: MessageId::from_bytes([7; 16]),
+                at_ms: 10,
+                amendment: Amendment::Delete,
+            },
         ] {
             let bytes = c.encode().unwrap();
             assert_eq!(bytes.len() % PADDING_BLOCK, 0);
@@ -283,6 +356,25 @@ mod tests {
             Content::decode(&future),
             Err(ContentError::UnsupportedVersion(9))
         );
+        let reaction = |emoji: &str| Content::Amend {
+            group: None,
+            target: MessageId::from_bytes([7; 16]),
+            at_ms: 1,
+            amendment: Amendment::React {
+                emoji: Some(emoji.into()),
+            },
+        };
+        assert_eq!(
+            reaction("no").encode(),
+            Err(ContentError::Amend(AmendRefused::NotAnEmoji))
+        );
+        let mut forged = reaction("👍").encode().unwrap();
+        let at = forged
+            .windows(4)
+            .position(|w| w == "👍".as_bytes())
+            .unwrap();
+        forged[at..at + 4].copy_from_slice(b"yes!");
+        assert_eq!(Content::decode(&forged), Err(ContentError::Malformed));
         let mut unknown_kind = text("x").encode().unwrap();
         unknown_kind[1] = 200;
         assert_eq!(Content::decode(&unknown_kind), Err(ContentError::Malformed));

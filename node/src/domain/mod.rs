@@ -1,6 +1,7 @@
 //! The pure core of the node. Time and randomness are parameters; nothing here performs IO.
 
 pub mod address;
+pub mod amend;
 pub mod content;
 pub mod envelope;
 pub mod file;
@@ -16,7 +17,8 @@ pub mod status;
 pub mod x3dh;
 
 pub use address::{Address, BadAddress, ConversationId, DeviceId};
-pub use content::{Content, ContentError};
+pub use amend::{AmendRefused, Amendment};
+pub use content::{Content, ContentError, GroupRef};
 pub use envelope::{Ack, Envelope, EnvelopeError, RejectReason};
 pub use file::{FileError, FileOffer};
 pub use group::{Change, Group, GroupError, GroupState, SignedChange};

@@ -53,6 +53,14 @@ pub struct StoredMessage {
     pub group: Option<GroupId>,
     /// For an outgoing group message: each recipient's status.
     pub receipts: BTreeMap<Username, MessageStatus>,
+    /// The message of the same conversation this one replies to.
+    pub reply_to: Option<MessageId>,
+    /// When its author last edited it (the author's clock, ms since the epoch), if ever.
+    pub edited_at_ms: Option<u64>,
+    /// Deleted for everyone by its author: the text is gone from the store.
+    pub deleted: bool,
+    /// One emoji per person who reacted to it.
+    pub reactions: BTreeMap<Username, String>,
 }
 
 impl StoredMessage {
@@ -82,6 +90,28 @@ impl StoredMessage {
             status,
             group: None,
             receipts: BTreeMap::new(),
+            reply_to: None,
+            edited_at_ms: None,
+            deleted: false,
+            reactions: BTreeMap::new(),
+        }
+    }
+
+    /// What a direct message of ours says on the wire: a text, or a reply.
+    pub fn direct_content(&self) -> super::Content {
+        match self.reply_to {
+            None => super::Content::Text {
+                id: self.id,
+                sent_at_ms: self.sent_at_ms,
+                body: self.body.clone(),
+            },
+            Some(reply_to) => super::Content::Reply {
+                group: None,
+                id: self.id,
+                sent_at_ms: self.sent_at_ms,
+                body: self.body.clone(),
+                reply_to,
+            },
         }
     }
 

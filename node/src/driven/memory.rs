@@ -527,6 +527,19 @@ impl Store for MemoryStore {
                     inner.add_unread(conversation, now - was);
                     committed.advanced.push(*id);
                 }
+                Write::Amend {
+                    conversation,
+                    id,
+                    by,
+                    at_ms,
+                    amendment,
+                } => {
+                    if let Some(m) = inner.find(conversation, id)
+                        && m.amend(by, amendment, *at_ms)
+                    {
+                        committed.amended.push(*id);
+                    }
+                }
                 Write::Enqueue(entry) => {
                     if !inner
                         .outbox

@@ -98,20 +98,43 @@ struct MessageBeforeGroups {
     status: MessageStatus,
 }
 
-/// A message record, also one written before groups (postcard has no optional trailing fields:
-/// such a record ends early, and reads as a direct message).
+/// A message as stored before replies, edits, deletes and reactions.
+#[derive(Deserialize)]
+struct MessageBeforeAmends {
+    id: MessageId,
+    peer: Username,
+    direction: Direction,
+    body: String,
+    sent_at_ms: u64,
+    status: MessageStatus,
+    group: Option<crate::domain::GroupId>,
+    receipts: std::collections::BTreeMap<Username, MessageStatus>,
+}
+
+/// A message record, also one written by an earlier version (postcard has no optional trailing
+/// fields: such a record ends early). One from before groups reads as a direct message; one
+/// from before amendments as neither a reply nor amended.
 fn dec_message(b: &[u8]) -> Result<StoredMessage, StoreError> {
-    dec(b).or_else(|e| match postcard::from_bytes::<MessageBeforeGroups>(b) {
-        Ok(m) => Ok(StoredMessage::direct(
-            m.id,
-            m.peer,
-            m.direction,
-            m.body,
-            m.sent_at_ms,
-            m.status,
-        )),
-        Err(_) => Err(e),
-    })
+    dec(b)
+        .or_else(|e| match postcard::from_bytes::<MessageBeforeAmends>(b) {
+            Ok(m) => Ok(StoredMessage {
+                group: m.group,
+                receipts: m.receipts,
+                ..StoredMessage::direct(m.id, m.peer, m.direction, m.body, m.sent_at_ms, m.status)
+            }),
+            Err(_) => Err(e),
+        })
+        .or_else(|e| match postcard::from_bytes::<MessageBeforeGroups>(b) {
+            Ok(m) => Ok(StoredMessage::direct(
+                m.id,
+                m.peer,
+                m.direction,
+                m.body,
+                m.sent_at_ms,
+                m.status,
+            )),
+            Err(_) => Err(e),
+        })
 }
 
 /// An outbox entry as stored before groups.
@@ -895,6 +918,26 @@ impl Store for SledStore {
                                     i64::from(is_unread(&m)) - i64::from(was),
                                 )?;
                                 committed.advanced.push(*id);
+                            }
+                            Write::Amend {
+                                conversation,
+                                id,
+                                by,
+                                at_ms,
+                                amendment,
+                            } => {
+                                let Some(seq) = ids.get(key(conversation, id.as_bytes()))? else {
+                                    continue;
+                                };
+                                let at = key(conversation, &seq);
+                                let Some(v) = messages.get(&at)? else {
+                                    continue;
+                                };
+                                let mut m = dec_message(&v)?;
+                                if m.amend(by, amendment, *at_ms) {
+                                    messages.insert(at, enc(&m)?)?;
+                                    committed.amended.push(*id);
+                                }
                             }
                             Write::Enqueue(entry) => {
                                 out.insert(key(&entry.to, entry.envelope.id.as_bytes()), bytes)?;

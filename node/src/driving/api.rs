@@ -77,6 +77,37 @@ pub struct SendBody {
     /// when absent.
     #[serde(default)]
     pub id: Option<MessageId>,
+    /// The message of the conversation this one replies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
+}
+
+/// `POST …/messages/{id}/amend`: edit or delete our message, or react to any.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AmendBody {
+    /// Replace the text of our message (within 24 hours of sending it).
+    Edit {
+        /// The new text.
+        text: String,
+    },
+    /// Delete our message for everyone (within 24 hours of sending it).
+    Delete,
+    /// React with one emoji, replacing our reaction; `null` removes it.
+    React {
+        /// The emoji.
+        emoji: Option<String>,
+    },
+}
+
+impl From<AmendBody> for crate::domain::Amendment {
+    fn from(body: AmendBody) -> Self {
+        match body {
+            AmendBody::Edit { text } => Self::Edit { body: text },
+            AmendBody::Delete => Self::Delete,
+            AmendBody::React { emoji } => Self::React { emoji },
+        }
+    }
 }
 
 /// Answer to a send.
@@ -153,6 +184,18 @@ pub struct MessageView {
     /// For our group message: each recipient's status, and how far it got over all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipts: Option<ReceiptsView>,
+    /// The message of the conversation it replies to.
+    #[serde(default)]
+    pub reply_to: Option<MessageId>,
+    /// Edited by its author since it was sent.
+    #[serde(default)]
+    pub edited: bool,
+    /// Deleted for everyone by its author (the text is gone).
+    #[serde(default)]
+    pub deleted: bool,
+    /// One emoji per person who reacted.
+    #[serde(default)]
+    pub reactions: std::collections::BTreeMap<Username, String>,
 }
 
 /// Who has our group message: per member, and counted.
@@ -243,6 +286,9 @@ pub struct GroupSendBody {
     /// The client's id for the message, as for [`SendBody::id`].
     #[serde(default)]
     pub id: Option<MessageId>,
+    /// The group's message this one replies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
 }
 
 /// A file as the API shows it (never its key).
@@ -377,6 +423,21 @@ impl From<NodeError> for ApiError {
             }
             NodeError::Content(_) => ApiError(StatusCode::BAD_REQUEST, "bad_message", message),
             NodeError::File(_) => ApiError(StatusCode::BAD_REQUEST, "bad_file", message),
+            NodeError::NoSuchMessage(_) => {
+                ApiError(StatusCode::NOT_FOUND, "no_such_message", message)
+            }
+            NodeError::Amend(refused) => {
+                use crate::domain::AmendRefused;
+                let (status, code) = match refused {
+                    AmendRefused::NotAuthor => (StatusCode::FORBIDDEN, "not_author"),
+                    AmendRefused::TooLate => (StatusCode::CONFLICT, "too_late"),
+                    AmendRefused::Deleted => (StatusCode::CONFLICT, "deleted"),
+                    AmendRefused::NotAnEmoji | AmendRefused::TextTooLong => {
+                        (StatusCode::BAD_REQUEST, "bad_amendment")
+                    }
+                };
+                ApiError(status, code, message)
+            }
             NodeError::UnknownGroup(_) => ApiError(StatusCode::NOT_FOUND, "unknown_group", message),
             NodeError::NotMember(_) => ApiError(StatusCode::FORBIDDEN, "not_member", message),
             NodeError::Group(crate::domain::GroupError::NotAllowed(_)) => {
@@ -472,6 +533,10 @@ fn view(m: crate::ports::StoredMessage, me: &Username) -> MessageView {
         status: m.status,
         group: m.group,
         receipts,
+        reply_to: m.reply_to,
+        edited: m.edited_at_ms.is_some(),
+        deleted: m.deleted,
+        reactions: m.reactions,
     }
 }
 
@@ -557,6 +622,14 @@ pub fn router<P: Ports>(state: ApiState<P>) -> Router {
             post(retry::<P>),
         )
         .route("/api/v1/conversations/{peer}/read", post(mark_read::<P>))
+        .route(
+            "/api/v1/conversations/{peer}/messages/{id}/amend",
+            post(amend::<P>),
+        )
+        .route(
+            "/api/v1/groups/{id}/messages/{message}/amend",
+            post(amend_group::<P>),
+        )
         .route("/api/v1/contacts/{peer}/accept-key", post(accept_key::<P>))
         .route(
             "/api/v1/contacts/{peer}/safety-number",
@@ -754,7 +827,10 @@ async fn send<P: Ports>(
     Body(body): Body<SendBody>,
 ) -> Result<(StatusCode, Json<SendAnswer>), ApiError> {
     let id = body.id.unwrap_or_else(|| MessageId::random(&mut OsRng));
-    let status = state.node.send(&body.to, id, body.text).await?;
+    let status = match body.reply_to {
+        None => state.node.send(&body.to, id, body.text).await?,
+        Some(quoted) => state.node.reply(&body.to, id, body.text, quoted).await?,
+    };
     Ok((StatusCode::ACCEPTED, Json(SendAnswer { id, status })))
 }
 
@@ -1092,10 +1168,16 @@ async fn send_group<P: Ports>(
     Body(body): Body<GroupSendBody>,
 ) -> Result<(StatusCode, Json<SendAnswer>), ApiError> {
     let id = body.id.unwrap_or_else(|| MessageId::random(&mut OsRng));
-    let status = state
-        .node
-        .send_group(&group_id(&raw)?, id, body.text)
-        .await?;
+    let group = group_id(&raw)?;
+    let status = match body.reply_to {
+        None => state.node.send_group(&group, id, body.text).await?,
+        Some(quoted) => {
+            state
+                .node
+                .reply_group(&group, id, body.text, quoted)
+                .await?
+        }
+    };
     Ok((StatusCode::ACCEPTED, Json(SendAnswer { id, status })))
 }
 
@@ -1176,19 +1258,48 @@ async fn history<P: Ports>(
     ))
 }
 
-async fn retry<P: Ports>(
-    State(state): Shared<P>,
-    Path((raw, id)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    let id: MessageId = id.parse().map_err(|_| {
+fn message_id(raw: &str) -> Result<MessageId, ApiError> {
+    raw.parse().map_err(|_| {
         ApiError(
             StatusCode::BAD_REQUEST,
             "bad_id",
             "a message id is 32 hexadecimal digits".into(),
         )
-    })?;
-    state.node.retry(&peer(&raw)?, &id).await?;
+    })
+}
+
+async fn retry<P: Ports>(
+    State(state): Shared<P>,
+    Path((raw, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state.node.retry(&peer(&raw)?, &message_id(&id)?).await?;
     Ok(StatusCode::ACCEPTED)
+}
+
+async fn amend<P: Ports>(
+    State(state): Shared<P>,
+    Path((raw, id)): Path<(String, String)>,
+    Body(body): Body<AmendBody>,
+) -> Result<StatusCode, ApiError> {
+    let conversation = crate::domain::ConversationId::Direct(peer(&raw)?);
+    state
+        .node
+        .amend(&conversation, message_id(&id)?, body.into())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn amend_group<P: Ports>(
+    State(state): Shared<P>,
+    Path((raw, id)): Path<(String, String)>,
+    Body(body): Body<AmendBody>,
+) -> Result<StatusCode, ApiError> {
+    let conversation = crate::domain::ConversationId::Group(group_id(&raw)?);
+    state
+        .node
+        .amend(&conversation, message_id(&id)?, body.into())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn logout<P: Ports>(State(state): Shared<P>) -> Result<StatusCode, ApiError> {
@@ -1260,6 +1371,7 @@ async fn events<P: Ports>(
                     Ok(event) => {
                         let kind = match &event {
                             crate::ports::Event::MessageReceived { .. } => "message_received",
+                            crate::ports::Event::MessageChanged { .. } => "message_changed",
                             crate::ports::Event::StatusChanged { .. } => "status_changed",
                             crate::ports::Event::KeyChanged { .. } => "key_changed",
                             crate::ports::Event::PeerOnline { .. } => "peer_online",

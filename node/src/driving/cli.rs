@@ -208,6 +208,8 @@ pub enum CliCommand {
         name: String,
         /// The text.
         text: String,
+        /// The id of the message it replies to.
+        reply_to: Option<String>,
     },
     /// Send a message to a group.
     SendGroup {
@@ -215,6 +217,17 @@ pub enum CliCommand {
         group: String,
         /// The text.
         text: String,
+        /// The id of the message it replies to.
+        reply_to: Option<String>,
+    },
+    /// Edit or delete one of our messages, or react to a message.
+    Amend {
+        /// The conversation: a person, or a group's id.
+        conversation: Conversation,
+        /// The message's id.
+        id: String,
+        /// What to do.
+        action: crate::driving::api::AmendBody,
     },
     /// Show a group's conversation.
     GroupHistory {
@@ -426,6 +439,23 @@ async fn wait_for_file(client: &ApiClient, id: &crate::domain::FileId) -> Result
 }
 
 /// A group id as typed: 32 hexadecimal digits.
+/// A conversation named on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conversation {
+    /// With a person, by username.
+    Person(String),
+    /// A group's, by id.
+    Group(String),
+}
+
+fn message_id(raw: &str) -> Result<crate::domain::MessageId, CliError> {
+    raw.parse().map_err(|_| {
+        CliError(format!(
+            "{raw:?} is not a message id (32 hexadecimal digits)"
+        ))
+    })
+}
+
 fn group_id(raw: &str) -> Result<crate::domain::GroupId, CliError> {
     raw.parse().map_err(|_| {
         CliError(format!(
@@ -683,11 +713,16 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
             }
             Ok(())
         }
-        CliCommand::Send { name, text } => {
+        CliCommand::Send {
+            name,
+            text,
+            reply_to,
+        } => {
             let body = SendBody {
                 to: username(&name)?,
                 text,
                 id: None,
+                reply_to: reply_to.as_deref().map(message_id).transpose()?,
             };
             let answer: SendAnswer = ApiClient::from_data_dir(&data_dir)?
                 .call(Method::POST, "/api/v1/messages", Some(&body))
@@ -701,13 +736,22 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
             );
             Ok(())
         }
-        CliCommand::SendGroup { group, text } => {
+        CliCommand::SendGroup {
+            group,
+            text,
+            reply_to,
+        } => {
             let group = group_id(&group)?;
+            let body = GroupSendBody {
+                text,
+                id: None,
+                reply_to: reply_to.as_deref().map(message_id).transpose()?,
+            };
             let answer: SendAnswer = ApiClient::from_data_dir(&data_dir)?
                 .call(
                     Method::POST,
                     &format!("/api/v1/groups/{group}/messages"),
-                    Some(&GroupSendBody { text, id: None }),
+                    Some(&body),
                 )
                 .await?;
             println!(
@@ -755,6 +799,28 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
             Ok(())
         }
         CliCommand::Group(command) => group_command(&data_dir, command).await,
+        CliCommand::Amend {
+            conversation,
+            id,
+            action,
+        } => {
+            let id = message_id(&id)?;
+            let path = match conversation {
+                Conversation::Person(name) => {
+                    format!(
+                        "/api/v1/conversations/{}/messages/{id}/amend",
+                        username(&name)?
+                    )
+                }
+                Conversation::Group(group) => {
+                    format!("/api/v1/groups/{}/messages/{id}/amend", group_id(&group)?)
+                }
+            };
+            ApiClient::from_data_dir(&data_dir)?
+                .call::<_, ()>(Method::POST, &path, Some(&action))
+                .await?;
+            Ok(())
+        }
         CliCommand::SendFile {
             to,
             path,
@@ -1111,7 +1177,26 @@ fn shown_text(message: &MessageView) -> String {
     if message.status == MessageStatus::Undecryptable {
         return "(this message could not be decrypted)".to_owned();
     }
-    escape_controls(&message.text)
+    if message.deleted {
+        return "(this message was deleted)".to_owned();
+    }
+    let mut shown = String::new();
+    if let Some(quoted) = message.reply_to {
+        shown.push_str(&format!("(reply to {quoted}) "));
+    }
+    shown.push_str(&escape_controls(&message.text));
+    if message.edited {
+        shown.push_str(" (edited)");
+    }
+    if !message.reactions.is_empty() {
+        let reactions: Vec<String> = message
+            .reactions
+            .iter()
+            .map(|(who, emoji)| format!("{} {who}", escape_controls(emoji)))
+            .collect();
+        shown.push_str(&format!("  {{{}}}", reactions.join(", ")));
+    }
+    shown
 }
 
 /// `text` with every control character (C0, DEL, C1) and every bidirectional override escaped

@@ -19,6 +19,15 @@ pub enum Event {
         /// Multiaddrs, direct and relayed.
         addresses: Vec<String>,
     },
+    /// A stored message was edited, deleted or reacted to (by us or by someone else).
+    MessageChanged {
+        /// The other person, for a direct conversation.
+        peer: Option<Username>,
+        /// The group, for a group's conversation.
+        group: Option<GroupId>,
+        /// The message.
+        id: MessageId,
+    },
     /// A message arrived.
     MessageReceived {
         /// From whom.

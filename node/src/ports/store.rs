@@ -7,9 +7,9 @@ use std::future::Future;
 use peerchat_pki::Username;
 
 use crate::domain::{
-    Address, Contact, ConversationId, Direction, Envelope, FileId, FileOffer, Group, GroupId,
-    IdentityKey, MessageId, MessageStatus, OneTimePreKeyPair, PreKeyId, Session, SignedPreKeyPair,
-    StoredMessage,
+    Address, Amendment, Contact, ConversationId, Direction, Envelope, FileId, FileOffer, Group,
+    GroupId, IdentityKey, MessageId, MessageStatus, OneTimePreKeyPair, PreKeyId, Session,
+    SignedPreKeyPair, StoredMessage,
 };
 
 /// A storage failure; adapters translate their own errors into it.
@@ -228,6 +228,22 @@ pub enum Write {
         /// Their new status.
         status: MessageStatus,
     },
+    /// Applies an amendment (checked by the caller with [`StoredMessage::may_amend`]) to a
+    /// stored message, read and written in the commit so that concurrent reactions of
+    /// different people all count ([`StoredMessage::amend`]); the ids that changed are returned
+    /// in [`Committed::amended`]. A missing message is skipped.
+    Amend {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The message.
+        id: MessageId,
+        /// Who amends it.
+        by: Username,
+        /// When, on their clock.
+        at_ms: u64,
+        /// What is done to it.
+        amendment: Amendment,
+    },
 }
 
 /// The writes of one lifecycle step, applied by [`Store::commit`] all together or not at all.
@@ -276,6 +292,8 @@ pub struct Committed {
     pub advanced: Vec<MessageId>,
     /// The member statuses a [`Write::MemberStatus`] moved, in the batch's order.
     pub members: Vec<MemberMoved>,
+    /// The messages a [`Write::Amend`] changed, in the batch's order.
+    pub amended: Vec<MessageId>,
 }
 
 /// One member's status of a group message, moved by a commit.

@@ -144,6 +144,28 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         id: MessageId,
         body: String,
     ) -> Result<MessageStatus, NodeError> {
+        self.send_group_text(group, id, body, None).await
+    }
+
+    /// [`Self::send_group`] of a reply to the group's message `reply_to`.
+    #[tracing::instrument(name = "usecase.reply_group", skip_all, fields(group = %group, id = %id))]
+    pub async fn reply_group(
+        &self,
+        group: &GroupId,
+        id: MessageId,
+        body: String,
+        reply_to: MessageId,
+    ) -> Result<MessageStatus, NodeError> {
+        self.send_group_text(group, id, body, Some(reply_to)).await
+    }
+
+    async fn send_group_text(
+        &self,
+        group: &GroupId,
+        id: MessageId,
+        body: String,
+        reply_to: Option<MessageId>,
+    ) -> Result<MessageStatus, NodeError> {
         let me = self.me()?;
         let conversation = ConversationId::Group(*group);
         if let Some(sent) = self.store.message(&conversation, &id)? {
@@ -153,13 +175,30 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         if !state.members.contains(&me.0) {
             return Err(NodeError::NotMember(*group));
         }
+        if let Some(quoted) = reply_to
+            && self.store.message(&conversation, &quoted)?.is_none()
+        {
+            return Err(NodeError::NoSuchMessage(quoted));
+        }
         let sent_at_ms = self.clock.now_ms();
-        let plaintext = Content::GroupText {
-            group: *group,
-            version: state.version,
-            id,
-            sent_at_ms,
-            body: body.clone(),
+        let plaintext = match reply_to {
+            None => Content::GroupText {
+                group: *group,
+                version: state.version,
+                id,
+                sent_at_ms,
+                body: body.clone(),
+            },
+            Some(reply_to) => Content::Reply {
+                group: Some(crate::domain::GroupRef {
+                    group: *group,
+                    version: state.version,
+                }),
+                id,
+                sent_at_ms,
+                body: body.clone(),
+                reply_to,
+            },
         }
         .encode()?;
         let recipients: Vec<(Username, Vec<u8>)> = state
@@ -174,6 +213,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 .map(|(m, _)| (m.clone(), MessageStatus::Pending))
                 .collect(),
             group: Some(*group),
+            reply_to,
             ..StoredMessage::direct(
                 id,
                 me.0.clone(),

@@ -4,6 +4,7 @@
 //! state and return nothing but errors; queries (`history`, `conversations`, `contacts`,
 //! `status`) change nothing. `receive` answers the peer with an [`Ack`](crate::domain::Ack).
 
+mod amend;
 mod certificates;
 mod contacts;
 mod files;
@@ -94,6 +95,12 @@ pub enum NodeError {
     /// A file could not be offered, found or kept.
     #[error("{0}")]
     File(String),
+    /// No message with that id in the conversation.
+    #[error("no message {0} in this conversation")]
+    NoSuchMessage(crate::domain::MessageId),
+    /// An edit, delete or reaction the rules refuse.
+    #[error(transparent)]
+    Amend(#[from] crate::domain::AmendRefused),
     /// The message is not acceptable (too long, …).
     #[error(transparent)]
     Content(#[from] ContentError),

@@ -197,34 +197,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         peer: &Username,
         content: Content,
     ) -> Result<(), NodeError> {
-        let plaintext = content.encode()?;
-        {
-            let _guard = self.peer_lock(peer).lock_owned().await;
-            let device = Address::first(peer.clone());
-            let Some(mut session) = self.store.session(&device)? else {
-                return Ok(());
-            };
-            let message = session.encrypt(&plaintext)?;
-            let envelope = Envelope {
-                id: crate::domain::MessageId::random(&mut OsRng),
-                trace: peerchat_telemetry::traceparent(),
-                payload: message.encode().to_vec(),
-            };
-            // No chat message: the advanced session and the outbox entry.
-            self.store.commit(
-                &Batch::new()
-                    .with(Write::Session(device.clone(), Box::new(session)))
-                    .with(Write::Enqueue(crate::ports::OutboxEntry {
-                        to: device,
-                        queued_at_ms: self.clock.now_ms(),
-                        envelope,
-                        group: None,
-                    })),
-            )?;
-        }
-        self.store.flush().await?;
-        self.outbox_signal.notify_one();
-        Ok(())
+        self.queue_with(peer, content, Vec::new()).await
     }
 
     /// Marks every received message of `conversation` read (durably); returns those that were

@@ -3,7 +3,7 @@
 use peerchat_pki::Username;
 
 use super::{Node, NodeError};
-use crate::domain::{Ack, Address, Content, Envelope, GroupId, MessageId, RejectReason};
+use crate::domain::{Ack, Address, Envelope, GroupId, MessageId, RejectReason};
 use crate::ports::{
     Batch, Clock, Direction, Directory, Event, IfStored, MessageStatus, Network, Notifier,
     OutboxEntry, Recipient, Store, StoredMessage, Write,
@@ -21,17 +21,52 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         id: MessageId,
         body: String,
     ) -> Result<MessageStatus, NodeError> {
+        self.send_text(to, id, body, None).await
+    }
+
+    /// [`Self::send`] of a reply to the message `reply_to` of the conversation with `to`.
+    #[tracing::instrument(name = "usecase.reply", skip_all, fields(peer = %to, id = %id))]
+    pub async fn reply(
+        &self,
+        to: &Username,
+        id: MessageId,
+        body: String,
+        reply_to: MessageId,
+    ) -> Result<MessageStatus, NodeError> {
+        self.send_text(to, id, body, Some(reply_to)).await
+    }
+
+    async fn send_text(
+        &self,
+        to: &Username,
+        id: MessageId,
+        body: String,
+        reply_to: Option<MessageId>,
+    ) -> Result<MessageStatus, NodeError> {
         self.me()?;
         if let Some(sent) = self.store.message(&to.into(), &id)? {
             return Ok(sent.status);
         }
-        let sent_at_ms = self.clock.now_ms();
-        let plaintext = Content::Text {
-            id,
-            sent_at_ms,
-            body: body.clone(),
+        if let Some(quoted) = reply_to
+            && self.store.message(&to.into(), &quoted)?.is_none()
+        {
+            return Err(NodeError::NoSuchMessage(quoted));
         }
-        .encode()?;
+        let sent_at_ms = self.clock.now_ms();
+        let stored_as = |status| StoredMessage {
+            reply_to,
+            ..StoredMessage::direct(
+                id,
+                to.clone(),
+                Direction::Outgoing,
+                body.clone(),
+                sent_at_ms,
+                status,
+            )
+        };
+        let plaintext = stored_as(MessageStatus::Pending)
+            .direct_content()
+            .encode()?;
         let contact = self.contact_for(to).await?;
         let contact = match self.current_key(to, contact.clone()).await {
             Ok(contact) => contact,
@@ -46,14 +81,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         };
         if contact.pending_key.is_some() {
             // Held until the user accepts the new key (`accept_key` sends it then).
-            let held = StoredMessage::direct(
-                id,
-                to.clone(),
-                Direction::Outgoing,
-                body,
-                sent_at_ms,
-                MessageStatus::Held,
-            );
+            let held = stored_as(MessageStatus::Held);
             self.store
                 .commit(&Batch::new().with(Write::Message(held, IfStored::Skip)))?;
             self.store.flush().await?;
@@ -68,14 +96,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 trace: peerchat_telemetry::traceparent(),
                 payload: message.encode().to_vec(),
             };
-            let stored = StoredMessage::direct(
-                id,
-                to.clone(),
-                Direction::Outgoing,
-                body,
-                sent_at_ms,
-                MessageStatus::Pending,
-            );
+            let stored = stored_as(MessageStatus::Pending);
             let queued = OutboxEntry {
                 to: Address::first(to.clone()),
                 queued_at_ms: sent_at_ms,

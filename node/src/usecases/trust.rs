@@ -6,7 +6,7 @@ use peerchat_pki::Username;
 use rand::rngs::OsRng;
 
 use super::{Node, NodeError};
-use crate::domain::{Address, Content, Envelope, IdentityKey, SafetyNumber, Session};
+use crate::domain::{Address, Envelope, IdentityKey, SafetyNumber, Session};
 use crate::ports::{
     Batch, Clock, Contact, Directory, Event, IfStored, MessageStatus, Network, Notifier,
     OutboxEntry, Page, Store, StoredMessage,
@@ -112,12 +112,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         messages: Vec<crate::ports::StoredMessage>,
     ) -> Result<(), NodeError> {
         for message in messages {
-            let content = Content::Text {
-                id: message.id,
-                sent_at_ms: message.sent_at_ms,
-                body: message.body.clone(),
-            }
-            .encode()?;
+            let content = message.direct_content().encode()?;
             let envelope = {
                 let _guard = self.peer_lock(peer).lock_owned().await;
                 let mut session = self.session_for(peer).await?;

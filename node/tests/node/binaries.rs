@@ -449,6 +449,7 @@ async fn a_receiver_killed_mid_stream_loses_no_acknowledged_message() {
                 to,
                 text: format!("message {i}"),
                 id: None,
+                reply_to: None,
             };
             let r = http
                 .post(format!("{base}/api/v1/messages"))

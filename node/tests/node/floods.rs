@@ -34,6 +34,7 @@ async fn two_hundred_fast_sends_to_an_offline_peer_are_all_queued_none_refused()
                         to: Username::new("bob").unwrap(),
                         text: format!("message {}", batch * 20 + i),
                         id: None,
+                        reply_to: None,
                     })
                     .send()
                     .await

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod amend;
+mod amend_daemons;
 mod binaries;
 mod e2ee_properties;
 mod e2ee_ratchet;

@@ -774,6 +774,7 @@ fn measure(
                             to,
                             text: format!("measure {i}"),
                             id: None,
+                            reply_to: None,
                         })
                         .send()
                         .await

@@ -192,6 +192,7 @@ async fn one_send_is_one_trace_from_alice_through_the_rendezvous_to_bobs_store()
             to: Username::new("bob").unwrap(),
             text: text.into(),
             id: None,
+            reply_to: None,
         })
         .send()
         .await

@@ -11,7 +11,8 @@ use peerchat_pki::Username;
 
 use super::Decrypted;
 use crate::domain::{
-    Ack, Change, Group, GroupError, GroupId, GroupState, MessageId, RejectReason, SignedChange,
+    Ack, Change, Group, GroupError, GroupId, GroupRef, GroupState, MessageId, RejectReason,
+    SignedChange,
 };
 use crate::ports::{
     Clock, Direction, Directory, Event, IfStored, MessageStatus, Network, Notifier, Store,
@@ -110,37 +111,55 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         })
     }
 
-    /// A message in a group, from one of its members.
+    /// Whether `from` may write in `group` now: `None` when a member (and so are we), else
+    /// the answer to give. A sender ahead of our version waits for the changes we miss; a
+    /// non-member's envelope is recorded (its session advanced) and refused.
+    pub(super) async fn group_gate<'a>(
+        &self,
+        decrypted: Decrypted<'a>,
+        group: GroupRef,
+    ) -> Result<Result<Decrypted<'a>, Ack>, NodeError> {
+        let me = self.me()?;
+        let from = decrypted.from;
+        let Some(held) = self.store.group(&group.group)? else {
+            // Its creation, or the change adding us, is still on its way.
+            return Ok(Err(Ack::Rejected(RejectReason::Busy)));
+        };
+        let state = held.state();
+        if group.version > state.version {
+            // The author knows changes we do not have yet (perhaps the one adding them).
+            return Ok(Err(Ack::Rejected(RejectReason::Busy)));
+        }
+        if !state.members.contains(from) || !state.members.contains(&me.0) {
+            tracing::warn!(peer = %from, group = %group.group, "a group message from a non-member was refused");
+            self.record(decrypted, Vec::new(), false).await?;
+            return Ok(Err(Ack::Rejected(RejectReason::Refused)));
+        }
+        Ok(Ok(decrypted))
+    }
+
+    /// A message in a group (or a reply), from one of its members.
     pub(super) async fn handle_group_text(
         &self,
         decrypted: Decrypted<'_>,
-        group: GroupId,
-        version: u64,
+        group: GroupRef,
         id: MessageId,
         sent_at_ms: u64,
         body: String,
+        reply_to: Option<MessageId>,
     ) -> Result<Ack, NodeError> {
         if id != decrypted.envelope_id {
             return Ok(Ack::Rejected(RejectReason::Malformed));
         }
-        let me = self.me()?;
         let from = decrypted.from.clone();
-        let Some(held) = self.store.group(&group)? else {
-            // Its creation, or the change adding us, is still on its way.
-            return Ok(Ack::Rejected(RejectReason::Busy));
+        let decrypted = match self.group_gate(decrypted, group).await? {
+            Ok(decrypted) => decrypted,
+            Err(answer) => return Ok(answer),
         };
-        let state = held.state();
-        if version > state.version {
-            // The author knows changes we do not have yet (perhaps the one adding them).
-            return Ok(Ack::Rejected(RejectReason::Busy));
-        }
-        if !state.members.contains(&from) || !state.members.contains(&me.0) {
-            tracing::warn!(peer = %from, group = %group, "a group message from a non-member was refused");
-            self.record(decrypted, Vec::new(), false).await?;
-            return Ok(Ack::Rejected(RejectReason::Refused));
-        }
+        let group = group.group;
         let stored = StoredMessage {
             group: Some(group),
+            reply_to,
             ..StoredMessage::direct(
                 id,
                 from.clone(),

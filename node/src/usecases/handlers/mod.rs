@@ -2,6 +2,7 @@
 //! what it means (atomically with the advanced session) and answers the sender. A new kind
 //! (group, file) is a new handler module and one line in [`Node::handle`].
 
+mod amend;
 mod file;
 mod group;
 mod receipt;
@@ -85,7 +86,39 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 id,
                 sent_at_ms,
                 body,
-            } => self.handle_text(decrypted, id, sent_at_ms, body).await,
+            } => {
+                self.handle_text(decrypted, id, sent_at_ms, body, None)
+                    .await
+            }
+            Content::Reply {
+                group: None,
+                id,
+                sent_at_ms,
+                body,
+                reply_to,
+            } => {
+                self.handle_text(decrypted, id, sent_at_ms, body, Some(reply_to))
+                    .await
+            }
+            Content::Reply {
+                group: Some(group),
+                id,
+                sent_at_ms,
+                body,
+                reply_to,
+            } => {
+                self.handle_group_text(decrypted, group, id, sent_at_ms, body, Some(reply_to))
+                    .await
+            }
+            Content::Amend {
+                group,
+                target,
+                at_ms,
+                amendment,
+            } => {
+                self.handle_amend(decrypted, group, target, at_ms, amendment)
+                    .await
+            }
             Content::DeliveryReceipt { ids } => {
                 self.handle_receipt(decrypted, &ids, MessageStatus::Delivered)
                     .await
@@ -104,7 +137,8 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 sent_at_ms,
                 body,
             } => {
-                self.handle_group_text(decrypted, group, version, id, sent_at_ms, body)
+                let group = crate::domain::GroupRef { group, version };
+                self.handle_group_text(decrypted, group, id, sent_at_ms, body, None)
                     .await
             }
             Content::GroupReceipt { group, ids, read } => {

@@ -10,13 +10,14 @@ use crate::ports::{
 use crate::usecases::{Node, NodeError};
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
-    /// Stores a text message. Its id inside the ciphertext must be the envelope's.
+    /// Stores a text message (or a reply). Its id inside the ciphertext must be the envelope's.
     pub(super) async fn handle_text(
         &self,
         decrypted: Decrypted<'_>,
         id: MessageId,
         sent_at_ms: u64,
         body: String,
+        reply_to: Option<MessageId>,
     ) -> Result<Ack, NodeError> {
         let Decrypted {
             from,
@@ -38,14 +39,17 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 pending_key: None,
             })?;
         }
-        let stored = StoredMessage::direct(
-            id,
-            from.clone(),
-            Direction::Incoming,
-            body,
-            sent_at_ms,
-            MessageStatus::Received,
-        );
+        let stored = StoredMessage {
+            reply_to,
+            ..StoredMessage::direct(
+                id,
+                from.clone(),
+                Direction::Incoming,
+                body,
+                sent_at_ms,
+                MessageStatus::Received,
+            )
+        };
         let device = Address::first(from.clone());
         let mut batch = Batch::new()
             .with(Write::Message(stored, IfStored::ReplaceUndecryptable))

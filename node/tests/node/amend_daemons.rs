@@ -1,0 +1,201 @@
+//! Replies, edits, deletes for everyone and reactions through the real binaries: two daemons one
+//! to one, and three in a group, driven through the CLI.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use peerchat::driving::api::MessageView;
+
+use crate::binaries::{Daemon, ok, rendezvous_binary, rendezvous_process, stop};
+
+/// Polls `check` every 200 ms for up to 30 s.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The id `send` printed.
+fn sent_id(out: &str) -> String {
+    out.split_whitespace().next().unwrap().to_owned()
+}
+
+/// `d`'s copy of message `id` in the conversation `args` names (`NAME` or `--group ID`).
+fn find(d: &Daemon, args: &[&str], id: &str) -> Option<MessageView> {
+    let mut command = vec!["history"];
+    command.extend_from_slice(args);
+    command.push("--json");
+    let all: Vec<MessageView> = serde_json::from_str(&ok(&d.cli(&command))).unwrap();
+    all.into_iter().find(|m| m.id.to_string() == id)
+}
+
+fn reactions(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(who, e)| (who.to_string(), e.to_string()))
+        .collect()
+}
+
+fn reactions_of(m: &MessageView) -> BTreeMap<String, String> {
+    m.reactions
+        .iter()
+        .map(|(who, e)| (who.to_string(), e.clone()))
+        .collect()
+}
+
+/// The CLI refuses with a message containing `why`.
+fn refused(d: &Daemon, args: &[&str], why: &str) {
+    let out = d.cli(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} was accepted");
+    assert!(stderr.contains(why), "{args:?}: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_reply_edit_react_and_delete_for_everyone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut rv, port) = rendezvous_process(&rendezvous_binary(), &tmp.path().join("rv"), 0);
+    let url = format!("https://localhost:{port}");
+    let alice = Daemon::start(&tmp.path().join("alice"), &url);
+    let bob = Daemon::start(&tmp.path().join("bob"), &url);
+    alice.register("alice");
+    bob.register("bob");
+
+    let lunch = sent_id(&ok(&alice.cli(&["send", "bob", "lunch?"])));
+    bob.wait_for_history("alice", &["lunch?"]);
+    let sure = sent_id(&ok(&bob.cli(&[
+        "send",
+        "alice",
+        "sure",
+        "--reply-to",
+        &lunch,
+    ])));
+    eventually("alice has bob's reply, quoting hers", || {
+        find(&alice, &["bob"], &sure)
+            .is_some_and(|m| m.reply_to.map(|r| r.to_string()) == Some(lunch.clone()))
+    });
+
+    ok(&alice.cli(&["edit", "bob", &lunch, "lunch at noon?"]));
+    eventually("bob sees the edit", || {
+        find(&bob, &["alice"], &lunch).is_some_and(|m| m.text == "lunch at noon?" && m.edited)
+    });
+
+    ok(&bob.cli(&["react", "alice", &lunch, "👍"]));
+    ok(&alice.cli(&["react", "bob", &lunch, "😂"]));
+    ok(&bob.cli(&["react", "alice", &lunch, "❤️"]));
+    let both = reactions(&[("alice", "😂"), ("bob", "❤️")]);
+    for (d, peer) in [(&alice, "bob"), (&bob, "alice")] {
+        eventually("one reaction per person, bob's replaced", || {
+            find(d, &[peer], &lunch).is_some_and(|m| reactions_of(&m) == both)
+        });
+    }
+    ok(&bob.cli(&["react", "--remove", "alice", &lunch]));
+    eventually("bob's reaction is taken back", || {
+        find(&alice, &["bob"], &lunch)
+            .is_some_and(|m| reactions_of(&m) == reactions(&[("alice", "😂")]))
+    });
+
+    // Bad commands are clear errors.
+    refused(
+        &bob,
+        &["edit", "alice", &lunch, "mine now"],
+        "only the author",
+    );
+    refused(&bob, &["delete", "alice", &lunch], "only the author");
+    refused(&bob, &["react", "alice", &lunch, "ok"], "one emoji");
+    refused(
+        &bob,
+        &["react", "alice", "0123456789abcdef0123456789abcdef", "👍"],
+        "no message",
+    );
+    refused(
+        &bob,
+        &["edit", "alice", "not-an-id", "x"],
+        "not a message id",
+    );
+
+    ok(&alice.cli(&["delete", "bob", &lunch]));
+    eventually("bob's copy is deleted", || {
+        find(&bob, &["alice"], &lunch).is_some_and(|m| m.deleted && m.text.is_empty())
+    });
+    let shown = ok(&bob.cli(&["history", "alice"]));
+    assert!(shown.contains("(this message was deleted)"), "{shown}");
+    assert!(!shown.contains("lunch at noon"), "{shown}");
+    assert!(
+        shown.contains(&format!("(reply to {lunch}) sure")),
+        "{shown}"
+    );
+
+    drop(alice);
+    drop(bob);
+    stop(&mut rv);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_daemons_reply_edit_react_and_delete_in_a_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut rv, port) = rendezvous_process(&rendezvous_binary(), &tmp.path().join("rv"), 0);
+    let url = format!("https://localhost:{port}");
+    let names = ["alice", "bob", "carol"];
+    let daemons: Vec<Daemon> = names
+        .iter()
+        .map(|n| Daemon::start(&tmp.path().join(n), &url))
+        .collect();
+    for (d, n) in daemons.iter().zip(names) {
+        d.register(n);
+    }
+    let [alice, bob, carol] = &daemons[..] else {
+        unreachable!()
+    };
+    let group = ok(&alice.cli(&["group", "create", "lunch", "--members", "bob,carol"]))
+        .trim()
+        .to_owned();
+    let at = ["--group", group.as_str()];
+    for d in &daemons {
+        eventually("every member holds the group", || {
+            d.cli(&["group", "show", &group]).status.success()
+        });
+    }
+
+    let plan = sent_id(&ok(&alice.cli(&["send", "--group", &group, "noon?"])));
+    for d in &daemons {
+        eventually("everyone has the plan", || find(d, &at, &plan).is_some());
+    }
+    let yes = sent_id(&ok(&bob.cli(&[
+        "send",
+        "--group",
+        &group,
+        "--reply-to",
+        &plan,
+        "yes",
+    ])));
+    ok(&alice.cli(&["edit", "--group", &group, &plan, "one o'clock?"]));
+    ok(&carol.cli(&["react", "--group", &group, &plan, "🎉"]));
+    ok(&bob.cli(&["react", "--group", &group, &plan, "👍"]));
+    refused(
+        carol,
+        &["delete", "--group", &group, &plan],
+        "only the author",
+    );
+    let expected = reactions(&[("bob", "👍"), ("carol", "🎉")]);
+    for d in &daemons {
+        eventually("the reply, the edit and both reactions everywhere", || {
+            let edited = find(d, &at, &plan).is_some_and(|m| {
+                m.text == "one o'clock?" && m.edited && reactions_of(&m) == expected
+            });
+            let quoting = find(d, &at, &yes)
+                .is_some_and(|m| m.reply_to.map(|r| r.to_string()).as_ref() == Some(&plan));
+            edited && quoting
+        });
+    }
+    ok(&bob.cli(&["delete", "--group", &group, &yes]));
+    for d in &daemons {
+        eventually("bob's reply is deleted everywhere", || {
+            find(d, &at, &yes).is_some_and(|m| m.deleted && m.text.is_empty())
+        });
+    }
+    drop(daemons);
+    stop(&mut rv);
+}
