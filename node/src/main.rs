@@ -123,6 +123,14 @@ enum Command {
         #[arg(num_args = 1..=2, required = true, value_names = ["NAME", "TEXT"])]
         words: Vec<String>,
     },
+    /// Searches the messages of every conversation (case is ignored), newest first.
+    Search {
+        /// The text to find.
+        text: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Edits one of your messages (within 24 hours): `edit NAME ID TEXT`, or
     /// `edit --group GROUP ID TEXT`.
     Edit {
@@ -543,6 +551,7 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
                 ));
             }
         },
+        Command::Search { text, json } => CliCommand::Search { text, json },
         Command::Edit { group, words } => {
             let (conversation, rest) = conversation(group, &words, 2, "edit NAME ID TEXT")?;
             CliCommand::Amend {

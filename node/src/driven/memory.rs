@@ -107,6 +107,19 @@ impl MessageStore for MemoryStore {
         Ok(all[start..end].to_vec())
     }
 
+    fn search(&self, needle: &str, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+        let needle = crate::domain::record::search_key(needle);
+        let hits = self
+            .inner()
+            .messages
+            .values()
+            .flatten()
+            .filter(|m| m.found_by(&needle))
+            .cloned()
+            .collect();
+        Ok(crate::domain::record::newest_first(hits, limit))
+    }
+
     fn conversations(&self) -> Result<Vec<Conversation>, StoreError> {
         let inner = self.inner();
         let mut list: Vec<(u64, Conversation)> = inner

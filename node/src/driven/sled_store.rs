@@ -576,6 +576,19 @@ impl MessageStore for SledStore {
         Ok(page_items)
     }
 
+    #[tracing::instrument(name = "store.search", skip_all)]
+    fn search(&self, needle: &str, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+        let needle = crate::domain::record::search_key(needle);
+        let mut hits = Vec::new();
+        for item in self.messages.iter() {
+            let message = dec_message(&item.map_err(backend)?.1)?;
+            if message.found_by(&needle) {
+                hits.push(message);
+            }
+        }
+        Ok(crate::domain::record::newest_first(hits, limit))
+    }
+
     #[tracing::instrument(name = "store.conversations", skip_all)]
     fn conversations(&self) -> Result<Vec<Conversation>, StoreError> {
         let mut list = Vec::new();

@@ -423,6 +423,7 @@ impl From<NodeError> for ApiError {
             }
             NodeError::Content(_) => ApiError(StatusCode::BAD_REQUEST, "bad_message", message),
             NodeError::File(_) => ApiError(StatusCode::BAD_REQUEST, "bad_file", message),
+            NodeError::BadQuery(_) => ApiError(StatusCode::BAD_REQUEST, "bad_query", message),
             NodeError::NoSuchMessage(_) => {
                 ApiError(StatusCode::NOT_FOUND, "no_such_message", message)
             }
@@ -614,6 +615,7 @@ pub fn router<P: Ports>(state: ApiState<P>) -> Router {
         )
         .route("/api/v1/groups/{id}/read", post(mark_group_read::<P>))
         .route("/api/v1/conversations", get(conversations::<P>))
+        .route("/api/v1/search", get(search::<P>))
         .route("/api/v1/conversations/{peer}", get(history::<P>))
         .route("/api/v1/events", get(events::<P>))
         .route("/api/v1/logout", post(logout::<P>))
@@ -1238,6 +1240,60 @@ pub struct PageQuery {
 
 /// The most messages one page of history holds.
 pub const MAX_PAGE: usize = 500;
+
+/// `GET /api/v1/search?q=TEXT&limit=N`: messages of every conversation containing `TEXT`
+/// (ignoring case), newest first.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SearchQuery {
+    /// The text to find.
+    pub q: String,
+    /// Most hits (default and most [`crate::usecases::MAX_SEARCH_HITS`]).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// One message search found, with its conversation.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
+pub struct SearchHit {
+    /// The other person, for a direct conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Username>,
+    /// The group, for a group's conversation (also in `message`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupId>,
+    /// The message.
+    pub message: MessageView,
+}
+
+async fn search<P: Ports>(
+    State(state): Shared<P>,
+    query: Result<axum::extract::Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<SearchHit>>, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("q is the text to find and limit a number: {e}"),
+        )
+    })?;
+    let me = me(&state)?;
+    let limit = query.limit.unwrap_or(crate::usecases::MAX_SEARCH_HITS);
+    Ok(Json(
+        state
+            .node
+            .search(&query.q, limit)?
+            .into_iter()
+            .map(|m| {
+                let conversation = m.conversation();
+                SearchHit {
+                    peer: conversation.peer().cloned(),
+                    group: conversation.group(),
+                    message: view(m, &me),
+                }
+            })
+            .collect(),
+    ))
+}
 
 async fn history<P: Ports>(
     State(state): Shared<P>,

@@ -220,6 +220,13 @@ pub enum CliCommand {
         /// The id of the message it replies to.
         reply_to: Option<String>,
     },
+    /// Search every conversation's messages.
+    Search {
+        /// The text to find (case is ignored).
+        text: String,
+        /// JSON output.
+        json: bool,
+    },
     /// Edit or delete one of our messages, or react to a message.
     Amend {
         /// The conversation: a person, or a group's id.
@@ -799,6 +806,40 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
             Ok(())
         }
         CliCommand::Group(command) => group_command(&data_dir, command).await,
+        CliCommand::Search {
+            text,
+            json: as_json,
+        } => {
+            let path = format!(
+                "/api/v1/search?{}",
+                serde_urlencoded::to_string([("q", text.as_str())])
+                    .map_err(|e| CliError(e.to_string()))?
+            );
+            let hits: Vec<crate::driving::api::SearchHit> = ApiClient::from_data_dir(&data_dir)?
+                .call::<(), _>(Method::GET, &path, None)
+                .await?;
+            if as_json {
+                return json(&hits);
+            }
+            if hits.is_empty() {
+                println!("nothing found");
+            }
+            for hit in hits {
+                let place = match (&hit.peer, &hit.group) {
+                    (Some(peer), _) => peer.to_string(),
+                    (None, Some(group)) => format!("group {group}"),
+                    (None, None) => String::new(),
+                };
+                println!(
+                    "{} [{place}] {}: {}  ({})",
+                    clock(hit.message.sent_at_ms),
+                    hit.message.author,
+                    shown_text(&hit.message),
+                    hit.message.id
+                );
+            }
+            Ok(())
+        }
         CliCommand::Amend {
             conversation,
             id,

@@ -388,6 +388,10 @@ pub trait MessageStore {
     ) -> Result<Vec<StoredMessage>, StoreError>;
     /// One summary per conversation, most recent first.
     fn conversations(&self) -> Result<Vec<Conversation>, StoreError>;
+    /// Messages of every conversation whose text contains `needle`, compared case-insensitively
+    /// ([`crate::domain::record::search_key`] of both), newest first (by sending time), at most
+    /// `limit`. Deleted and undecryptable messages have no text to find.
+    fn search(&self, needle: &str, limit: usize) -> Result<Vec<StoredMessage>, StoreError>;
 
     /// Keeps an envelope from a contact's new, not yet accepted key until the user decides.
     /// MUST return `false` (and keep nothing) when `held.from` already has [`MAX_HELD_INBOUND`]

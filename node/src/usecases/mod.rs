@@ -35,7 +35,7 @@ pub use files::{
 };
 pub use maintain::Schedule;
 pub use offline::MailFetched;
-pub use queries::NodeStatus;
+pub use queries::{MAX_SEARCH_HITS, NodeStatus};
 pub use trust::{KeyKind, SafetyNumbers};
 
 /// How many one-time prekeys are uploaded at registration and on each refill.
@@ -95,6 +95,9 @@ pub enum NodeError {
     /// A file could not be offered, found or kept.
     #[error("{0}")]
     File(String),
+    /// A search that cannot be run (empty, or too long).
+    #[error("{0}")]
+    BadQuery(String),
     /// No message with that id in the conversation.
     #[error("no message {0} in this conversation")]
     NoSuchMessage(crate::domain::MessageId),

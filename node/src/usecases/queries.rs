@@ -8,6 +8,9 @@ use crate::ports::{
     Clock, Contact, Conversation, Directory, Network, Notifier, Page, Store, StoredMessage,
 };
 
+/// Most hits one search returns.
+pub const MAX_SEARCH_HITS: usize = 500;
+
 /// What `status` reports.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeStatus {
@@ -18,6 +21,22 @@ pub struct NodeStatus {
 }
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
+    /// Messages of every conversation that contain `text`, ignoring case, newest first, at most
+    /// `limit` (and at most [`MAX_SEARCH_HITS`]). The text searched for is not logged.
+    #[tracing::instrument(name = "usecase.search", skip_all)]
+    pub fn search(&self, text: &str, limit: usize) -> Result<Vec<StoredMessage>, NodeError> {
+        self.me()?;
+        if text.trim().is_empty() {
+            return Err(NodeError::BadQuery("search for some text".into()));
+        }
+        if text.len() > crate::domain::content::MAX_TEXT_BYTES {
+            return Err(NodeError::BadQuery(
+                "that is longer than any message".into(),
+            ));
+        }
+        Ok(self.store.search(text, limit.clamp(1, MAX_SEARCH_HITS))?)
+    }
+
     /// The whole conversation with `peer`, oldest first.
     #[tracing::instrument(name = "usecase.history", skip_all, fields(peer = %peer))]
     pub fn history(&self, peer: &Username) -> Result<Vec<StoredMessage>, NodeError> {

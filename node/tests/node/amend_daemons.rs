@@ -199,3 +199,77 @@ async fn three_daemons_reply_edit_react_and_delete_in_a_group() {
     drop(daemons);
     stop(&mut rv);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_a_message_among_100000_stored_through_the_binaries() {
+    use peerchat::driven::sled_store::SledStore;
+    use peerchat::ports::{Batch, Direction, IfStored, MessageStatus, Store, StoredMessage, Write};
+    use rand::rngs::OsRng;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut rv, port) = rendezvous_process(&rendezvous_binary(), &tmp.path().join("rv"), 0);
+    let url = format!("https://localhost:{port}");
+    let alice = Daemon::start(&tmp.path().join("alice"), &url);
+    let bob_dir = tmp.path().join("bob");
+    let mut bob = Daemon::start(&bob_dir, &url);
+    alice.register("alice");
+    bob.register("bob");
+    ok(&alice.cli(&["send", "bob", "the Quarterly report is ready"]));
+    bob.wait_for_history("alice", &["the Quarterly report is ready"]);
+
+    // 100,000 older messages from 50 people, written into bob's store while his daemon is
+    // stopped; every 10,000th mentions the quarter too.
+    bob.terminate();
+    {
+        let store = SledStore::open(&bob_dir.join("db")).unwrap();
+        for chunk in 0..100u64 {
+            let mut batch = Batch::new();
+            for i in chunk * 1000..(chunk + 1) * 1000 {
+                let text = if i % 10_000 == 0 {
+                    format!("quarterly numbers, part {i}")
+                } else {
+                    format!("filler message {i} about nothing in particular")
+                };
+                let m = StoredMessage::direct(
+                    peerchat::domain::MessageId::random(&mut OsRng),
+                    peerchat_pki::Username::new(format!("person{}", i % 50)).unwrap(),
+                    Direction::Incoming,
+                    text,
+                    1_600_000_000_000 + i,
+                    MessageStatus::Read,
+                );
+                batch.push(Write::Message(m, IfStored::Skip));
+            }
+            store.commit(&batch).unwrap();
+        }
+        store.flush().await.unwrap();
+    }
+    bob = Daemon::start(&bob_dir, &url);
+    bob.wait_for("listening on");
+
+    let hits: Vec<peerchat::driving::api::SearchHit> =
+        serde_json::from_str(&ok(&bob.cli(&["search", "QUARTERLY", "--json"]))).unwrap();
+    assert_eq!(hits.len(), 11, "alice's and ten of the stored ones");
+    assert_eq!(
+        hits[0].peer.as_ref().map(ToString::to_string),
+        Some("alice".into())
+    );
+    assert_eq!(hits[0].message.text, "the Quarterly report is ready");
+    assert!(
+        hits.windows(2)
+            .all(|w| w[0].message.sent_at_ms >= w[1].message.sent_at_ms),
+        "newest first"
+    );
+    assert_eq!(hits[1].message.text, "quarterly numbers, part 90000");
+    let shown = ok(&bob.cli(&["search", "quarterly report"]));
+    assert!(
+        shown.contains("[alice] alice: the Quarterly report is ready"),
+        "{shown}"
+    );
+    let out = bob.cli(&["search", "  "]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("search for some text"));
+    drop(alice);
+    drop(bob);
+    stop(&mut rv);
+}

@@ -458,11 +458,98 @@ fn outbox(store: &impl Store) {
     assert_eq!(store.outbox().unwrap(), vec![entry(bob, 1)]);
 }
 
+/// Search over every conversation, and amendments applied inside the commit.
+fn search_and_amend(store: &impl Store) {
+    use peerchat::domain::{Amendment, GroupId};
+    let dora = user("dora");
+    let with_dora = ConversationId::from(&dora);
+    let mut batch = Batch::new();
+    for (n, text) in [
+        (101, "Lunch at NOON?"),
+        (102, "no lunch today"),
+        (103, "dinner"),
+        (104, "LUNCH again"),
+    ] {
+        let m = StoredMessage::direct(
+            id(n),
+            dora.clone(),
+            Direction::Incoming,
+            text.into(),
+            u64::from(n) * 1000,
+            MessageStatus::Received,
+        );
+        batch.push(Write::Message(m, IfStored::Skip));
+    }
+    let in_group = StoredMessage {
+        group: Some(GroupId::from_bytes([9; 16])),
+        ..StoredMessage::direct(
+            id(105),
+            user("erin"),
+            Direction::Incoming,
+            "lunch in the group".into(),
+            105_000,
+            MessageStatus::Received,
+        )
+    };
+    batch.push(Write::Message(in_group, IfStored::Skip));
+    store.commit(&batch).unwrap();
+    let found = |needle: &str, limit: usize| ids(&store.search(needle, limit).unwrap());
+    // Every conversation, case ignored, newest first, at most `limit`.
+    assert_eq!(found("lunch", 10), vec![105, 104, 102, 101]);
+    assert_eq!(found("LuNcH", 2), vec![105, 104]);
+    assert_eq!(found("noon", 10), vec![101]);
+    assert!(found("breakfast", 10).is_empty());
+
+    // A delete removes the text from the store, and so from search.
+    let amend = |n: u8, by: &str, amendment: Amendment| Write::Amend {
+        conversation: with_dora.clone(),
+        id: id(n),
+        by: user(by),
+        at_ms: 110_000,
+        amendment,
+    };
+    let committed = store
+        .commit(&Batch::new().with(amend(104, "dora", Amendment::Delete)))
+        .unwrap();
+    assert_eq!(committed.amended, vec![id(104)]);
+    let deleted = store.message(&with_dora, &id(104)).unwrap().unwrap();
+    assert!(deleted.deleted && deleted.body.is_empty());
+    assert_eq!(found("lunch", 10), vec![105, 102, 101]);
+    // Edits and reactions are kept; an amendment of a missing message is skipped.
+    let committed = store
+        .commit(
+            &Batch::new()
+                .with(amend(
+                    101,
+                    "dora",
+                    Amendment::Edit {
+                        body: "brunch at noon?".into(),
+                    },
+                ))
+                .with(amend(
+                    101,
+                    "mia",
+                    Amendment::React {
+                        emoji: Some("👍".into()),
+                    },
+                ))
+                .with(amend(200, "dora", Amendment::Delete)),
+        )
+        .unwrap();
+    assert_eq!(committed.amended, vec![id(101), id(101)]);
+    let edited = store.message(&with_dora, &id(101)).unwrap().unwrap();
+    assert_eq!(edited.body, "brunch at noon?");
+    assert_eq!(edited.edited_at_ms, Some(110_000));
+    assert_eq!(edited.reactions[&user("mia")], "👍");
+    assert_eq!(found("lunch", 10), vec![105, 102]);
+}
+
 async fn contract(store: &impl Store) {
     identity_and_prekeys(store);
     sessions(store);
     contacts(store);
     messages(store);
+    search_and_amend(store);
     held_inbound(store);
     outbox(store);
     store.flush().await.unwrap();
