@@ -1100,6 +1100,47 @@ mod tests {
     }
 
     #[derive(Serialize)]
+    struct MessageWithGroups {
+        id: MessageId,
+        peer: Username,
+        direction: Direction,
+        body: String,
+        sent_at_ms: u64,
+        status: MessageStatus,
+        group: Option<crate::domain::GroupId>,
+        receipts: std::collections::BTreeMap<Username, MessageStatus>,
+    }
+
+    #[test]
+    fn messages_written_before_replies_and_amendments_still_read() {
+        let carol = Username::new("carol").unwrap();
+        let group = crate::domain::GroupId::from_bytes([4; 16]);
+        let old = MessageWithGroups {
+            id: MessageId::from_bytes([5; 16]),
+            peer: carol.clone(),
+            direction: Direction::Outgoing,
+            body: "to the group".into(),
+            sent_at_ms: 11,
+            status: MessageStatus::Sent,
+            group: Some(group),
+            receipts: [(carol.clone(), MessageStatus::Sent)].into(),
+        };
+        let read = dec_message(&enc(&old).unwrap()).unwrap();
+        assert_eq!((read.group, read.receipts.len()), (Some(group), 1));
+        assert_eq!(read.body, "to the group");
+        assert!(read.reply_to.is_none() && read.edited_at_ms.is_none() && !read.deleted);
+        assert!(read.reactions.is_empty());
+        // And today's form, with every new field set, reads as itself.
+        let mut amended = read;
+        amended.reply_to = Some(MessageId::from_bytes([6; 16]));
+        amended.edited_at_ms = Some(12);
+        amended.reactions.insert(carol, "👍".into());
+        assert_eq!(dec_message(&enc(&amended).unwrap()).unwrap(), amended);
+        amended.deleted = true;
+        assert_eq!(dec_message(&enc(&amended).unwrap()).unwrap(), amended);
+    }
+
+    #[derive(Serialize)]
     struct OldOffer {
         id: crate::domain::FileId,
         name: String,
