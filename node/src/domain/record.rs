@@ -97,6 +97,18 @@ impl StoredMessage {
         }
     }
 
+    /// A message `from` just received (in a direct conversation until `group` is set).
+    pub fn received(id: MessageId, from: Username, body: String, sent_at_ms: u64) -> Self {
+        Self::direct(
+            id,
+            from,
+            Direction::Incoming,
+            body,
+            sent_at_ms,
+            MessageStatus::Received,
+        )
+    }
+
     /// What a direct message of ours says on the wire: a text, or a reply.
     pub fn direct_content(&self) -> super::Content {
         match self.reply_to {

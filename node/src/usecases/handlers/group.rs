@@ -15,8 +15,8 @@ use crate::domain::{
     SignedChange,
 };
 use crate::ports::{
-    Clock, Direction, Directory, Event, IfStored, MessageStatus, Network, Notifier, Store,
-    StoredMessage, Write,
+    Clock, Directory, Event, IfStored, MessageStatus, Network, Notifier, Store, StoredMessage,
+    Write,
 };
 use crate::usecases::{Node, NodeError};
 
@@ -160,14 +160,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         let stored = StoredMessage {
             group: Some(group),
             reply_to,
-            ..StoredMessage::direct(
-                id,
-                from.clone(),
-                Direction::Incoming,
-                body,
-                sent_at_ms,
-                MessageStatus::Received,
-            )
+            ..StoredMessage::received(id, from.clone(), body, sent_at_ms)
         };
         let committed = self
             .record(

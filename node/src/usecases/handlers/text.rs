@@ -4,8 +4,8 @@
 use super::Decrypted;
 use crate::domain::{Ack, Address, Content, MessageId, RejectReason};
 use crate::ports::{
-    Batch, Clock, Contact, Direction, Directory, Event, IfStored, MessageStatus, Network, Notifier,
-    Store, StoredMessage, Write,
+    Batch, Clock, Contact, Directory, Event, IfStored, Network, Notifier, Store, StoredMessage,
+    Write,
 };
 use crate::usecases::{Node, NodeError};
 
@@ -41,14 +41,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         }
         let stored = StoredMessage {
             reply_to,
-            ..StoredMessage::direct(
-                id,
-                from.clone(),
-                Direction::Incoming,
-                body,
-                sent_at_ms,
-                MessageStatus::Received,
-            )
+            ..StoredMessage::received(id, from.clone(), body, sent_at_ms)
         };
         let device = Address::first(from.clone());
         let mut batch = Batch::new()
