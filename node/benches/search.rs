@@ -1,5 +1,5 @@
-//! Search over a node's stored history: 100,000 messages in sled (as a daemon keeps them), and
-//! the same in the in-memory store, searched for a word that ten of them hold, a word none holds,
+//! Search over a node's stored history: 100,000 messages in sled (as a daemon keeps them, with
+//! its word index), and the same in the in-memory store (a scan), searched for a word that ten of them hold, a word none holds,
 //! and a word thousands hold.
 //!
 //! `cargo bench -p peerchat --bench search` (environment: `MESSAGES`, default 100000)
@@ -10,6 +10,7 @@ use std::hint::black_box;
 
 use criterion::Criterion;
 use peerchat::domain::MessageId;
+use peerchat::domain::search::Query;
 use peerchat::driven::memory::MemoryStore;
 use peerchat::driven::sled_store::SledStore;
 use peerchat::ports::{
@@ -57,7 +58,12 @@ fn main() {
         .unwrap_or(100_000);
     let dir = tempfile::tempdir().unwrap();
     let sled = SledStore::open(dir.path()).unwrap();
+    let started = std::time::Instant::now();
     fill(&sled, n);
+    println!(
+        "writing {n} messages into sled (with the index) took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let memory = MemoryStore::default();
     fill(&memory, n);
     let mut c = Criterion::default().configure_from_args().sample_size(20);
@@ -66,11 +72,12 @@ fn main() {
         ("breakfast", "no hit"),
         ("lunch", "5,000 hits, 100 returned"),
     ] {
+        let query = Query::parse(word).unwrap();
         c.bench_function(&format!("search {n} in sled, {what}"), |b| {
-            b.iter(|| black_box(sled.search(black_box(word), 100).unwrap()))
+            b.iter(|| black_box(sled.search(black_box(&query), 100).unwrap()))
         });
         c.bench_function(&format!("search {n} in memory, {what}"), |b| {
-            b.iter(|| black_box(memory.search(black_box(word), 100).unwrap()))
+            b.iter(|| black_box(memory.search(black_box(&query), 100).unwrap()))
         });
     }
     c.final_summary();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use peerchat::daemon::{self, DaemonConfig};
 use peerchat::driving::api::AmendBody;
+use peerchat::driving::cli::people::PeopleCommand;
 use peerchat::driving::cli::{self, CliCommand, CliError, Conversation};
 use peerchat_telemetry::Telemetry;
 
@@ -210,6 +211,38 @@ enum Command {
         #[command(subcommand)]
         action: GroupAction,
     },
+    /// Lists message requests (first messages from people you have not written to), or
+    /// accepts one: `requests accept NAME`.
+    Requests {
+        #[command(subcommand)]
+        action: Option<RequestsAction>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Blocks someone: their messages are dropped without a receipt, and nothing of yours
+    /// (messages, typing, profile) goes to them. Kept across restarts.
+    Block {
+        /// Who.
+        name: String,
+    },
+    /// Lifts a block.
+    Unblock {
+        /// Who.
+        name: String,
+    },
+    /// Lists who is blocked.
+    Blocked {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Your profile (display name, avatar), shared with your contacts inside the encryption,
+    /// never with the rendezvous.
+    Profile {
+        #[command(subcommand)]
+        action: ProfileAction,
+    },
     /// Lists contacts.
     Contacts {
         /// Machine-readable output.
@@ -268,6 +301,34 @@ enum Command {
     },
     /// Shows who this node is.
     Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RequestsAction {
+    /// Accepts someone's request: read receipts, typing and your profile go to them from now on.
+    Accept {
+        /// Who.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProfileAction {
+    /// Sets your display name (and avatar) and shares it with your contacts.
+    Set {
+        /// The name to be shown by.
+        #[arg(long)]
+        display_name: String,
+        /// A PNG, JPEG, GIF or WebP image of at most 128 KB.
+        #[arg(long)]
+        avatar: Option<PathBuf>,
+    },
+    /// Shows your profile.
+    Show {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -659,6 +720,29 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
             GroupAction::Promote { id, user } => cli::GroupCommand::Promote { id, user },
         }),
         Command::Contacts { json } => CliCommand::Contacts { json },
+        Command::Requests { action, json } => CliCommand::People(match action {
+            None => PeopleCommand::Requests { json },
+            Some(RequestsAction::Accept { name }) => PeopleCommand::Accept { name },
+        }),
+        Command::Block { name } => CliCommand::People(PeopleCommand::Block {
+            name,
+            blocked: true,
+        }),
+        Command::Unblock { name } => CliCommand::People(PeopleCommand::Block {
+            name,
+            blocked: false,
+        }),
+        Command::Blocked { json } => CliCommand::People(PeopleCommand::Blocked { json }),
+        Command::Profile { action } => CliCommand::People(match action {
+            ProfileAction::Set {
+                display_name,
+                avatar,
+            } => PeopleCommand::SetProfile {
+                display_name,
+                avatar,
+            },
+            ProfileAction::Show { json } => PeopleCommand::ShowProfile { json },
+        }),
         Command::Status { json } => CliCommand::Status { json },
         Command::Watch { json } => CliCommand::Watch { json },
         Command::Logout => CliCommand::Logout,

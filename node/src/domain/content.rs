@@ -11,6 +11,7 @@ use super::amend::{AmendRefused, Amendment};
 use super::file::{FileOffer, MAX_FILE_BYTES};
 use super::group::{Change, GroupState, MAX_MEMBERS, SignedChange};
 use super::ids::{GroupId, MessageId};
+use super::person::{Profile, ProfileError};
 
 /// Version of the content encoding.
 pub const CONTENT_VERSION: u8 = 1;
@@ -106,6 +107,19 @@ pub enum Content {
         /// What is done to it.
         amendment: Amendment,
     },
+    /// The sender's profile, shared with a contact.
+    Profile {
+        /// The profile.
+        profile: Box<Profile>,
+    },
+    /// The sender is typing (or stopped) in the conversation; never stored, shown for a few
+    /// seconds.
+    Typing {
+        /// The group, for typing in a group.
+        group: Option<GroupId>,
+        /// Typing now, or stopped.
+        typing: bool,
+    },
 }
 
 /// A group, and its version as a sender knew it (a receiver behind it waits for the changes it
@@ -136,6 +150,9 @@ pub enum ContentError {
     /// An amendment out of bounds (too long a text, a reaction that is not one emoji).
     #[error(transparent)]
     Amend(#[from] AmendRefused),
+    /// A profile out of bounds.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
     /// An encoding version this node does not know.
     #[error("unsupported content version {0}")]
     UnsupportedVersion(u8),
@@ -164,6 +181,7 @@ impl Content {
             }
             Content::FileOffer { offer, .. } => Ok(offer.validate(MAX_FILE_BYTES)?),
             Content::Amend { amendment, .. } => Ok(amendment.validate()?),
+            Content::Profile { profile } => Ok(profile.validate()?),
             Content::GroupChange { base, change } => {
                 let named = match &change.change {
                     Change::Create { members, .. } => members.len(),
@@ -279,6 +297,13 @@ mod tests {
                     body: "fixed".into(),
                 },
             },
+            Content::Profile {
+                profile: Box::new(Profile::new("Alice", Some(b"GIF89a....".to_vec()), 10).unwrap()),
+            },
+            Content::Typing {
+                group: Some(GroupId::from_bytes([3; 16])),
+                typing: true,
+            },
             Content::Amend {
                 group: None,
                 target: MessageId::from_bytes([7; 16]),
@@ -375,6 +400,25 @@ mod tests {
             .unwrap();
         forged[at..at + 4].copy_from_slice(b"yes!");
         assert_eq!(Content::decode(&forged), Err(ContentError::Malformed));
+        // A profile whose avatar is not an image is refused on the way in too.
+        let mut profile = Profile::new("Alice", Some(b"GIF89a....".to_vec()), 1).unwrap();
+        let encoded = Content::Profile {
+            profile: Box::new(profile.clone()),
+        }
+        .encode()
+        .unwrap();
+        let mut forged = encoded.clone();
+        let at = forged.windows(6).position(|w| w == b"GIF89a").unwrap();
+        forged[at..at + 6].copy_from_slice(b"<svg  ");
+        assert_eq!(Content::decode(&forged), Err(ContentError::Malformed));
+        profile.display_name = "bad\nname".into();
+        assert_eq!(
+            Content::Profile {
+                profile: Box::new(profile)
+            }
+            .encode(),
+            Err(ContentError::Profile(ProfileError::BadDisplayName))
+        );
         let mut unknown_kind = text("x").encode().unwrap();
         unknown_kind[1] = 200;
         assert_eq!(Content::decode(&unknown_kind), Err(ContentError::Malformed));

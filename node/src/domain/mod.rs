@@ -10,9 +10,11 @@ pub mod ids;
 pub mod kdf;
 pub mod keys;
 pub mod message;
+pub mod person;
 pub mod ratchet;
 pub mod record;
 pub mod safety_number;
+pub mod search;
 pub mod status;
 pub mod x3dh;
 
@@ -28,6 +30,7 @@ pub use keys::{
     PreKeyId, SignedPreKey, SignedPreKeyPair,
 };
 pub use message::{Message, MessageDecodeError, PreKeyHeader};
+pub use person::{Person, Profile, ProfileError, Standing};
 pub use ratchet::{DecryptError, EncryptError, Responded, Session, SessionError};
 pub use record::{Contact, Direction, StoredMessage, group_status};
 pub use safety_number::SafetyNumber;

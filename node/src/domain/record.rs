@@ -154,31 +154,6 @@ impl StoredMessage {
     }
 }
 
-/// The form of a text that search compares: lower case, so that a search ignores case.
-pub fn search_key(text: &str) -> String {
-    text.to_lowercase()
-}
-
-/// Keeps the `limit` newest of `hits` (by sending time, then id), newest first.
-pub fn newest_first(mut hits: Vec<StoredMessage>, limit: usize) -> Vec<StoredMessage> {
-    hits.sort_by(|a, b| {
-        b.sent_at_ms
-            .cmp(&a.sent_at_ms)
-            .then_with(|| b.id.as_bytes().cmp(a.id.as_bytes()))
-    });
-    hits.truncate(limit);
-    hits
-}
-
-impl StoredMessage {
-    /// Whether search finds it for `needle_key` (a [`search_key`]).
-    pub fn found_by(&self, needle_key: &str) -> bool {
-        !self.deleted
-            && self.status != MessageStatus::Undecryptable
-            && search_key(&self.body).contains(needle_key)
-    }
-}
-
 /// The status an outgoing group message shows, from its members' statuses: pending while any
 /// member's copy waits, else held or failed if any is, else the least of sent, delivered, read
 /// (so `read` means read by everyone). With no recipients, `sent`.

@@ -38,6 +38,9 @@ struct Inner {
     file_records: BTreeMap<crate::domain::FileId, crate::ports::FileRecord>,
     file_bytes: HashMap<crate::domain::FileId, Vec<u8>>,
     published: BTreeMap<std::path::PathBuf, Vec<u8>>,
+    people: BTreeMap<Username, crate::domain::Person>,
+    own_profile: Option<crate::domain::Profile>,
+    settings: Option<crate::ports::Settings>,
 }
 
 impl Inner {
@@ -107,17 +110,20 @@ impl MessageStore for MemoryStore {
         Ok(all[start..end].to_vec())
     }
 
-    fn search(&self, needle: &str, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
-        let needle = crate::domain::record::search_key(needle);
+    fn search(
+        &self,
+        query: &crate::domain::search::Query,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
         let hits = self
             .inner()
             .messages
             .values()
             .flatten()
-            .filter(|m| m.found_by(&needle))
+            .filter(|m| query.matches(m))
             .cloned()
             .collect();
-        Ok(crate::domain::record::newest_first(hits, limit))
+        Ok(crate::domain::search::newest_first(hits, limit))
     }
 
     fn conversations(&self) -> Result<Vec<Conversation>, StoreError> {
@@ -445,6 +451,34 @@ impl GroupStore for MemoryStore {
     }
 }
 
+impl crate::ports::PeopleStore for MemoryStore {
+    fn person(&self, username: &Username) -> Result<Option<crate::domain::Person>, StoreError> {
+        Ok(self.inner().people.get(username).cloned())
+    }
+
+    fn people(&self) -> Result<Vec<crate::domain::Person>, StoreError> {
+        Ok(self.inner().people.values().cloned().collect())
+    }
+
+    fn own_profile(&self) -> Result<Option<crate::domain::Profile>, StoreError> {
+        Ok(self.inner().own_profile.clone())
+    }
+
+    fn save_own_profile(&self, profile: &crate::domain::Profile) -> Result<(), StoreError> {
+        self.inner().own_profile = Some(profile.clone());
+        Ok(())
+    }
+
+    fn settings(&self) -> Result<Option<crate::ports::Settings>, StoreError> {
+        Ok(self.inner().settings)
+    }
+
+    fn save_settings(&self, settings: &crate::ports::Settings) -> Result<(), StoreError> {
+        self.inner().settings = Some(*settings);
+        Ok(())
+    }
+}
+
 impl OutboxStore for MemoryStore {
     fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
         Ok(self.inner().outbox.clone())
@@ -569,6 +603,11 @@ impl Store for MemoryStore {
                 }
                 Write::Group(record) => {
                     inner.groups.insert(record.state().id, (**record).clone());
+                }
+                Write::Person(person) => {
+                    inner
+                        .people
+                        .insert(person.username.clone(), (**person).clone());
                 }
                 Write::File(record) => {
                     inner
@@ -809,8 +848,15 @@ impl Reachability for HubNetwork {
         self.reachability.subscribe()
     }
 
-    fn connection(&self, _peer: &Username) -> Option<crate::ports::PeerConnection> {
-        // The hub has no connections: every delivery is a hand-over.
-        None
+    fn connection(&self, peer: &Username) -> Option<crate::ports::PeerConnection> {
+        // Every delivery is a hand-over: a peer on the hub and online counts as connected.
+        self.hub
+            .entries()
+            .get(peer)
+            .filter(|e| e.online)
+            .map(|_| crate::ports::PeerConnection {
+                path: crate::ports::Path::Direct,
+                remote_address: format!("hub:{peer}"),
+            })
     }
 }

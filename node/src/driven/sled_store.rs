@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use crate::domain::search::{self, Query};
 use crate::domain::{
     Address, ConversationId, GroupId, MessageId, OneTimePreKeyPair, PreKeyId, Session,
     SignedPreKeyPair,
@@ -56,6 +57,9 @@ pub struct SledStore {
     sessions: sled::Tree,
     messages: sled::Tree,
     message_ids: sled::Tree,
+    people: sled::Tree,
+    /// The search index: `word ‖ 0 ‖ message key` → the message's sending time.
+    words: sled::Tree,
     outbox: sled::Tree,
     activity: sled::Tree,
     unread: sled::Tree,
@@ -257,6 +261,8 @@ impl SledStore {
             sessions: t("sessions")?,
             messages: t("messages")?,
             message_ids: t("message_ids")?,
+            words: t("search_words")?,
+            people: t("people")?,
             outbox: t("outbox")?,
             activity: t("activity")?,
             unread: t("unread")?,
@@ -274,6 +280,7 @@ impl SledStore {
             db,
         };
         store.count_unread_once()?;
+        store.index_words_once()?;
         Ok(store)
     }
 
@@ -303,6 +310,27 @@ impl SledStore {
         Ok(())
     }
 
+    /// The search index is kept as messages are written; a store from before it was kept has
+    /// it built once, here.
+    fn index_words_once(&self) -> Result<(), StoreError> {
+        if self.meta.contains_key("words_indexed").map_err(backend)? {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for item in self.messages.iter() {
+            let (at, value) = item.map_err(backend)?;
+            let message = dec_message(&value)?;
+            for word in index_words(Some(&message)) {
+                batch.insert(word_key(&word, &at), &message.sent_at_ms.to_be_bytes()[..]);
+            }
+        }
+        self.words.apply_batch(batch).map_err(backend)?;
+        self.meta
+            .insert("words_indexed", &[1u8][..])
+            .map_err(backend)?;
+        Ok(())
+    }
+
     fn get<T: DeserializeOwned>(
         tree: &sled::Tree,
         k: impl AsRef<[u8]>,
@@ -318,10 +346,11 @@ impl SledStore {
         activity: &sled::transaction::TransactionalTree,
         message: &StoredMessage,
         encoded: &[u8],
-    ) -> Result<(), ConflictableTransactionError<Stop>> {
+    ) -> Result<Vec<u8>, ConflictableTransactionError<Stop>> {
         let conversation = message.conversation();
         let seq = messages.generate_id()?;
-        messages.insert(key(&conversation, &seq.to_be_bytes()), encoded)?;
+        let at = key(&conversation, &seq.to_be_bytes());
+        messages.insert(at.clone(), encoded)?;
         ids.insert(
             key(&conversation, message.id.as_bytes()),
             &seq.to_be_bytes()[..],
@@ -339,7 +368,7 @@ impl SledStore {
         a.messages += 1;
         a.last_seq = seq;
         activity.insert(name.as_bytes(), enc(&a)?)?;
-        Ok(())
+        Ok(at)
     }
 }
 
@@ -577,16 +606,37 @@ impl MessageStore for SledStore {
     }
 
     #[tracing::instrument(name = "store.search", skip_all)]
-    fn search(&self, needle: &str, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
-        let needle = crate::domain::record::search_key(needle);
-        let mut hits = Vec::new();
-        for item in self.messages.iter() {
-            let message = dec_message(&item.map_err(backend)?.1)?;
-            if message.found_by(&needle) {
+    fn search(&self, query: &Query, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+        // The messages holding a word that begins with the query's longest word, newest
+        // first by the sending time the index keeps; each is then checked against the whole
+        // query, until `limit` are found and the rest are older.
+        let prefix = search::indexed(query.key_word());
+        let mut candidates = Vec::new();
+        for item in self.words.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = item.map_err(backend)?;
+            let at = k
+                .iter()
+                .position(|b| *b == 0)
+                .map(|split| k[split + 1..].to_vec())
+                .ok_or_else(|| StoreError::Corrupt("search index key".into()))?;
+            candidates.push((counter(Some(&v)), at));
+        }
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        candidates.dedup();
+        let mut hits: Vec<StoredMessage> = Vec::new();
+        for (sent_at_ms, at) in candidates {
+            if hits.len() >= limit && hits.last().is_some_and(|m| m.sent_at_ms > sent_at_ms) {
+                break;
+            }
+            let Some(v) = self.messages.get(&at).map_err(backend)? else {
+                continue;
+            };
+            let message = dec_message(&v)?;
+            if query.matches(&message) {
                 hits.push(message);
             }
         }
-        Ok(crate::domain::record::newest_first(hits, limit))
+        Ok(search::newest_first(hits, limit))
     }
 
     #[tracing::instrument(name = "store.conversations", skip_all)]
@@ -824,6 +874,80 @@ fn add_unread(
     Ok(())
 }
 
+impl crate::ports::PeopleStore for SledStore {
+    fn person(&self, username: &Username) -> Result<Option<crate::domain::Person>, StoreError> {
+        Self::get(&self.people, username.as_str())
+    }
+
+    fn people(&self) -> Result<Vec<crate::domain::Person>, StoreError> {
+        self.people
+            .iter()
+            .values()
+            .map(|v| dec(&v.map_err(backend)?))
+            .collect()
+    }
+
+    fn own_profile(&self) -> Result<Option<crate::domain::Profile>, StoreError> {
+        Self::get(&self.meta, "own_profile")
+    }
+
+    fn save_own_profile(&self, profile: &crate::domain::Profile) -> Result<(), StoreError> {
+        self.meta
+            .insert("own_profile", enc(profile)?)
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn settings(&self) -> Result<Option<crate::ports::Settings>, StoreError> {
+        Self::get(&self.meta, "settings")
+    }
+
+    fn save_settings(&self, settings: &crate::ports::Settings) -> Result<(), StoreError> {
+        self.meta
+            .insert("settings", enc(settings)?)
+            .map_err(backend)?;
+        Ok(())
+    }
+}
+
+/// The index words of a message's searchable text.
+fn index_words(message: Option<&StoredMessage>) -> std::collections::BTreeSet<String> {
+    message
+        .and_then(search::searchable)
+        .map(|text| {
+            search::words(text)
+                .iter()
+                .map(|w| search::indexed(w).to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The search index's key of `word` in the message at `at`.
+fn word_key(word: &str, at: &[u8]) -> Vec<u8> {
+    key(&word, at)
+}
+
+/// Keeps the search index of the message at `at` in step with its text, from `before` (absent
+/// for a new message) to `after`.
+fn reindex(
+    words: &sled::transaction::TransactionalTree,
+    at: &[u8],
+    before: Option<&StoredMessage>,
+    after: &StoredMessage,
+) -> Result<(), ConflictableTransactionError<Stop>> {
+    let old = index_words(before);
+    let new = index_words(Some(after));
+    for word in old.difference(&new) {
+        words.remove(word_key(word, at))?;
+    }
+    let moved = before.is_none_or(|b| b.sent_at_ms != after.sent_at_ms);
+    for word in new.iter().filter(|w| moved || !old.contains(*w)) {
+        words.insert(word_key(word, at), &after.sent_at_ms.to_be_bytes()[..])?;
+    }
+    Ok(())
+}
+
 /// Whether a message in this state counts as unread.
 fn is_unread(message: &StoredMessage) -> bool {
     message.direction == Direction::Incoming && message.status == MessageStatus::Received
@@ -841,6 +965,7 @@ impl Store for SledStore {
                 Write::Enqueue(entry) => Some(enc(entry)?),
                 Write::Group(record) => Some(enc(record)?),
                 Write::File(record) => Some(enc(record)?),
+                Write::Person(person) => Some(enc(person)?),
                 _ => None,
             });
         }
@@ -854,9 +979,23 @@ impl Store for SledStore {
             &self.one_time,
             &self.groups,
             &self.file_records,
+            &self.words,
+            &self.people,
         )
             .transaction(
-                |(sessions, messages, ids, activity, unread, out, one_time, groups, files)| {
+                |(
+                    sessions,
+                    messages,
+                    ids,
+                    activity,
+                    unread,
+                    out,
+                    one_time,
+                    groups,
+                    files,
+                    words,
+                    people,
+                )| {
                     let mut committed = Committed::default();
                     for (write, bytes) in batch.0.iter().zip(&encoded) {
                         let bytes = bytes.as_deref().unwrap_or_default();
@@ -872,7 +1011,9 @@ impl Store for SledStore {
                                 let Some(seq) =
                                     ids.get(key(&conversation, message.id.as_bytes()))?
                                 else {
-                                    Self::put_message(messages, ids, activity, message, bytes)?;
+                                    let at =
+                                        Self::put_message(messages, ids, activity, message, bytes)?;
+                                    reindex(words, &at, None, message)?;
                                     add_unread(
                                         unread,
                                         &conversation,
@@ -895,7 +1036,8 @@ impl Store for SledStore {
                                         Stop::Duplicate,
                                     ));
                                 }
-                                messages.insert(at, bytes)?;
+                                messages.insert(at.clone(), bytes)?;
+                                reindex(words, &at, earlier.as_ref(), message)?;
                                 let was = earlier.as_ref().is_some_and(is_unread);
                                 add_unread(
                                     unread,
@@ -946,8 +1088,10 @@ impl Store for SledStore {
                                 let Some(v) = messages.get(&at)? else {
                                     continue;
                                 };
-                                let mut m = dec_message(&v)?;
+                                let before = dec_message(&v)?;
+                                let mut m = before.clone();
                                 if m.amend(by, amendment, *at_ms) {
+                                    reindex(words, &at, Some(&before), &m)?;
                                     messages.insert(at, enc(&m)?)?;
                                     committed.amended.push(*id);
                                 }
@@ -963,6 +1107,9 @@ impl Store for SledStore {
                             }
                             Write::File(record) => {
                                 files.insert(&record.offer.id.as_bytes()[..], bytes)?;
+                            }
+                            Write::Person(person) => {
+                                people.insert(person.username.as_str().as_bytes(), bytes)?;
                             }
                             Write::MemberStatus {
                                 group,
@@ -1198,5 +1345,36 @@ mod tests {
         today.group = Some(GroupId::from_bytes([5; 16]));
         today.offer.chunk_digests = vec![[6; 32]];
         assert_eq!(dec_file(&enc(&today).unwrap()).unwrap(), today);
+    }
+
+    #[test]
+    fn a_store_from_before_the_search_index_has_it_built_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let dora = Username::new("dora").unwrap();
+        let query = Query::parse("quarterly").unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let m = StoredMessage::direct(
+                MessageId::from_bytes([4; 16]),
+                dora.clone(),
+                Direction::Incoming,
+                "the Quarterly numbers".into(),
+                5,
+                MessageStatus::Received,
+            );
+            store
+                .commit(&Batch::new().with(Write::Message(m, IfStored::Skip)))
+                .unwrap();
+            assert_eq!(store.search(&query, 10).unwrap().len(), 1);
+            // As a store written before the index was kept.
+            store.words.clear().unwrap();
+            store.meta.remove("words_indexed").unwrap();
+            assert!(store.search(&query, 10).unwrap().is_empty());
+            store.db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let hits = store.search(&query, 10).unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].body, "the Quarterly numbers");
     }
 }

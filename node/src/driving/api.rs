@@ -17,9 +17,12 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::ui;
+
+mod people;
 use crate::domain::{Change, GroupId, GroupState, MessageId};
 use crate::ports::{Direction, DirectoryError, MessageStatus, Page};
 use crate::usecases::{KeyKind, NodeError, NodeOf, NodeStatus, Ports};
+pub use people::{ProfileBody, RequestView, TypingAnswer, TypingBody};
 
 /// Largest request body.
 const MAX_BODY: usize = 64 * 1024;
@@ -139,6 +142,18 @@ pub struct ContactView {
     /// Their address on it (a multiaddr), or `null`.
     #[serde(default)]
     pub remote_address: Option<String>,
+    /// The name they gave themselves, if they shared a profile.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// They shared an avatar (`GET /api/v1/contacts/{name}/avatar`).
+    #[serde(default)]
+    pub avatar: bool,
+    /// They wrote first and the user has not taken the conversation up.
+    #[serde(default)]
+    pub request: bool,
+    /// The user blocked them.
+    #[serde(default)]
+    pub blocked: bool,
 }
 
 /// `GET /api/v1/contacts/{peer}/safety-number`.
@@ -377,6 +392,12 @@ pub struct ConversationView {
     pub unread: u64,
     /// The latest message.
     pub last: MessageView,
+    /// A direct conversation the other person started and the user has not taken up.
+    #[serde(default)]
+    pub request: bool,
+    /// The other person's display name, if they shared one.
+    #[serde(default)]
+    pub display_name: Option<String>,
 }
 
 /// An API error: `{ "error": code, "message": text }`.
@@ -427,6 +448,13 @@ impl From<NodeError> for ApiError {
             NodeError::NoSuchMessage(_) => {
                 ApiError(StatusCode::NOT_FOUND, "no_such_message", message)
             }
+            NodeError::Blocked(_) => ApiError(StatusCode::FORBIDDEN, "blocked", message),
+            NodeError::AlreadyBlocked(_) => {
+                ApiError(StatusCode::CONFLICT, "already_blocked", message)
+            }
+            NodeError::NotBlocked(_) => ApiError(StatusCode::CONFLICT, "not_blocked", message),
+            NodeError::NoRequest(_) => ApiError(StatusCode::NOT_FOUND, "no_request", message),
+            NodeError::Profile(_) => ApiError(StatusCode::BAD_REQUEST, "bad_profile", message),
             NodeError::Amend(refused) => {
                 use crate::domain::AmendRefused;
                 let (status, code) = match refused {
@@ -478,20 +506,20 @@ impl From<NodeError> for ApiError {
     }
 }
 
-/// A JSON body within the size limit; failures are JSON errors.
-struct Body<T>(T);
+/// A JSON body within the size limit (`LIMIT` bytes); failures are JSON errors.
+struct Body<T, const LIMIT: usize = MAX_BODY>(T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S> for Body<T, LIMIT> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, _: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::to_bytes(request.into_body(), MAX_BODY)
+        let bytes = axum::body::to_bytes(request.into_body(), LIMIT)
             .await
             .map_err(|_| {
                 ApiError(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "too_large",
-                    format!("a request is at most {MAX_BODY} bytes"),
+                    format!("a request is at most {LIMIT} bytes"),
                 )
             })?;
         serde_json::from_slice(&bytes).map(Body).map_err(|e| {
@@ -638,6 +666,7 @@ pub fn router<P: Ports>(state: ApiState<P>) -> Router {
             get(safety_number::<P>),
         )
         .route("/api/v1/contacts/{peer}/verify", post(verify::<P>))
+        .merge(people::routes::<P>())
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,
@@ -796,7 +825,14 @@ async fn contacts<P: Ports>(State(state): Shared<P>) -> Result<Json<Vec<ContactV
             .into_iter()
             .map(|c| {
                 let connection = state.node.connection(&c.username);
+                let person = state.node.person(&c.username).ok().flatten();
+                let profile = person.as_ref().and_then(|p| p.profile.as_ref());
+                let standing = state.node.standing(&c.username).ok();
                 ContactView {
+                    display_name: profile.map(|p| p.display_name.clone()),
+                    avatar: profile.is_some_and(|p| p.avatar.is_some()),
+                    request: standing == Some(crate::domain::Standing::Request),
+                    blocked: standing == Some(crate::domain::Standing::Blocked),
                     online: connection.is_some(),
                     path: connection.as_ref().map(|c| c.path),
                     remote_address: connection.map(|c| c.remote_address),
@@ -854,7 +890,14 @@ async fn conversations<P: Ports>(
                     c.id.group()
                         .and_then(|g| state.node.group(&g).ok())
                         .map(|g| GroupView::of(g, &me));
+                let person =
+                    c.id.peer()
+                        .and_then(|p| state.node.person(p).ok().flatten());
                 ConversationView {
+                    request: person
+                        .as_ref()
+                        .is_some_and(crate::domain::Person::is_request),
+                    display_name: person.and_then(|p| p.profile).map(|p| p.display_name),
                     peer: c.id.peer().cloned(),
                     group,
                     messages: c.messages,
@@ -1432,6 +1475,8 @@ async fn events<P: Ports>(
                             crate::ports::Event::KeyChanged { .. } => "key_changed",
                             crate::ports::Event::PeerOnline { .. } => "peer_online",
                             crate::ports::Event::PeerOffline { .. } => "peer_offline",
+                            crate::ports::Event::PersonChanged { .. } => "person_changed",
+                            crate::ports::Event::Typing { .. } => "typing",
                             crate::ports::Event::Registered { .. } => "registered",
                             crate::ports::Event::Announced { .. } => "announced",
                             crate::ports::Event::GroupChanged { .. } => "group_changed",

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+pub mod people;
+
 use peerchat_pki::Username;
 
 use super::api::{
@@ -220,6 +222,8 @@ pub enum CliCommand {
         /// The id of the message it replies to.
         reply_to: Option<String>,
     },
+    /// Requests, blocking and profiles.
+    People(people::PeopleCommand),
     /// Search every conversation's messages.
     Search {
         /// The text to find (case is ignored).
@@ -992,6 +996,16 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
             let contacts: Vec<ContactView> = client
                 .call::<(), _>(Method::GET, "/api/v1/contacts", None)
                 .await?;
+            if contacts.iter().any(|c| c.username == peer && c.request) {
+                println!(
+                    "MESSAGE REQUEST: {peer} wrote first. `{}` to answer them as a contact, or `{}`",
+                    hint(&data_dir, &format!("requests accept {peer}")),
+                    hint(&data_dir, &format!("block {peer}"))
+                );
+            }
+            if contacts.iter().any(|c| c.username == peer && c.blocked) {
+                println!("BLOCKED: you blocked {peer}; their messages are dropped");
+            }
             if contacts.iter().any(|c| c.username == peer && c.key_changed) {
                 println!(
                     "WARNING: {peer}'s key has changed; messages to them are held until you run `{}`",
@@ -1024,9 +1038,17 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
                     (true, None) => "online",
                     (false, _) => "not connected",
                 };
+                let shown = match &c.display_name {
+                    Some(name) => format!("{} ({})", c.username, escape_controls(name)),
+                    None => c.username.to_string(),
+                };
+                let standing = match (c.blocked, c.request) {
+                    (true, _) => "  blocked",
+                    (false, true) => "  request",
+                    _ => "",
+                };
                 println!(
-                    "{}  key {}…  {}  {}",
-                    c.username,
+                    "{shown}  key {}…  {}  {}{standing}",
                     &c.identity_key[..16.min(c.identity_key.len())],
                     if c.key_changed {
                         "key changed"
@@ -1059,6 +1081,7 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
             println!("message {id} is on its way again");
             Ok(())
         }
+        CliCommand::People(command) => people::execute(&data_dir, command).await,
         CliCommand::Logout => {
             ApiClient::from_data_dir(&data_dir)?
                 .call::<(), ()>(Method::POST, "/api/v1/logout", None)

@@ -111,6 +111,22 @@ pub enum Event {
         /// Who.
         peer: Username,
     },
+    /// Someone's profile changed, or the user accepted their request, blocked or unblocked
+    /// them.
+    PersonChanged {
+        /// Who.
+        peer: Username,
+    },
+    /// Someone is typing (or stopped) in a conversation with us; shown for a few seconds,
+    /// never stored.
+    Typing {
+        /// Who.
+        peer: Username,
+        /// In this group, or to us directly.
+        group: Option<GroupId>,
+        /// Typing, or stopped.
+        typing: bool,
+    },
     /// The last direct connection with a peer closed.
     PeerOffline {
         /// Who.

@@ -6,10 +6,11 @@ use std::future::Future;
 
 use peerchat_pki::Username;
 
+use crate::domain::search::Query;
 use crate::domain::{
     Address, Amendment, Contact, ConversationId, Direction, Envelope, FileId, FileOffer, Group,
-    GroupId, IdentityKey, MessageId, MessageStatus, OneTimePreKeyPair, PreKeyId, Session,
-    SignedPreKeyPair, StoredMessage,
+    GroupId, IdentityKey, MessageId, MessageStatus, OneTimePreKeyPair, Person, PreKeyId, Profile,
+    Session, SignedPreKeyPair, StoredMessage,
 };
 
 /// A storage failure; adapters translate their own errors into it.
@@ -228,6 +229,8 @@ pub enum Write {
         /// Their new status.
         status: MessageStatus,
     },
+    /// Stores (or replaces) what the user decided about someone, and their profile.
+    Person(Box<Person>),
     /// Applies an amendment (checked by the caller with [`StoredMessage::may_amend`]) to a
     /// stored message, read and written in the commit so that concurrent reactions of
     /// different people all count ([`StoredMessage::amend`]); the ids that changed are returned
@@ -388,10 +391,9 @@ pub trait MessageStore {
     ) -> Result<Vec<StoredMessage>, StoreError>;
     /// One summary per conversation, most recent first.
     fn conversations(&self) -> Result<Vec<Conversation>, StoreError>;
-    /// Messages of every conversation whose text contains `needle`, compared case-insensitively
-    /// ([`crate::domain::record::search_key`] of both), newest first (by sending time), at most
-    /// `limit`. Deleted and undecryptable messages have no text to find.
-    fn search(&self, needle: &str, limit: usize) -> Result<Vec<StoredMessage>, StoreError>;
+    /// Messages of every conversation that `query` matches ([`Query::matches`]), newest first
+    /// (by sending time), at most `limit`.
+    fn search(&self, query: &Query, limit: usize) -> Result<Vec<StoredMessage>, StoreError>;
 
     /// Keeps an envelope from a contact's new, not yet accepted key until the user decides.
     /// MUST return `false` (and keep nothing) when `held.from` already has [`MAX_HELD_INBOUND`]
@@ -409,6 +411,40 @@ pub trait GroupStore {
     fn group(&self, id: &GroupId) -> Result<Option<Group>, StoreError>;
     /// Every group we know of (also those we left or were removed from).
     fn groups(&self) -> Result<Vec<Group>, StoreError>;
+}
+
+/// The node's own settings, changed at run time (the window's settings panel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Settings {
+    /// Read receipts are sent (and so is typing, only while this is on too).
+    pub read_receipts: bool,
+    /// The typing indicator is sent.
+    pub typing: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            read_receipts: true,
+            typing: true,
+        }
+    }
+}
+
+/// People (written through [`Write::Person`]), our own profile and settings.
+pub trait PeopleStore {
+    /// What the user decided about someone, if anything.
+    fn person(&self, username: &Username) -> Result<Option<Person>, StoreError>;
+    /// Everyone with a record, by name.
+    fn people(&self) -> Result<Vec<Person>, StoreError>;
+    /// Our own profile, once set.
+    fn own_profile(&self) -> Result<Option<Profile>, StoreError>;
+    /// Replaces our own profile.
+    fn save_own_profile(&self, profile: &Profile) -> Result<(), StoreError>;
+    /// The settings, once saved.
+    fn settings(&self) -> Result<Option<Settings>, StoreError>;
+    /// Replaces the settings.
+    fn save_settings(&self, settings: &Settings) -> Result<(), StoreError>;
 }
 
 /// Files offered and received (written through [`Write::File`]), and their bytes: a copy of
@@ -483,6 +519,7 @@ pub trait Store:
     + OutboxStore
     + GroupStore
     + FileStore
+    + PeopleStore
     + Send
     + Sync
     + 'static

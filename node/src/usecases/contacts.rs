@@ -3,7 +3,7 @@
 use peerchat_pki::Username;
 
 use super::{Node, NodeError};
-use crate::ports::{Clock, Contact, Directory, Network, Notifier, Store};
+use crate::ports::{Batch, Clock, Contact, Directory, Network, Notifier, Store};
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
     /// Looks `username` up and adds them as a contact, pinning the identity key the CA certified
@@ -30,7 +30,13 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             Some(known) if known.identity_key != info.identity_key => {
                 Err(NodeError::KeyChanged(username.clone()))
             }
-            Some(_) => Ok(()),
+            Some(_) => {
+                if let Some(write) = self.take_up(username)? {
+                    self.store.commit(&Batch::new().with(write))?;
+                    self.store.flush().await?;
+                }
+                Ok(())
+            }
             None => {
                 self.store.save_contact(&Contact {
                     username: username.clone(),
@@ -38,6 +44,10 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                     verified: false,
                     pending_key: None,
                 })?;
+                // Adding someone (or writing to them) takes the conversation up.
+                if let Some(write) = self.take_up(username)? {
+                    self.store.commit(&Batch::new().with(write))?;
+                }
                 self.store.flush().await?;
                 Ok(())
             }

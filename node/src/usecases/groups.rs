@@ -443,7 +443,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     pub async fn mark_group_read(&self, group: &GroupId) -> Result<(), NodeError> {
         self.group(group)?;
         let read = self.read_all(&ConversationId::Group(*group)).await?;
-        if !self.read_receipts {
+        if !self.settings()?.read_receipts {
             return Ok(());
         }
         let mut by_author: BTreeMap<Username, Vec<MessageId>> = BTreeMap::new();

@@ -12,6 +12,7 @@ mod groups;
 mod handlers;
 mod maintain;
 mod offline;
+mod people;
 mod prekeys;
 mod queries;
 mod receive;
@@ -35,6 +36,7 @@ pub use files::{
 };
 pub use maintain::Schedule;
 pub use offline::MailFetched;
+pub use people::Request;
 pub use queries::{MAX_SEARCH_HITS, NodeStatus};
 pub use trust::{KeyKind, SafetyNumbers};
 
@@ -101,6 +103,21 @@ pub enum NodeError {
     /// No message with that id in the conversation.
     #[error("no message {0} in this conversation")]
     NoSuchMessage(crate::domain::MessageId),
+    /// The user blocked them.
+    #[error("you blocked {0}; `peerchat unblock {0}` first")]
+    Blocked(Username),
+    /// Blocked already.
+    #[error("{0} is blocked already")]
+    AlreadyBlocked(Username),
+    /// Not blocked.
+    #[error("{0} is not blocked")]
+    NotBlocked(Username),
+    /// No request from them waits.
+    #[error("there is no message request from {0}")]
+    NoRequest(Username),
+    /// A profile the rules refuse.
+    #[error(transparent)]
+    Profile(#[from] crate::domain::ProfileError),
     /// An edit, delete or reaction the rules refuse.
     #[error(transparent)]
     Amend(#[from] crate::domain::AmendRefused),

@@ -4,6 +4,7 @@ use peerchat_pki::Username;
 
 use super::{Node, NodeError};
 use crate::domain::ConversationId;
+use crate::domain::search::Query;
 use crate::ports::{
     Clock, Contact, Conversation, Directory, Network, Notifier, Page, Store, StoredMessage,
 };
@@ -21,20 +22,21 @@ pub struct NodeStatus {
 }
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
-    /// Messages of every conversation that contain `text`, ignoring case, newest first, at most
-    /// `limit` (and at most [`MAX_SEARCH_HITS`]). The text searched for is not logged.
+    /// Messages of every conversation that `text` finds ([`Query`]: each of its words begins a
+    /// word of the message, case ignored), newest first, at most `limit` (and at most
+    /// [`MAX_SEARCH_HITS`]). The text searched for is not logged.
     #[tracing::instrument(name = "usecase.search", skip_all)]
     pub fn search(&self, text: &str, limit: usize) -> Result<Vec<StoredMessage>, NodeError> {
         self.me()?;
-        if text.trim().is_empty() {
-            return Err(NodeError::BadQuery("search for some text".into()));
-        }
         if text.len() > crate::domain::content::MAX_TEXT_BYTES {
             return Err(NodeError::BadQuery(
                 "that is longer than any message".into(),
             ));
         }
-        Ok(self.store.search(text, limit.clamp(1, MAX_SEARCH_HITS))?)
+        let Some(query) = Query::parse(text) else {
+            return Err(NodeError::BadQuery("search for some text".into()));
+        };
+        Ok(self.store.search(&query, limit.clamp(1, MAX_SEARCH_HITS))?)
     }
 
     /// The whole conversation with `peer`, oldest first.

@@ -247,7 +247,9 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             .into_iter()
             .map(|m| m.id)
             .collect();
-        if self.read_receipts {
+        if self.settings()?.read_receipts
+            && self.standing(peer)? == crate::domain::Standing::Accepted
+        {
             for ids in unread.chunks(crate::domain::content::MAX_RECEIPT_IDS) {
                 self.queue_receipt(peer, Content::ReadReceipt { ids: ids.to_vec() })
                     .await?;

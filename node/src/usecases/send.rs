@@ -47,6 +47,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         if let Some(sent) = self.store.message(&to.into(), &id)? {
             return Ok(sent.status);
         }
+        self.not_blocked(to)?;
         if let Some(quoted) = reply_to
             && self.store.message(&to.into(), &quoted)?.is_none()
         {
@@ -82,8 +83,9 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         if contact.pending_key.is_some() {
             // Held until the user accepts the new key (`accept_key` sends it then).
             let held = stored_as(MessageStatus::Held);
-            self.store
-                .commit(&Batch::new().with(Write::Message(held, IfStored::Skip)))?;
+            let mut batch = Batch::new().with(Write::Message(held, IfStored::Skip));
+            batch.0.extend(self.take_up(to)?);
+            self.store.commit(&batch)?;
             self.store.flush().await?;
             return Ok(MessageStatus::Held);
         }
@@ -103,14 +105,19 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 envelope: envelope.clone(),
                 group: None,
             };
-            self.store
-                .commit(&Batch::outgoing(stored, IfStored::Skip, session, queued))?;
+            // Writing to someone takes the conversation up (a request is accepted by a reply).
+            let mut batch = Batch::outgoing(stored, IfStored::Skip, session, queued);
+            batch.0.extend(self.take_up(to)?);
+            self.store.commit(&batch)?;
             envelope
         };
         // Flushed outside the peer lock, so concurrent sends share one flush (group commit); the
         // next send already sees this session state, and a crash loses both or neither.
         self.store.flush().await?;
         self.deliver(to, envelope, None).await;
+        if let Err(e) = self.share_profile(to).await {
+            tracing::warn!(error = %e, "could not queue our profile");
+        }
         Ok(self
             .store
             .message(&to.into(), &id)?

@@ -731,12 +731,20 @@ async fn messages_to_an_offline_peer_survive_a_rendezvous_restart_and_arrive_onc
         bob.wait_for("listening on");
         bob
     };
+    // Alice wrote first: a request at bob's. He waits for all three without reading them,
+    // accepts, then reads them (and read receipts go back).
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut history = bob.history_json("alice");
-    while history.len() < 3 && Instant::now() < deadline {
+    loop {
+        let requests: Vec<peerchat::driving::api::RequestView> =
+            serde_json::from_str(&ok(&bob.cli(&["requests", "--json"]))).unwrap();
+        if requests.first().is_some_and(|r| r.messages == 3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "requests: {requests:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        history = bob.history_json("alice");
     }
+    ok(&bob.cli(&["requests", "accept", "alice"]));
+    let history = bob.history_json("alice");
     let received: Vec<&str> = history.iter().map(|m| m.text.as_str()).collect();
     assert_eq!(received, texts, "all three, once each, in order");
     // Receipts: bob has stored them (delivered) and shown them (history: read).

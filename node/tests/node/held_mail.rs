@@ -35,6 +35,13 @@ async fn mail_from_a_contacts_new_key_is_held_then_decrypted_after_accept_key() 
         (alice.history_json("bob").len() == 1).then_some(())
     })
     .await;
+    // Bob wrote first: alice takes the conversation up, so read receipts go to him.
+    let out = alice.cli(&["requests", "accept", "bob"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Alice goes offline; bob logs in on a new install (a new key) and writes to her.
     alice.kill();

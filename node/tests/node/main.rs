@@ -17,6 +17,8 @@ mod groups;
 mod held_mail;
 mod nat;
 mod p2p;
+mod people;
+mod people_daemons;
 #[path = "../../../rendezvous/tests/rendezvous/postgres.rs"]
 mod postgres;
 mod revocation;

@@ -493,12 +493,21 @@ fn search_and_amend(store: &impl Store) {
     };
     batch.push(Write::Message(in_group, IfStored::Skip));
     store.commit(&batch).unwrap();
-    let found = |needle: &str, limit: usize| ids(&store.search(needle, limit).unwrap());
+    let found = |text: &str, limit: usize| {
+        let query = peerchat::domain::search::Query::parse(text).unwrap();
+        ids(&store.search(&query, limit).unwrap())
+    };
     // Every conversation, case ignored, newest first, at most `limit`.
     assert_eq!(found("lunch", 10), vec![105, 104, 102, 101]);
     assert_eq!(found("LuNcH", 2), vec![105, 104]);
     assert_eq!(found("noon", 10), vec![101]);
+    assert_eq!(found("no", 10), vec![102, 101], "words beginning with it");
+    assert_eq!(found("lunch today", 10), vec![102], "every word");
     assert!(found("breakfast", 10).is_empty());
+    assert!(
+        found("unch", 10).is_empty(),
+        "words are found by their beginning"
+    );
 
     // A delete removes the text from the store, and so from search.
     let amend = |n: u8, by: &str, amendment: Amendment| Write::Amend {
@@ -542,6 +551,21 @@ fn search_and_amend(store: &impl Store) {
     assert_eq!(edited.edited_at_ms, Some(110_000));
     assert_eq!(edited.reactions[&user("mia")], "👍");
     assert_eq!(found("lunch", 10), vec![105, 102]);
+    assert_eq!(found("brunch", 10), vec![101], "an edit's words are found");
+    // A held message replaced by its released copy is found by its new text only.
+    let released = StoredMessage::direct(
+        id(103),
+        dora.clone(),
+        Direction::Incoming,
+        "supper instead".into(),
+        103_000,
+        MessageStatus::Received,
+    );
+    store
+        .commit(&Batch::new().with(Write::Message(released, IfStored::Replace)))
+        .unwrap();
+    assert!(found("dinner", 10).is_empty());
+    assert_eq!(found("supper", 10), vec![103]);
 }
 
 async fn contract(store: &impl Store) {

@@ -576,6 +576,8 @@ async fn given_a_stored_message_then_receipts_move_the_senders_status_to_deliver
         status: MessageStatus::Delivered
     }));
 
+    // A first message from someone new is a request: no read receipt until bob accepts it.
+    bob.node.accept_request(&alice.name).await.unwrap();
     bob.node.mark_read(&alice.name).await.unwrap();
     bob.node.retry_outbox(u64::MAX).await.unwrap();
     assert_eq!(

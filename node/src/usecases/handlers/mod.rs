@@ -5,12 +5,14 @@
 mod amend;
 mod file;
 mod group;
+mod person;
 mod receipt;
 mod text;
 
 use peerchat_pki::Username;
 
 use super::{Node, NodeError};
+use crate::domain::Standing;
 use crate::domain::{Ack, Content, IdentityKey, MessageId, PreKeyId, Session};
 use crate::ports::{
     Batch, Clock, Committed, Contact, Directory, MessageStatus, Network, Notifier, Store, Write,
@@ -53,7 +55,9 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             guard,
             ..
         } = decrypted;
+        let mut batch = Batch(writes);
         if new_contact && pin {
+            batch.0.extend(self.note_stranger(from)?);
             self.store.save_contact(&Contact {
                 username: from.clone(),
                 identity_key: *identity_key,
@@ -61,7 +65,6 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
                 pending_key: None,
             })?;
         }
-        let mut batch = Batch(writes);
         batch.push(Write::Session(
             crate::domain::Address::first(from.clone()),
             Box::new(session),
@@ -81,7 +84,19 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         decrypted: Decrypted<'_>,
         content: Content,
     ) -> Result<Ack, NodeError> {
+        if self.standing(decrypted.from)? == Standing::Blocked
+            && !matches!(content, Content::GroupChange { .. })
+        {
+            // Dropped unanswered: no receipt, nothing stored but the advanced session (so a
+            // later unblock finds the conversation in step). The sender sees it sent, as if it
+            // waited in the mailbox.
+            tracing::debug!("dropped a message from a blocked user");
+            self.record(decrypted, Vec::new(), false).await?;
+            return Ok(Ack::Stored);
+        }
         match content {
+            Content::Profile { profile } => self.handle_profile(decrypted, *profile).await,
+            Content::Typing { group, typing } => self.handle_typing(decrypted, group, typing).await,
             Content::Text {
                 id,
                 sent_at_ms,

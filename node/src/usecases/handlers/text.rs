@@ -31,6 +31,8 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         if id != envelope_id {
             return Ok(Ack::Rejected(RejectReason::Malformed));
         }
+        // Someone new writing first: a request, until the user takes it up.
+        let request = self.note_stranger(from)?;
         if new_contact {
             self.store.save_contact(&Contact {
                 username: from.clone(),
@@ -50,6 +52,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         if let Some(prekey) = consumed {
             batch.push(Write::ConsumePreKey(prekey));
         }
+        batch.0.extend(request);
         let duplicate = self.store.commit(&batch)?.duplicate;
         // The session is recorded; later messages may proceed while this one is flushed (group
         // commit). It is acknowledged only after the flush.
