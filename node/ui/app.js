@@ -14,7 +14,19 @@ const state = {
   older: [], // messages of the open conversation loaded by scrolling up, oldest first
   exhausted: false, // nothing older is left to load
   loadingOlder: false,
+  shown: new Map(), // id -> message of the open conversation, as rendered
+  replyTo: null, // the message the composer replies to
+  editing: null, // our message the composer edits
+  typingSentAt: 0, // when we last told the others we are typing
+  typingTimer: null, // hides "… is typing" when no news comes
+  unread: 0, // over every conversation, for the tab's title
 };
+
+// Reactions offered in a message's menu.
+const REACTIONS = ["👍", "❤️", "😂", "😮", "😢", "🙏"];
+// How long "… is typing" shows without news, and how often typing is told while typing.
+const TYPING_SHOWN_MS = 6000;
+const TYPING_EVERY_MS = 3000;
 
 // Messages per page: the latest page is loaded on every refresh, older pages on scroll.
 const PAGE = 50;
@@ -151,11 +163,17 @@ async function start() {
 async function enterChat(me) {
   state.me = me;
   $("me").textContent = me;
-  document.title = `peerchat — ${me}`;
+  updateTitle();
   show("chat");
   listen();
   await refreshAll();
   $("search-input").focus();
+}
+
+/** The tab's title: the unread count first, when there is one. */
+function updateTitle() {
+  const base = state.me ? `peerchat — ${state.me}` : "peerchat";
+  document.title = state.unread > 0 ? `(${state.unread}) ${base}` : base;
 }
 
 async function refreshAll() {
@@ -238,10 +256,13 @@ async function refreshConversations() {
   }));
   const list = $("conversations");
   list.replaceChildren();
+  $("requests").replaceChildren();
+  state.unread = conversations.reduce((n, c) => n + (c.unread || 0), 0);
+  updateTitle();
   const listed = new Set(conversations.map((c) => c.key));
   // Contacts and groups without messages yet are listed too.
   for (const contact of state.contacts.values()) {
-    if (!listed.has(contact.username)) {
+    if (!listed.has(contact.username) && !contact.request) {
       conversations.push({ key: contact.username, peer: contact.username, unread: 0, messages: 0, last: null });
     }
   }
@@ -279,6 +300,14 @@ async function refreshConversations() {
       dot.setAttribute("aria-hidden", "true");
       name.textContent = c.peer;
       top.append(dot, name);
+      const contact = state.contacts.get(c.peer);
+      const display = c.display_name || (contact && contact.display_name);
+      if (display) {
+        const shown = document.createElement("span");
+        shown.className = "display";
+        shown.textContent = display;
+        top.append(shown);
+      }
     }
     if (c.unread > 0) {
       const badge = document.createElement("span");
@@ -290,12 +319,13 @@ async function refreshConversations() {
     const last = document.createElement("span");
     last.className = "last";
     const by = !c.last ? "" : c.last.direction === "outgoing" ? "You: " : c.group ? `${c.last.author}: ` : "";
-    last.textContent = c.last ? by + c.last.text : "No messages yet";
+    last.textContent = c.last ? by + (c.last.deleted ? "This message was deleted" : c.last.text) : "No messages yet";
     button.append(top, last);
     button.addEventListener("click", () => guarded(() => openConversation(c.key)));
     item.append(button);
-    list.append(item);
+    (c.request ? $("requests") : list).append(item);
   }
+  $("requests-nav").hidden = $("requests").children.length === 0;
 }
 
 async function openConversation(key) {
@@ -321,6 +351,8 @@ function renderHeader() {
   if (!key) return;
   const group = groupOf(key);
   $("peer-name").textContent = titleOf(key);
+  const contact = isGroup(key) ? null : state.contacts.get(key);
+  $("peer-display").textContent = contact && contact.display_name ? contact.display_name : "";
   $("safety-button").hidden = isGroup(key);
   $("members-button").hidden = !isGroup(key);
   $("peer-presence").textContent = isGroup(key)
@@ -342,10 +374,20 @@ async function refreshConversation() {
   if (isGroup(peer)) {
     $("peer-verified").hidden = true;
     $("key-warning").hidden = true;
+    $("request-note").hidden = true;
+    $("blocked-note").hidden = true;
     renderHeader();
     return refreshMessages(peer);
   }
   const contact = state.contacts.get(peer);
+  const request = Boolean(contact && contact.request);
+  $("request-note").hidden = !request;
+  $("request-text").textContent = request
+    ? `${peer} wrote to you first. Until you accept or answer, they are not told when you read, and do not get your profile.`
+    : "";
+  const blocked = Boolean(contact && contact.blocked);
+  $("blocked-note").hidden = !blocked;
+  $("blocked-text").textContent = blocked ? `You blocked ${peer}: their messages are dropped.` : "";
   // "Verified" speaks of the pinned key; a new key waiting to be accepted is not verified.
   $("peer-verified").hidden = !(contact && contact.verified && !contact.key_changed);
   const warning = $("key-warning");
@@ -408,11 +450,28 @@ async function loadOlder() {
 function renderMessages(messages, files = []) {
   const list = $("messages");
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  state.shown = new Map(messages.map((m) => [m.id, m]));
   const items = messages
     .map((m) => ({ at: m.sent_at_ms, item: () => messageItem(m) }))
     .concat(files.map((f) => ({ at: f.at_ms, item: () => fileItem(f) })))
     .sort((a, b) => a.at - b.at);
-  list.replaceChildren(...items.map((i) => i.item()));
+  // A separator before the first item of each day.
+  const withDays = [];
+  let day = null;
+  for (const i of items) {
+    const date = new Date(i.at);
+    const label = date.toDateString();
+    if (label !== day) {
+      day = label;
+      const separator = document.createElement("li");
+      separator.className = "day";
+      separator.setAttribute("role", "separator");
+      separator.textContent = date.toLocaleDateString([], { weekday: "long", year: "numeric", month: "long", day: "numeric" });
+      withDays.push(() => separator);
+    }
+    withDays.push(i.item);
+  }
+  list.replaceChildren(...withDays.map((make) => make()));
   if (atBottom || items.length) list.scrollTop = list.scrollHeight;
 }
 
@@ -534,10 +593,24 @@ function messageItem(m) {
     author.textContent = m.author;
     item.append(author);
   }
+  if (m.reply_to) {
+    const quoted = state.shown.get(m.reply_to);
+    const quote = document.createElement("button");
+    quote.type = "button";
+    quote.className = "quote";
+    quote.textContent = quoted ? `${quoted.author}: ${quoted.deleted ? "deleted message" : quoted.text}` : "an earlier message";
+    quote.setAttribute("aria-label", "Go to the message this replies to");
+    quote.addEventListener("click", () => jumpTo(m.reply_to));
+    item.append(quote);
+  }
   const text = document.createElement("p");
   text.className = "text";
   text.textContent = m.status === "undecryptable" ? "This message could not be decrypted." : m.text;
   if (m.status === "undecryptable") text.classList.add("undecryptable");
+  if (m.deleted) {
+    text.textContent = "This message was deleted";
+    text.classList.add("deleted");
+  }
   const meta = document.createElement("span");
   meta.className = "meta";
   const time = document.createElement("time");
@@ -589,8 +662,109 @@ function messageItem(m) {
       meta.append(retry);
     }
   }
+  if (m.edited && !m.deleted) {
+    const edited = document.createElement("span");
+    edited.className = "edited";
+    edited.textContent = "edited";
+    meta.append(edited);
+  }
+  const reactions = Object.entries(m.reactions || {});
+  const chips = document.createElement("div");
+  chips.className = "reactions";
+  for (const [who, emoji] of reactions) {
+    const chip = document.createElement("span");
+    chip.dataset.by = who;
+    chip.textContent = `${emoji} ${who}`;
+    chips.append(chip);
+  }
   item.append(text, meta);
+  if (reactions.length) item.append(chips);
+  if (!m.deleted && m.status !== "undecryptable" && m.status !== "pending") item.append(messageMenu(m));
   return item;
+}
+
+/** A message's menu: reply, react, and for our own messages edit and delete. */
+function messageMenu(m) {
+  const menu = document.createElement("details");
+  menu.className = "menu";
+  const summary = document.createElement("summary");
+  summary.textContent = "⋯";
+  summary.setAttribute("aria-label", "Message actions");
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  const action = (label, run) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "link";
+    b.textContent = label;
+    b.addEventListener("click", () => {
+      menu.open = false;
+      guarded(run);
+    });
+    actions.append(b);
+    return b;
+  };
+  action("Reply", async () => startReply(m));
+  const mine = m.direction === "outgoing";
+  const recent = Date.now() - m.sent_at_ms < 24 * 3600 * 1000;
+  if (mine && recent) {
+    action("Edit", async () => startEdit(m));
+    action("Delete for everyone", async () => {
+      if (!confirm("Delete this message for everyone?")) return;
+      await amend(m.id, { action: "delete" });
+    });
+  }
+  const ours = (m.reactions || {})[state.me];
+  for (const emoji of REACTIONS) {
+    const b = action(emoji, async () => amend(m.id, { action: "react", emoji: ours === emoji ? null : emoji }));
+    b.setAttribute("aria-label", ours === emoji ? `Take back ${emoji}` : `React ${emoji}`);
+  }
+  menu.append(summary, actions);
+  return menu;
+}
+
+async function amend(id, body) {
+  const key = state.current;
+  const path = isGroup(key)
+    ? `/api/v1/groups/${key.slice(1)}/messages/${id}/amend`
+    : `/api/v1/conversations/${peerPath(key)}/messages/${id}/amend`;
+  await api("POST", path, body);
+  await refreshConversation();
+  await refreshConversations();
+}
+
+function startReply(m) {
+  state.editing = null;
+  state.replyTo = m;
+  $("reply-text").textContent = `Replying to ${m.author}: ${m.text}`;
+  $("reply-bar").hidden = false;
+  $("message-input").focus();
+}
+
+function startEdit(m) {
+  state.replyTo = null;
+  state.editing = m;
+  $("reply-text").textContent = "Editing your message";
+  $("reply-bar").hidden = false;
+  $("message-input").value = m.text;
+  $("message-input").focus();
+}
+
+function cancelComposerMode() {
+  state.replyTo = null;
+  state.editing = null;
+  $("reply-bar").hidden = true;
+  $("reply-text").textContent = "";
+}
+
+/** Scrolls to a message of the open conversation and marks it for a moment. */
+function jumpTo(id) {
+  const target = $("messages").querySelector(`.message[data-id="${CSS.escape(id)}"]`);
+  if (!target) return false;
+  target.scrollIntoView({ block: "center" });
+  target.classList.add("highlight");
+  setTimeout(() => target.classList.remove("highlight"), 2000);
+  return true;
 }
 
 function renderPresence() {
@@ -629,8 +803,18 @@ async function sendSubmit(event) {
   const text = input.value;
   if (!text.trim() || !state.current) return;
   const peer = state.current;
+  if (state.editing) {
+    const target = state.editing;
+    input.value = "";
+    cancelComposerMode();
+    await amend(target.id, { action: "edit", text });
+    return;
+  }
+  const replyTo = state.replyTo ? state.replyTo.id : undefined;
+  cancelComposerMode();
   const id = newMessageId();
   input.value = "";
+  state.typingSentAt = 0;
   // Shown at once as "sending…"; the node's answer and later events move it on.
   $("messages").append(
     messageItem({ id, direction: "outgoing", text, sent_at_ms: Date.now(), status: "pending" }),
@@ -638,9 +822,9 @@ async function sendSubmit(event) {
   $("messages").scrollTop = $("messages").scrollHeight;
   try {
     if (isGroup(peer)) {
-      await api("POST", `/api/v1/groups/${peer.slice(1)}/messages`, { text, id });
+      await api("POST", `/api/v1/groups/${peer.slice(1)}/messages`, { text, id, reply_to: replyTo });
     } else {
-      await api("POST", "/api/v1/messages", { to: peer, text, id });
+      await api("POST", "/api/v1/messages", { to: peer, text, id, reply_to: replyTo });
     }
   } finally {
     if (state.current === peer) await refreshConversation();
@@ -653,6 +837,128 @@ function composerKeys(event) {
     event.preventDefault();
     $("composer").requestSubmit();
   }
+}
+
+/** Tells the others we are typing, at most every few seconds; failures do not matter. */
+function composerInput() {
+  const key = state.current;
+  if (!key || !$("message-input").value || Date.now() - state.typingSentAt < TYPING_EVERY_MS) return;
+  state.typingSentAt = Date.now();
+  const path = isGroup(key) ? `/api/v1/groups/${key.slice(1)}/typing` : `/api/v1/conversations/${peerPath(key)}/typing`;
+  api("POST", path, { typing: true }).catch(() => {});
+}
+
+function showTyping(event) {
+  const key = event.group ? `#${event.group}` : event.peer;
+  if (key !== state.current) return;
+  const note = $("typing");
+  clearTimeout(state.typingTimer);
+  if (!event.typing) {
+    note.hidden = true;
+    return;
+  }
+  const contact = state.contacts.get(event.peer);
+  note.textContent = `${(contact && contact.display_name) || event.peer} is typing…`;
+  note.hidden = false;
+  state.typingTimer = setTimeout(() => (note.hidden = true), TYPING_SHOWN_MS);
+}
+
+function hideTyping(peer) {
+  const contact = state.contacts.get(peer);
+  if ($("typing").textContent.startsWith(`${(contact && contact.display_name) || peer} `)) $("typing").hidden = true;
+}
+
+/** A browser notification with the sender's name only, when asked for and not looking. */
+function notify(peer) {
+  if (localStorage.getItem("peerchat.notifications") !== "on") return;
+  if (typeof Notification === "undefined" || Notification.permission !== "granted") return;
+  if (document.visibilityState === "visible" && document.hasFocus()) return;
+  const contact = state.contacts.get(peer);
+  new Notification((contact && contact.display_name) || peer, { tag: "peerchat" });
+}
+
+async function acceptRequest() {
+  await api("POST", `/api/v1/requests/${peerPath(state.current)}/accept`);
+  await refreshContacts();
+  await refreshConversation();
+  await refreshConversations();
+}
+
+async function block(blocked) {
+  const peer = state.current;
+  if (blocked && !confirm(`Block ${peer}? Their messages will be dropped, and nothing of yours goes to them.`)) return;
+  await api("POST", `/api/v1/contacts/${peerPath(peer)}/${blocked ? "block" : "unblock"}`);
+  await refreshContacts();
+  await refreshConversation();
+  await refreshConversations();
+}
+
+async function messageSearch(event) {
+  event.preventDefault();
+  const q = $("message-search-input").value.trim();
+  if (!q) return;
+  const hits = await api("GET", `/api/v1/search?q=${encodeURIComponent(q)}&limit=50`);
+  const list = $("search-results");
+  list.replaceChildren();
+  if (hits.length === 0) {
+    const none = document.createElement("li");
+    none.textContent = "Nothing found.";
+    list.append(none);
+  }
+  for (const hit of hits) {
+    const key = hit.group ? `#${hit.group}` : hit.peer;
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "link hit";
+    button.dataset.id = hit.message.id;
+    const when = new Date(hit.message.sent_at_ms).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+    button.textContent = `${titleOf(key)} · ${when} · ${hit.message.author}: ${hit.message.text}`;
+    button.addEventListener("click", () =>
+      guarded(async () => {
+        await openConversation(key);
+        jumpTo(hit.message.id);
+      }),
+    );
+    item.append(button);
+    list.append(item);
+  }
+  list.hidden = false;
+}
+
+async function openSettings() {
+  const [profile, settings] = await Promise.all([api("GET", "/api/v1/profile"), api("GET", "/api/v1/settings")]);
+  $("settings-display-name").value = profile.display_name || "";
+  $("settings-read-receipts").checked = settings.read_receipts;
+  $("settings-typing").checked = settings.typing;
+  $("settings-notifications").checked = localStorage.getItem("peerchat.notifications") === "on";
+  $("settings-dialog").showModal();
+}
+
+async function saveSettings(event) {
+  event.preventDefault();
+  const name = $("settings-display-name").value.trim();
+  const profile = await api("GET", "/api/v1/profile");
+  if (name && name !== profile.display_name) {
+    await api("PUT", "/api/v1/profile", { display_name: name, avatar: profile.avatar || null });
+  }
+  await api("PUT", "/api/v1/settings", {
+    read_receipts: $("settings-read-receipts").checked,
+    typing: $("settings-typing").checked,
+  });
+  const notifications = $("settings-notifications").checked;
+  if (notifications && typeof Notification !== "undefined" && Notification.permission === "default") {
+    await Notification.requestPermission();
+  }
+  localStorage.setItem("peerchat.notifications", notifications ? "on" : "off");
+  $("settings-dialog").close();
+}
+
+async function signOut() {
+  await api("POST", "/api/v1/ui/sign-out");
+  if (state.events) state.events.close();
+  state.events = null;
+  show("signed-out");
 }
 
 // ---- groups -------------------------------------------------------------------------------
@@ -799,10 +1105,30 @@ function listen() {
   events.addEventListener("message_received", (e) =>
     guarded(async () => {
       const event = JSON.parse(e.data);
+      hideTyping(event.peer);
       if (event.peer === state.current) await refreshConversation();
+      await refreshContacts();
+      await refreshConversations();
+      notify(event.peer);
+    }),
+  );
+  events.addEventListener("message_changed", (e) =>
+    guarded(async () => {
+      const event = JSON.parse(e.data);
+      const key = event.group ? `#${event.group}` : event.peer;
+      if (key === state.current) await refreshConversation();
       await refreshConversations();
     }),
   );
+  events.addEventListener("person_changed", () =>
+    guarded(async () => {
+      await refreshContacts();
+      renderHeader();
+      if (state.current) await refreshConversation();
+      await refreshConversations();
+    }),
+  );
+  events.addEventListener("typing", (e) => showTyping(JSON.parse(e.data)));
   events.addEventListener("status_changed", (e) =>
     guarded(async () => {
       const event = JSON.parse(e.data);
@@ -823,6 +1149,10 @@ function listen() {
         const event = JSON.parse(e.data);
         if (`#${event.group}` === state.current) await refreshConversation();
         await refreshConversations();
+        if (name === "group_message_received") {
+          hideTyping(event.author);
+          notify(event.author);
+        }
       }),
     );
   }
@@ -871,6 +1201,19 @@ document.addEventListener("DOMContentLoaded", () => {
     if ($("messages").scrollTop < 40) guarded(loadOlder);
   });
   $("message-input").addEventListener("keydown", composerKeys);
+  $("message-input").addEventListener("input", composerInput);
+  $("reply-cancel").addEventListener("click", () => {
+    if (state.editing) $("message-input").value = "";
+    cancelComposerMode();
+  });
+  $("message-search-form").addEventListener("submit", (e) => guarded(() => messageSearch(e)));
+  $("accept-request-button").addEventListener("click", () => guarded(acceptRequest));
+  $("block-button").addEventListener("click", () => guarded(() => block(true)));
+  $("unblock-button").addEventListener("click", () => guarded(() => block(false)));
+  $("settings-button").addEventListener("click", () => guarded(openSettings));
+  $("settings-form").addEventListener("submit", (e) => guarded(() => saveSettings(e)));
+  $("settings-close").addEventListener("click", () => $("settings-dialog").close());
+  $("sign-out-button").addEventListener("click", () => guarded(signOut));
   $("file-input").addEventListener("change", () => guarded(sendFile));
   $("accept-key-button").addEventListener("click", () => guarded(acceptKey));
   $("safety-button").addEventListener("click", () => guarded(openSafety));

@@ -246,15 +246,29 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     await input.press("Enter");
     assert.equal(await input.inputValue(), "");
 
-    // Bob's window shows it without a reload: an unread badge, then the message.
-    step("Bob's window shows it without a reload: an unread badge, then the message.");
+    // Bob's window shows it without a reload, as a message request (alice wrote first): an
+    // unread badge, the count in the tab's title, then the message.
+    step("Bob's window shows it without a reload, as a message request: an unread badge, then the message.");
     await bobPage.evaluate(() => (window.__sameDocument = true));
-    const badge = bobPage.locator('#conversations button[data-peer="alice"] .unread');
+    const badge = bobPage.locator('#requests button[data-peer="alice"] .unread');
     await badge.waitFor();
     assert.equal(await badge.textContent(), "1");
-    const lastLine = await bobPage.textContent('#conversations button[data-peer="alice"] .last');
+    assert.match(await bobPage.title(), /^\(1\) peerchat — bob$/);
+    assert.equal(await bobPage.locator('#conversations button[data-peer="alice"]').count(), 0, "requests are listed apart");
+    const lastLine = await bobPage.textContent('#requests button[data-peer="alice"] .last');
     assert.match(lastLine, /Hello Bob, from my window/);
-    await bobPage.click('#conversations button[data-peer="alice"]');
+    await bobPage.click('#requests button[data-peer="alice"]');
+    await bobPage.waitForSelector("#request-note:not([hidden])");
+    assert.match(await bobPage.textContent("#request-text"), /alice wrote to you first/);
+    assert.equal(await bobPage.title(), "peerchat — bob", "nothing unread once shown");
+    // Read while a request: alice is not told until bob accepts.
+    await bobPage.locator("#messages .message.incoming", { hasText: "Hello Bob" }).waitFor();
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(await outgoingStatus(alicePage, "Hello Bob").textContent(), "delivered");
+    await bobPage.getByRole("button", { name: "Accept" }).click();
+    await bobPage.waitForSelector("#request-note", { state: "hidden" });
+    await bobPage.waitForSelector('#conversations button[data-peer="alice"]');
+    assert.equal(await bobPage.isVisible("#requests-nav"), false);
     const received = bobPage.locator("#messages .message.incoming", { hasText: "Hello Bob, from my window" });
     await received.waitFor();
     assert.equal(await received.locator(".text").textContent(), "Hello Bob, from my window\nsecond line");
@@ -274,6 +288,88 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     }
     await screenshot(alicePage, "alice");
     await screenshot(bobPage, "bob");
+
+    step("A day separator heads the conversation.");
+    const day = alicePage.locator("#messages li.day").first();
+    assert.equal(await day.getAttribute("role"), "separator");
+    assert.match(await day.textContent(), new RegExp(String(new Date().getFullYear())));
+
+    step("Typing shows in the other window, and goes when the message arrives.");
+    await bobPage.getByLabel("Message", { exact: true }).pressSequentially("Let me think");
+    await alicePage.waitForSelector('#typing:not([hidden]):text("bob is typing…")');
+    await bobPage.getByLabel("Message", { exact: true }).press("Enter");
+    await alicePage.locator("#messages .message.incoming", { hasText: "Let me think" }).waitFor();
+    await alicePage.waitForSelector("#typing", { state: "hidden" });
+
+    step("Bob replies to alice's first message from its menu; alice's window quotes it and jumps to it.");
+    const menuOf = (page, direction, text) => page.locator(`#messages .message.${direction}`, { hasText: text }).locator("details.menu");
+    await menuOf(bobPage, "incoming", "Hello Bob").locator("summary").click();
+    await menuOf(bobPage, "incoming", "Hello Bob").getByRole("button", { name: "Reply" }).click();
+    await bobPage.waitForSelector("#reply-bar:not([hidden])");
+    await bobPage.getByLabel("Message", { exact: true }).fill("Replying to that");
+    await bobPage.getByLabel("Message", { exact: true }).press("Enter");
+    const reply = alicePage.locator("#messages .message.incoming", { hasText: "Replying to that" });
+    await reply.waitFor();
+    assert.match(await reply.locator(".quote").textContent(), /alice: Hello Bob, from my window/);
+    await reply.locator(".quote").click();
+    await alicePage.waitForSelector("#messages .message.outgoing.highlight");
+
+    step("Alice edits a message; bob's window shows the new text, marked edited.");
+    await alicePage.getByLabel("Message", { exact: true }).fill("See you at noon");
+    await alicePage.getByLabel("Message", { exact: true }).press("Enter");
+    await bobPage.locator("#messages .message.incoming", { hasText: "See you at noon" }).waitFor();
+    await menuOf(alicePage, "outgoing", "See you at noon").locator("summary").click();
+    await menuOf(alicePage, "outgoing", "See you at noon").getByRole("button", { name: "Edit" }).click();
+    await alicePage.getByLabel("Message", { exact: true }).fill("See you at one");
+    await alicePage.getByLabel("Message", { exact: true }).press("Enter");
+    const edited = bobPage.locator("#messages .message.incoming", { hasText: "See you at one" });
+    await edited.locator(".edited").waitFor();
+    assert.equal(await bobPage.locator("#messages .message", { hasText: "See you at noon" }).count(), 0);
+
+    step("Bob reacts; alice sees it.");
+    await menuOf(bobPage, "incoming", "See you at one").locator("summary").click();
+    await menuOf(bobPage, "incoming", "See you at one").getByRole("button", { name: "React 👍" }).click();
+    const reaction = alicePage.locator("#messages .message.outgoing", { hasText: "See you at one" }).locator('.reactions span[data-by="bob"]');
+    await reaction.waitFor();
+    assert.equal(await reaction.textContent(), "👍 bob");
+
+    step("Alice deletes it for everyone; bob's window says it was deleted.");
+    alicePage.once("dialog", (d) => d.accept());
+    await menuOf(alicePage, "outgoing", "See you at one").locator("summary").click();
+    await menuOf(alicePage, "outgoing", "See you at one").getByRole("button", { name: "Delete for everyone" }).click();
+    await bobPage.locator("#messages .message.incoming .text.deleted", { hasText: "This message was deleted" }).waitFor();
+    assert.equal(await bobPage.locator("#messages .message", { hasText: "See you at one" }).count(), 0);
+
+    step("Alice searches her messages and jumps to a hit.");
+    await alicePage.getByLabel("Search messages").fill("REPLYING");
+    await alicePage.getByLabel("Search messages").press("Enter");
+    const hit = alicePage.locator("#search-results button.hit");
+    await hit.first().waitFor();
+    assert.equal(await hit.count(), 1);
+    assert.match(await hit.textContent(), /bob: Replying to that/);
+    await hit.click();
+    await alicePage.waitForSelector("#messages .message.incoming.highlight");
+
+    step("The settings panel: a display name bob's window shows, typing and notifications.");
+    await alicePage.context().grantPermissions(["notifications"]);
+    await alicePage.getByRole("button", { name: "Settings" }).click();
+    await alicePage.waitForSelector("#settings-dialog[open]");
+    assert.equal(await alicePage.getByLabel("Send read receipts").isChecked(), true);
+    await alicePage.getByLabel(/Display name/).fill("Alice Liddell");
+    await alicePage.getByLabel("Show others when I am typing").uncheck();
+    await alicePage.getByLabel(/Notify me of new messages/).check();
+    await alicePage.getByRole("button", { name: "Save" }).click();
+    await alicePage.waitForSelector("#settings-dialog:not([open])", { state: "attached" });
+    await bobPage.waitForSelector('#peer-display:text("Alice Liddell")');
+    assert.deepEqual(JSON.parse(cli(aliceDir, ["profile", "show", "--json"])).display_name, "Alice Liddell");
+    assert.equal(await alicePage.evaluate(() => localStorage.getItem("peerchat.notifications")), "on");
+    await alicePage.getByRole("button", { name: "Settings" }).click();
+    await alicePage.waitForSelector("#settings-dialog[open]");
+    assert.equal(await alicePage.getByLabel("Show others when I am typing").isChecked(), false, "kept");
+    await alicePage.getByLabel("Show others when I am typing").check();
+    await alicePage.getByRole("button", { name: "Save" }).click();
+    await alicePage.waitForSelector("#settings-dialog:not([open])", { state: "attached" });
+    await screenshot(alicePage, "alice-amended");
 
     step("Alice sends a picture from her window: both windows show it, bob's Save link serves it.");
     const picture = png(96, 64);
@@ -374,7 +470,7 @@ test("alice and bob chat in their windows, live, offline and through a key chang
       list.dispatchEvent(new Event("scroll"));
     });
     await oldest.waitFor();
-    assert.equal(await alicePage.locator("#messages .message:not(.file)").count(), 2 + 60, "every message, each once");
+    assert.equal(await alicePage.locator("#messages .message:not(.file)").count(), 5 + 60, "every message, each once");
     assert.ok(await alicePage.evaluate(() => document.getElementById("messages").scrollTop > 0), "the view stays where it was");
 
     // Bob goes offline; alice's message waits in the mailbox; bob comes back and sees it in the
@@ -487,6 +583,12 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     await newAlicePage.waitForSelector("#chat:not([hidden])");
     assert.equal(await newAlicePage.textContent("#me"), "alice");
     assert.deepEqual(newAlicePage.errors, []);
+
+    step("Signing out ends the window's session, also after a reload.");
+    await newAlicePage.getByRole("button", { name: "Sign out" }).click();
+    await newAlicePage.waitForSelector("#signed-out:not([hidden])");
+    await newAlicePage.reload();
+    await newAlicePage.waitForSelector("#signed-out:not([hidden])");
 
     // No script error and no CSP violation in either window.
     step("No script error and no CSP violation in either window.");

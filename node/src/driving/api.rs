@@ -612,6 +612,7 @@ pub fn router<P: Ports>(state: ApiState<P>) -> Router {
         .route("/favicon.ico", get(ui::favicon))
         .route("/ui/open", get(open_ui::<P>))
         .route("/api/v1/ui/link", post(ui_link::<P>))
+        .route("/api/v1/ui/sign-out", post(sign_out::<P>))
         .route("/api/v1/totp", post(enable_totp::<P>))
         .route("/api/v1/totp/confirm", post(confirm_totp::<P>))
         .route("/api/v1/contacts/{peer}/presence", get(presence::<P>))
@@ -751,6 +752,10 @@ async fn open_ui<P: Ports>(
     query: axum::extract::Query<ui::OpenQuery>,
 ) -> Response {
     ui::open(&state.ui, &headers, query)
+}
+
+async fn sign_out<P: Ports>(State(state): Shared<P>, headers: HeaderMap) -> Response {
+    ui::sign_out(&state.ui, &headers)
 }
 
 async fn ui_link<P: Ports>(State(state): Shared<P>) -> Json<ui::UiLink> {

@@ -149,18 +149,23 @@ impl Sessions {
         Some(token)
     }
 
+    /// Ends the sessions the request's cookie carries (signing out of this window); whether
+    /// one was ended.
+    pub fn end(&self, headers: &HeaderMap) -> bool {
+        let presented: Vec<String> = presented(headers).into_iter().map(hash).collect();
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let before = sessions.len();
+        sessions.retain(|s| !presented.contains(s));
+        let ended = sessions.len() != before;
+        if ended {
+            self.save(&sessions);
+        }
+        ended
+    }
+
     /// Whether the request carries a live session cookie.
     pub fn authenticated(&self, headers: &HeaderMap) -> bool {
-        let name = cookie_name(headers);
-        let presented: HashSet<&str> = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .filter(|(k, _)| *k == name)
-            .map(|(_, v)| v)
-            .collect();
+        let presented = presented(headers);
         if presented.is_empty() {
             return false;
         }
@@ -172,6 +177,30 @@ impl Sessions {
                 .any(|p| bool::from(subtle::ConstantTimeEq::ct_eq(p.as_bytes(), s.as_bytes())))
         })
     }
+}
+
+/// The session tokens the request's cookie presents.
+fn presented(headers: &HeaderMap) -> HashSet<&str> {
+    let name = cookie_name(headers);
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// Signs this window out: its session ends, and its cookie is cleared.
+pub fn sign_out(sessions: &Sessions, headers: &HeaderMap) -> Response {
+    sessions.end(headers);
+    let cookie = format!(
+        "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+        cookie_name(headers)
+    );
+    (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
 }
 
 /// The cookie is named after the port, so two nodes on one host keep separate sessions
@@ -352,6 +381,22 @@ mod tests {
             "a cookie of the node on another port"
         );
         assert!(!restarted.authenticated(&request("7001", "7001", "forged")));
+    }
+
+    #[test]
+    fn signing_out_ends_that_session_only_and_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ui-sessions");
+        let sessions = Sessions::persistent(file.clone());
+        let mine = sessions.redeem(&code_of(&sessions.link())).unwrap();
+        let other = sessions.redeem(&code_of(&sessions.link())).unwrap();
+        assert!(!sessions.end(&request("7001", "7001", "forged")));
+        assert!(sessions.end(&request("7001", "7001", &mine)));
+        assert!(!sessions.authenticated(&request("7001", "7001", &mine)));
+        assert!(sessions.authenticated(&request("7001", "7001", &other)));
+        let restarted = Sessions::persistent(file);
+        assert!(!restarted.authenticated(&request("7001", "7001", &mine)));
+        assert!(restarted.authenticated(&request("7001", "7001", &other)));
     }
 
     #[test]

@@ -98,7 +98,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     }
 
     /// Accepts `peer`'s request: from now on theirs is a conversation like any other; they get
-    /// our profile.
+    /// our profile, and read receipts for what the user read already.
     #[tracing::instrument(name = "usecase.accept_request", skip_all, fields(peer = %peer))]
     pub async fn accept_request(&self, peer: &Username) -> Result<(), NodeError> {
         self.me()?;
@@ -108,6 +108,24 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         if let Some(write) = self.take_up(peer)? {
             self.store.commit(&Batch::new().with(write))?;
             self.store.flush().await?;
+        }
+        // What the user read while it was a request is now acknowledged as read, as it would
+        // have been.
+        if self.settings()?.read_receipts {
+            let read: Vec<MessageId> = self
+                .store
+                .history(&ConversationId::from(peer), crate::ports::Page::ALL)?
+                .into_iter()
+                .filter(|m| {
+                    m.direction == crate::ports::Direction::Incoming
+                        && m.status == crate::ports::MessageStatus::Read
+                })
+                .map(|m| m.id)
+                .collect();
+            for ids in read.chunks(crate::domain::content::MAX_RECEIPT_IDS) {
+                self.queue_receipt(peer, Content::ReadReceipt { ids: ids.to_vec() })
+                    .await?;
+            }
         }
         self.share_profile(peer).await?;
         self.notifier

@@ -86,6 +86,8 @@ async fn a_first_message_from_a_stranger_is_a_request_until_accepted() {
     flush_outbox(&bob).await;
     let bob_seen = alice.node.person(&bob.name).unwrap().unwrap();
     assert_eq!(bob_seen.profile.unwrap().display_name, "Bob B.");
+    // What bob read while it was a request is acknowledged as read now.
+    assert_eq!(status(&alice, &bob, hello), MessageStatus::Read);
     let again = send(&alice, &bob, "so, coffee?").await;
     bob.node.mark_read(&alice.name).await.unwrap();
     flush_outbox(&bob).await;
