@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use peerchat::daemon::{self, DaemonConfig};
 use peerchat::driving::api::AmendBody;
+use peerchat::driving::cli::archive::{ArchiveCommand, ExportWhat};
 use peerchat::driving::cli::people::PeopleCommand;
 use peerchat::driving::cli::{self, CliCommand, CliError, Conversation};
 use peerchat_telemetry::Telemetry;
@@ -243,6 +244,28 @@ enum Command {
         #[command(subcommand)]
         action: ProfileAction,
     },
+    /// Exports a conversation (NAME, or --group ID) or all of them, to standard output or
+    /// --output FILE.
+    Export {
+        /// The other person (all conversations without it, or --group).
+        #[arg(conflicts_with = "group")]
+        name: Option<String>,
+        /// A group's conversation (its id).
+        #[arg(long)]
+        group: Option<String>,
+        /// json or markdown.
+        #[arg(long, value_enum, default_value = "json")]
+        format: cli::archive::ExportFormat,
+        /// A new file to write it to.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Encrypted backups of contacts, groups and history (passphrase: --passphrase-file,
+    /// PEERCHAT_BACKUP_PASSPHRASE, or asked).
+    Backup {
+        #[command(subcommand)]
+        action: BackupAction,
+    },
     /// Lists contacts.
     Contacts {
         /// Machine-readable output.
@@ -304,6 +327,26 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupAction {
+    /// Writes a backup to FILE (which must not exist), sealed with a passphrase (Argon2id).
+    Create {
+        /// The file.
+        file: PathBuf,
+        /// A file holding the passphrase.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Brings a backup into this install (after `login`): contacts, groups and history.
+    Restore {
+        /// The file.
+        file: PathBuf,
+        /// A file holding the passphrase.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
     },
 }
 
@@ -731,6 +774,36 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
         Command::Unblock { name } => CliCommand::People(PeopleCommand::Block {
             name,
             blocked: false,
+        }),
+        Command::Export {
+            name,
+            group,
+            format,
+            output,
+        } => CliCommand::Archive(ArchiveCommand::Export {
+            what: match (name, group) {
+                (Some(name), _) => ExportWhat::Person(name),
+                (None, Some(group)) => ExportWhat::Group(group),
+                (None, None) => ExportWhat::All,
+            },
+            format,
+            output,
+        }),
+        Command::Backup { action } => CliCommand::Archive(match action {
+            BackupAction::Create {
+                file,
+                passphrase_file,
+            } => ArchiveCommand::BackupCreate {
+                file,
+                passphrase_file,
+            },
+            BackupAction::Restore {
+                file,
+                passphrase_file,
+            } => ArchiveCommand::BackupRestore {
+                file,
+                passphrase_file,
+            },
         }),
         Command::Blocked { json } => CliCommand::People(PeopleCommand::Blocked { json }),
         Command::Profile { action } => CliCommand::People(match action {

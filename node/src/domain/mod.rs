@@ -2,6 +2,7 @@
 
 pub mod address;
 pub mod amend;
+pub mod backup;
 pub mod content;
 pub mod envelope;
 pub mod file;

@@ -18,10 +18,12 @@ use subtle::ConstantTimeEq;
 
 use super::ui;
 
+mod backup;
 mod people;
 use crate::domain::{Change, GroupId, GroupState, MessageId};
 use crate::ports::{Direction, DirectoryError, MessageStatus, Page};
 use crate::usecases::{KeyKind, NodeError, NodeOf, NodeStatus, Ports};
+pub use backup::BackupBody;
 pub use people::{ProfileBody, RequestView, TypingAnswer, TypingBody};
 
 /// Largest request body.
@@ -455,6 +457,10 @@ impl From<NodeError> for ApiError {
             NodeError::NotBlocked(_) => ApiError(StatusCode::CONFLICT, "not_blocked", message),
             NodeError::NoRequest(_) => ApiError(StatusCode::NOT_FOUND, "no_request", message),
             NodeError::Profile(_) => ApiError(StatusCode::BAD_REQUEST, "bad_profile", message),
+            NodeError::Backup(crate::usecases::BackupFailure::OtherAccount(..)) => {
+                ApiError(StatusCode::CONFLICT, "other_account", message)
+            }
+            NodeError::Backup(_) => ApiError(StatusCode::BAD_REQUEST, "bad_backup", message),
             NodeError::Amend(refused) => {
                 use crate::domain::AmendRefused;
                 let (status, code) = match refused {
@@ -668,6 +674,7 @@ pub fn router<P: Ports>(state: ApiState<P>) -> Router {
         )
         .route("/api/v1/contacts/{peer}/verify", post(verify::<P>))
         .merge(people::routes::<P>())
+        .merge(backup::routes::<P>())
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,

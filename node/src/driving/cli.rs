@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+pub mod archive;
 pub mod people;
 
 use peerchat_pki::Username;
@@ -224,6 +225,8 @@ pub enum CliCommand {
     },
     /// Requests, blocking and profiles.
     People(people::PeopleCommand),
+    /// Export and backups.
+    Archive(archive::ArchiveCommand),
     /// Search every conversation's messages.
     Search {
         /// The text to find (case is ignored).
@@ -1082,6 +1085,7 @@ pub async fn execute(data_dir: &Path, command: CliCommand) -> Result<(), CliErro
             Ok(())
         }
         CliCommand::People(command) => people::execute(&data_dir, command).await,
+        CliCommand::Archive(command) => archive::execute(&data_dir, command).await,
         CliCommand::Logout => {
             ApiClient::from_data_dir(&data_dir)?
                 .call::<(), ()>(Method::POST, "/api/v1/logout", None)

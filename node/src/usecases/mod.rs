@@ -5,6 +5,7 @@
 //! `status`) change nothing. `receive` answers the peer with an [`Ack`](crate::domain::Ack).
 
 mod amend;
+mod backup;
 mod certificates;
 mod contacts;
 mod files;
@@ -30,6 +31,7 @@ use crate::domain::{
 };
 use crate::ports::{Clock, Directory, DirectoryError, Network, Notifier, Store, StoreError};
 
+pub use backup::{BackupFailure, BackupSummary};
 pub use files::{
     DEFAULT_AUTO_DOWNLOAD_BYTES, DEFAULT_MAX_FILE_BYTES, FILE_PROTOCOL, FileAnswer, FileLimits,
     FileRequest, Parking,
@@ -115,6 +117,9 @@ pub enum NodeError {
     /// No request from them waits.
     #[error("there is no message request from {0}")]
     NoRequest(Username),
+    /// A backup could not be made or restored.
+    #[error(transparent)]
+    Backup(#[from] BackupFailure),
     /// A profile the rules refuse.
     #[error(transparent)]
     Profile(#[from] crate::domain::ProfileError),

@@ -4,6 +4,8 @@
 
 mod amend;
 mod amend_daemons;
+mod archive;
+mod archive_daemons;
 mod binaries;
 mod e2ee_properties;
 mod e2ee_ratchet;
