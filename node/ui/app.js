@@ -19,6 +19,7 @@ const state = {
   editing: null, // our message the composer edits
   typingSentAt: 0, // when we last told the others we are typing
   typingTimer: null, // hides "… is typing" when no news comes
+  profiles: 0, // counts profile changes, so a changed avatar is fetched again
   unread: 0, // over every conversation, for the tab's title
 };
 
@@ -301,6 +302,13 @@ async function refreshConversations() {
       name.textContent = c.peer;
       top.append(dot, name);
       const contact = state.contacts.get(c.peer);
+      if (contact && contact.avatar) {
+        const avatar = document.createElement("img");
+        avatar.className = "avatar";
+        avatar.alt = "";
+        avatar.src = `/api/v1/contacts/${peerPath(c.peer)}/avatar?v=${state.profiles}`;
+        top.prepend(avatar);
+      }
       const display = c.display_name || (contact && contact.display_name);
       if (display) {
         const shown = document.createElement("span");
@@ -590,7 +598,9 @@ function messageItem(m) {
   if (m.group && m.direction === "incoming") {
     const author = document.createElement("span");
     author.className = "author";
-    author.textContent = m.author;
+    author.dataset.author = m.author;
+    const contact = state.contacts.get(m.author);
+    author.textContent = contact && contact.display_name ? `${contact.display_name} (${m.author})` : m.author;
     item.append(author);
   }
   if (m.reply_to) {
@@ -1122,6 +1132,7 @@ function listen() {
   );
   events.addEventListener("person_changed", () =>
     guarded(async () => {
+      state.profiles += 1;
       await refreshContacts();
       renderHeader();
       if (state.current) await refreshConversation();

@@ -8,7 +8,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, mkdirSync, existsSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, mkdirSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createHmac } from "node:crypto";
@@ -260,7 +260,8 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     await bobPage.click('#requests button[data-peer="alice"]');
     await bobPage.waitForSelector("#request-note:not([hidden])");
     assert.match(await bobPage.textContent("#request-text"), /alice wrote to you first/);
-    assert.equal(await bobPage.title(), "peerchat — bob", "nothing unread once shown");
+    // Nothing unread once shown: the title follows when the node has marked it read.
+    await bobPage.waitForFunction(() => document.title === "peerchat — bob");
     // Read while a request: alice is not told until bob accepts.
     await bobPage.locator("#messages .message.incoming", { hasText: "Hello Bob" }).waitFor();
     await new Promise((r) => setTimeout(r, 500));
@@ -369,6 +370,14 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     await alicePage.getByLabel("Show others when I am typing").check();
     await alicePage.getByRole("button", { name: "Save" }).click();
     await alicePage.waitForSelector("#settings-dialog:not([open])", { state: "attached" });
+    step("Bob shares an avatar from the CLI; alice's window shows it beside his name.");
+    const avatarFile = join(cluster.work, "bob-avatar.png");
+    writeFileSync(avatarFile, png(24, 24));
+    cli(bobDir, ["profile", "set", "--display-name", "Bob Builder", "--avatar", avatarFile]);
+    const avatar = alicePage.locator('#conversations button[data-peer="bob"] img.avatar');
+    await avatar.waitFor();
+    await waitFor("bob's avatar is drawn", async () => (await avatar.evaluate((img) => (img.complete ? img.naturalWidth : 0))) === 24);
+    await alicePage.waitForSelector('#peer-display:text("Bob Builder")');
     await screenshot(alicePage, "alice-amended");
 
     step("Alice sends a picture from her window: both windows show it, bob's Save link serves it.");
@@ -427,12 +436,14 @@ test("alice and bob chat in their windows, live, offline and through a key chang
     await bobGroup.click();
     const fromAlice = bobPage.locator("#messages .message.incoming", { hasText: "Welcome to the book club" });
     await fromAlice.waitFor();
-    assert.equal(await fromAlice.locator(".author").textContent(), "alice");
+    assert.equal(await fromAlice.locator(".author").getAttribute("data-author"), "alice");
+    assert.equal(await fromAlice.locator(".author").textContent(), "Alice Liddell (alice)", "her display name");
     await bobPage.getByLabel("Message", { exact: true }).fill("Count me in");
     await bobPage.getByLabel("Message", { exact: true }).press("Enter");
     const fromBob = alicePage.locator("#messages .message.incoming", { hasText: "Count me in" });
     await fromBob.waitFor();
-    assert.equal(await fromBob.locator(".author").textContent(), "bob");
+    assert.equal(await fromBob.locator(".author").getAttribute("data-author"), "bob");
+    assert.equal(await fromBob.locator(".author").textContent(), "Bob Builder (bob)", "his display name");
     // Carol reads it from the CLI; alice's message is then read by both, member by member.
     const carolSaw = cli(carolDir, ["history", "--group", groupId]);
     assert.match(carolSaw, /alice: Welcome to the book club/);
