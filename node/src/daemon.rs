@@ -294,6 +294,7 @@ pub async fn run(
     // The network starts once the node has an account: now, or on the `Registered` event.
     {
         let mut registered = node_events.0.subscribe();
+        let person_events = node_events.0.subscribe();
         let already = node
             .status()
             .map_err(|e| DaemonError::Start(e.to_string()))?;
@@ -314,7 +315,7 @@ pub async fn run(
                     }
                 }
             }
-            if let Err(e) = run_network(node, network, &config, ca, cancel).await {
+            if let Err(e) = run_network(node, network, &config, ca, cancel, person_events).await {
                 tracing::error!(error = %e, "the network did not start");
                 eprintln!("peerchat: the network did not start: {e}");
             }
@@ -481,6 +482,7 @@ async fn run_network(
     config: &DaemonConfig,
     ca: peerchat_pki::CaCertificate,
     cancel: CancellationToken,
+    mut events: broadcast::Receiver<Event>,
 ) -> Result<(), String> {
     let identity = node.resume().map_err(|e| e.to_string())?;
     export_spans(config, Some(&identity.username));
@@ -508,6 +510,15 @@ async fn run_network(
         let node = node.clone();
         p2p::WithoutCrl::OnlyPinned(Arc::new(move |username, key| node.is_pinned(username, key)))
     };
+    p2p_config.refused = {
+        let node = node.clone();
+        Some(Arc::new(move |username| {
+            matches!(
+                node.standing(username),
+                Ok(crate::domain::Standing::Blocked)
+            )
+        }))
+    };
     p2p_config.reachability = network.reachability_sender();
     p2p_config.mdns = config.mdns;
     p2p_config.stream_protocols = vec![crate::usecases::FILE_PROTOCOL];
@@ -533,6 +544,23 @@ async fn run_network(
     }
     trust.attach(net.clone());
     network.set(net.clone());
+    // A user blocked now loses the connection they hold (and with it any sign that we are on).
+    {
+        let net = net.clone();
+        tokio::spawn(cancel.clone().run_until_cancelled_owned(async move {
+            loop {
+                match events.recv().await {
+                    // Lagged: some change may be among those missed.
+                    Ok(Event::PersonChanged { .. })
+                    | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        net.drop_refused().await;
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        }));
+    }
     if config.relay {
         let directory = HttpDirectory::new(&config.rendezvous, ca_for_relay.clone())
             .map_err(|e| e.to_string())?;

@@ -154,7 +154,13 @@ async fn unknown_names_bad_requests_and_hostile_texts_are_handled_plainly() {
         "an escape byte reached the terminal"
     );
     let shown = String::from_utf8(shown).unwrap();
-    assert_eq!(shown.lines().count(), 1, "{shown}");
+    // Bob wrote first: the history is headed as a request, then his message on one line.
+    let mut lines = shown.lines();
+    assert!(
+        lines.next().unwrap().starts_with("MESSAGE REQUEST: bob"),
+        "{shown}"
+    );
+    assert_eq!(lines.count(), 1, "{shown}");
     assert!(
         shown.contains(r"\u{1b}[2J\n01:12:00 bob: send me your password"),
         "{shown}"

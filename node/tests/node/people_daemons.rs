@@ -82,8 +82,16 @@ async fn requests_profiles_and_a_block_that_survives_a_restart() {
         statuses == [MessageStatus::Read, MessageStatus::Read]
     });
 
-    // Blocked, and still blocked after a restart.
+    // Blocked: alice loses her connection to bob (no sign that he is on), and bob stays
+    // blocked after a restart.
+    let bob_online = |alice: &Daemon| {
+        contacts(alice)
+            .iter()
+            .any(|c| c.username.as_str() == "bob" && c.online)
+    };
+    assert!(bob_online(&alice), "connected before the block");
     ok(&bob.cli(&["block", "alice"]));
+    eventually("alice's connection to bob closed", || !bob_online(&alice));
     bob.terminate();
     bob = Daemon::start(&bob_dir, &url);
     bob.wait_for("listening on");
@@ -99,6 +107,14 @@ async fn requests_profiles_and_a_block_that_survives_a_restart() {
         MessageStatus::Sent,
         "acknowledged, no receipt"
     );
+    assert!(!bob_online(&alice), "her new connection was refused");
+    // It went to the mailbox; bob's node takes it from there and drops it.
+    let bob_log = bob_dir.with_extension("log");
+    eventually("bob's node drops it", || {
+        std::fs::read_to_string(&bob_log)
+            .unwrap_or_default()
+            .contains("dropped a message from a blocked user")
+    });
     assert!(ok(&bob.cli(&["history", "alice"])).contains("BLOCKED"));
 
     // Unblocked: her next message arrives; the one sent while blocked never does.

@@ -79,6 +79,9 @@ pub struct P2pConfig {
     pub stream_protocols: Vec<&'static str>,
     /// Whom to let in while no CRL is installed (revocation cannot be checked then).
     pub without_crl: WithoutCrl,
+    /// Peers never let in, CRL or not (the daemon: users its user blocked); their connections
+    /// are closed after the handshake, and [`P2pNetwork::drop_refused`] closes open ones.
+    pub refused: Option<RefusedCheck>,
     /// Dial loopback and link-local addresses even where this node does not listen on such a
     /// network: for a tool whose addresses the user typed (`peerchat probe`), never for
     /// addresses other nodes announced.
@@ -118,6 +121,9 @@ impl std::fmt::Debug for WithoutCrl {
     }
 }
 
+/// Whether a user is never to be let in.
+pub type RefusedCheck = Arc<dyn Fn(&Username) -> bool + Send + Sync>;
+
 /// Whether a username and Ed25519 key are a pinned contact.
 pub type PinnedCheck = Arc<dyn Fn(&Username, &ed25519_dalek::VerifyingKey) -> bool + Send + Sync>;
 
@@ -153,6 +159,7 @@ impl P2pConfig {
             reachability: broadcast::channel(256).0,
             stream_protocols: Vec::new(),
             without_crl: WithoutCrl::AdmitAll,
+            refused: None,
             dial_any_local: false,
             relay: None,
             mdns: false,
@@ -228,6 +235,8 @@ enum Command {
         reply: oneshot::Sender<Result<(), DeliveryError>>,
     },
     DropRevoked,
+    /// Closes the connections of peers [`P2pConfig::refused`] refuses now.
+    DropRefused,
     /// Reserve a slot on this relay (replacing any other).
     UseRelay(RelayServer),
 }
@@ -360,6 +369,12 @@ impl P2pNetwork {
     /// their next connection then fails at the handshake).
     pub async fn drop_revoked(&self) {
         let _ = self.commands.send(Command::DropRevoked).await;
+    }
+
+    /// Closes connections to peers the configuration refuses now (call after the user blocks
+    /// someone; their next connection is closed after the handshake).
+    pub async fn drop_refused(&self) {
+        let _ = self.commands.send(Command::DropRefused).await;
     }
 
     /// Reserves a slot on `relay` and announces the relayed address beside the direct ones; kept
@@ -503,10 +518,20 @@ impl Reachability for P2pNetwork {
 struct Admission {
     trust: Arc<TrustStore>,
     without_crl: WithoutCrl,
+    refused: Option<RefusedCheck>,
 }
 
 impl Admission {
+    fn refuses(&self, username: &Username) -> bool {
+        self.refused
+            .as_ref()
+            .is_some_and(|refused| refused(username))
+    }
+
     fn admits(&self, peer: &peerchat_pki::VerifiedPeer) -> bool {
+        if self.refuses(&peer.username) {
+            return false;
+        }
         if self.trust.crl().is_some() {
             return true;
         }
@@ -698,6 +723,7 @@ pub async fn start<I: Inbound>(
     let admission = Admission {
         trust: config.trust.clone(),
         without_crl: config.without_crl.clone(),
+        refused: config.refused.clone(),
     };
     let mut control = swarm.behaviour().streams.new_control();
     for protocol in &config.stream_protocols {
@@ -945,6 +971,15 @@ impl Driver {
                     let _ = self.swarm.disconnect_peer_id(peer);
                 }
             }
+            Command::DropRefused => {
+                for peer in self
+                    .registry
+                    .revoked(|p| self.admission.refuses(&p.username))
+                {
+                    tracing::info!(%peer, "closing the connection of a refused peer");
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
         }
     }
 
@@ -1086,7 +1121,7 @@ impl Driver {
                 if let Some(peer) = self.registry.get(&peer_id)
                     && !self.admitted(&peer)
                 {
-                    tracing::info!(%peer_id, "no CRL yet: refusing a peer that is not a pinned contact");
+                    tracing::info!(%peer_id, "refusing a peer: blocked, or no CRL yet and not a pinned contact");
                     self.swarm.close_connection(connection_id);
                     return;
                 }

@@ -90,7 +90,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             // Dropped unanswered: no receipt, nothing stored but the advanced session (so a
             // later unblock finds the conversation in step). The sender sees it sent, as if it
             // waited in the mailbox.
-            tracing::debug!("dropped a message from a blocked user");
+            tracing::info!("dropped a message from a blocked user");
             self.record(decrypted, Vec::new(), false).await?;
             return Ok(Ack::Stored);
         }
