@@ -512,8 +512,9 @@ impl Reachability for P2pNetwork {
     }
 }
 
-/// Who may talk to us: with a CRL installed, everyone the handshake let in (it checked
-/// revocation); without one, whom the policy admits.
+/// Who may talk to us: with a CRL installed, everyone it does not revoke (the handshake checked
+/// it too, but a handshake that finished just before a CRL was installed did not); without one,
+/// whom the policy admits. Never a refused peer.
 #[derive(Clone)]
 struct Admission {
     trust: Arc<TrustStore>,
@@ -532,8 +533,8 @@ impl Admission {
         if self.refuses(&peer.username) {
             return false;
         }
-        if self.trust.crl().is_some() {
-            return true;
+        if let Some(crl) = self.trust.crl() {
+            return !crl.is_revoked(&peer.serial);
         }
         match &self.without_crl {
             WithoutCrl::AdmitAll => true,
@@ -1121,7 +1122,7 @@ impl Driver {
                 if let Some(peer) = self.registry.get(&peer_id)
                     && !self.admitted(&peer)
                 {
-                    tracing::info!(%peer_id, "refusing a peer: blocked, or no CRL yet and not a pinned contact");
+                    tracing::info!(%peer_id, "refusing a peer: revoked, blocked, or no CRL yet and not a pinned contact");
                     self.swarm.close_connection(connection_id);
                     return;
                 }
