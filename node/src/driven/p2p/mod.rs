@@ -1448,6 +1448,46 @@ mod tests {
     }
 
     #[test]
+    fn with_a_crl_admission_refuses_a_revoked_serial_whatever_the_handshake_saw() {
+        use peerchat_pki::{CertificateAuthority, RevokedEntry, Serial};
+        use rand::rngs::OsRng;
+        let now = std::time::SystemTime::now();
+        let ca = CertificateAuthority::generate("admission CA", now, &mut OsRng).unwrap();
+        let trust = Arc::new(TrustStore::new(ca.certificate().clone()));
+        let peer = |name: &str, serial: Serial| peerchat_pki::VerifiedPeer {
+            username: Username::new(name).unwrap(),
+            identity_key: ed25519_dalek::SigningKey::generate(&mut OsRng).verifying_key(),
+            serial,
+            not_after: now + Duration::from_secs(3600),
+        };
+        let revoked = peer("mallory", Serial::random(&mut OsRng));
+        let fine = peer("alice", Serial::random(&mut OsRng));
+        let blocked = peer("spammer", Serial::random(&mut OsRng));
+        let admission = Admission {
+            trust: trust.clone(),
+            without_crl: WithoutCrl::AdmitAll,
+            refused: Some(Arc::new(|u: &Username| u.as_str() == "spammer")),
+        };
+        assert!(admission.admits(&revoked) && admission.admits(&fine));
+        assert!(!admission.admits(&blocked), "refused with or without a CRL");
+        let crl = ca
+            .sign_crl(
+                &[RevokedEntry {
+                    serial: revoked.serial.clone(),
+                    revoked_at: now,
+                }],
+                1,
+                now,
+                now + Duration::from_secs(86400),
+            )
+            .unwrap();
+        trust.set_crl(crl).unwrap();
+        assert!(!admission.admits(&revoked), "revoked once the CRL says so");
+        assert!(admission.admits(&fine));
+        assert!(!admission.admits(&blocked));
+    }
+
+    #[test]
     fn announced_addresses_are_dialled_only_with_the_peers_id_and_within_bounds() {
         let peer = PeerId::random();
         let other = PeerId::random();
