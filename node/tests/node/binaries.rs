@@ -543,17 +543,43 @@ pub(crate) fn rendezvous_binary() -> PathBuf {
 }
 
 /// The real rendezvous binary on `port` (0: any), returning the child and the port.
-pub(crate) fn rendezvous_process(binary: &Path, dir: &Path, port: u16) -> (Child, u16) {
+pub(crate) fn rendezvous_process(binary: &Path, dir: &Path, port: u16) -> (RendezvousProcess, u16) {
     rendezvous_process_with_env(binary, dir, port, &[])
 }
 
 /// [`rendezvous_process`] with extra environment variables.
+/// A rendezvous process that is killed when dropped, so a failing test leaves none behind
+/// (tests stop it themselves with [`stop`] to see it exit cleanly).
+pub(crate) struct RendezvousProcess(Child);
+
+impl std::ops::Deref for RendezvousProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RendezvousProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for RendezvousProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 pub(crate) fn rendezvous_process_with_env(
     binary: &Path,
     dir: &Path,
     port: u16,
     env: &[(&str, &str)],
-) -> (Child, u16) {
+) -> (RendezvousProcess, u16) {
     let mut child = Command::new(binary)
         .arg("--data-dir")
         .arg(dir)
@@ -576,7 +602,7 @@ pub(crate) fn rendezvous_process_with_env(
         .and_then(|r| r.split(' ').next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("unexpected rendezvous output {line:?}"));
-    (child, port)
+    (RendezvousProcess(child), port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,14 +2,13 @@
 //! registered on different instances reach each other, mail deposited on a third is delivered,
 //! and a daemon given several instances moves on when one is killed, to its API and its relay.
 
-use std::process::Child;
 use std::time::Duration;
 
-use crate::binaries::{Daemon, rendezvous_binary, rendezvous_process_with_env};
+use crate::binaries::{Daemon, RendezvousProcess, rendezvous_binary, rendezvous_process_with_env};
 use crate::postgres::Postgres;
 
 /// Rendezvous processes, killed when the test ends however it ends.
-struct Instances(Vec<(Child, u16)>);
+struct Instances(Vec<(RendezvousProcess, u16)>);
 
 impl Instances {
     fn url(&self, i: usize) -> String {
