@@ -10,7 +10,7 @@ use peerchat::ports::{
 use peerchat::usecases::NodeError;
 use rand::rngs::OsRng;
 
-use crate::usecases::{User, World, given_a_rendezvous};
+use crate::usecases::{User, World, alice_and_bob, direct, flush_outbox, given_a_rendezvous, send};
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -19,24 +19,9 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn direct(with: &User) -> ConversationId {
-    ConversationId::Direct(with.name.clone())
-}
-
 /// `u`'s copy of message `id` in `conversation`.
 fn copy(u: &User, conversation: &ConversationId, id: MessageId) -> StoredMessage {
     u.store.message(conversation, &id).unwrap().unwrap()
-}
-
-async fn send(from: &User, to: &User, text: &str) -> MessageId {
-    let id = MessageId::random(&mut OsRng);
-    from.node.send(&to.name, id, text.into()).await.unwrap();
-    id
-}
-
-/// Delivers what `u` queued (amendments and receipts go through the outbox).
-async fn flush_outbox(u: &User) {
-    u.node.retry_outbox(u64::MAX).await.unwrap();
 }
 
 fn react(emoji: &str) -> Amendment {
@@ -50,13 +35,6 @@ fn doctor(u: &User, message: StoredMessage) {
     u.store
         .commit(&Batch::new().with(Write::Message(message, IfStored::Replace)))
         .unwrap();
-}
-
-async fn alice_and_bob() -> (World, User, User) {
-    let world = given_a_rendezvous().await;
-    let alice = world.given_a_registered_user("alice").await;
-    let bob = world.given_a_registered_user("bob").await;
-    (world, alice, bob)
 }
 
 #[tokio::test]

@@ -2,20 +2,13 @@
 //! to one, and three in a group, driven through the CLI.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use peerchat::driving::api::MessageView;
 
-use crate::binaries::{Daemon, ok, rendezvous_binary, rendezvous_process, stop};
-
-/// Polls `check` every 200 ms for up to 30 s.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use crate::binaries::{
+    Daemon, eventually_blocking, ok, refused, rendezvous_alice_and_bob, rendezvous_binary,
+    rendezvous_process, stop,
+};
 
 /// The id `send` printed.
 fn sent_id(out: &str) -> String {
@@ -45,23 +38,10 @@ fn reactions_of(m: &MessageView) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The CLI refuses with a message containing `why`.
-fn refused(d: &Daemon, args: &[&str], why: &str) {
-    let out = d.cli(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} was accepted");
-    assert!(stderr.contains(why), "{args:?}: {stderr}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_reply_edit_react_and_delete_for_everyone() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut rv, port) = rendezvous_process(&rendezvous_binary(), &tmp.path().join("rv"), 0);
-    let url = format!("https://localhost:{port}");
-    let alice = Daemon::start(&tmp.path().join("alice"), &url);
-    let bob = Daemon::start(&tmp.path().join("bob"), &url);
-    alice.register("alice");
-    bob.register("bob");
+    let (mut rv, _, alice, bob) = rendezvous_alice_and_bob(tmp.path());
 
     let lunch = sent_id(&ok(&alice.cli(&["send", "bob", "lunch?"])));
     bob.wait_for_history("alice", &["lunch?"]);
@@ -72,13 +52,13 @@ async fn two_daemons_reply_edit_react_and_delete_for_everyone() {
         "--reply-to",
         &lunch,
     ])));
-    eventually("alice has bob's reply, quoting hers", || {
+    eventually_blocking("alice has bob's reply, quoting hers", || {
         find(&alice, &["bob"], &sure)
             .is_some_and(|m| m.reply_to.map(|r| r.to_string()) == Some(lunch.clone()))
     });
 
     ok(&alice.cli(&["edit", "bob", &lunch, "lunch at noon?"]));
-    eventually("bob sees the edit", || {
+    eventually_blocking("bob sees the edit", || {
         find(&bob, &["alice"], &lunch).is_some_and(|m| m.text == "lunch at noon?" && m.edited)
     });
 
@@ -87,12 +67,12 @@ async fn two_daemons_reply_edit_react_and_delete_for_everyone() {
     ok(&bob.cli(&["react", "alice", &lunch, "❤️"]));
     let both = reactions(&[("alice", "😂"), ("bob", "❤️")]);
     for (d, peer) in [(&alice, "bob"), (&bob, "alice")] {
-        eventually("one reaction per person, bob's replaced", || {
+        eventually_blocking("one reaction per person, bob's replaced", || {
             find(d, &[peer], &lunch).is_some_and(|m| reactions_of(&m) == both)
         });
     }
     ok(&bob.cli(&["react", "--remove", "alice", &lunch]));
-    eventually("bob's reaction is taken back", || {
+    eventually_blocking("bob's reaction is taken back", || {
         find(&alice, &["bob"], &lunch)
             .is_some_and(|m| reactions_of(&m) == reactions(&[("alice", "😂")]))
     });
@@ -117,7 +97,7 @@ async fn two_daemons_reply_edit_react_and_delete_for_everyone() {
     );
 
     ok(&alice.cli(&["delete", "bob", &lunch]));
-    eventually("bob's copy is deleted", || {
+    eventually_blocking("bob's copy is deleted", || {
         find(&bob, &["alice"], &lunch).is_some_and(|m| m.deleted && m.text.is_empty())
     });
     let shown = ok(&bob.cli(&["history", "alice"]));
@@ -154,14 +134,14 @@ async fn three_daemons_reply_edit_react_and_delete_in_a_group() {
         .to_owned();
     let at = ["--group", group.as_str()];
     for d in &daemons {
-        eventually("every member holds the group", || {
+        eventually_blocking("every member holds the group", || {
             d.cli(&["group", "show", &group]).status.success()
         });
     }
 
     let plan = sent_id(&ok(&alice.cli(&["send", "--group", &group, "noon?"])));
     for d in &daemons {
-        eventually("everyone has the plan", || find(d, &at, &plan).is_some());
+        eventually_blocking("everyone has the plan", || find(d, &at, &plan).is_some());
     }
     let yes = sent_id(&ok(&bob.cli(&[
         "send",
@@ -181,7 +161,7 @@ async fn three_daemons_reply_edit_react_and_delete_in_a_group() {
     );
     let expected = reactions(&[("bob", "👍"), ("carol", "🎉")]);
     for d in &daemons {
-        eventually("the reply, the edit and both reactions everywhere", || {
+        eventually_blocking("the reply, the edit and both reactions everywhere", || {
             let edited = find(d, &at, &plan).is_some_and(|m| {
                 m.text == "one o'clock?" && m.edited && reactions_of(&m) == expected
             });
@@ -192,7 +172,7 @@ async fn three_daemons_reply_edit_react_and_delete_in_a_group() {
     }
     ok(&bob.cli(&["delete", "--group", &group, &yes]));
     for d in &daemons {
-        eventually("bob's reply is deleted everywhere", || {
+        eventually_blocking("bob's reply is deleted everywhere", || {
             find(d, &at, &yes).is_some_and(|m| m.deleted && m.text.is_empty())
         });
     }
@@ -207,13 +187,8 @@ async fn search_finds_a_message_among_100000_stored_through_the_binaries() {
     use rand::rngs::OsRng;
 
     let tmp = tempfile::tempdir().unwrap();
-    let (mut rv, port) = rendezvous_process(&rendezvous_binary(), &tmp.path().join("rv"), 0);
-    let url = format!("https://localhost:{port}");
-    let alice = Daemon::start(&tmp.path().join("alice"), &url);
+    let (mut rv, url, alice, mut bob) = rendezvous_alice_and_bob(tmp.path());
     let bob_dir = tmp.path().join("bob");
-    let mut bob = Daemon::start(&bob_dir, &url);
-    alice.register("alice");
-    bob.register("bob");
     ok(&alice.cli(&["send", "bob", "the Quarterly report is ready"]));
     bob.wait_for_history("alice", &["the Quarterly report is ready"]);
 

@@ -10,7 +10,7 @@ use peerchat::ports::{MessageStatus, MessageStore};
 use peerchat::usecases::{BackupFailure, Node, NodeError};
 use rand::rngs::OsRng;
 
-use crate::usecases::given_a_rendezvous;
+use crate::usecases::{fill_mailbox_share, given_a_rendezvous};
 
 const CHEAP: Cost = Cost {
     m_kib: 64,
@@ -32,16 +32,7 @@ async fn another_accounts_backup_is_refused_and_messages_on_their_way_come_back_
         .unwrap();
     // Bob offline and his mailbox full for alice: her next message waits, pending.
     world.hub.set_online(&bob.name, false);
-    use peerchat::ports::Directory;
-    for i in 0..peerchat_rendezvous::limits::Limits::default().mailbox_max_envelopes_per_sender {
-        let mut bytes = [0u8; 16];
-        bytes[..4].copy_from_slice(&i.to_be_bytes());
-        alice
-            .directory
-            .deposit(&bob.name, &MessageId::from_bytes(bytes), b"x")
-            .await
-            .unwrap();
-    }
+    fill_mailbox_share(&alice, &bob.name).await;
     let waiting = MessageId::random(&mut OsRng);
     alice
         .node

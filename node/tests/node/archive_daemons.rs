@@ -1,29 +1,10 @@
 //! Export and encrypted backups through the real binaries: a backup restored into a fresh
 //! install (after `login`) shows the history, and the contacts see a key change.
 
-use std::time::{Duration, Instant};
-
 use peerchat::driving::api::{ContactView, GroupView};
 use peerchat::driving::cli::archive::Export;
 
-use crate::binaries::{Daemon, ok, rendezvous_binary, rendezvous_process, stop};
-
-/// Polls `check` every 200 ms for up to 30 s.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// The CLI refuses with a message containing `why`.
-fn refused(d: &Daemon, args: &[&str], why: &str) {
-    let out = d.cli(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} was accepted");
-    assert!(stderr.contains(why), "{args:?}: {stderr}");
-}
+use crate::binaries::{Daemon, eventually_blocking, ok, refused, rendezvous_alice_and_bob, stop};
 
 fn texts(d: &Daemon, name: &str) -> Vec<String> {
     d.history_json(name).into_iter().map(|m| m.text).collect()
@@ -32,12 +13,7 @@ fn texts(d: &Daemon, name: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_and_a_backup_restored_into_a_fresh_install() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut rv, port) = rendezvous_process(&rendezvous_binary(), &tmp.path().join("rv"), 0);
-    let url = format!("https://localhost:{port}");
-    let mut alice = Daemon::start(&tmp.path().join("alice"), &url);
-    let bob = Daemon::start(&tmp.path().join("bob"), &url);
-    alice.register("alice");
-    bob.register("bob");
+    let (mut rv, url, mut alice, bob) = rendezvous_alice_and_bob(tmp.path());
     ok(&alice.cli(&["send", "bob", "hello bob\n# not a heading"]));
     bob.wait_for_history("alice", &["hello bob\n# not a heading"]);
     ok(&bob.cli(&["send", "alice", "hi alice"]));
@@ -145,7 +121,7 @@ async fn export_and_a_backup_restored_into_a_fresh_install() {
 
     // Writing from the new install: bob sees alice's key change, as with any new install.
     ok(&alice.cli(&["send", "bob", "it is me, on a new machine"]));
-    eventually("bob sees alice's key change", || {
+    eventually_blocking("bob sees alice's key change", || {
         let contacts: Vec<ContactView> =
             serde_json::from_str(&ok(&bob.cli(&["contacts", "--json"]))).unwrap();
         contacts

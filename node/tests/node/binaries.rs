@@ -277,6 +277,35 @@ impl Drop for Daemon {
 }
 
 /// A CLI run's standard output, after asserting that it succeeded (else its error is shown).
+/// Polls `check` every 200 ms for up to 30 s.
+pub(crate) fn eventually_blocking(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The CLI refuses with a message containing `why`.
+pub(crate) fn refused(d: &Daemon, args: &[&str], why: &str) {
+    let out = d.cli(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} was accepted");
+    assert!(stderr.contains(why), "{args:?}: {stderr}");
+}
+
+/// A rendezvous binary and the daemons of alice and bob (in `tmp/alice` and `tmp/bob`), both
+/// registered; with the rendezvous's URL.
+pub(crate) fn rendezvous_alice_and_bob(tmp: &Path) -> (RendezvousProcess, String, Daemon, Daemon) {
+    let (rv, port) = rendezvous_process(&rendezvous_binary(), &tmp.join("rv"), 0);
+    let url = format!("https://localhost:{port}");
+    let alice = Daemon::start(&tmp.join("alice"), &url);
+    let bob = Daemon::start(&tmp.join("bob"), &url);
+    alice.register("alice");
+    bob.register("bob");
+    (rv, url, alice, bob)
+}
+
 pub(crate) fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),

@@ -1,12 +1,12 @@
 //! Groups through the real binaries: four daemons and the rendezvous binary on 127.0.0.1,
 //! driven through the CLI.
 
-use std::time::{Duration, Instant};
-
 use peerchat::driving::api::{GroupView, MessageView};
 use peerchat::ports::MessageStatus;
 
-use crate::binaries::{Daemon, files_containing, ok, rendezvous_binary, rendezvous_process, stop};
+use crate::binaries::{
+    Daemon, eventually_blocking, files_containing, ok, rendezvous_binary, rendezvous_process, stop,
+};
 
 fn show(d: &Daemon, id: &str) -> Option<GroupView> {
     let out = d.cli(&["group", "show", id, "--json"]);
@@ -17,15 +17,6 @@ fn show(d: &Daemon, id: &str) -> Option<GroupView> {
 
 fn history(d: &Daemon, id: &str) -> Vec<MessageView> {
     serde_json::from_str(&ok(&d.cli(&["history", "--group", id, "--json"]))).unwrap()
-}
-
-/// Polls `check` every 200 ms for up to 30 s.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn texts(d: &Daemon, id: &str) -> Vec<(String, String)> {
@@ -58,7 +49,7 @@ async fn four_daemons_talk_in_a_group_remove_and_re_add_a_member_and_use_the_mai
     let id = created.trim().to_owned();
     assert_eq!(id.len(), 32, "{created}");
     for d in &daemons {
-        eventually("every member holds the group", || {
+        eventually_blocking("every member holds the group", || {
             show(d, &id).is_some_and(|g| g.version == 1 && g.members.len() == 4)
         });
     }
@@ -76,10 +67,10 @@ async fn four_daemons_talk_in_a_group_remove_and_re_add_a_member_and_use_the_mai
         expected.push((n.to_string(), text));
     }
     for d in &daemons {
-        eventually("everyone has every message", || texts(d, &id) == expected);
+        eventually_blocking("everyone has every message", || texts(d, &id) == expected);
     }
     // Alice's first message: delivered to all three (receipts per member).
-    eventually("delivered to 3 of 3", || {
+    eventually_blocking("delivered to 3 of 3", || {
         let first = &history(&daemons[0], &id)[0];
         first
             .receipts
@@ -94,13 +85,13 @@ async fn four_daemons_talk_in_a_group_remove_and_re_add_a_member_and_use_the_mai
 
     // Carol is removed: she learns it, gets nothing new, and her node refuses to post.
     ok(&daemons[0].cli(&["group", "remove", &id, "carol"]));
-    eventually("carol knows she was removed", || {
+    eventually_blocking("carol knows she was removed", || {
         show(&daemons[2], &id).is_some_and(|g| !g.member)
     });
     ok(&daemons[0].cli(&["send", "--group", &id, "carol is gone"]));
     expected.push(("alice".into(), "carol is gone".into()));
     for d in [&daemons[1], &daemons[3]] {
-        eventually("members get the message", || texts(d, &id) == expected);
+        eventually_blocking("members get the message", || texts(d, &id) == expected);
     }
     let refused = daemons[2].cli(&["send", "--group", &id, "can I still post?"]);
     assert!(!refused.status.success());
@@ -116,7 +107,7 @@ async fn four_daemons_talk_in_a_group_remove_and_re_add_a_member_and_use_the_mai
 
     // Carol is added back and receives again.
     ok(&daemons[0].cli(&["group", "add", &id, "carol"]));
-    eventually("carol is a member again", || {
+    eventually_blocking("carol is a member again", || {
         show(&daemons[2], &id).is_some_and(|g| g.member && g.version == 3)
     });
     assert!(
@@ -124,7 +115,7 @@ async fn four_daemons_talk_in_a_group_remove_and_re_add_a_member_and_use_the_mai
         "carol got a message sent while she was out"
     );
     ok(&daemons[1].cli(&["send", "--group", &id, "welcome back"]));
-    eventually("carol gets messages again", || {
+    eventually_blocking("carol gets messages again", || {
         texts(&daemons[2], &id).last() == Some(&("bob".into(), "welcome back".into()))
     });
 
@@ -158,7 +149,7 @@ async fn four_daemons_talk_in_a_group_remove_and_re_add_a_member_and_use_the_mai
     rv = rendezvous_process(&binary, &rv_dir, port).0;
     daemons[3] = Daemon::start(&tmp.path().join("dave"), &url);
     daemons[3].wait_for("listening on");
-    eventually("dave gets it from the mailbox", || {
+    eventually_blocking("dave gets it from the mailbox", || {
         texts(&daemons[3], &id).last() == Some(&("alice".into(), "while dave was away".into()))
     });
     stop(&mut rv);

@@ -1,30 +1,20 @@
 //! Message requests, blocking, profiles and the typing indicator through the use cases on
 //! in-memory adapters.
 
-use peerchat::domain::{ConversationId, MessageId, Standing};
+use peerchat::domain::{MessageId, Standing};
 use peerchat::ports::{Event, MessageStatus, MessageStore, Page, PeopleStore, Settings};
 use peerchat::usecases::NodeError;
 use rand::rngs::OsRng;
 
-use crate::usecases::{User, World, given_a_rendezvous};
-
-fn direct(with: &User) -> ConversationId {
-    ConversationId::Direct(with.name.clone())
-}
-
-async fn send(from: &User, to: &User, text: &str) -> MessageId {
-    let id = MessageId::random(&mut OsRng);
-    from.node.send(&to.name, id, text.into()).await.unwrap();
-    id
-}
-
-/// Delivers what `u` queued (receipts and profiles go through the outbox).
-async fn flush_outbox(u: &User) {
-    u.node.retry_outbox(u64::MAX).await.unwrap();
-}
+use crate::usecases::{User, alice_and_bob, direct, flush_outbox, send};
 
 fn status(u: &User, with: &User, id: MessageId) -> MessageStatus {
     u.store.message(&direct(with), &id).unwrap().unwrap().status
+}
+
+/// The profile `u` holds of `of`.
+fn profile_seen(u: &User, of: &User) -> peerchat::domain::Profile {
+    u.node.person(&of.name).unwrap().unwrap().profile.unwrap()
 }
 
 fn typing_seen(u: &User, from: &User) -> usize {
@@ -33,13 +23,6 @@ fn typing_seen(u: &User, from: &User) -> usize {
         .iter()
         .filter(|e| matches!(e, Event::Typing { peer, .. } if *peer == from.name))
         .count()
-}
-
-async fn alice_and_bob() -> (World, User, User) {
-    let world = given_a_rendezvous().await;
-    let alice = world.given_a_registered_user("alice").await;
-    let bob = world.given_a_registered_user("bob").await;
-    (world, alice, bob)
 }
 
 #[tokio::test]
@@ -266,13 +249,7 @@ async fn a_profile_is_checked_shared_with_contacts_and_the_newest_kept() {
         .await
         .unwrap();
     flush_outbox(&alice).await;
-    let seen = bob
-        .node
-        .person(&alice.name)
-        .unwrap()
-        .unwrap()
-        .profile
-        .unwrap();
+    let seen = profile_seen(&bob, &alice);
     assert_eq!(seen.display_name, "Alice");
     assert_eq!(seen.avatar.unwrap().bytes, png);
     // Carol, whom alice never wrote to, gets nothing.
@@ -280,13 +257,7 @@ async fn a_profile_is_checked_shared_with_contacts_and_the_newest_kept() {
     tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     alice.node.set_profile("Alice Liddell", None).await.unwrap();
     flush_outbox(&alice).await;
-    let seen = bob
-        .node
-        .person(&alice.name)
-        .unwrap()
-        .unwrap()
-        .profile
-        .unwrap();
+    let seen = profile_seen(&bob, &alice);
     assert_eq!(seen.display_name, "Alice Liddell");
     assert!(seen.avatar.is_none());
 }

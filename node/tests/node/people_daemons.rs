@@ -1,21 +1,12 @@
 //! Message requests, blocking and profiles through the real binaries, driven through the CLI:
 //! a block survives a restart of the daemon.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use peerchat::driving::api::{ContactView, MessageView, RequestView};
 use peerchat::ports::MessageStatus;
 
-use crate::binaries::{Daemon, ok, rendezvous_binary, rendezvous_process, stop};
-
-/// Polls `check` every 200 ms for up to 30 s.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use crate::binaries::{Daemon, eventually_blocking, ok, rendezvous_alice_and_bob, stop};
 
 fn contacts(d: &Daemon) -> Vec<ContactView> {
     serde_json::from_str(&ok(&d.cli(&["contacts", "--json"]))).unwrap()
@@ -28,13 +19,8 @@ fn history(d: &Daemon, name: &str) -> Vec<MessageView> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_profiles_and_a_block_that_survives_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut rv, port) = rendezvous_process(&rendezvous_binary(), &tmp.path().join("rv"), 0);
-    let url = format!("https://localhost:{port}");
-    let alice = Daemon::start(&tmp.path().join("alice"), &url);
+    let (mut rv, url, alice, mut bob) = rendezvous_alice_and_bob(tmp.path());
     let bob_dir = tmp.path().join("bob");
-    let mut bob = Daemon::start(&bob_dir, &url);
-    alice.register("alice");
-    bob.register("bob");
     ok(&alice.cli(&["profile", "set", "--display-name", "Alice Liddell"]));
     ok(&bob.cli(&["profile", "set", "--display-name", "Bob Builder"]));
 
@@ -50,12 +36,12 @@ async fn requests_profiles_and_a_block_that_survives_a_restart() {
     assert!(shown.contains("MESSAGE REQUEST"), "{shown}");
     // Her profile came with her message; bob's does not go to her while it is a request, nor
     // does a read receipt.
-    eventually("alice's display name at bob's", || {
+    eventually_blocking("alice's display name at bob's", || {
         contacts(&bob)
             .iter()
             .any(|c| c.display_name.as_deref() == Some("Alice Liddell"))
     });
-    eventually("the delivery receipt", || {
+    eventually_blocking("the delivery receipt", || {
         history(&alice, "bob")[0].status == MessageStatus::Delivered
     });
     std::thread::sleep(Duration::from_secs(1));
@@ -65,7 +51,7 @@ async fn requests_profiles_and_a_block_that_survives_a_restart() {
     // Accepted: bob's profile reaches alice, and the read receipt for what he reads next.
     ok(&bob.cli(&["requests", "accept", "alice"]));
     assert!(ok(&bob.cli(&["requests"])).contains("no message requests"));
-    eventually("bob's display name at alice's", || {
+    eventually_blocking("bob's display name at alice's", || {
         contacts(&alice)
             .iter()
             .any(|c| c.display_name.as_deref() == Some("Bob Builder"))
@@ -76,7 +62,7 @@ async fn requests_profiles_and_a_block_that_survives_a_restart() {
         &["hello, it is alice from the meetup", "so you got it"],
     );
     // The first, read while a request, is acknowledged as read once accepted; the second too.
-    eventually("the read receipts", || {
+    eventually_blocking("the read receipts", || {
         let statuses: Vec<MessageStatus> =
             history(&alice, "bob").iter().map(|m| m.status).collect();
         statuses == [MessageStatus::Read, MessageStatus::Read]
@@ -91,7 +77,7 @@ async fn requests_profiles_and_a_block_that_survives_a_restart() {
     };
     assert!(bob_online(&alice), "connected before the block");
     ok(&bob.cli(&["block", "alice"]));
-    eventually("alice's connection to bob closed", || !bob_online(&alice));
+    eventually_blocking("alice's connection to bob closed", || !bob_online(&alice));
     bob.terminate();
     bob = Daemon::start(&bob_dir, &url);
     bob.wait_for("listening on");
@@ -110,7 +96,7 @@ async fn requests_profiles_and_a_block_that_survives_a_restart() {
     assert!(!bob_online(&alice), "her new connection was refused");
     // It went to the mailbox; bob's node takes it from there and drops it.
     let bob_log = bob_dir.with_extension("log");
-    eventually("bob's node drops it", || {
+    eventually_blocking("bob's node drops it", || {
         std::fs::read_to_string(&bob_log)
             .unwrap_or_default()
             .contains("dropped a message from a blocked user")

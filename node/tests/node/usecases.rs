@@ -132,6 +132,44 @@ impl World {
     }
 }
 
+/// The direct conversation with `with`.
+pub(crate) fn direct(with: &User) -> peerchat::domain::ConversationId {
+    peerchat::domain::ConversationId::Direct(with.name.clone())
+}
+
+/// Sends `text` from `from` to `to`; its id.
+pub(crate) async fn send(from: &User, to: &User, text: &str) -> MessageId {
+    let id = MessageId::random(&mut OsRng);
+    from.node.send(&to.name, id, text.into()).await.unwrap();
+    id
+}
+
+/// Delivers what `u` queued (receipts, amendments and profiles go through the outbox).
+pub(crate) async fn flush_outbox(u: &User) {
+    u.node.retry_outbox(u64::MAX).await.unwrap();
+}
+
+/// A rendezvous with alice and bob registered.
+pub(crate) async fn alice_and_bob() -> (World, User, User) {
+    let world = given_a_rendezvous().await;
+    let alice = world.given_a_registered_user("alice").await;
+    let bob = world.given_a_registered_user("bob").await;
+    (world, alice, bob)
+}
+
+/// Fills `from`'s share of `to`'s mailbox, so that its next deposits are refused.
+pub(crate) async fn fill_mailbox_share(from: &User, to: &Username) {
+    use peerchat::ports::Directory;
+    for i in 0..Limits::default().mailbox_max_envelopes_per_sender {
+        let mut bytes = [0u8; 16];
+        bytes[..4].copy_from_slice(&i.to_be_bytes());
+        from.directory
+            .deposit(to, &MessageId::from_bytes(bytes), b"x")
+            .await
+            .unwrap();
+    }
+}
+
 fn texts(node: &TestNode, peer: &Username) -> Vec<(Direction, String)> {
     node.history(peer)
         .unwrap()
@@ -276,16 +314,7 @@ async fn given_neither_peer_nor_mailbox_reachable_then_the_message_waits_in_the_
     let bob = world.given_a_registered_user("bob").await;
     world.hub.set_online(&bob.name, false);
     // Fill alice's share of bob's mailbox (250 envelopes) so her deposits are refused.
-    use peerchat::ports::Directory;
-    for i in 0..Limits::default().mailbox_max_envelopes_per_sender {
-        let mut bytes = [0u8; 16];
-        bytes[..4].copy_from_slice(&i.to_be_bytes());
-        alice
-            .directory
-            .deposit(&bob.name, &MessageId::from_bytes(bytes), b"x")
-            .await
-            .unwrap();
-    }
+    fill_mailbox_share(&alice, &bob.name).await;
     let id = MessageId::random(&mut OsRng);
     alice
         .node
