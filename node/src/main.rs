@@ -46,7 +46,8 @@ enum Command {
         /// Peer-to-peer listen address.
         #[arg(long, env = "PEERCHAT_LISTEN", default_value = "/ip4/127.0.0.1/tcp/0")]
         listen: libp2p::Multiaddr,
-        /// Do not tell senders when their messages were read.
+        /// Do not tell senders when their messages were read (the default until the settings
+        /// panel saves a choice, which the node keeps).
         #[arg(long, env = "PEERCHAT_NO_READ_RECEIPTS")]
         no_read_receipts: bool,
         /// Show a desktop notification (notify-send) when a message arrives (sender only).
