@@ -10,6 +10,7 @@ mod binaries;
 mod e2ee_properties;
 mod e2ee_ratchet;
 mod e2ee_x3dh;
+mod fault_loops;
 mod file_daemons;
 mod files;
 mod floods;
