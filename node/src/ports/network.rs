@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use futures::{AsyncRead, AsyncReadExt};
 use peerchat_pki::Username;
 
 use crate::domain::{Ack, Envelope, IdentityKey};
@@ -190,4 +191,26 @@ where
     }
 
     async fn stream(&self, _stream: PeerStream) {}
+}
+
+/// Reads one frame, a 4-byte big-endian length and that many bytes, from a peer's stream. A
+/// length over `max` fails before anything is read. The buffer grows as bytes arrive rather than
+/// from the announced length, so a peer that announces a large frame and sends little costs
+/// only what it sent.
+pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds {max}"),
+        ));
+    }
+    let mut buf = Vec::new();
+    io.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(buf)
 }

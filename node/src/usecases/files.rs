@@ -15,7 +15,7 @@
 //! `len ‖ postcard(FileAnswer)` and, if it serves, the sealed chunks from the one asked for up
 //! to the one it announced, each as `len ‖ bytes`.
 
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::AsyncWriteExt;
 use peerchat_pki::Username;
 use rand::RngCore;
 use rand::rngs::OsRng;
@@ -28,7 +28,7 @@ use crate::domain::file::{CHUNK_BYTES, TAG_BYTES, clean_name};
 use crate::domain::{Address, Content, Envelope, FileId, FileOffer, GroupId, MessageId};
 use crate::ports::{
     Batch, BlobError, Clock, Direction, Directory, Event, FileRecord, FileState, Network, Notifier,
-    OutboxEntry, PeerStream, Recipient, Store, Write,
+    OutboxEntry, PeerStream, Recipient, Store, Write, read_frame,
 };
 
 /// The stream protocol that carries chunks.
@@ -134,21 +134,6 @@ async fn write_frame(
     let len = u32::try_from(bytes.len()).map_err(|_| std::io::ErrorKind::InvalidInput)?;
     io.write_all(&len.to_be_bytes()).await?;
     io.write_all(bytes).await
-}
-
-async fn read_frame(
-    io: &mut (impl futures::AsyncRead + Unpin),
-    max: usize,
-) -> std::io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(std::io::ErrorKind::InvalidData.into());
-    }
-    let mut bytes = vec![0u8; len];
-    io.read_exact(&mut bytes).await?;
-    Ok(bytes)
 }
 
 /// A media type from a file name's extension (what the window needs to preview images).

@@ -3,10 +3,11 @@
 
 use std::io;
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 
 use crate::domain::{Ack, Envelope};
+use crate::ports::read_frame;
 
 /// The messaging protocol.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/peerchat/msg/1");
@@ -29,26 +30,6 @@ impl Default for EnvelopeCodec {
             max_envelope_bytes: DEFAULT_MAX_ENVELOPE_BYTES,
         }
     }
-}
-
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds {max}"),
-        ));
-    }
-    // Grown as bytes arrive, not allocated from the announced length: a peer that announces a
-    // large frame and sends little costs only what it sent.
-    let mut buf = Vec::new();
-    io.take(len as u64).read_to_end(&mut buf).await?;
-    if buf.len() != len {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(buf)
 }
 
 async fn write_frame<T: AsyncWrite + Unpin + Send>(
