@@ -67,7 +67,10 @@ if [ "$mode" = local ]; then
     }
     start_node() { # name
         rm -f "$work/$1/api.addr"
+        # Each store key wrapped under a passphrase, as on a machine without a keyring.
+        [ -s "$work/$1.passphrase" ] || echo "$1's long store passphrase" > "$work/$1.passphrase"
         "$peerchat" daemon --data-dir "$work/$1" --rendezvous "$url" --ca-cert "$ca" \
+            --passphrase-file "$work/$1.passphrase" \
             >> "$work/$1.out" 2>> "$work/$1.log" &
         pids+=($!)
         eval "pid_$1=$!"

@@ -1,6 +1,7 @@
 //! The rendezvous's and the node's HTTP APIs, each its real router over an in-memory world: the
 //! first byte of an input picks a route that takes a JSON body, the rest is the body. No input
-//! may crash a handler or get a 500.
+//! may crash a handler or get a 500 (an internal error); the world persists across inputs, as a
+//! server's does, so limits such as a full mailbox are reached and must answer as designed.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -191,8 +192,9 @@ pub fn rendezvous(data: &[u8]) {
         .runtime
         .block_on(world.rendezvous.clone().oneshot(request))
         .expect("the router answers");
+    // Other 5xx answers are designed ones (507 when bob's mailbox is full); a 500 is a bug.
     assert!(
-        !response.status().is_server_error(),
+        response.status().as_u16() != 500,
         "{method} {path} answered {}",
         response.status()
     );

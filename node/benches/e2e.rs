@@ -23,6 +23,7 @@ use peerchat::domain::MessageId;
 use peerchat::driven::p2p::{self, P2pConfig};
 use peerchat::driven::rendezvous_inprocess::InProcessDirectory;
 use peerchat::driven::sled_store::SledStore;
+use peerchat::driven::store_key::StoreKey;
 use peerchat::ports::{Event, SystemClock};
 use peerchat::usecases::Node;
 use peerchat_pki::tls::Credentials;
@@ -50,7 +51,7 @@ async fn node(
     let network = LateNetwork::default();
     let notifier = BroadcastNotifier::default();
     let node = Arc::new(Node::new(
-        SledStore::open(dir).unwrap(),
+        SledStore::open(dir, &StoreKey::from_bytes([7; 32])).unwrap(),
         InProcessDirectory::new(rendezvous.clone()),
         network.clone(),
         notifier.clone(),

@@ -24,6 +24,7 @@ use peerchat::daemon::{BroadcastNotifier, LateNetwork};
 use peerchat::driven::p2p::{self, P2pConfig};
 use peerchat::driven::rendezvous_inprocess::InProcessDirectory;
 use peerchat::driven::sled_store::SledStore;
+use peerchat::driven::store_key::StoreKey;
 use peerchat::ports::SystemClock;
 use peerchat::usecases::{FILE_PROTOCOL, FileLimits, Node};
 use peerchat_pki::tls::{Credentials, PEER_SERVER_NAME, peer_client_config, peer_server_config};
@@ -49,7 +50,7 @@ async fn node(
     rendezvous: &Arc<Rendezvous<MemoryStore>>,
 ) -> (Arc<BenchNode>, Arc<Credentials>, Arc<TrustStore>) {
     let network = LateNetwork::default();
-    let store = SledStore::open(&dir.join("db"))
+    let store = SledStore::open(&dir.join("db"), &StoreKey::from_bytes([7; 32]))
         .unwrap()
         .with_files(&dir.join("files"), &dir.join("files"));
     let node = Arc::new(

@@ -22,6 +22,7 @@ use peerchat::domain::{Ack, Envelope, GroupId, MessageId};
 use peerchat::driven::memory::{Hub, HubNetwork, RecordingNotifier};
 use peerchat::driven::rendezvous_inprocess::InProcessDirectory;
 use peerchat::driven::sled_store::SledStore;
+use peerchat::driven::store_key::StoreKey;
 use peerchat::ports::{
     DeliveryError, Messages, PeerConnection, PeerStream, Reachability, ReachabilityEvent,
     Recipient, StreamError, Streams, SystemClock,
@@ -119,7 +120,7 @@ async fn node(
     let (gate, open) = tokio::sync::watch::channel(true);
     let attempts = Arc::new(AtomicUsize::new(0));
     let reached = Arc::new(tokio::sync::Notify::new());
-    let store = SledStore::open(dir).unwrap();
+    let store = SledStore::open(dir, &StoreKey::from_bytes([7; 32])).unwrap();
     let node = Arc::new(Node::new(
         store,
         InProcessDirectory::new(rendezvous.clone()),

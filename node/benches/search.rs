@@ -13,6 +13,7 @@ use peerchat::domain::MessageId;
 use peerchat::domain::search::Query;
 use peerchat::driven::memory::MemoryStore;
 use peerchat::driven::sled_store::SledStore;
+use peerchat::driven::store_key::StoreKey;
 use peerchat::ports::{
     Batch, Direction, IfStored, MessageStatus, MessageStore, Store, StoredMessage, Write,
 };
@@ -57,7 +58,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
     let dir = tempfile::tempdir().unwrap();
-    let sled = SledStore::open(dir.path()).unwrap();
+    let sled = SledStore::open(dir.path(), &StoreKey::from_bytes([7; 32])).unwrap();
     let started = std::time::Instant::now();
     fill(&sled, n);
     println!(

@@ -19,6 +19,7 @@ use crate::domain::{Ack, Envelope};
 use crate::driven::p2p::{self, P2pConfig, P2pNetwork};
 use crate::driven::rendezvous_http::{HttpDirectory, pin_ca};
 use crate::driven::sled_store::SledStore;
+use crate::driven::store_key::{self, Protection, StoreKey};
 use crate::driven::transport_trust::DaemonTrust;
 use crate::driving::api;
 use crate::ports::{
@@ -84,9 +85,40 @@ pub struct DaemonConfig {
     pub file_limits: crate::usecases::FileLimits,
     /// Where complete downloads go (default `DIR/files`).
     pub download_dir: Option<PathBuf>,
+    /// How the store key is had: the OS keyring, a passphrase, or (asked for) none.
+    pub store_key: crate::driven::store_key::KeyOptions,
     /// The process's tracing, whose spans are renamed `peerchat-<username>` once the node knows
     /// who it is (`None`: the process keeps the name it chose).
     pub telemetry: Option<Arc<Telemetry>>,
+}
+
+/// The store key, from the keyring, the passphrase or the plain key file; a store kept in plain
+/// says so at every start.
+async fn unlock_store(config: &DaemonConfig) -> Result<StoreKey, DaemonError> {
+    let dir = config.data_dir.clone();
+    let options = config.store_key.clone();
+    let (key, protection) = tokio::task::spawn_blocking(move || {
+        store_key::unlock(&dir, &options, &store_key::OsKeyring)
+    })
+    .await
+    .map_err(|e| DaemonError::Start(e.to_string()))?
+    .map_err(|e| DaemonError::Start(e.to_string()))?;
+    match protection {
+        Protection::Plain => {
+            tracing::warn!(
+                "the store key is kept unprotected beside the data (--plain-store): anyone who \
+                 can read {} can read the history",
+                config.data_dir.display()
+            );
+            eprintln!(
+                "peerchat: WARNING: the store key is kept unprotected beside the data \
+                 (--plain-store)"
+            );
+        }
+        Protection::Keyring => tracing::info!("the store key is in the OS keyring"),
+        Protection::Passphrase => tracing::info!("the store key is protected by a passphrase"),
+    }
+    Ok(key)
 }
 
 /// The network, available once the node is registered and the swarm has started.
@@ -238,6 +270,8 @@ pub async fn run(
     }
     // Held until the daemon stops: a second daemon on this directory is told who runs it.
     let _lock = lock_data_dir(&config.data_dir)?;
+    // A wrong passphrase stops here, having changed nothing.
+    let key = unlock_store(&config).await?;
     let _ = std::fs::write(
         config.data_dir.join(RENDEZVOUS_FILE),
         config
@@ -247,7 +281,7 @@ pub async fn run(
             .unwrap_or_default(),
     );
     let files = config.data_dir.join("files");
-    let store = SledStore::open(&config.data_dir.join("db"))
+    let store = SledStore::open(&config.data_dir.join("db"), &key)
         .map_err(|e| DaemonError::Start(e.to_string()))?
         .with_files(&files, config.download_dir.as_deref().unwrap_or(&files));
     let me = store

@@ -114,6 +114,11 @@ pub async fn run(
             relay: true,
             file_limits: crate::usecases::FileLimits::default(),
             download_dir: None,
+            // The demo's accounts have a known password; their store keys lie beside their data.
+            store_key: crate::driven::store_key::KeyOptions {
+                plain: true,
+                ..Default::default()
+            },
             // One process, one service name (`peerchat-demo`), set by the caller.
             telemetry: None,
         };

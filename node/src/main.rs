@@ -78,6 +78,16 @@ enum Command {
         /// Where complete downloads go (default: DIR/files).
         #[arg(long, env = "PEERCHAT_DOWNLOAD_DIR")]
         download_dir: Option<PathBuf>,
+        /// A file whose first line is the passphrase protecting the store key. For a new data
+        /// directory it also chooses a passphrase over the OS keyring. Without it, a store
+        /// protected by a passphrase asks for it on the terminal.
+        #[arg(long, env = "PEERCHAT_PASSPHRASE_FILE")]
+        passphrase_file: Option<PathBuf>,
+        /// Keep a new data directory's store key unprotected beside the data (no keyring, no
+        /// passphrase). Anyone who can read the directory can then read the history; the
+        /// daemon warns at every start.
+        #[arg(long, env = "PEERCHAT_PLAIN_STORE", conflicts_with = "passphrase_file")]
+        plain_store: bool,
     },
     /// Starts an embedded rendezvous and two nodes, alice and bob, on 127.0.0.1.
     Demo {
@@ -571,6 +581,8 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
             max_file_size,
             auto_download_max,
             download_dir,
+            passphrase_file,
+            plain_store,
         } => {
             let config = DaemonConfig {
                 data_dir,
@@ -590,6 +602,11 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
                     auto_download_bytes: auto_download_max.min(max_file_size),
                 },
                 download_dir,
+                store_key: peerchat::driven::store_key::KeyOptions {
+                    passphrase_file,
+                    plain: plain_store,
+                    ask: true,
+                },
                 telemetry: Some(telemetry),
             };
             return daemon::run(config, shutdown())

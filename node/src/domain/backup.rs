@@ -1,4 +1,5 @@
 //! An encrypted backup: the bytes of a snapshot sealed under a key derived from a passphrase.
+//! The node's store key is wrapped the same way under the magic `PCSK` ([`seal_as`]).
 //!
 //! Layout: `"PCBK" ‖ version (1) ‖ m_kib (4, BE) ‖ t (4, BE) ‖ p (4, BE) ‖ salt (16) ‖ nonce (12)
 //! ‖ AES-256-GCM(snapshot)`, the key from Argon2id(passphrase, salt, m, t, p) and everything
@@ -10,7 +11,10 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use rand::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
-const MAGIC: &[u8; 4] = b"PCBK";
+/// The magic of a backup.
+pub const BACKUP: &[u8; 4] = b"PCBK";
+/// The magic of a node's store key wrapped under its passphrase.
+pub const STORE_KEY: &[u8; 4] = b"PCSK";
 const VERSION: u8 = 1;
 const HEADER: usize = 4 + 1 + 12 + 16 + 12;
 
@@ -68,8 +72,25 @@ fn key(passphrase: &str, salt: &[u8], cost: Cost) -> Result<Zeroizing<[u8; 32]>,
     Ok(key)
 }
 
-/// Seals `snapshot` under `passphrase`.
+/// Seals `snapshot` under `passphrase`, as a backup.
 pub fn seal(
+    snapshot: &[u8],
+    passphrase: &str,
+    cost: Cost,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<Vec<u8>, BackupError> {
+    seal_as(BACKUP, snapshot, passphrase, cost, rng)
+}
+
+/// Opens a backup made by [`seal`].
+pub fn open(backup: &[u8], passphrase: &str) -> Result<Zeroizing<Vec<u8>>, BackupError> {
+    open_as(BACKUP, backup, passphrase)
+}
+
+/// Seals `snapshot` under `passphrase`, marked `magic` so that one kind is never taken for the
+/// other.
+pub fn seal_as(
+    magic: &[u8; 4],
     snapshot: &[u8],
     passphrase: &str,
     cost: Cost,
@@ -83,7 +104,7 @@ pub fn seal(
     rng.fill_bytes(&mut salt);
     rng.fill_bytes(&mut nonce);
     let mut out = Vec::with_capacity(HEADER + snapshot.len() + 16);
-    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(magic);
     out.push(VERSION);
     for n in [cost.m_kib, cost.t, cost.p] {
         out.extend_from_slice(&n.to_be_bytes());
@@ -105,9 +126,13 @@ pub fn seal(
     Ok(out)
 }
 
-/// Opens a backup made by [`seal`].
-pub fn open(backup: &[u8], passphrase: &str) -> Result<Zeroizing<Vec<u8>>, BackupError> {
-    if backup.len() < HEADER + 16 || &backup[..4] != MAGIC || backup[4] != VERSION {
+/// Opens what [`seal_as`] sealed with the same `magic`.
+pub fn open_as(
+    magic: &[u8; 4],
+    backup: &[u8],
+    passphrase: &str,
+) -> Result<Zeroizing<Vec<u8>>, BackupError> {
+    if backup.len() < HEADER + 16 || &backup[..4] != magic || backup[4] != VERSION {
         return Err(BackupError::NotABackup);
     }
     let number = |at: usize| {
@@ -170,6 +195,11 @@ mod tests {
             assert!(open(&changed, PASSPHRASE).is_err(), "byte {at}");
         }
         assert_eq!(open(b"PCBK", PASSPHRASE), Err(BackupError::NotABackup));
+        assert_eq!(
+            open_as(STORE_KEY, &sealed, PASSPHRASE),
+            Err(BackupError::NotABackup),
+            "a backup is not a store key"
+        );
         assert_eq!(
             open(&sealed[..HEADER], PASSPHRASE),
             Err(BackupError::NotABackup)

@@ -34,6 +34,27 @@ pub fn indexed(word: &str) -> &str {
     &word[..end]
 }
 
+/// The lengths, in characters, of the word prefixes a sealed index keeps: it holds keyed hashes
+/// of prefixes rather than words, so it can only be looked up by whole prefixes.
+pub const PREFIX_CHARS: [usize; 6] = [1, 2, 3, 5, 8, 12];
+
+/// The prefixes of `word`'s indexed form that an index keeps: one per length of
+/// [`PREFIX_CHARS`] the word reaches.
+pub fn index_prefixes(word: &str) -> Vec<&str> {
+    let word = indexed(word);
+    let ends: Vec<usize> = word.char_indices().map(|(i, c)| i + c.len_utf8()).collect();
+    PREFIX_CHARS
+        .iter()
+        .filter_map(|&chars| ends.get(chars - 1).map(|&end| &word[..end]))
+        .collect()
+}
+
+/// The prefix a query word is looked up by: the longest kept one it reaches. Every word that
+/// begins with the query word has this prefix among its [`index_prefixes`].
+pub fn lookup_prefix(word: &str) -> &str {
+    index_prefixes(word).pop().unwrap_or_default()
+}
+
 /// The text of a message search can find, if any.
 pub fn searchable(message: &StoredMessage) -> Option<&str> {
     (!message.deleted && message.status != MessageStatus::Undecryptable)
@@ -88,6 +109,26 @@ pub fn newest_first(mut hits: Vec<StoredMessage>, limit: usize) -> Vec<StoredMes
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_word_is_kept_by_prefixes_that_every_query_it_answers_is_looked_up_by() {
+        assert_eq!(index_prefixes("lunch"), ["l", "lu", "lun", "lunch"]);
+        assert_eq!(index_prefixes("é"), ["é"]);
+        assert!(index_prefixes("").is_empty());
+        for word in [
+            "lunch",
+            "quarterly",
+            "überraschungsparty",
+            "日本語のテキスト",
+            "a",
+        ] {
+            let kept = index_prefixes(word);
+            for (end, _) in word.char_indices().skip(1).chain([(word.len(), ' ')]) {
+                let query = &word[..end];
+                assert!(kept.contains(&lookup_prefix(query)), "{word} by {query}");
+            }
+        }
+    }
     use crate::domain::{Direction, MessageId};
 
     fn message(text: &str) -> StoredMessage {

@@ -8,4 +8,5 @@ pub mod rendezvous_http;
 pub mod rendezvous_inprocess;
 pub mod rendezvous_wire;
 pub mod sled_store;
+pub mod store_key;
 pub mod transport_trust;

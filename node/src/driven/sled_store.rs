@@ -1,7 +1,14 @@
 //! The node's sled adapter of the [`Store`] port. Each lifecycle step is one sled transaction over
 //! the trees it touches; durability comes from [`Store::flush`] (blocking flush on the blocking
 //! pool, group-committed).
+//!
+//! Encryption at rest: every record that holds something of the user's (message bodies,
+//! sessions, prekeys, the identity seed, contacts, people, groups, file offers, the outbox and
+//! held mail) is sealed under the store key (AES-256-GCM, a random nonce per record, the tree's
+//! name as associated data). The search index keeps keyed hashes of word prefixes, never words.
+//! What stays readable: the keys (usernames, conversation and message ids), counters and times.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,6 +18,13 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+use super::store_key::StoreKey;
 use crate::domain::search::{self, Query};
 use crate::domain::{
     Address, ConversationId, GroupId, MessageId, OneTimePreKeyPair, PreKeyId, Session,
@@ -47,8 +61,102 @@ struct Activity {
     last_seq: u64,
 }
 
+/// Seals records under the store key, and names word prefixes for the search index.
+struct Sealer {
+    cipher: Aes256Gcm,
+    index: Zeroizing<[u8; 32]>,
+}
+
+/// Bytes of a nonce, first in a sealed record.
+const NONCE_BYTES: usize = 12;
+/// Bytes of a search token (a keyed hash of a word prefix).
+const TOKEN_BYTES: usize = 16;
+
+impl Sealer {
+    fn new(key: &StoreKey) -> Self {
+        let records: Zeroizing<[u8; 32]> =
+            crate::domain::kdf::hkdf_sha256(None, key.as_bytes(), b"peerchat store records v1");
+        let index =
+            crate::domain::kdf::hkdf_sha256(None, key.as_bytes(), b"peerchat store index v1");
+        Self {
+            cipher: Aes256Gcm::new(records.as_ref().into()),
+            index,
+        }
+    }
+
+    /// `nonce ‖ AES-256-GCM(plain)`, bound to `tree`.
+    fn seal(&self, tree: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut nonce = [0u8; NONCE_BYTES];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let sealed = self
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: tree,
+                },
+            )
+            .map_err(|_| StoreError::Corrupt("a record could not be sealed".into()))?;
+        Ok([&nonce[..], &sealed].concat())
+    }
+
+    /// The plaintext of a record [`Sealer::seal`] sealed for `tree`.
+    fn open(&self, tree: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        let (nonce, body) = sealed
+            .split_at_checked(NONCE_BYTES)
+            .ok_or_else(|| StoreError::Corrupt("a sealed record is too short".into()))?;
+        self.cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: body,
+                    aad: tree,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| {
+                StoreError::Corrupt(
+                    "a record does not open under the store key (a wrong key, or a changed record)"
+                        .into(),
+                )
+            })
+    }
+
+    /// The index's name for a word prefix: HMAC-SHA-256 under the index key, cut to 16 bytes.
+    fn token(&self, prefix: &str) -> [u8; TOKEN_BYTES] {
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(self.index.as_ref())
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        mac.update(prefix.as_bytes());
+        let full = mac.finalize().into_bytes();
+        let mut token = [0u8; TOKEN_BYTES];
+        token.copy_from_slice(&full[..TOKEN_BYTES]);
+        token
+    }
+}
+
+/// The names of the trees whose records are sealed, as opened (and bound into each record).
+mod trees {
+    pub const META: &[u8] = b"meta";
+    pub const SIGNED: &[u8] = b"signed_prekeys";
+    pub const ONE_TIME: &[u8] = b"one_time_prekeys";
+    pub const CONTACTS: &[u8] = b"contacts";
+    pub const SESSIONS: &[u8] = b"sessions";
+    pub const MESSAGES: &[u8] = b"messages";
+    pub const PEOPLE: &[u8] = b"people";
+    pub const OUTBOX: &[u8] = b"outbox";
+    pub const KNOWN_ADDRESSES: &[u8] = b"known_addresses";
+    pub const HELD_INBOUND: &[u8] = b"held_inbound";
+    pub const GROUPS: &[u8] = b"groups";
+    pub const FILES: &[u8] = b"files";
+}
+
+/// The records of `meta` that are sealed (the rest are counters, times and flags).
+const SEALED_META: [&str; 3] = ["identity", "own_profile", "settings"];
+
 /// The sled store of a node's data directory.
 pub struct SledStore {
+    sealer: Sealer,
     db: sled::Db,
     meta: sled::Tree,
     signed: sled::Tree,
@@ -58,7 +166,7 @@ pub struct SledStore {
     messages: sled::Tree,
     message_ids: sled::Tree,
     people: sled::Tree,
-    /// The search index: `word ‖ 0 ‖ message key` → the message's sending time.
+    /// The search index: `token(word prefix) ‖ message key` → the message's sending time.
     words: sled::Tree,
     outbox: sled::Tree,
     activity: sled::Tree,
@@ -233,10 +341,6 @@ fn tx<E: std::fmt::Display>(e: TransactionError<E>) -> StoreError {
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
-fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
-    ConflictableTransactionError::Abort(e)
-}
-
 impl SledStore {
     /// File bytes go under `root` (its `.peerchat/` directory) and complete downloads into
     /// `downloads` (by default both are `dir` with the extension `files`).
@@ -245,8 +349,9 @@ impl SledStore {
         self
     }
 
-    /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    /// Opens (or creates) the store in `dir`, its records sealed under `key`. A store written
+    /// before records were sealed has them sealed here, once.
+    pub fn open(dir: &Path, key: &StoreKey) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)
@@ -254,6 +359,7 @@ impl SledStore {
             .map_err(backend)?;
         let t = |n: &str| db.open_tree(n).map_err(backend);
         let store = Self {
+            sealer: Sealer::new(key),
             meta: t("meta")?,
             signed: t("signed_prekeys")?,
             one_time: t("one_time_prekeys")?,
@@ -279,9 +385,97 @@ impl SledStore {
             flushing: tokio::sync::Mutex::new(()),
             db,
         };
+        store.seal_once()?;
         store.count_unread_once()?;
         store.index_words_once()?;
         Ok(store)
+    }
+
+    /// Seals, tree by tree, the records of a store written before they were sealed. Each
+    /// tree's records and its flag change in one transaction, so a crash midway seals nothing
+    /// twice. The old index (of plain words) is dropped, to be rebuilt of tokens.
+    fn seal_once(&self) -> Result<(), StoreError> {
+        if self.meta.contains_key("sealed").map_err(backend)? {
+            return Ok(());
+        }
+        let sealed_trees: [(&sled::Tree, &[u8]); 11] = [
+            (&self.signed, trees::SIGNED),
+            (&self.one_time, trees::ONE_TIME),
+            (&self.contacts, trees::CONTACTS),
+            (&self.sessions, trees::SESSIONS),
+            (&self.messages, trees::MESSAGES),
+            (&self.people, trees::PEOPLE),
+            (&self.outbox, trees::OUTBOX),
+            (&self.known_addresses, trees::KNOWN_ADDRESSES),
+            (&self.held_inbound, trees::HELD_INBOUND),
+            (&self.groups, trees::GROUPS),
+            (&self.file_records, trees::FILES),
+        ];
+        for (tree, name) in sealed_trees {
+            let flag = [b"sealed:", name].concat();
+            if self.meta.contains_key(&flag).map_err(backend)? {
+                continue;
+            }
+            let mut records = Vec::new();
+            for item in tree.iter() {
+                let (k, v) = item.map_err(backend)?;
+                if name != trees::HELD_INBOUND || is_held_record(&k) {
+                    records.push((k, self.sealer.seal(name, &v)?));
+                }
+            }
+            (tree, &self.meta)
+                .transaction(|(t, meta)| {
+                    for (k, v) in &records {
+                        t.insert(k, v.as_slice())?;
+                    }
+                    meta.insert(flag.as_slice(), &[1u8][..])?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                })
+                .map_err(tx)?;
+        }
+        let mut records = Vec::new();
+        for name in SEALED_META {
+            if let Some(v) = self.meta.get(name).map_err(backend)? {
+                records.push((name, self.sealer.seal(trees::META, &v)?));
+            }
+        }
+        self.meta
+            .transaction(|meta| {
+                for (k, v) in &records {
+                    meta.insert(*k, v.as_slice())?;
+                }
+                // The index of plain words goes; `index_words_once` rebuilds it of tokens.
+                meta.remove("words_indexed")?;
+                meta.insert("sealed", &[1u8][..])?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(tx)?;
+        Ok(())
+    }
+
+    /// A record sealed for `tree`.
+    fn seal<T: Serialize>(&self, tree: &[u8], value: &T) -> Result<Vec<u8>, StoreError> {
+        let plain = Zeroizing::new(enc(value)?);
+        self.sealer.seal(tree, &plain)
+    }
+
+    /// A record of `tree`, opened and decoded.
+    fn unseal<T: DeserializeOwned>(&self, tree: &[u8], sealed: &[u8]) -> Result<T, StoreError> {
+        dec(&self.sealer.open(tree, sealed)?)
+    }
+
+    /// A message record, opened and decoded (also one of an earlier layout).
+    fn unseal_message(&self, sealed: &[u8]) -> Result<StoredMessage, StoreError> {
+        dec_message(&self.sealer.open(trees::MESSAGES, sealed)?)
+    }
+
+    /// The index keys of the message at `at`: one per kept prefix of each of its words.
+    fn index_keys(&self, message: Option<&StoredMessage>, at: &[u8]) -> BTreeSet<Vec<u8>> {
+        index_words(message)
+            .iter()
+            .flat_map(|word| search::index_prefixes(word))
+            .map(|prefix| [&self.sealer.token(prefix)[..], at].concat())
+            .collect()
     }
 
     /// Unread counts are kept as messages arrive and are read; a store from before they were
@@ -292,7 +486,7 @@ impl SledStore {
         }
         let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
         for value in self.messages.iter().values() {
-            let message = dec_message(&value.map_err(backend)?)?;
+            let message = self.unseal_message(&value.map_err(backend)?)?;
             if is_unread(&message) {
                 *counts
                     .entry(message.conversation().to_string())
@@ -316,12 +510,13 @@ impl SledStore {
         if self.meta.contains_key("words_indexed").map_err(backend)? {
             return Ok(());
         }
+        self.words.clear().map_err(backend)?;
         let mut batch = sled::Batch::default();
         for item in self.messages.iter() {
             let (at, value) = item.map_err(backend)?;
-            let message = dec_message(&value)?;
-            for word in index_words(Some(&message)) {
-                batch.insert(word_key(&word, &at), &message.sent_at_ms.to_be_bytes()[..]);
+            let message = self.unseal_message(&value)?;
+            for k in self.index_keys(Some(&message), &at) {
+                batch.insert(k, &message.sent_at_ms.to_be_bytes()[..]);
             }
         }
         self.words.apply_batch(batch).map_err(backend)?;
@@ -331,11 +526,26 @@ impl SledStore {
         Ok(())
     }
 
+    /// The sealed record `k` of `tree`, opened and decoded.
     fn get<T: DeserializeOwned>(
+        &self,
         tree: &sled::Tree,
         k: impl AsRef<[u8]>,
     ) -> Result<Option<T>, StoreError> {
-        tree.get(k).map_err(backend)?.map(|v| dec(&v)).transpose()
+        let name = tree.name();
+        tree.get(k)
+            .map_err(backend)?
+            .map(|v| self.unseal(&name, &v))
+            .transpose()
+    }
+
+    /// Every sealed record of `tree`, opened and decoded.
+    fn all<T: DeserializeOwned>(&self, tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
+        let name = tree.name();
+        tree.iter()
+            .values()
+            .map(|v| self.unseal(&name, &v.map_err(backend)?))
+            .collect()
     }
 
     /// Records a message (`encoded`) in the transaction: the message under its sequence
@@ -375,7 +585,7 @@ impl SledStore {
 impl IdentityStore for SledStore {
     #[tracing::instrument(name = "store.identity", skip_all)]
     fn identity(&self) -> Result<Option<LocalIdentity>, StoreError> {
-        let record: Option<IdentityRecord> = Self::get(&self.meta, "identity")?;
+        let record: Option<IdentityRecord> = self.get(&self.meta, "identity")?;
         Ok(record.map(|r| LocalIdentity {
             username: r.username.clone(),
             seed: zeroize::Zeroizing::new(r.seed),
@@ -397,7 +607,7 @@ impl IdentityStore for SledStore {
             certificate_pem: identity.certificate_pem.clone(),
             ca_pem: identity.ca_pem.clone(),
         };
-        let record = zeroize::Zeroizing::new(enc(&record)?);
+        let record = self.seal(trees::META, &record)?;
         let next = one_time
             .iter()
             .map(|k| k.id().0)
@@ -405,26 +615,31 @@ impl IdentityStore for SledStore {
             .max()
             .unwrap_or(0)
             + 1;
+        let signed_record = self.seal(trees::SIGNED, signed)?;
+        let one_time_records = one_time
+            .iter()
+            .map(|k| self.seal(trees::ONE_TIME, k))
+            .collect::<Result<Vec<_>, _>>()?;
         (&self.meta, &self.signed, &self.one_time)
             .transaction(|(meta, signed_tree, one_time_tree)| {
                 meta.insert("identity", record.as_slice())?;
                 meta.insert("next_prekey_id", &next.to_be_bytes()[..])?;
-                signed_tree.insert(&signed.id().0.to_be_bytes(), enc(signed).map_err(abort)?)?;
-                for k in one_time {
-                    one_time_tree.insert(&k.id().0.to_be_bytes(), enc(k).map_err(abort)?)?;
+                signed_tree.insert(&signed.id().0.to_be_bytes(), signed_record.as_slice())?;
+                for (k, record) in one_time.iter().zip(&one_time_records) {
+                    one_time_tree.insert(&k.id().0.to_be_bytes(), record.as_slice())?;
                 }
-                Ok(())
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
             .map_err(tx)
     }
 
     #[tracing::instrument(name = "store.save_certificate", skip_all)]
     fn save_certificate(&self, certificate_pem: &str) -> Result<(), StoreError> {
-        let Some(mut record) = Self::get::<IdentityRecord>(&self.meta, "identity")? else {
+        let Some(mut record) = self.get::<IdentityRecord>(&self.meta, "identity")? else {
             return Err(StoreError::Corrupt("no identity to renew".into()));
         };
         record.certificate_pem = certificate_pem.to_owned();
-        let bytes = zeroize::Zeroizing::new(enc(&record)?);
+        let bytes = self.seal(trees::META, &record)?;
         self.meta
             .insert("identity", bytes.as_slice())
             .map_err(backend)?;
@@ -435,19 +650,19 @@ impl IdentityStore for SledStore {
 impl PreKeyStore for SledStore {
     #[tracing::instrument(name = "store.signed_prekey", skip_all)]
     fn signed_prekey(&self, id: PreKeyId) -> Result<Option<SignedPreKeyPair>, StoreError> {
-        Self::get(&self.signed, id.0.to_be_bytes())
+        self.get(&self.signed, id.0.to_be_bytes())
     }
 
     #[tracing::instrument(name = "store.one_time_prekey", skip_all)]
     fn one_time_prekey(&self, id: PreKeyId) -> Result<Option<OneTimePreKeyPair>, StoreError> {
-        Self::get(&self.one_time, id.0.to_be_bytes())
+        self.get(&self.one_time, id.0.to_be_bytes())
     }
 
     #[tracing::instrument(name = "store.add_one_time_prekeys", skip_all)]
     fn add_one_time_prekeys(&self, keys: &[OneTimePreKeyPair]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for k in keys {
-            batch.insert(&k.id().0.to_be_bytes(), enc(k)?);
+            batch.insert(&k.id().0.to_be_bytes(), self.seal(trees::ONE_TIME, k)?);
         }
         self.one_time.apply_batch(batch).map_err(backend)
     }
@@ -490,7 +705,7 @@ impl PreKeyStore for SledStore {
 
     #[tracing::instrument(name = "store.add_signed_prekey", skip_all)]
     fn add_signed_prekey(&self, key: &SignedPreKeyPair, at_ms: u64) -> Result<(), StoreError> {
-        let record = enc(key)?;
+        let record = self.seal(trees::SIGNED, key)?;
         (&self.meta, &self.signed)
             .transaction(|(meta, signed)| {
                 signed.insert(&key.id().0.to_be_bytes(), record.as_slice())?;
@@ -504,29 +719,30 @@ impl PreKeyStore for SledStore {
 impl ContactStore for SledStore {
     #[tracing::instrument(name = "store.contact", skip_all)]
     fn contact(&self, device: &Address) -> Result<Option<Contact>, StoreError> {
-        Self::get(&self.contacts, device.to_string())
+        self.get(&self.contacts, device.to_string())
     }
 
     #[tracing::instrument(name = "store.save_contact", skip_all)]
     fn save_contact(&self, contact: &Contact) -> Result<(), StoreError> {
         self.contacts
-            .insert(contact.address().to_string(), enc(contact)?)
+            .insert(
+                contact.address().to_string(),
+                self.seal(trees::CONTACTS, contact)?,
+            )
             .map_err(backend)?;
         Ok(())
     }
 
     #[tracing::instrument(name = "store.contacts", skip_all)]
     fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
-        self.contacts
-            .iter()
-            .values()
-            .map(|v| dec(&v.map_err(backend)?))
-            .collect()
+        self.all(&self.contacts)
     }
 
     #[tracing::instrument(name = "store.known_addresses", skip_all)]
     fn known_addresses(&self, device: &Address) -> Result<Vec<String>, StoreError> {
-        Ok(Self::get(&self.known_addresses, device.to_string())?.unwrap_or_default())
+        Ok(self
+            .get(&self.known_addresses, device.to_string())?
+            .unwrap_or_default())
     }
 
     #[tracing::instrument(name = "store.save_known_addresses", skip_all)]
@@ -536,7 +752,10 @@ impl ContactStore for SledStore {
         addresses: &[String],
     ) -> Result<(), StoreError> {
         self.known_addresses
-            .insert(device.to_string(), enc(&addresses)?)
+            .insert(
+                device.to_string(),
+                self.seal(trees::KNOWN_ADDRESSES, &addresses)?,
+            )
             .map_err(backend)?;
         Ok(())
     }
@@ -548,7 +767,10 @@ impl SessionStore for SledStore {
         self.sessions
             .get(device.to_string())
             .map_err(backend)?
-            .map(|v| Session::from_bytes(&v).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .map(|v| {
+                let plain = self.sealer.open(trees::SESSIONS, &v)?;
+                Session::from_bytes(&plain).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
             .transpose()
     }
 }
@@ -570,7 +792,7 @@ impl MessageStore for SledStore {
         self.messages
             .get(key(conversation, &seq))
             .map_err(backend)?
-            .map(|v| dec_message(&v))
+            .map(|v| self.unseal_message(&v))
             .transpose()
     }
 
@@ -599,7 +821,7 @@ impl MessageStore for SledStore {
             .range(start..end)
             .rev()
             .take(page.limit)
-            .map(|item| dec_message(&item.map_err(backend)?.1))
+            .map(|item| self.unseal_message(&item.map_err(backend)?.1))
             .collect::<Result<Vec<StoredMessage>, StoreError>>()?;
         page_items.reverse();
         Ok(page_items)
@@ -607,19 +829,16 @@ impl MessageStore for SledStore {
 
     #[tracing::instrument(name = "store.search", skip_all)]
     fn search(&self, query: &Query, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
-        // The messages holding a word that begins with the query's longest word, newest
-        // first by the sending time the index keeps; each is then checked against the whole
+        // The messages holding a word with the kept prefix of the query's longest word,
+        // newest first by the sending time the index keeps; each is then checked against the whole
         // query, until `limit` are found and the rest are older.
-        let prefix = search::indexed(query.key_word());
+        let token = self
+            .sealer
+            .token(search::lookup_prefix(search::indexed(query.key_word())));
         let mut candidates = Vec::new();
-        for item in self.words.scan_prefix(prefix.as_bytes()) {
+        for item in self.words.scan_prefix(token) {
             let (k, v) = item.map_err(backend)?;
-            let at = k
-                .iter()
-                .position(|b| *b == 0)
-                .map(|split| k[split + 1..].to_vec())
-                .ok_or_else(|| StoreError::Corrupt("search index key".into()))?;
-            candidates.push((counter(Some(&v)), at));
+            candidates.push((counter(Some(&v)), k[TOKEN_BYTES..].to_vec()));
         }
         candidates.sort_unstable_by(|a, b| b.cmp(a));
         candidates.dedup();
@@ -631,7 +850,7 @@ impl MessageStore for SledStore {
             let Some(v) = self.messages.get(&at).map_err(backend)? else {
                 continue;
             };
-            let message = dec_message(&v)?;
+            let message = self.unseal_message(&v)?;
             if query.matches(&message) {
                 hits.push(message);
             }
@@ -653,7 +872,7 @@ impl MessageStore for SledStore {
                 .messages
                 .get(key(&id, &a.last_seq.to_be_bytes()))
                 .map_err(backend)?
-                .map(|v| dec_message(&v))
+                .map(|v| self.unseal_message(&v))
                 .transpose()?
             else {
                 continue;
@@ -677,7 +896,7 @@ impl MessageStore for SledStore {
     fn hold_inbound(&self, held: &HeldInbound) -> Result<bool, StoreError> {
         // Keys: `peer ‖ 0 ‖ 0 ‖ sequence` for the envelopes in arrival order, and
         // `peer ‖ 0 ‖ 1 ‖ id` → sequence for the id index.
-        let record = enc(held)?;
+        let record = self.seal(trees::HELD_INBOUND, held)?;
         self.held_inbound
             .transaction(|tree| -> TxResult<bool> {
                 let index = key(
@@ -711,7 +930,7 @@ impl MessageStore for SledStore {
         self.held_inbound
             .scan_prefix(key(peer, &[0u8]))
             .values()
-            .map(|v| dec(&v.map_err(backend)?))
+            .map(|v| self.unseal(trees::HELD_INBOUND, &v.map_err(backend)?))
             .collect()
     }
 
@@ -741,7 +960,7 @@ impl OutboxStore for SledStore {
         self.outbox
             .iter()
             .values()
-            .map(|v| dec_entry(&v.map_err(backend)?))
+            .map(|v| dec_entry(&self.sealer.open(trees::OUTBOX, &v.map_err(backend)?)?))
             .collect()
     }
 }
@@ -752,7 +971,7 @@ impl FileStore for SledStore {
         self.file_records
             .get(id.as_bytes())
             .map_err(backend)?
-            .map(|v| dec_file(&v))
+            .map(|v| dec_file(&self.sealer.open(trees::FILES, &v)?))
             .transpose()
     }
 
@@ -762,7 +981,7 @@ impl FileStore for SledStore {
             .file_records
             .iter()
             .values()
-            .map(|v| dec_file(&v.map_err(backend)?))
+            .map(|v| dec_file(&self.sealer.open(trees::FILES, &v.map_err(backend)?)?))
             .collect::<Result<Vec<FileRecord>, StoreError>>()?;
         files.sort_by_key(|f| f.at_ms);
         Ok(files)
@@ -824,16 +1043,12 @@ impl FileStore for SledStore {
 impl GroupStore for SledStore {
     #[tracing::instrument(name = "store.group", skip_all)]
     fn group(&self, id: &GroupId) -> Result<Option<crate::domain::Group>, StoreError> {
-        Self::get(&self.groups, id.as_bytes())
+        self.get(&self.groups, id.as_bytes())
     }
 
     #[tracing::instrument(name = "store.groups", skip_all)]
     fn groups(&self) -> Result<Vec<crate::domain::Group>, StoreError> {
-        self.groups
-            .iter()
-            .values()
-            .map(|v| dec(&v.map_err(backend)?))
-            .collect()
+        self.all(&self.groups)
     }
 }
 
@@ -876,38 +1091,42 @@ fn add_unread(
 
 impl crate::ports::PeopleStore for SledStore {
     fn person(&self, username: &Username) -> Result<Option<crate::domain::Person>, StoreError> {
-        Self::get(&self.people, username.as_str())
+        self.get(&self.people, username.as_str())
     }
 
     fn people(&self) -> Result<Vec<crate::domain::Person>, StoreError> {
-        self.people
-            .iter()
-            .values()
-            .map(|v| dec(&v.map_err(backend)?))
-            .collect()
+        self.all(&self.people)
     }
 
     fn own_profile(&self) -> Result<Option<crate::domain::Profile>, StoreError> {
-        Self::get(&self.meta, "own_profile")
+        self.get(&self.meta, "own_profile")
     }
 
     fn save_own_profile(&self, profile: &crate::domain::Profile) -> Result<(), StoreError> {
         self.meta
-            .insert("own_profile", enc(profile)?)
+            .insert("own_profile", self.seal(trees::META, profile)?)
             .map_err(backend)?;
         Ok(())
     }
 
     fn settings(&self) -> Result<Option<crate::ports::Settings>, StoreError> {
-        Self::get(&self.meta, "settings")
+        self.get(&self.meta, "settings")
     }
 
     fn save_settings(&self, settings: &crate::ports::Settings) -> Result<(), StoreError> {
         self.meta
-            .insert("settings", enc(settings)?)
+            .insert("settings", self.seal(trees::META, settings)?)
             .map_err(backend)?;
         Ok(())
     }
+}
+
+/// Whether a key of `held_inbound` is a held envelope (`peer ‖ 0 ‖ 0 ‖ sequence`), not its id
+/// index or count.
+fn is_held_record(k: &[u8]) -> bool {
+    k.iter()
+        .position(|b| *b == 0)
+        .is_some_and(|split| k.get(split + 1) == Some(&0))
 }
 
 /// The index words of a message's searchable text.
@@ -923,29 +1142,27 @@ fn index_words(message: Option<&StoredMessage>) -> std::collections::BTreeSet<St
         .unwrap_or_default()
 }
 
-/// The search index's key of `word` in the message at `at`.
-fn word_key(word: &str, at: &[u8]) -> Vec<u8> {
-    key(&word, at)
-}
-
-/// Keeps the search index of the message at `at` in step with its text, from `before` (absent
-/// for a new message) to `after`.
-fn reindex(
-    words: &sled::transaction::TransactionalTree,
-    at: &[u8],
-    before: Option<&StoredMessage>,
-    after: &StoredMessage,
-) -> Result<(), ConflictableTransactionError<Stop>> {
-    let old = index_words(before);
-    let new = index_words(Some(after));
-    for word in old.difference(&new) {
-        words.remove(word_key(word, at))?;
+impl SledStore {
+    /// Keeps the search index of the message at `at` in step with its text, from `before`
+    /// (absent for a new message) to `after`.
+    fn reindex(
+        &self,
+        words: &sled::transaction::TransactionalTree,
+        at: &[u8],
+        before: Option<&StoredMessage>,
+        after: &StoredMessage,
+    ) -> Result<(), ConflictableTransactionError<Stop>> {
+        let old = self.index_keys(before, at);
+        let new = self.index_keys(Some(after), at);
+        for k in old.difference(&new) {
+            words.remove(k.as_slice())?;
+        }
+        let moved = before.is_none_or(|b| b.sent_at_ms != after.sent_at_ms);
+        for k in new.iter().filter(|k| moved || !old.contains(*k)) {
+            words.insert(k.as_slice(), &after.sent_at_ms.to_be_bytes()[..])?;
+        }
+        Ok(())
     }
-    let moved = before.is_none_or(|b| b.sent_at_ms != after.sent_at_ms);
-    for word in new.iter().filter(|w| moved || !old.contains(*w)) {
-        words.insert(word_key(word, at), &after.sent_at_ms.to_be_bytes()[..])?;
-    }
-    Ok(())
 }
 
 /// Whether a message in this state counts as unread.
@@ -960,12 +1177,14 @@ impl Store for SledStore {
         let mut encoded = Vec::with_capacity(batch.0.len());
         for write in &batch.0 {
             encoded.push(match write {
-                Write::Session(_, session) => Some(session.to_bytes().to_vec()),
-                Write::Message(message, _) => Some(enc(message)?),
-                Write::Enqueue(entry) => Some(enc(entry)?),
-                Write::Group(record) => Some(enc(record)?),
-                Write::File(record) => Some(enc(record)?),
-                Write::Person(person) => Some(enc(person)?),
+                Write::Session(_, session) => {
+                    Some(self.sealer.seal(trees::SESSIONS, &session.to_bytes())?)
+                }
+                Write::Message(message, _) => Some(self.seal(trees::MESSAGES, message)?),
+                Write::Enqueue(entry) => Some(self.seal(trees::OUTBOX, entry)?),
+                Write::Group(record) => Some(self.seal(trees::GROUPS, record)?),
+                Write::File(record) => Some(self.seal(trees::FILES, record)?),
+                Write::Person(person) => Some(self.seal(trees::PEOPLE, person)?),
                 _ => None,
             });
         }
@@ -1013,7 +1232,7 @@ impl Store for SledStore {
                                 else {
                                     let at =
                                         Self::put_message(messages, ids, activity, message, bytes)?;
-                                    reindex(words, &at, None, message)?;
+                                    self.reindex(words, &at, None, message)?;
                                     add_unread(
                                         unread,
                                         &conversation,
@@ -1022,8 +1241,10 @@ impl Store for SledStore {
                                     continue;
                                 };
                                 let at = key(&conversation, &seq);
-                                let earlier =
-                                    messages.get(&at)?.map(|v| dec_message(&v)).transpose()?;
+                                let earlier = messages
+                                    .get(&at)?
+                                    .map(|v| self.unseal_message(&v))
+                                    .transpose()?;
                                 let replace = match if_stored {
                                     IfStored::Skip => false,
                                     IfStored::ReplaceUndecryptable => earlier
@@ -1037,7 +1258,7 @@ impl Store for SledStore {
                                     ));
                                 }
                                 messages.insert(at.clone(), bytes)?;
-                                reindex(words, &at, earlier.as_ref(), message)?;
+                                self.reindex(words, &at, earlier.as_ref(), message)?;
                                 let was = earlier.as_ref().is_some_and(is_unread);
                                 add_unread(
                                     unread,
@@ -1058,7 +1279,7 @@ impl Store for SledStore {
                                 let Some(v) = messages.get(&at)? else {
                                     continue;
                                 };
-                                let mut m = dec_message(&v)?;
+                                let mut m = self.unseal_message(&v)?;
                                 if only.is_some_and(|d| d != m.direction)
                                     || !m.status.may_become(*status)
                                 {
@@ -1066,7 +1287,7 @@ impl Store for SledStore {
                                 }
                                 let was = is_unread(&m);
                                 m.status = *status;
-                                messages.insert(at, enc(&m)?)?;
+                                messages.insert(at, self.seal(trees::MESSAGES, &m)?)?;
                                 add_unread(
                                     unread,
                                     conversation,
@@ -1088,11 +1309,11 @@ impl Store for SledStore {
                                 let Some(v) = messages.get(&at)? else {
                                     continue;
                                 };
-                                let before = dec_message(&v)?;
+                                let before = self.unseal_message(&v)?;
                                 let mut m = before.clone();
                                 if m.amend(by, amendment, *at_ms) {
-                                    reindex(words, &at, Some(&before), &m)?;
-                                    messages.insert(at, enc(&m)?)?;
+                                    self.reindex(words, &at, Some(&before), &m)?;
+                                    messages.insert(at, self.seal(trees::MESSAGES, &m)?)?;
                                     committed.amended.push(*id);
                                 }
                             }
@@ -1125,11 +1346,11 @@ impl Store for SledStore {
                                 let Some(v) = messages.get(&at)? else {
                                     continue;
                                 };
-                                let mut m = dec_message(&v)?;
+                                let mut m = self.unseal_message(&v)?;
                                 if !m.move_member(member, *status) {
                                     continue;
                                 }
-                                messages.insert(at, enc(&m)?)?;
+                                messages.insert(at, self.seal(trees::MESSAGES, &m)?)?;
                                 committed.members.push(MemberMoved {
                                     group: *group,
                                     id: *id,
@@ -1178,6 +1399,7 @@ impl Store for SledStore {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use super::key as key_of;
     use super::*;
     use crate::domain::Envelope;
 
@@ -1353,7 +1575,7 @@ mod tests {
         let dora = Username::new("dora").unwrap();
         let query = Query::parse("quarterly").unwrap();
         {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = SledStore::open(dir.path(), &StoreKey::from_bytes([7; 32])).unwrap();
             let m = StoredMessage::direct(
                 MessageId::from_bytes([4; 16]),
                 dora.clone(),
@@ -1372,9 +1594,180 @@ mod tests {
             assert!(store.search(&query, 10).unwrap().is_empty());
             store.db.flush().unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path(), &StoreKey::from_bytes([7; 32])).unwrap();
         let hits = store.search(&query, 10).unwrap();
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].body, "the Quarterly numbers");
+    }
+
+    fn key(byte: u8) -> StoreKey {
+        StoreKey::from_bytes([byte; 32])
+    }
+
+    fn files_hold(dir: &Path, needle: &[u8]) -> bool {
+        std::fs::read_dir(dir).unwrap().any(|entry| {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files_hold(&path, needle)
+            } else {
+                std::fs::read(&path)
+                    .unwrap()
+                    .windows(needle.len())
+                    .any(|w| w == needle)
+            }
+        })
+    }
+
+    fn identity(seed: [u8; 32]) -> LocalIdentity {
+        LocalIdentity {
+            username: Username::new("erin").unwrap(),
+            seed: zeroize::Zeroizing::new(seed),
+            certificate_pem: "certificate".into(),
+            ca_pem: "ca".into(),
+        }
+    }
+
+    fn prekeys() -> (SignedPreKeyPair, Vec<OneTimePreKeyPair>) {
+        let mut rng = rand::rngs::OsRng;
+        let id = crate::domain::IdentityKeyPair::generate(&mut rng);
+        (
+            SignedPreKeyPair::generate(crate::domain::PreKeyId(1), &id, &mut rng),
+            vec![OneTimePreKeyPair::generate(
+                crate::domain::PreKeyId(2),
+                &mut rng,
+            )],
+        )
+    }
+
+    fn text(body: &str) -> StoredMessage {
+        StoredMessage::direct(
+            MessageId::from_bytes([8; 16]),
+            Username::new("frank").unwrap(),
+            Direction::Incoming,
+            body.into(),
+            9,
+            MessageStatus::Received,
+        )
+    }
+
+    #[test]
+    fn the_files_of_a_sealed_store_hold_no_text_no_word_and_no_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = [0x5e; 32];
+        {
+            let store = SledStore::open(dir.path(), &key(1)).unwrap();
+            let (signed, one_time) = prekeys();
+            store
+                .save_identity(&identity(seed), &signed, &one_time)
+                .unwrap();
+            store
+                .commit(&Batch::new().with(Write::Message(
+                    text("meet me at the Zanzibar lighthouse"),
+                    IfStored::Skip,
+                )))
+                .unwrap();
+            let hits = store.search(&Query::parse("zanz").unwrap(), 10).unwrap();
+            assert_eq!(hits.len(), 1, "the sealed index still finds by prefix");
+            assert!(
+                store
+                    .search(&Query::parse("anzibar").unwrap(), 10)
+                    .unwrap()
+                    .is_empty()
+            );
+            store.db.flush().unwrap();
+        }
+        assert!(!files_hold(dir.path(), b"Zanzibar lighthouse"));
+        assert!(!files_hold(dir.path(), b"zanzibar"));
+        assert!(!files_hold(dir.path(), b"lighthouse"));
+        assert!(!files_hold(dir.path(), &seed));
+
+        // Another key opens the database but no record of it: a clear error, nothing changed.
+        let wrong = SledStore::open(dir.path(), &key(2)).unwrap();
+        let err = wrong.identity().unwrap_err();
+        assert!(err.to_string().contains("store key"), "{err}");
+        drop(wrong);
+        let store = SledStore::open(dir.path(), &key(1)).unwrap();
+        assert_eq!(*store.identity().unwrap().unwrap().seed, seed);
+    }
+
+    #[test]
+    fn a_store_written_before_records_were_sealed_is_sealed_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = [0x3c; 32];
+        let message = text("the old plain lighthouse");
+        {
+            let store = SledStore::open(dir.path(), &key(1)).unwrap();
+            // As the store of an earlier version wrote it: plain records, an index of words.
+            let (signed, one_time) = prekeys();
+            let record = IdentityRecord {
+                username: Username::new("erin").unwrap(),
+                seed,
+                certificate_pem: "certificate".into(),
+                ca_pem: "ca".into(),
+            };
+            store
+                .meta
+                .insert("identity", enc(&record).unwrap())
+                .unwrap();
+            store
+                .signed
+                .insert(signed.id().0.to_be_bytes(), enc(&signed).unwrap())
+                .unwrap();
+            store
+                .one_time
+                .insert(one_time[0].id().0.to_be_bytes(), enc(&one_time[0]).unwrap())
+                .unwrap();
+            let conversation = message.conversation();
+            let at = key_of(&conversation, &1u64.to_be_bytes());
+            store.messages.insert(&at, enc(&message).unwrap()).unwrap();
+            store
+                .message_ids
+                .insert(
+                    key_of(&conversation, message.id.as_bytes()),
+                    &1u64.to_be_bytes()[..],
+                )
+                .unwrap();
+            store.words.clear().unwrap();
+            store
+                .words
+                .insert(key_of(&"lighthouse", &at), &9u64.to_be_bytes()[..])
+                .unwrap();
+            for flag in store.meta.scan_prefix(b"sealed").keys() {
+                store.meta.remove(flag.unwrap()).unwrap();
+            }
+            store.db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path(), &key(1)).unwrap();
+        assert_eq!(*store.identity().unwrap().unwrap().seed, seed);
+        assert!(
+            store
+                .signed_prekey(crate::domain::PreKeyId(1))
+                .unwrap()
+                .is_some()
+        );
+        let conversation = message.conversation();
+        assert_eq!(
+            store.message(&conversation, &message.id).unwrap(),
+            Some(message.clone())
+        );
+        let hits = store.search(&Query::parse("light").unwrap(), 10).unwrap();
+        assert_eq!(hits, vec![message.clone()]);
+        // The records themselves are sealed now, and the index holds no word.
+        let raw = store.meta.get("identity").unwrap().unwrap();
+        assert!(!raw.windows(32).any(|w| w == seed));
+        assert!(
+            store
+                .words
+                .iter()
+                .keys()
+                .all(|k| !k.unwrap().windows(10).any(|w| w == b"lighthouse"))
+        );
+        drop(store);
+        // Opening again seals nothing twice.
+        let store = SledStore::open(dir.path(), &key(1)).unwrap();
+        assert_eq!(
+            store.message(&conversation, &message.id).unwrap(),
+            Some(message)
+        );
     }
 }

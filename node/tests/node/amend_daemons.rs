@@ -196,7 +196,13 @@ async fn search_finds_a_message_among_100000_stored_through_the_binaries() {
     // stopped; every 10,000th mentions the quarter too.
     bob.terminate();
     {
-        let store = SledStore::open(&bob_dir.join("db")).unwrap();
+        let (key, _) = peerchat::driven::store_key::unlock(
+            &bob_dir,
+            &peerchat::driven::store_key::KeyOptions::default(),
+            &peerchat::driven::store_key::OsKeyring,
+        )
+        .unwrap();
+        let store = SledStore::open(&bob_dir.join("db"), &key).unwrap();
         for chunk in 0..100u64 {
             let mut batch = Batch::new();
             for i in chunk * 1000..(chunk + 1) * 1000 {

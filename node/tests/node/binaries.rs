@@ -115,7 +115,13 @@ impl Daemon {
         env: &[(&str, &str)],
     ) -> Self {
         let _ = std::fs::remove_file(dir.join("api.addr"));
-        let mut child = command_in(netns, Path::new(env!("CARGO_BIN_EXE_peerchat")))
+        let mut command = command_in(netns, Path::new(env!("CARGO_BIN_EXE_peerchat")));
+        // No keyring here: a test's store key lies beside its data, unless the test gives a
+        // passphrase.
+        if !env.iter().any(|(k, _)| *k == "PEERCHAT_PASSPHRASE_FILE") {
+            command.env("PEERCHAT_PLAIN_STORE", "true");
+        }
+        let mut child = command
             .arg("daemon")
             .arg("--data-dir")
             .arg(dir)

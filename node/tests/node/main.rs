@@ -6,6 +6,7 @@ mod amend;
 mod amend_daemons;
 mod archive;
 mod archive_daemons;
+mod at_rest;
 mod binaries;
 mod e2ee_properties;
 mod e2ee_ratchet;

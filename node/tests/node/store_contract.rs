@@ -7,6 +7,7 @@ use peerchat::domain::{
 };
 use peerchat::driven::memory::MemoryStore;
 use peerchat::driven::sled_store::SledStore;
+use peerchat::driven::store_key::StoreKey;
 use peerchat::ports::{
     Batch, Contact, Direction, HeldInbound, IfStored, LocalIdentity, MAX_HELD_INBOUND,
     MessageStatus, MessageStore, OutboxEntry, Page, Store, StoredMessage, Write,
@@ -582,9 +583,9 @@ async fn contract(store: &impl Store) {
 #[tokio::test]
 async fn the_sled_store_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
-    contract(&SledStore::open(dir.path()).unwrap()).await;
+    contract(&SledStore::open(dir.path(), &StoreKey::from_bytes([7; 32])).unwrap()).await;
     // And it is all still there after reopening, unread counts included.
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), &StoreKey::from_bytes([7; 32])).unwrap();
     let bob = ConversationId::from(&user("bob"));
     assert_eq!(store.history(&bob, Page::ALL).unwrap().len(), 2);
     let carol = store
