@@ -171,6 +171,20 @@ fn world() -> &'static World {
     })
 }
 
+/// `request` through `router`, which must not answer 500. Other 5xx answers are designed ones
+/// (507 when bob's mailbox is full); a 500 is an internal error, a bug.
+fn answer(runtime: &tokio::runtime::Runtime, router: &Router, request: Request<Body>) {
+    let route = format!("{} {}", request.method(), request.uri());
+    let response = runtime
+        .block_on(router.clone().oneshot(request))
+        .expect("the router answers");
+    assert!(
+        response.status().as_u16() != 500,
+        "{route} answered {}",
+        response.status()
+    );
+}
+
 /// A JSON body to one of the rendezvous's routes.
 pub fn rendezvous(data: &[u8]) {
     let Some((&selector, body)) = data.split_first() else {
@@ -188,16 +202,7 @@ pub fn rendezvous(data: &[u8]) {
         peer: as_alice.then(|| world.alice.clone()),
         remote: SocketAddr::from(([127, 0, 0, 1], 40000)),
     });
-    let response = world
-        .runtime
-        .block_on(world.rendezvous.clone().oneshot(request))
-        .expect("the router answers");
-    // Other 5xx answers are designed ones (507 when bob's mailbox is full); a 500 is a bug.
-    assert!(
-        response.status().as_u16() != 500,
-        "{method} {path} answered {}",
-        response.status()
-    );
+    answer(&world.runtime, &world.rendezvous, request);
 }
 
 /// A JSON body to one of the node's local API routes, with the bearer token.
@@ -215,13 +220,5 @@ pub fn node(data: &[u8]) {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body.to_vec()))
         .expect("a request");
-    let response = world
-        .runtime
-        .block_on(world.node.clone().oneshot(request))
-        .expect("the router answers");
-    assert!(
-        response.status().as_u16() != 500,
-        "{method} {path} answered {}",
-        response.status()
-    );
+    answer(&world.runtime, &world.node, request);
 }

@@ -104,6 +104,7 @@ async fn unlock_store(config: &DaemonConfig) -> Result<StoreKey, DaemonError> {
     .map_err(|e| DaemonError::Start(e.to_string()))?
     .map_err(|e| DaemonError::Start(e.to_string()))?;
     match protection {
+        Protection::Plain if config.store_key.throwaway => {}
         Protection::Plain => {
             tracing::warn!(
                 "the store key is kept unprotected beside the data (--plain-store): anyone who \

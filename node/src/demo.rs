@@ -117,6 +117,7 @@ pub async fn run(
             // The demo's accounts have a known password; their store keys lie beside their data.
             store_key: crate::driven::store_key::KeyOptions {
                 plain: true,
+                throwaway: true,
                 ..Default::default()
             },
             // One process, one service name (`peerchat-demo`), set by the caller.

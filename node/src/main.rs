@@ -606,6 +606,7 @@ async fn run(args: Args, telemetry: Arc<Telemetry>) -> Result<(), CliError> {
                     passphrase_file,
                     plain: plain_store,
                     ask: true,
+                    throwaway: false,
                 },
                 telemetry: Some(telemetry),
             };

@@ -188,7 +188,10 @@ impl std::fmt::Debug for SledStore {
 }
 
 fn backend(e: sled::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    match &e {
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => StoreError::Full,
+        _ => StoreError::Backend(e.to_string()),
+    }
 }
 
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {

@@ -69,6 +69,8 @@ pub struct KeyOptions {
     /// Ask on the terminal when a passphrase is needed and no file gives it (only when standard
     /// input is a terminal).
     pub ask: bool,
+    /// The data is throwaway (the demo's): a plain store is expected and not warned about.
+    pub throwaway: bool,
 }
 
 /// A place for secrets: the OS keyring, or a stand-in in tests.

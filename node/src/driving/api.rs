@@ -504,6 +504,10 @@ impl From<NodeError> for ApiError {
                 };
                 ApiError(status, code, message)
             }
+            NodeError::Store(crate::ports::StoreError::Full) => {
+                tracing::error!("the disk is full: a request stored nothing");
+                ApiError(StatusCode::INSUFFICIENT_STORAGE, "disk_full", message)
+            }
             _ => {
                 tracing::error!(error = %e, "request failed");
                 ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)

@@ -22,6 +22,9 @@ pub enum StoreError {
     /// A stored record could not be decoded.
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    /// The disk is full: nothing was stored.
+    #[error("the node's disk is full: nothing was stored (free some space)")]
+    Full,
 }
 
 /// This node's account, once registered.

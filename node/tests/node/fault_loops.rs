@@ -45,7 +45,11 @@ async fn send(api: Api, text: String) -> Option<SendAnswer> {
 /// How many copies of each message bob holds from alice, by id.
 fn copies_at(bob: &Daemon) -> BTreeMap<MessageId, usize> {
     let mut copies = BTreeMap::new();
-    for m in bob.history_json("alice") {
+    for m in bob
+        .history_json("alice")
+        .into_iter()
+        .filter(|m| m.author.as_str() == "alice")
+    {
         *copies.entry(m.id).or_default() += 1;
     }
     copies
@@ -151,4 +155,127 @@ async fn ten_sender_kills_mid_burst_deliver_every_accepted_message_once() {
         "accepted, then lost by alice: {missing:?}"
     );
     exactly_once(&bob, &at_alice).await;
+}
+
+/// A tmpfs of `size` mounted on `dir`, unmounted when dropped (also when the test fails).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root (CI has it): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(dir.to_path_buf())
+    }
+
+    /// Fills what is left of it with one file; that file's path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while file.write_all(&block).is_ok() {}
+        // The last bytes too, so that not even a small record fits.
+        while file.write_all(&[0u8; 512]).is_ok() {}
+        while file.write_all(&[0u8]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Bob's data directory on a small tmpfs that fills up: his node answers his own send with a
+/// clear error and acknowledges none of alice's messages it could not store; once space returns
+/// and his node is restarted, every message reaches him exactly once, every send his node took
+/// reaches alice, and he sends again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_a_clear_error_acknowledges_nothing_unstored_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = rendezvous(&tmp.path().join("rendezvous")).await;
+    // Bob's data directory is the tmpfs itself; his log lies beside it, on the roomy disk.
+    let disk = Tmpfs::mount(&tmp.path().join("bob"), "48m");
+    let alice = Daemon::start(&tmp.path().join("alice"), &url);
+    let mut bob = Daemon::start(&disk.0, &url);
+    alice.register("alice");
+    bob.register("bob");
+    crate::binaries::ok(&alice.cli(&["send", "bob", "before the disk filled"]));
+    bob.wait_for_history("alice", &["before the disk filled"]);
+    crate::binaries::ok(&bob.cli(&["send", "alice", "me too"]));
+    alice.wait_for_history("bob", &["before the disk filled", "me too"]);
+
+    let filler = disk.fill();
+    // The store's files may still have room the filesystem gave them before: bob's sends are
+    // taken until they are full, then refused, clearly.
+    let long = "x".repeat(15_000);
+    let mut taken = 0;
+    let refusal = loop {
+        let out = bob.cli(&["send", "alice", &format!("{taken} {long}")]);
+        if !out.status.success() {
+            break String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        taken += 1;
+        assert!(taken < 2_000, "bob's node took 30 MB on a full 48 MB disk");
+    };
+    assert!(refusal.contains("disk is full"), "{refusal}");
+    let mut accepted = BTreeSet::new();
+    for i in 0..20 {
+        let answer = send(alice.api(), format!("while bob's disk is full {i}"))
+            .await
+            .expect("alice's daemon accepts every message");
+        accepted.insert(answer.id);
+    }
+    // Bob's node tries to take them and cannot: it says so, and acknowledges none.
+    crate::binaries::eventually_blocking("bob's node reports the full disk", || {
+        std::fs::read_to_string(disk.0.with_extension("log"))
+            .unwrap_or_default()
+            .contains("disk is full")
+    });
+
+    // sled keeps an I/O error until the database is opened again: once there is space, the
+    // node is restarted (as its supervisor would), and carries on from what it had stored.
+    std::fs::remove_file(filler).unwrap();
+    bob.kill();
+    let bob = Daemon::start(&disk.0, &url);
+    bob.wait_for("listening on");
+    let mut all = accepted.clone();
+    all.extend(alice.history_json("bob").iter().take(1).map(|m| m.id));
+    exactly_once(&bob, &all).await;
+    // Every send of bob's that his node took is kept, and reaches alice.
+    crate::binaries::eventually_blocking("alice has every message bob's node took", || {
+        alice
+            .history_json("bob")
+            .iter()
+            .filter(|m| m.text.ends_with(&long))
+            .count()
+            == taken
+    });
+    crate::binaries::ok(&bob.cli(&["send", "alice", "space again"]));
+    crate::binaries::eventually_blocking("bob's message after the disk is freed", || {
+        alice
+            .history_json("bob")
+            .iter()
+            .any(|m| m.text == "space again")
+    });
+    drop(bob);
 }

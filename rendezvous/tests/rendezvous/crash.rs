@@ -143,16 +143,19 @@ impl External {
     }
 }
 
+/// Starts the binary on `dir` and a handle on it, with the CA it wrote there.
+fn start_external(dir: &Path) -> (Child, External) {
+    let (child, port) = start(dir);
+    let ca =
+        CaCertificate::from_pem(&std::fs::read_to_string(dir.join("ca.pem")).unwrap()).unwrap();
+    (child, External { ca, port })
+}
+
 #[tokio::test]
 async fn a_deposit_survives_kill_9_and_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, port) = start(dir.path());
-    let ca = CaCertificate::from_pem(&std::fs::read_to_string(dir.path().join("ca.pem")).unwrap())
-        .unwrap();
-    let server = External {
-        ca: ca.clone(),
-        port,
-    };
+    let (mut child, server) = start_external(dir.path());
+    let ca = server.ca.clone();
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let (code, _) = bob.deposit("alice", 42, b"sealed for alice").await;
@@ -234,4 +237,91 @@ async fn sigterm_stops_the_server_cleanly_and_a_restart_keeps_accounts() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// One fetcher's round: bundles of bob fetched one after another until the server goes away;
+/// the one-time prekey ids it received, and whether a request failed (the kill landed).
+async fn fetch_until_killed(user: User) -> (Vec<u32>, bool) {
+    let mut ids = Vec::new();
+    loop {
+        let response = match user
+            .http
+            .post(user.url("/v1/users/bob/bundle"))
+            .send()
+            .await
+        {
+            Ok(response) => response,
+            Err(_) => return (ids, true),
+        };
+        let status = response.status();
+        let Ok(bytes) = response.bytes().await else {
+            return (ids, true);
+        };
+        if status == StatusCode::OK {
+            let bundle: api::BundleResponse = serde_json::from_slice(&bytes).unwrap();
+            ids.extend(bundle.one_time_prekey.map(|k| k.id));
+        }
+    }
+}
+
+/// Killed with SIGKILL ten times while six users fetch bob's bundles at once: no one-time
+/// prekey is ever handed out twice, because each is recorded as used, durably, before its
+/// bundle leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_one_time_prekey_is_handed_out_twice_across_kills_during_concurrent_fetches() {
+    use rand::Rng;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, server) = start_external(dir.path());
+    let (ca, port) = (server.ca.clone(), server.port);
+    let bob = server.register("bob").await;
+    bob.upload_prekeys(1..101).await;
+    let status = bob.upload_prekeys(101..201).await;
+    assert_eq!(status.one_time_prekeys, 200);
+    let mut fetchers = Vec::new();
+    for i in 0..6 {
+        fetchers.push(server.register(&format!("fetcher{i}")).await);
+    }
+
+    let mut handed: Vec<u32> = Vec::new();
+    let mut interrupted_rounds = 0;
+    let mut port = port;
+    for _round in 0..10 {
+        let server = External {
+            ca: ca.clone(),
+            port,
+        };
+        let tasks: Vec<_> = fetchers
+            .iter()
+            .map(|f| tokio::spawn(fetch_until_killed(server.as_user(f))))
+            .collect();
+        let delay = rand::thread_rng().gen_range(30..300);
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let mut interrupted = false;
+        for task in tasks {
+            let (ids, failed) = task.await.unwrap();
+            handed.extend(ids);
+            interrupted |= failed;
+        }
+        interrupted_rounds += usize::from(interrupted);
+        (child, port) = start(dir.path());
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut unique = handed.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        handed.len(),
+        "a one-time prekey was handed out twice: {handed:?}"
+    );
+    assert!(
+        handed.len() >= 20,
+        "too few keys were handed out to show anything: {}",
+        handed.len()
+    );
+    assert_eq!(interrupted_rounds, 10, "every kill landed during fetches");
 }
