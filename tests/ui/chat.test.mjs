@@ -87,8 +87,11 @@ class Cluster {
   async startDaemon(dir, port = 0, extra = []) {
     const addr = join(dir, "api.addr");
     rmSync(addr, { force: true });
+    // The store key wrapped under a passphrase, as on a desktop without a keyring.
+    const passphrase = `${dir}.passphrase`;
+    if (!existsSync(passphrase)) writeFileSync(passphrase, "a long window-test passphrase\n");
     const child = launch(
-      [bin("peerchat"), "daemon", "--data-dir", dir, "--rendezvous", this.url, "--ca-cert", this.ca, "--api", `127.0.0.1:${port}`, ...extra],
+      [bin("peerchat"), "daemon", "--data-dir", dir, "--rendezvous", this.url, "--ca-cert", this.ca, "--api", `127.0.0.1:${port}`, "--passphrase-file", passphrase, ...extra],
       dir,
     );
     await waitFor(`the daemon in ${dir}`, () => existsSync(addr) && readFileSync(addr, "utf8").trim());
