@@ -259,7 +259,53 @@ fn export_spans(config: &DaemonConfig, me: Option<&peerchat_pki::Username>) {
     }
 }
 
+/// How long the daemon waits between tries of its store once the disk was full.
+const SPACE_RETRY: Duration = Duration::from_secs(2);
+
+/// How a run of the node on one opening of its store ended.
+enum Ended {
+    /// Shutdown was asked for.
+    Stopped,
+    /// A write found the disk full: the store refuses writes until it is opened again. The
+    /// API answers that the disk is full (unless its socket could not be kept).
+    DiskFull { answering: Option<DiskFullApi> },
+}
+
+/// The API while the node is stopped for a full disk: every request is answered so.
+struct DiskFullApi {
+    closing: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl DiskFullApi {
+    /// Answers on `socket`, the API's own.
+    fn start(socket: std::net::TcpListener) -> Option<Self> {
+        let listener = tokio::net::TcpListener::from_std(socket)
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "the API cannot answer while the disk is full"),
+            )
+            .ok()?;
+        let closing = CancellationToken::new();
+        let task = tokio::spawn(api::serve(
+            listener,
+            api::disk_full_router(),
+            closing.clone().cancelled_owned(),
+        ));
+        Some(Self { closing, task })
+    }
+
+    /// Stops answering and lets the socket go.
+    async fn stop(self) {
+        self.closing.cancel();
+        let _ = self.task.await;
+    }
+}
+
 /// Runs the daemon until `shutdown` completes.
+///
+/// When a write finds the disk full, the node stops (its API, network and tasks, as at
+/// shutdown: nothing waiting on the store is told a write succeeded), waits until its store
+/// can write again, and starts again on it, as a restart would.
 pub async fn run(
     config: DaemonConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -281,15 +327,86 @@ pub async fn run(
             .map(String::as_str)
             .unwrap_or_default(),
     );
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    });
+    let mut store = open_store(&config, &key).map_err(|e| DaemonError::Start(e.to_string()))?;
+    loop {
+        match serve(&config, store, &stop).await? {
+            Ended::Stopped => return Ok(()),
+            Ended::DiskFull { answering } => {
+                tracing::error!(
+                    "the disk is full: the node stopped, and starts again when there is space"
+                );
+                eprintln!(
+                    "peerchat: the disk of {} is full: the node stopped taking messages and starts again when there is space",
+                    config.data_dir.display()
+                );
+                let again = wait_for_space(&config, &key, &stop).await;
+                if let Some(answering) = answering {
+                    answering.stop().await;
+                }
+                let Some(again) = again else {
+                    let _ = std::fs::remove_file(config.data_dir.join(API_ADDR_FILE));
+                    return Ok(());
+                };
+                tracing::info!("there is space again: the node starts again");
+                println!("peerchat: there is space again; the node starts again");
+                store = again;
+            }
+        }
+    }
+}
+
+/// The node's store in the data directory.
+fn open_store(
+    config: &DaemonConfig,
+    key: &StoreKey,
+) -> Result<SledStore, crate::ports::StoreError> {
     let files = config.data_dir.join("files");
-    let store = SledStore::open(&config.data_dir.join("db"), &key)
-        .map_err(|e| DaemonError::Start(e.to_string()))?
-        .with_files(&files, config.download_dir.as_deref().unwrap_or(&files));
+    Ok(SledStore::open(&config.data_dir.join("db"), key)?
+        .with_files(&files, config.download_dir.as_deref().unwrap_or(&files)))
+}
+
+/// Opens the store again once the last run on it has let it go and a write to it succeeds;
+/// `None` when shutdown is asked for first.
+async fn wait_for_space(
+    config: &DaemonConfig,
+    key: &StoreKey,
+    stop: &CancellationToken,
+) -> Option<SledStore> {
+    loop {
+        stop.run_until_cancelled(tokio::time::sleep(SPACE_RETRY))
+            .await?;
+        // Fails while a task of the last run still holds the database, or the disk is full.
+        match open_store(config, key) {
+            Ok(store) => match store.probe().await {
+                Ok(()) => return Some(store),
+                Err(e) => tracing::debug!(error = %e, "the store cannot write yet"),
+            },
+            Err(e) => tracing::debug!(error = %e, "the store does not open yet"),
+        }
+    }
+}
+
+/// Runs the node on `store` until shutdown is asked for or a write finds the disk full.
+async fn serve(
+    config: &DaemonConfig,
+    store: SledStore,
+    stop: &CancellationToken,
+) -> Result<Ended, DaemonError> {
+    let files = config.data_dir.join("files");
+    let disk_full = store.disk_full();
     let me = store
         .identity()
         .map_err(|e| DaemonError::Start(e.to_string()))?
         .map(|identity| identity.username);
-    export_spans(&config, me.as_ref());
+    export_spans(config, me.as_ref());
     let (ca, pinned_now) = pin_ca(
         &config.data_dir,
         &config.rendezvous,
@@ -405,7 +522,16 @@ pub async fn run(
         }).map(drop));
     }
     let token = token(&config.data_dir)?;
-    let listener = bind_api(&config).await?;
+    let listener = bind_api(config).await?;
+    // A second handle on the API's socket: when the disk is full, the daemon answers on it at
+    // once (requests that arrive meanwhile wait in its backlog).
+    let (listener, spare) = {
+        let listener = listener.into_std().map_err(|e| io("API socket", e))?;
+        let spare = listener.try_clone().map_err(|e| io("API socket", e))?;
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|e| io("API socket", e))?;
+        (listener, spare)
+    };
     let addr = listener.local_addr().map_err(|e| io("API address", e))?;
     if !addr.ip().is_loopback() && !config.api_any_address {
         return Err(DaemonError::Start(format!(
@@ -427,9 +553,12 @@ pub async fn run(
     );
     let events = node_events.clone();
     let shutdown = {
-        let cancel = cancel.clone();
+        let (cancel, stop, disk_full) = (cancel.clone(), stop.clone(), disk_full.clone());
         async move {
-            shutdown.await;
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = disk_full.cancelled() => {}
+            }
             cancel.cancel();
         }
     };
@@ -442,8 +571,15 @@ pub async fn run(
         uploads: files.join(".peerchat").join("uploads"),
     });
     let served = api::serve(listener, app, shutdown).await;
-    // Nobody answers there any more: the CLI and health checks must not think otherwise.
-    let _ = std::fs::remove_file(config.data_dir.join(API_ADDR_FILE));
+    let full = disk_full.is_cancelled() && !stop.is_cancelled();
+    let answering = if full {
+        DiskFullApi::start(spare)
+    } else {
+        drop(spare);
+        // Nobody answers there any more: the CLI and health checks must not think otherwise.
+        let _ = std::fs::remove_file(config.data_dir.join(API_ADDR_FILE));
+        None
+    };
     cancel.cancel();
     let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while tasks.join_next().await.is_some() {}
@@ -457,7 +593,11 @@ pub async fn run(
         tracing::warn!(error = %e, "flushing the store at shutdown failed");
     }
     served.map_err(|e| io("serving the API", e))?;
-    Ok(())
+    Ok(if full {
+        Ended::DiskFull { answering }
+    } else {
+        Ended::Stopped
+    })
 }
 
 /// Locks `DIR/daemon.lock` (and writes our pid into it), or says which daemon holds it.
@@ -541,17 +681,24 @@ async fn run_network(
     }
     let mut p2p_config =
         P2pConfig::new(key, credentials, trust.store(), vec![config.listen.clone()]);
+    // The network is kept by the node (its `LateNetwork`): what the network keeps of the node
+    // is weak, so that both go when the run ends.
     p2p_config.without_crl = {
-        let node = node.clone();
-        p2p::WithoutCrl::OnlyPinned(Arc::new(move |username, key| node.is_pinned(username, key)))
+        let node = Arc::downgrade(&node);
+        p2p::WithoutCrl::OnlyPinned(Arc::new(move |username, key| {
+            node.upgrade()
+                .is_some_and(|node| node.is_pinned(username, key))
+        }))
     };
     p2p_config.refused = {
-        let node = node.clone();
+        let node = Arc::downgrade(&node);
         Some(Arc::new(move |username| {
-            matches!(
-                node.standing(username),
-                Ok(crate::domain::Standing::Blocked)
-            )
+            node.upgrade().is_none_or(|node| {
+                matches!(
+                    node.standing(username),
+                    Ok(crate::domain::Standing::Blocked)
+                )
+            })
         }))
     };
     p2p_config.reachability = network.reachability_sender();

@@ -179,6 +179,8 @@ pub struct SledStore {
     flushes_started: AtomicU64,
     flushes_done: AtomicU64,
     flushing: tokio::sync::Mutex<()>,
+    /// Cancelled once a write found the disk full (see [`SledStore::disk_full`]).
+    disk_full: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -386,6 +388,7 @@ impl SledStore {
             flushes_started: AtomicU64::new(0),
             flushes_done: AtomicU64::new(0),
             flushing: tokio::sync::Mutex::new(()),
+            disk_full: tokio_util::sync::CancellationToken::new(),
             db,
         };
         store.seal_once()?;
@@ -394,11 +397,40 @@ impl SledStore {
         Ok(store)
     }
 
+    /// Cancelled once a commit or a flush found the disk full. sled then refuses every write
+    /// until the database is opened again (its I/O error is kept until then), and writes it
+    /// took in memory but had not flushed are lost with it: whoever runs the store drops
+    /// everything that used it (so no one waiting on a flush of this database is told it
+    /// succeeded) and opens it again when there is space ([`SledStore::probe`]).
+    pub fn disk_full(&self) -> tokio_util::sync::CancellationToken {
+        self.disk_full.clone()
+    }
+
+    /// Whether the store can write now: writes a record and flushes it.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        self.meta
+            .insert("probe", &[1u8][..])
+            .map_err(|e| self.failed(backend(e)))?;
+        self.flush().await
+    }
+
+    /// Notes a disk-full error (see [`SledStore::disk_full`]) and passes it on.
+    fn failed(&self, e: StoreError) -> StoreError {
+        if matches!(e, StoreError::Full) {
+            self.disk_full.cancel();
+        }
+        e
+    }
+
     /// Seals, tree by tree, the records of a store written before they were sealed. Each
     /// tree's records and its flag change in one transaction, so a crash midway seals nothing
     /// twice. The old index (of plain words) is dropped, to be rebuilt of tokens.
     fn seal_once(&self) -> Result<(), StoreError> {
-        if self.meta.contains_key("sealed").map_err(backend)? {
+        if self
+            .meta
+            .contains_key("sealed")
+            .map_err(|e| self.failed(backend(e)))?
+        {
             return Ok(());
         }
         let sealed_trees: [(&sled::Tree, &[u8]); 11] = [
@@ -416,12 +448,16 @@ impl SledStore {
         ];
         for (tree, name) in sealed_trees {
             let flag = [b"sealed:", name].concat();
-            if self.meta.contains_key(&flag).map_err(backend)? {
+            if self
+                .meta
+                .contains_key(&flag)
+                .map_err(|e| self.failed(backend(e)))?
+            {
                 continue;
             }
             let mut records = Vec::new();
             for item in tree.iter() {
-                let (k, v) = item.map_err(backend)?;
+                let (k, v) = item.map_err(|e| self.failed(backend(e)))?;
                 if name != trees::HELD_INBOUND || is_held_record(&k) {
                     records.push((k, self.sealer.seal(name, &v)?));
                 }
@@ -434,11 +470,11 @@ impl SledStore {
                     meta.insert(flag.as_slice(), &[1u8][..])?;
                     Ok::<_, ConflictableTransactionError<StoreError>>(())
                 })
-                .map_err(tx)?;
+                .map_err(|e| self.failed(tx(e)))?;
         }
         let mut records = Vec::new();
         for name in SEALED_META {
-            if let Some(v) = self.meta.get(name).map_err(backend)? {
+            if let Some(v) = self.meta.get(name).map_err(|e| self.failed(backend(e)))? {
                 records.push((name, self.sealer.seal(trees::META, &v)?));
             }
         }
@@ -452,7 +488,7 @@ impl SledStore {
                 meta.insert("sealed", &[1u8][..])?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
-            .map_err(tx)?;
+            .map_err(|e| self.failed(tx(e)))?;
         Ok(())
     }
 
@@ -484,12 +520,16 @@ impl SledStore {
     /// Unread counts are kept as messages arrive and are read; a store from before they were
     /// kept has them counted once, here.
     fn count_unread_once(&self) -> Result<(), StoreError> {
-        if self.meta.contains_key("unread_counted").map_err(backend)? {
+        if self
+            .meta
+            .contains_key("unread_counted")
+            .map_err(|e| self.failed(backend(e)))?
+        {
             return Ok(());
         }
         let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
         for value in self.messages.iter().values() {
-            let message = self.unseal_message(&value.map_err(backend)?)?;
+            let message = self.unseal_message(&value.map_err(|e| self.failed(backend(e)))?)?;
             if is_unread(&message) {
                 *counts
                     .entry(message.conversation().to_string())
@@ -499,33 +539,39 @@ impl SledStore {
         for (conversation, count) in counts {
             self.unread
                 .insert(conversation.as_bytes(), &count.to_be_bytes()[..])
-                .map_err(backend)?;
+                .map_err(|e| self.failed(backend(e)))?;
         }
         self.meta
             .insert("unread_counted", &[1u8][..])
-            .map_err(backend)?;
+            .map_err(|e| self.failed(backend(e)))?;
         Ok(())
     }
 
     /// The search index is kept as messages are written; a store from before it was kept has
     /// it built once, here.
     fn index_words_once(&self) -> Result<(), StoreError> {
-        if self.meta.contains_key("words_indexed").map_err(backend)? {
+        if self
+            .meta
+            .contains_key("words_indexed")
+            .map_err(|e| self.failed(backend(e)))?
+        {
             return Ok(());
         }
-        self.words.clear().map_err(backend)?;
+        self.words.clear().map_err(|e| self.failed(backend(e)))?;
         let mut batch = sled::Batch::default();
         for item in self.messages.iter() {
-            let (at, value) = item.map_err(backend)?;
+            let (at, value) = item.map_err(|e| self.failed(backend(e)))?;
             let message = self.unseal_message(&value)?;
             for k in self.index_keys(Some(&message), &at) {
                 batch.insert(k, &message.sent_at_ms.to_be_bytes()[..]);
             }
         }
-        self.words.apply_batch(batch).map_err(backend)?;
+        self.words
+            .apply_batch(batch)
+            .map_err(|e| self.failed(backend(e)))?;
         self.meta
             .insert("words_indexed", &[1u8][..])
-            .map_err(backend)?;
+            .map_err(|e| self.failed(backend(e)))?;
         Ok(())
     }
 
@@ -537,7 +583,7 @@ impl SledStore {
     ) -> Result<Option<T>, StoreError> {
         let name = tree.name();
         tree.get(k)
-            .map_err(backend)?
+            .map_err(|e| self.failed(backend(e)))?
             .map(|v| self.unseal(&name, &v))
             .transpose()
     }
@@ -547,7 +593,7 @@ impl SledStore {
         let name = tree.name();
         tree.iter()
             .values()
-            .map(|v| self.unseal(&name, &v.map_err(backend)?))
+            .map(|v| self.unseal(&name, &v.map_err(|e| self.failed(backend(e)))?))
             .collect()
     }
 
@@ -633,7 +679,7 @@ impl IdentityStore for SledStore {
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
-            .map_err(tx)
+            .map_err(|e| self.failed(tx(e)))
     }
 
     #[tracing::instrument(name = "store.save_certificate", skip_all)]
@@ -645,7 +691,7 @@ impl IdentityStore for SledStore {
         let bytes = self.seal(trees::META, &record)?;
         self.meta
             .insert("identity", bytes.as_slice())
-            .map_err(backend)?;
+            .map_err(|e| self.failed(backend(e)))?;
         Ok(())
     }
 }
@@ -667,7 +713,9 @@ impl PreKeyStore for SledStore {
         for k in keys {
             batch.insert(&k.id().0.to_be_bytes(), self.seal(trees::ONE_TIME, k)?);
         }
-        self.one_time.apply_batch(batch).map_err(backend)
+        self.one_time
+            .apply_batch(batch)
+            .map_err(|e| self.failed(backend(e)))
     }
 
     #[tracing::instrument(name = "store.next_prekey_id", skip_all)]
@@ -681,7 +729,7 @@ impl PreKeyStore for SledStore {
                     .unwrap_or(1);
                 Some(n.saturating_add(1).to_be_bytes().to_vec())
             })
-            .map_err(backend)?
+            .map_err(|e| self.failed(backend(e)))?
             .and_then(|b| <[u8; 4]>::try_from(b.as_ref()).ok())
             .map(u32::from_be_bytes)
             .unwrap_or(1);
@@ -693,7 +741,7 @@ impl PreKeyStore for SledStore {
         Ok(self
             .meta
             .get("signed_rotated_at")
-            .map_err(backend)?
+            .map_err(|e| self.failed(backend(e)))?
             .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
             .map(u64::from_be_bytes))
     }
@@ -702,7 +750,7 @@ impl PreKeyStore for SledStore {
     fn set_signed_prekey_rotated_at(&self, at_ms: u64) -> Result<(), StoreError> {
         self.meta
             .insert("signed_rotated_at", &at_ms.to_be_bytes()[..])
-            .map_err(backend)?;
+            .map_err(|e| self.failed(backend(e)))?;
         Ok(())
     }
 
@@ -715,7 +763,7 @@ impl PreKeyStore for SledStore {
                 meta.insert("signed_rotated_at", &at_ms.to_be_bytes()[..])?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
-            .map_err(tx)
+            .map_err(|e| self.failed(tx(e)))
     }
 }
 
@@ -732,7 +780,7 @@ impl ContactStore for SledStore {
                 contact.address().to_string(),
                 self.seal(trees::CONTACTS, contact)?,
             )
-            .map_err(backend)?;
+            .map_err(|e| self.failed(backend(e)))?;
         Ok(())
     }
 
@@ -759,7 +807,7 @@ impl ContactStore for SledStore {
                 device.to_string(),
                 self.seal(trees::KNOWN_ADDRESSES, &addresses)?,
             )
-            .map_err(backend)?;
+            .map_err(|e| self.failed(backend(e)))?;
         Ok(())
     }
 }
@@ -769,7 +817,7 @@ impl SessionStore for SledStore {
     fn session(&self, device: &Address) -> Result<Option<Session>, StoreError> {
         self.sessions
             .get(device.to_string())
-            .map_err(backend)?
+            .map_err(|e| self.failed(backend(e)))?
             .map(|v| {
                 let plain = self.sealer.open(trees::SESSIONS, &v)?;
                 Session::from_bytes(&plain).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -788,13 +836,13 @@ impl MessageStore for SledStore {
         let Some(seq) = self
             .message_ids
             .get(key(conversation, id.as_bytes()))
-            .map_err(backend)?
+            .map_err(|e| self.failed(backend(e)))?
         else {
             return Ok(None);
         };
         self.messages
             .get(key(conversation, &seq))
-            .map_err(backend)?
+            .map_err(|e| self.failed(backend(e)))?
             .map(|v| self.unseal_message(&v))
             .transpose()
     }
@@ -812,7 +860,7 @@ impl MessageStore for SledStore {
                 match self
                     .message_ids
                     .get(key(conversation, before.as_bytes()))
-                    .map_err(backend)?
+                    .map_err(|e| self.failed(backend(e)))?
                 {
                     Some(seq) => key(conversation, &seq),
                     None => return Ok(Vec::new()),
@@ -824,7 +872,7 @@ impl MessageStore for SledStore {
             .range(start..end)
             .rev()
             .take(page.limit)
-            .map(|item| self.unseal_message(&item.map_err(backend)?.1))
+            .map(|item| self.unseal_message(&item.map_err(|e| self.failed(backend(e)))?.1))
             .collect::<Result<Vec<StoredMessage>, StoreError>>()?;
         page_items.reverse();
         Ok(page_items)
@@ -840,7 +888,7 @@ impl MessageStore for SledStore {
             .token(search::lookup_prefix(search::indexed(query.key_word())));
         let mut candidates = Vec::new();
         for item in self.words.scan_prefix(token) {
-            let (k, v) = item.map_err(backend)?;
+            let (k, v) = item.map_err(|e| self.failed(backend(e)))?;
             candidates.push((counter(Some(&v)), k[TOKEN_BYTES..].to_vec()));
         }
         candidates.sort_unstable_by(|a, b| b.cmp(a));
@@ -850,7 +898,11 @@ impl MessageStore for SledStore {
             if hits.len() >= limit && hits.last().is_some_and(|m| m.sent_at_ms > sent_at_ms) {
                 break;
             }
-            let Some(v) = self.messages.get(&at).map_err(backend)? else {
+            let Some(v) = self
+                .messages
+                .get(&at)
+                .map_err(|e| self.failed(backend(e)))?
+            else {
                 continue;
             };
             let message = self.unseal_message(&v)?;
@@ -865,7 +917,7 @@ impl MessageStore for SledStore {
     fn conversations(&self) -> Result<Vec<Conversation>, StoreError> {
         let mut list = Vec::new();
         for item in self.activity.iter() {
-            let (conversation, v) = item.map_err(backend)?;
+            let (conversation, v) = item.map_err(|e| self.failed(backend(e)))?;
             let a: Activity = dec(&v)?;
             let id: ConversationId = std::str::from_utf8(&conversation)
                 .ok()
@@ -874,13 +926,18 @@ impl MessageStore for SledStore {
             let Some(last) = self
                 .messages
                 .get(key(&id, &a.last_seq.to_be_bytes()))
-                .map_err(backend)?
+                .map_err(|e| self.failed(backend(e)))?
                 .map(|v| self.unseal_message(&v))
                 .transpose()?
             else {
                 continue;
             };
-            let unread = counter(self.unread.get(&conversation).map_err(backend)?.as_deref());
+            let unread = counter(
+                self.unread
+                    .get(&conversation)
+                    .map_err(|e| self.failed(backend(e)))?
+                    .as_deref(),
+            );
             list.push((
                 a.order,
                 Conversation {
@@ -925,7 +982,7 @@ impl MessageStore for SledStore {
                 tree.insert(count_key, &(count + 1).to_be_bytes()[..])?;
                 Ok(true)
             })
-            .map_err(tx)
+            .map_err(|e| self.failed(tx(e)))
     }
 
     #[tracing::instrument(name = "store.held_inbound", skip_all)]
@@ -933,7 +990,12 @@ impl MessageStore for SledStore {
         self.held_inbound
             .scan_prefix(key(peer, &[0u8]))
             .values()
-            .map(|v| self.unseal(trees::HELD_INBOUND, &v.map_err(backend)?))
+            .map(|v| {
+                self.unseal(
+                    trees::HELD_INBOUND,
+                    &v.map_err(|e| self.failed(backend(e)))?,
+                )
+            })
             .collect()
     }
 
@@ -953,7 +1015,7 @@ impl MessageStore for SledStore {
                 tree.insert(count_key, &count.saturating_sub(1).to_be_bytes()[..])?;
                 Ok(())
             })
-            .map_err(tx)
+            .map_err(|e| self.failed(tx(e)))
     }
 }
 
@@ -963,7 +1025,13 @@ impl OutboxStore for SledStore {
         self.outbox
             .iter()
             .values()
-            .map(|v| dec_entry(&self.sealer.open(trees::OUTBOX, &v.map_err(backend)?)?))
+            .map(|v| {
+                dec_entry(
+                    &self
+                        .sealer
+                        .open(trees::OUTBOX, &v.map_err(|e| self.failed(backend(e)))?)?,
+                )
+            })
             .collect()
     }
 }
@@ -973,7 +1041,7 @@ impl FileStore for SledStore {
     fn file(&self, id: &crate::domain::FileId) -> Result<Option<FileRecord>, StoreError> {
         self.file_records
             .get(id.as_bytes())
-            .map_err(backend)?
+            .map_err(|e| self.failed(backend(e)))?
             .map(|v| dec_file(&self.sealer.open(trees::FILES, &v)?))
             .transpose()
     }
@@ -984,7 +1052,13 @@ impl FileStore for SledStore {
             .file_records
             .iter()
             .values()
-            .map(|v| dec_file(&self.sealer.open(trees::FILES, &v.map_err(backend)?)?))
+            .map(|v| {
+                dec_file(
+                    &self
+                        .sealer
+                        .open(trees::FILES, &v.map_err(|e| self.failed(backend(e)))?)?,
+                )
+            })
             .collect::<Result<Vec<FileRecord>, StoreError>>()?;
         files.sort_by_key(|f| f.at_ms);
         Ok(files)
@@ -1108,7 +1182,7 @@ impl crate::ports::PeopleStore for SledStore {
     fn save_own_profile(&self, profile: &crate::domain::Profile) -> Result<(), StoreError> {
         self.meta
             .insert("own_profile", self.seal(trees::META, profile)?)
-            .map_err(backend)?;
+            .map_err(|e| self.failed(backend(e)))?;
         Ok(())
     }
 
@@ -1119,7 +1193,7 @@ impl crate::ports::PeopleStore for SledStore {
     fn save_settings(&self, settings: &crate::ports::Settings) -> Result<(), StoreError> {
         self.meta
             .insert("settings", self.seal(trees::META, settings)?)
-            .map_err(backend)?;
+            .map_err(|e| self.failed(backend(e)))?;
         Ok(())
     }
 }
@@ -1373,8 +1447,8 @@ impl Store for SledStore {
                 duplicate: true,
                 ..Committed::default()
             }),
-            Err(TransactionError::Abort(Stop::Store(e))) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(backend(e)),
+            Err(TransactionError::Abort(Stop::Store(e))) => Err(self.failed(e)),
+            Err(TransactionError::Storage(e)) => Err(self.failed(backend(e))),
         }
     }
 
@@ -1392,7 +1466,7 @@ impl Store for SledStore {
         tokio::task::spawn_blocking(move || db.flush())
             .await
             .map_err(|e| StoreError::Backend(e.to_string()))?
-            .map_err(backend)?;
+            .map_err(|e| self.failed(backend(e)))?;
         self.flushes_done.store(this, Ordering::Release);
         Ok(())
     }

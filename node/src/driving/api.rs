@@ -1534,6 +1534,20 @@ pub async fn serve(
         .await
 }
 
+/// What the API answers while the node is stopped because its disk is full (the daemon starts
+/// it again when there is space): every request, `507 disk_full`. It tells nothing else, so it
+/// asks for no token.
+pub fn disk_full_router() -> Router {
+    Router::new().fallback(|| async {
+        ApiError(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "disk_full",
+            "the node's disk is full: the node stopped, and starts again when there is space"
+                .into(),
+        )
+    })
+}
+
 impl<P: Ports> std::fmt::Debug for ApiState<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the token.

@@ -270,6 +270,11 @@ impl Daemon {
         None
     }
 
+    /// Whether the daemon's process has not exited.
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use peerchat::domain::MessageId;
 use peerchat::driving::api::{SendAnswer, SendBody};
+use peerchat::ports::MessageStatus;
 use peerchat_pki::Username;
 
 use crate::binaries::{Daemon, rendezvous};
@@ -205,10 +206,31 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Bob's data directory on a small tmpfs that fills up: his node answers his own send with a
-/// clear error and acknowledges none of alice's messages it could not store; once space returns
-/// and his node is restarted, every message reaches him exactly once, every send his node took
-/// reaches alice, and he sends again.
+/// How many times bob's node stopped for a full disk (its daemon says so on stderr, in its log).
+fn stops_for_full_disk(disk: &Tmpfs) -> usize {
+    std::fs::read_to_string(disk.0.with_extension("log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.starts_with("peerchat: the disk of ") && line.contains(" is full"))
+        .count()
+}
+
+/// Frees bob's disk and waits for his daemon, the same process, to start its node again.
+fn free(bob: &mut Daemon, filler: std::path::PathBuf) {
+    std::fs::remove_file(filler).unwrap();
+    bob.wait_for("there is space again");
+    bob.wait_for("listening on");
+    assert!(bob.is_running(), "bob's daemon recovers without a restart");
+}
+
+/// Bob's data directory on a small tmpfs that fills up, twice.
+///
+/// First while alice writes to him: his node takes her messages while they fit, refuses to
+/// acknowledge the one it cannot store, and stops until there is space; his own send meanwhile
+/// is refused with a clear error. Then while he writes: his sends are taken until one is
+/// refused, clearly. Each time, once space returns, his daemon (the same process) starts its
+/// node again: every message alice's node accepted reaches him exactly once, every send his
+/// node took reaches her, and both carry on. A restart afterwards finds the same history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_a_clear_error_acknowledges_nothing_unstored_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
@@ -223,14 +245,65 @@ async fn a_full_disk_is_a_clear_error_acknowledges_nothing_unstored_and_recovers
     bob.wait_for_history("alice", &["before the disk filled"]);
     crate::binaries::ok(&bob.cli(&["send", "alice", "me too"]));
     alice.wait_for_history("bob", &["before the disk filled", "me too"]);
-
-    let filler = disk.fill();
-    // The store's files may still have room the filesystem gave them before: bob's sends are
-    // taken until they are full, then refused, clearly.
+    let mut accepted: BTreeSet<MessageId> = alice
+        .history_json("bob")
+        .iter()
+        .take(1)
+        .map(|m| m.id)
+        .collect();
     let long = "x".repeat(15_000);
+
+    // 1. Alice writes to bob until his node cannot store one of her messages.
+    let filler = disk.fill();
+    let mut delivered_while_full = 0;
+    while stops_for_full_disk(&disk) == 0 {
+        let answer = send(alice.api(), format!("alice {} {long}", accepted.len()))
+            .await
+            .expect("alice's daemon accepts every message");
+        accepted.insert(answer.id);
+        assert!(
+            accepted.len() < 2_000,
+            "bob's node took 30 MB on a full 48 MB disk"
+        );
+        crate::binaries::eventually_blocking("bob's node stores the message or stops", || {
+            stops_for_full_disk(&disk) > 0
+                || alice
+                    .history_json("bob")
+                    .iter()
+                    .any(|m| m.id == answer.id && m.status == MessageStatus::Delivered)
+        });
+        delivered_while_full += 1;
+    }
+    assert!(delivered_while_full > 0);
+    // Whatever bob's node could not store, it did not acknowledge: alice still holds it.
+    let waiting = alice
+        .history_json("bob")
+        .iter()
+        .filter(|m| accepted.contains(&m.id) && m.status != MessageStatus::Delivered)
+        .count();
+    assert!(
+        waiting >= 1,
+        "bob's node acknowledged a message it could not store"
+    );
+    // Bob is told why nothing works.
+    let out = bob.cli(&["send", "alice", "while the disk is full"]);
+    assert!(!out.status.success());
+    let refusal = String::from_utf8_lossy(&out.stderr);
+    assert!(refusal.contains("disk is full"), "{refusal}");
+    for i in 0..20 {
+        let answer = send(alice.api(), format!("while bob's node is stopped {i}"))
+            .await
+            .expect("alice's daemon accepts every message");
+        accepted.insert(answer.id);
+    }
+    free(&mut bob, filler);
+    exactly_once(&bob, &accepted).await;
+
+    // 2. Bob writes until his node cannot store one of his messages.
+    let filler = disk.fill();
     let mut taken = 0;
     let refusal = loop {
-        let out = bob.cli(&["send", "alice", &format!("{taken} {long}")]);
+        let out = bob.cli(&["send", "alice", &format!("bob {taken} {long}")]);
         if !out.status.success() {
             break String::from_utf8_lossy(&out.stderr).into_owned();
         }
@@ -238,35 +311,16 @@ async fn a_full_disk_is_a_clear_error_acknowledges_nothing_unstored_and_recovers
         assert!(taken < 2_000, "bob's node took 30 MB on a full 48 MB disk");
     };
     assert!(refusal.contains("disk is full"), "{refusal}");
-    let mut accepted = BTreeSet::new();
-    for i in 0..20 {
-        let answer = send(alice.api(), format!("while bob's disk is full {i}"))
-            .await
-            .expect("alice's daemon accepts every message");
-        accepted.insert(answer.id);
-    }
-    // Bob's node tries to take them and cannot: it says so, and acknowledges none.
-    crate::binaries::eventually_blocking("bob's node reports the full disk", || {
-        std::fs::read_to_string(disk.0.with_extension("log"))
-            .unwrap_or_default()
-            .contains("disk is full")
+    crate::binaries::eventually_blocking("bob's node stops for the full disk again", || {
+        stops_for_full_disk(&disk) == 2
     });
-
-    // sled keeps an I/O error until the database is opened again: once there is space, the
-    // node is restarted (as its supervisor would), and carries on from what it had stored.
-    std::fs::remove_file(filler).unwrap();
-    bob.kill();
-    let bob = Daemon::start(&disk.0, &url);
-    bob.wait_for("listening on");
-    let mut all = accepted.clone();
-    all.extend(alice.history_json("bob").iter().take(1).map(|m| m.id));
-    exactly_once(&bob, &all).await;
+    free(&mut bob, filler);
     // Every send of bob's that his node took is kept, and reaches alice.
     crate::binaries::eventually_blocking("alice has every message bob's node took", || {
         alice
             .history_json("bob")
             .iter()
-            .filter(|m| m.text.ends_with(&long))
+            .filter(|m| m.text.starts_with("bob ") && m.text.ends_with(&long))
             .count()
             == taken
     });
@@ -277,5 +331,11 @@ async fn a_full_disk_is_a_clear_error_acknowledges_nothing_unstored_and_recovers
             .iter()
             .any(|m| m.text == "space again")
     });
-    drop(bob);
+    exactly_once(&bob, &accepted).await;
+
+    // What the node stored after each recovery is durable: a restart finds each message once.
+    bob.kill();
+    let bob = Daemon::start(&disk.0, &url);
+    bob.wait_for("listening on");
+    exactly_once(&bob, &accepted).await;
 }
