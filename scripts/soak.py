@@ -7,7 +7,10 @@ its data directory, and prints a table. The daemons' stores are passphrase-prote
 as a user's would be.
 
     cargo build --release --bin peerchat --bin peerchat-rendezvous
-    scripts/soak.py [--messages 50000] [--keep DIR]
+    scripts/soak.py [--messages 50000] [--keep DIR] [--no-restart]
+
+After the last checkpoint both daemons start again on their stores and take 1,000 more messages:
+memory that comes back at once grows with the history; memory that does not grew with uptime.
 """
 import argparse
 import http.client
@@ -84,6 +87,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--keep", help="keep the data directories here")
+    parser.add_argument("--no-restart", dest="restart", action="store_false",
+                        help="skip the restart at the end")
     args = parser.parse_args()
     work = args.keep or tempfile.mkdtemp(prefix="peerchat-soak-")
     os.makedirs(work, exist_ok=True)
@@ -99,7 +104,8 @@ def main():
         port = re.search(r"https://127\.0\.0\.1:(\d+)", rv.stdout.readline()).group(1)
         url = f"https://localhost:{port}"
         daemons = {}
-        for name in ["alice", "bob"]:
+
+        def start(name):
             data = os.path.join(work, name)
             passphrase = os.path.join(work, f"{name}.passphrase")
             with open(passphrase, "w") as f:
@@ -107,11 +113,15 @@ def main():
             proc = subprocess.Popen(
                 [PEERCHAT, "daemon", "--data-dir", data, "--rendezvous", url,
                  "--passphrase-file", passphrase],
-                stdout=open(os.path.join(work, f"{name}.out"), "w"),
-                stderr=open(os.path.join(work, f"{name}.log"), "w"),
+                stdout=open(os.path.join(work, f"{name}.out"), "a"),
+                stderr=open(os.path.join(work, f"{name}.log"), "a"),
                 env=dict(os.environ, RUST_LOG="warn"))
             procs.append(proc)
             wait_for(f"{name}'s API", lambda: os.path.exists(os.path.join(data, "api.addr")), 60)
+            return proc, data
+
+        for name in ["alice", "bob"]:
+            proc, data = start(name)
             subprocess.run([PEERCHAT, "--data-dir", data, "register", name], check=True,
                            env=dict(os.environ, PEERCHAT_PASSWORD=PASSWORD),
                            stdout=subprocess.DEVNULL)
@@ -137,6 +147,19 @@ def main():
                 if i % 10 == 9:
                     bob.call("POST", "/api/v1/messages", {"to": "alice", "text": f"answer {i}"})
 
+        def measure(label):
+            wait_for("bob holding every message", lambda: alice.call("GET", "/api/v1/status")["outbox"] == 0
+                     and bob.call("GET", "/api/v1/status")["outbox"] == 0)
+            row = {"messages": label, "seconds": round(time.time() - started)}
+            for name, (proc, data, _) in daemons.items():
+                row[f"{name}_rss_mib"] = round(rss_kib(proc.pid) / 1024, 1)
+                row[f"{name}_disk_mib"] = round(disk_bytes(data) / 2**20, 1)
+            row["rv_rss_mib"] = round(rss_kib(rv.pid) / 1024, 1)
+            row["rv_disk_mib"] = round(disk_bytes(rv_dir) / 2**20, 1)
+            row["bob_holds"] = held(bob, "alice")
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
         for target in checkpoints:
             while sent < target:
                 batch = min(1000, target - sent)
@@ -150,23 +173,33 @@ def main():
                 # Back-pressure: let delivery keep up.
                 wait_for("alice's outbox drained",
                          lambda: alice.call("GET", "/api/v1/status")["outbox"] < 200)
-            wait_for("bob holding every message", lambda: alice.call("GET", "/api/v1/status")["outbox"] == 0
-                     and bob.call("GET", "/api/v1/status")["outbox"] == 0)
-            elapsed = time.time() - started
-            row = {"messages": target, "seconds": round(elapsed)}
-            for name, (proc, data, _) in daemons.items():
-                row[f"{name}_rss_mib"] = round(rss_kib(proc.pid) / 1024, 1)
-                row[f"{name}_disk_mib"] = round(disk_bytes(data) / 2**20, 1)
-            row["rv_rss_mib"] = round(rss_kib(rv.pid) / 1024, 1)
-            row["rv_disk_mib"] = round(disk_bytes(rv_dir) / 2**20, 1)
-            row["bob_holds"] = held(bob, "alice")
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            measure(f"{target:,}")
+        # Whether what the daemons hold grows with their history or with their uptime: both
+        # start again on the same stores and take 1,000 more messages.
+        if args.restart:
+            for name in ["alice", "bob"]:
+                proc = daemons[name][0]
+                proc.terminate()
+                proc.wait(30)
+                proc, data = start(name)
+                daemons[name] = (proc, data, Api(data))
+            alice, bob = daemons["alice"][2], daemons["bob"][2]
+            wait_for("both daemons listening again", lambda: all(
+                open(os.path.join(work, f"{n}.out")).read().count("listening on") >= 2
+                for n in daemons))
+            threads = [threading.Thread(target=sender, args=(sent + k * 250, sent + (k + 1) * 250))
+                       for k in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            sent += 1000
+            measure(f"{sent:,}, both restarted at {sent - 1000:,}")
         print()
         print("| messages | alice RSS | bob RSS | rendezvous RSS | alice disk | bob disk | rendezvous disk |")
         print("|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['messages']:,} | {r['alice_rss_mib']} MiB | {r['bob_rss_mib']} MiB | {r['rv_rss_mib']} MiB "
+            print(f"| {r['messages']} | {r['alice_rss_mib']} MiB | {r['bob_rss_mib']} MiB | {r['rv_rss_mib']} MiB "
                   f"| {r['alice_disk_mib']} MiB | {r['bob_disk_mib']} MiB | {r['rv_disk_mib']} MiB |")
     finally:
         for p in procs:

@@ -380,18 +380,25 @@ async fn wait_for_space(
     key: &StoreKey,
     stop: &CancellationToken,
 ) -> Option<SledStore> {
-    loop {
+    for tries in 1u64.. {
         stop.run_until_cancelled(tokio::time::sleep(SPACE_RETRY))
             .await?;
         // Fails while a task of the last run still holds the database, or the disk is full.
-        match open_store(config, key) {
+        let why = match open_store(config, key) {
             Ok(store) => match store.probe().await {
                 Ok(()) => return Some(store),
-                Err(e) => tracing::debug!(error = %e, "the store cannot write yet"),
+                Err(e) => e,
             },
-            Err(e) => tracing::debug!(error = %e, "the store does not open yet"),
+            Err(e) => e,
+        };
+        // Said now and then, for whoever wonders why the node does not come back.
+        if tries % 15 == 0 {
+            tracing::warn!(error = %why, "the store cannot write yet");
+        } else {
+            tracing::debug!(error = %why, "the store cannot write yet");
         }
     }
+    None
 }
 
 /// Runs the node on `store` until shutdown is asked for or a write finds the disk full.
