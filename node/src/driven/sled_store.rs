@@ -337,6 +337,32 @@ fn key(name: &impl std::fmt::Display, suffix: &[u8]) -> Vec<u8> {
     k
 }
 
+/// How long opening waits for sled's lock on a database this process just let go of.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens the sled database in `dir`. sled lets go of its file lock from background threads a
+/// little after the last handle drops, so a database opened again at once (the daemon after a
+/// full disk, a test reopening a store) can find it still held: that is waited out, for a
+/// while. (A second daemon on the same directory is stopped before, by `daemon.lock`.)
+fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 fn tx<E: std::fmt::Display>(e: TransactionError<E>) -> StoreError {
     match e {
         TransactionError::Abort(e) => StoreError::Corrupt(e.to_string()),
@@ -357,11 +383,7 @@ impl SledStore {
     /// Opens (or creates) the store in `dir`, its records sealed under `key`. A store written
     /// before records were sealed has them sealed here, once.
     pub fn open(dir: &Path, key: &StoreKey) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(backend)?;
+        let db = open_sled(dir).map_err(backend)?;
         let t = |n: &str| db.open_tree(n).map_err(backend);
         let store = Self {
             sealer: Sealer::new(key),
@@ -1679,6 +1701,30 @@ mod tests {
 
     fn key(byte: u8) -> StoreKey {
         StoreKey::from_bytes([byte; 32])
+    }
+
+    /// sled lets go of its file lock from background threads a little after the last handle
+    /// drops: a store opened again at once (as the daemon does after a full disk, and as
+    /// these tests do) still opens, and holds what was flushed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_opened_again_as_soon_as_it_is_dropped_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..50u64 {
+            let store = SledStore::open(dir.path(), &key(1)).unwrap();
+            assert_eq!(
+                store.signed_prekey_rotated_at().unwrap(),
+                round.checked_sub(1)
+            );
+            let held = store.history(&text("x").conversation(), Page::ALL).unwrap();
+            assert_eq!(held.len() as u64, round);
+            let mut message = text("a message that rounds");
+            message.id = MessageId::from_bytes([round as u8; 16]);
+            store
+                .commit(&Batch::new().with(Write::Message(message, IfStored::Skip)))
+                .unwrap();
+            store.set_signed_prekey_rotated_at(round).unwrap();
+            store.flush().await.unwrap();
+        }
     }
 
     fn files_hold(dir: &Path, needle: &[u8]) -> bool {
