@@ -432,8 +432,18 @@ impl SledStore {
     pub async fn probe(&self) -> Result<(), StoreError> {
         self.meta
             .insert("probe", &[1u8][..])
-            .map_err(|e| self.failed(backend(e)))?;
+            .map_err(|e| self.sled_error(e))?;
         self.flush().await
+    }
+
+    /// A sled error as the store's, noted when it says the disk is full.
+    fn sled_error(&self, e: sled::Error) -> StoreError {
+        self.failed(backend(e))
+    }
+
+    /// A transaction's error as the store's, noted when it says the disk is full.
+    fn tx_error<E: std::fmt::Display>(&self, e: TransactionError<E>) -> StoreError {
+        self.failed(tx(e))
     }
 
     /// Notes a disk-full error (see [`SledStore::disk_full`]) and passes it on.
@@ -451,7 +461,7 @@ impl SledStore {
         if self
             .meta
             .contains_key("sealed")
-            .map_err(|e| self.failed(backend(e)))?
+            .map_err(|e| self.sled_error(e))?
         {
             return Ok(());
         }
@@ -473,13 +483,13 @@ impl SledStore {
             if self
                 .meta
                 .contains_key(&flag)
-                .map_err(|e| self.failed(backend(e)))?
+                .map_err(|e| self.sled_error(e))?
             {
                 continue;
             }
             let mut records = Vec::new();
             for item in tree.iter() {
-                let (k, v) = item.map_err(|e| self.failed(backend(e)))?;
+                let (k, v) = item.map_err(|e| self.sled_error(e))?;
                 if name != trees::HELD_INBOUND || is_held_record(&k) {
                     records.push((k, self.sealer.seal(name, &v)?));
                 }
@@ -492,11 +502,11 @@ impl SledStore {
                     meta.insert(flag.as_slice(), &[1u8][..])?;
                     Ok::<_, ConflictableTransactionError<StoreError>>(())
                 })
-                .map_err(|e| self.failed(tx(e)))?;
+                .map_err(|e| self.tx_error(e))?;
         }
         let mut records = Vec::new();
         for name in SEALED_META {
-            if let Some(v) = self.meta.get(name).map_err(|e| self.failed(backend(e)))? {
+            if let Some(v) = self.meta.get(name).map_err(|e| self.sled_error(e))? {
                 records.push((name, self.sealer.seal(trees::META, &v)?));
             }
         }
@@ -510,7 +520,7 @@ impl SledStore {
                 meta.insert("sealed", &[1u8][..])?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
-            .map_err(|e| self.failed(tx(e)))?;
+            .map_err(|e| self.tx_error(e))?;
         Ok(())
     }
 
@@ -545,13 +555,13 @@ impl SledStore {
         if self
             .meta
             .contains_key("unread_counted")
-            .map_err(|e| self.failed(backend(e)))?
+            .map_err(|e| self.sled_error(e))?
         {
             return Ok(());
         }
         let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
         for value in self.messages.iter().values() {
-            let message = self.unseal_message(&value.map_err(|e| self.failed(backend(e)))?)?;
+            let message = self.unseal_message(&value.map_err(|e| self.sled_error(e))?)?;
             if is_unread(&message) {
                 *counts
                     .entry(message.conversation().to_string())
@@ -561,11 +571,11 @@ impl SledStore {
         for (conversation, count) in counts {
             self.unread
                 .insert(conversation.as_bytes(), &count.to_be_bytes()[..])
-                .map_err(|e| self.failed(backend(e)))?;
+                .map_err(|e| self.sled_error(e))?;
         }
         self.meta
             .insert("unread_counted", &[1u8][..])
-            .map_err(|e| self.failed(backend(e)))?;
+            .map_err(|e| self.sled_error(e))?;
         Ok(())
     }
 
@@ -575,14 +585,14 @@ impl SledStore {
         if self
             .meta
             .contains_key("words_indexed")
-            .map_err(|e| self.failed(backend(e)))?
+            .map_err(|e| self.sled_error(e))?
         {
             return Ok(());
         }
-        self.words.clear().map_err(|e| self.failed(backend(e)))?;
+        self.words.clear().map_err(|e| self.sled_error(e))?;
         let mut batch = sled::Batch::default();
         for item in self.messages.iter() {
-            let (at, value) = item.map_err(|e| self.failed(backend(e)))?;
+            let (at, value) = item.map_err(|e| self.sled_error(e))?;
             let message = self.unseal_message(&value)?;
             for k in self.index_keys(Some(&message), &at) {
                 batch.insert(k, &message.sent_at_ms.to_be_bytes()[..]);
@@ -590,10 +600,10 @@ impl SledStore {
         }
         self.words
             .apply_batch(batch)
-            .map_err(|e| self.failed(backend(e)))?;
+            .map_err(|e| self.sled_error(e))?;
         self.meta
             .insert("words_indexed", &[1u8][..])
-            .map_err(|e| self.failed(backend(e)))?;
+            .map_err(|e| self.sled_error(e))?;
         Ok(())
     }
 
@@ -605,7 +615,7 @@ impl SledStore {
     ) -> Result<Option<T>, StoreError> {
         let name = tree.name();
         tree.get(k)
-            .map_err(|e| self.failed(backend(e)))?
+            .map_err(|e| self.sled_error(e))?
             .map(|v| self.unseal(&name, &v))
             .transpose()
     }
@@ -615,7 +625,7 @@ impl SledStore {
         let name = tree.name();
         tree.iter()
             .values()
-            .map(|v| self.unseal(&name, &v.map_err(|e| self.failed(backend(e)))?))
+            .map(|v| self.unseal(&name, &v.map_err(|e| self.sled_error(e))?))
             .collect()
     }
 
@@ -701,7 +711,7 @@ impl IdentityStore for SledStore {
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
-            .map_err(|e| self.failed(tx(e)))
+            .map_err(|e| self.tx_error(e))
     }
 
     #[tracing::instrument(name = "store.save_certificate", skip_all)]
@@ -713,7 +723,7 @@ impl IdentityStore for SledStore {
         let bytes = self.seal(trees::META, &record)?;
         self.meta
             .insert("identity", bytes.as_slice())
-            .map_err(|e| self.failed(backend(e)))?;
+            .map_err(|e| self.sled_error(e))?;
         Ok(())
     }
 }
@@ -737,7 +747,7 @@ impl PreKeyStore for SledStore {
         }
         self.one_time
             .apply_batch(batch)
-            .map_err(|e| self.failed(backend(e)))
+            .map_err(|e| self.sled_error(e))
     }
 
     #[tracing::instrument(name = "store.next_prekey_id", skip_all)]
@@ -751,7 +761,7 @@ impl PreKeyStore for SledStore {
                     .unwrap_or(1);
                 Some(n.saturating_add(1).to_be_bytes().to_vec())
             })
-            .map_err(|e| self.failed(backend(e)))?
+            .map_err(|e| self.sled_error(e))?
             .and_then(|b| <[u8; 4]>::try_from(b.as_ref()).ok())
             .map(u32::from_be_bytes)
             .unwrap_or(1);
@@ -763,7 +773,7 @@ impl PreKeyStore for SledStore {
         Ok(self
             .meta
             .get("signed_rotated_at")
-            .map_err(|e| self.failed(backend(e)))?
+            .map_err(|e| self.sled_error(e))?
             .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
             .map(u64::from_be_bytes))
     }
@@ -772,7 +782,7 @@ impl PreKeyStore for SledStore {
     fn set_signed_prekey_rotated_at(&self, at_ms: u64) -> Result<(), StoreError> {
         self.meta
             .insert("signed_rotated_at", &at_ms.to_be_bytes()[..])
-            .map_err(|e| self.failed(backend(e)))?;
+            .map_err(|e| self.sled_error(e))?;
         Ok(())
     }
 
@@ -785,7 +795,7 @@ impl PreKeyStore for SledStore {
                 meta.insert("signed_rotated_at", &at_ms.to_be_bytes()[..])?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
-            .map_err(|e| self.failed(tx(e)))
+            .map_err(|e| self.tx_error(e))
     }
 }
 
@@ -802,7 +812,7 @@ impl ContactStore for SledStore {
                 contact.address().to_string(),
                 self.seal(trees::CONTACTS, contact)?,
             )
-            .map_err(|e| self.failed(backend(e)))?;
+            .map_err(|e| self.sled_error(e))?;
         Ok(())
     }
 
@@ -829,7 +839,7 @@ impl ContactStore for SledStore {
                 device.to_string(),
                 self.seal(trees::KNOWN_ADDRESSES, &addresses)?,
             )
-            .map_err(|e| self.failed(backend(e)))?;
+            .map_err(|e| self.sled_error(e))?;
         Ok(())
     }
 }
@@ -839,7 +849,7 @@ impl SessionStore for SledStore {
     fn session(&self, device: &Address) -> Result<Option<Session>, StoreError> {
         self.sessions
             .get(device.to_string())
-            .map_err(|e| self.failed(backend(e)))?
+            .map_err(|e| self.sled_error(e))?
             .map(|v| {
                 let plain = self.sealer.open(trees::SESSIONS, &v)?;
                 Session::from_bytes(&plain).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -858,13 +868,13 @@ impl MessageStore for SledStore {
         let Some(seq) = self
             .message_ids
             .get(key(conversation, id.as_bytes()))
-            .map_err(|e| self.failed(backend(e)))?
+            .map_err(|e| self.sled_error(e))?
         else {
             return Ok(None);
         };
         self.messages
             .get(key(conversation, &seq))
-            .map_err(|e| self.failed(backend(e)))?
+            .map_err(|e| self.sled_error(e))?
             .map(|v| self.unseal_message(&v))
             .transpose()
     }
@@ -882,7 +892,7 @@ impl MessageStore for SledStore {
                 match self
                     .message_ids
                     .get(key(conversation, before.as_bytes()))
-                    .map_err(|e| self.failed(backend(e)))?
+                    .map_err(|e| self.sled_error(e))?
                 {
                     Some(seq) => key(conversation, &seq),
                     None => return Ok(Vec::new()),
@@ -894,7 +904,7 @@ impl MessageStore for SledStore {
             .range(start..end)
             .rev()
             .take(page.limit)
-            .map(|item| self.unseal_message(&item.map_err(|e| self.failed(backend(e)))?.1))
+            .map(|item| self.unseal_message(&item.map_err(|e| self.sled_error(e))?.1))
             .collect::<Result<Vec<StoredMessage>, StoreError>>()?;
         page_items.reverse();
         Ok(page_items)
@@ -910,7 +920,7 @@ impl MessageStore for SledStore {
             .token(search::lookup_prefix(search::indexed(query.key_word())));
         let mut candidates = Vec::new();
         for item in self.words.scan_prefix(token) {
-            let (k, v) = item.map_err(|e| self.failed(backend(e)))?;
+            let (k, v) = item.map_err(|e| self.sled_error(e))?;
             candidates.push((counter(Some(&v)), k[TOKEN_BYTES..].to_vec()));
         }
         candidates.sort_unstable_by(|a, b| b.cmp(a));
@@ -920,11 +930,7 @@ impl MessageStore for SledStore {
             if hits.len() >= limit && hits.last().is_some_and(|m| m.sent_at_ms > sent_at_ms) {
                 break;
             }
-            let Some(v) = self
-                .messages
-                .get(&at)
-                .map_err(|e| self.failed(backend(e)))?
-            else {
+            let Some(v) = self.messages.get(&at).map_err(|e| self.sled_error(e))? else {
                 continue;
             };
             let message = self.unseal_message(&v)?;
@@ -939,7 +945,7 @@ impl MessageStore for SledStore {
     fn conversations(&self) -> Result<Vec<Conversation>, StoreError> {
         let mut list = Vec::new();
         for item in self.activity.iter() {
-            let (conversation, v) = item.map_err(|e| self.failed(backend(e)))?;
+            let (conversation, v) = item.map_err(|e| self.sled_error(e))?;
             let a: Activity = dec(&v)?;
             let id: ConversationId = std::str::from_utf8(&conversation)
                 .ok()
@@ -948,7 +954,7 @@ impl MessageStore for SledStore {
             let Some(last) = self
                 .messages
                 .get(key(&id, &a.last_seq.to_be_bytes()))
-                .map_err(|e| self.failed(backend(e)))?
+                .map_err(|e| self.sled_error(e))?
                 .map(|v| self.unseal_message(&v))
                 .transpose()?
             else {
@@ -957,7 +963,7 @@ impl MessageStore for SledStore {
             let unread = counter(
                 self.unread
                     .get(&conversation)
-                    .map_err(|e| self.failed(backend(e)))?
+                    .map_err(|e| self.sled_error(e))?
                     .as_deref(),
             );
             list.push((
@@ -1004,7 +1010,7 @@ impl MessageStore for SledStore {
                 tree.insert(count_key, &(count + 1).to_be_bytes()[..])?;
                 Ok(true)
             })
-            .map_err(|e| self.failed(tx(e)))
+            .map_err(|e| self.tx_error(e))
     }
 
     #[tracing::instrument(name = "store.held_inbound", skip_all)]
@@ -1012,12 +1018,7 @@ impl MessageStore for SledStore {
         self.held_inbound
             .scan_prefix(key(peer, &[0u8]))
             .values()
-            .map(|v| {
-                self.unseal(
-                    trees::HELD_INBOUND,
-                    &v.map_err(|e| self.failed(backend(e)))?,
-                )
-            })
+            .map(|v| self.unseal(trees::HELD_INBOUND, &v.map_err(|e| self.sled_error(e))?))
             .collect()
     }
 
@@ -1037,7 +1038,7 @@ impl MessageStore for SledStore {
                 tree.insert(count_key, &count.saturating_sub(1).to_be_bytes()[..])?;
                 Ok(())
             })
-            .map_err(|e| self.failed(tx(e)))
+            .map_err(|e| self.tx_error(e))
     }
 }
 
@@ -1051,7 +1052,7 @@ impl OutboxStore for SledStore {
                 dec_entry(
                     &self
                         .sealer
-                        .open(trees::OUTBOX, &v.map_err(|e| self.failed(backend(e)))?)?,
+                        .open(trees::OUTBOX, &v.map_err(|e| self.sled_error(e))?)?,
                 )
             })
             .collect()
@@ -1063,7 +1064,7 @@ impl FileStore for SledStore {
     fn file(&self, id: &crate::domain::FileId) -> Result<Option<FileRecord>, StoreError> {
         self.file_records
             .get(id.as_bytes())
-            .map_err(|e| self.failed(backend(e)))?
+            .map_err(|e| self.sled_error(e))?
             .map(|v| dec_file(&self.sealer.open(trees::FILES, &v)?))
             .transpose()
     }
@@ -1078,7 +1079,7 @@ impl FileStore for SledStore {
                 dec_file(
                     &self
                         .sealer
-                        .open(trees::FILES, &v.map_err(|e| self.failed(backend(e)))?)?,
+                        .open(trees::FILES, &v.map_err(|e| self.sled_error(e))?)?,
                 )
             })
             .collect::<Result<Vec<FileRecord>, StoreError>>()?;
@@ -1204,7 +1205,7 @@ impl crate::ports::PeopleStore for SledStore {
     fn save_own_profile(&self, profile: &crate::domain::Profile) -> Result<(), StoreError> {
         self.meta
             .insert("own_profile", self.seal(trees::META, profile)?)
-            .map_err(|e| self.failed(backend(e)))?;
+            .map_err(|e| self.sled_error(e))?;
         Ok(())
     }
 
@@ -1215,7 +1216,7 @@ impl crate::ports::PeopleStore for SledStore {
     fn save_settings(&self, settings: &crate::ports::Settings) -> Result<(), StoreError> {
         self.meta
             .insert("settings", self.seal(trees::META, settings)?)
-            .map_err(|e| self.failed(backend(e)))?;
+            .map_err(|e| self.sled_error(e))?;
         Ok(())
     }
 }
@@ -1470,7 +1471,7 @@ impl Store for SledStore {
                 ..Committed::default()
             }),
             Err(TransactionError::Abort(Stop::Store(e))) => Err(self.failed(e)),
-            Err(TransactionError::Storage(e)) => Err(self.failed(backend(e))),
+            Err(TransactionError::Storage(e)) => Err(self.sled_error(e)),
         }
     }
 
@@ -1488,7 +1489,7 @@ impl Store for SledStore {
         tokio::task::spawn_blocking(move || db.flush())
             .await
             .map_err(|e| StoreError::Backend(e.to_string()))?
-            .map_err(|e| self.failed(backend(e)))?;
+            .map_err(|e| self.sled_error(e))?;
         self.flushes_done.store(this, Ordering::Release);
         Ok(())
     }
