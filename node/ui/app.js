@@ -339,11 +339,16 @@ async function refreshConversations() {
 async function openConversation(key) {
   clearError();
   state.current = key;
-  $("empty").hidden = true;
-  $("pane").hidden = false;
+  // The header names the conversation from the moment the pane shows (never the previous one's
+  // name, nor none), with the notes of this conversation, not the last one's; both are rendered
+  // again below once contacts and groups are fresh.
+  renderHeader();
+  renderNotes(key);
   $("messages").replaceChildren();
   state.older = [];
   state.exhausted = false;
+  $("empty").hidden = true;
+  $("pane").hidden = false;
   await refreshContacts();
   await refreshGroups();
   renderHeader();
@@ -379,14 +384,21 @@ function renderHeader() {
 async function refreshConversation() {
   const peer = state.current;
   if (!peer) return;
-  if (isGroup(peer)) {
+  renderNotes(peer);
+  await refreshMessages(peer);
+}
+
+/** The notes above conversation `key`'s messages: request, blocked, verified, key change. */
+function renderNotes(key) {
+  if (isGroup(key)) {
     $("peer-verified").hidden = true;
     $("key-warning").hidden = true;
     $("request-note").hidden = true;
     $("blocked-note").hidden = true;
     renderHeader();
-    return refreshMessages(peer);
+    return;
   }
+  const peer = key;
   const contact = state.contacts.get(peer);
   const request = Boolean(contact && contact.request);
   $("request-note").hidden = !request;
@@ -407,7 +419,6 @@ async function refreshConversation() {
   } else {
     warning.hidden = true;
   }
-  await refreshMessages(peer);
 }
 
 /** The files of conversation `key`: offered in it, by either side. */
