@@ -41,6 +41,8 @@ struct Inner {
     people: BTreeMap<Username, crate::domain::Person>,
     own_profile: Option<crate::domain::Profile>,
     settings: Option<crate::ports::Settings>,
+    /// While set, every flush waits until the gate opens.
+    flush_gate: Option<FlushGate>,
 }
 
 impl Inner {
@@ -639,7 +641,53 @@ impl Store for MemoryStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
+        let gate = self.inner().flush_gate.clone();
+        if let Some(gate) = gate {
+            gate.pass().await;
+        }
         Ok(())
+    }
+}
+
+impl MemoryStore {
+    /// Holds back every flush from now until the returned gate opens: a test stops a use case
+    /// at its next flush (after a commit, before the acknowledgement), to run another one there.
+    pub fn hold_flushes(&self) -> FlushGate {
+        let gate = FlushGate {
+            open: Arc::new(tokio::sync::watch::channel(false).0),
+            waiting: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        };
+        self.inner().flush_gate = Some(gate.clone());
+        gate
+    }
+}
+
+/// Flushes held back by [`MemoryStore::hold_flushes`].
+#[derive(Debug, Clone)]
+pub struct FlushGate {
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FlushGate {
+    /// How many flushes wait at the gate now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Lets the waiting flushes, and every later one, through.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    async fn pass(&self) {
+        let mut open = self.open.subscribe();
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // The sender lives in `self`, so the wait ends only when the gate opens.
+        let _ = open.wait_for(|open| *open).await;
+        self.waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

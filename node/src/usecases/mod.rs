@@ -185,6 +185,10 @@ pub struct Node<S, D, N, E, C> {
     identity: RwLock<Option<Arc<(Username, IdentityKeyPair)>>>,
     /// One lock per peer: a session is read, advanced and written back under it.
     peer_locks: Mutex<HashMap<Username, Arc<tokio::sync::Mutex<()>>>>,
+    /// One lock per peer over the order in which their envelopes are taken: a receive decides
+    /// whether to hold or decrypt under it, and accepting a new key holds it until the envelopes
+    /// held for that key are taken, so that nothing arriving meanwhile overtakes them.
+    inbound_order: Mutex<HashMap<Username, Arc<tokio::sync::Mutex<()>>>>,
     /// Recently looked-up addresses per peer, so a burst of messages costs one lookup (and stays
     /// within the rendezvous's rate limits). Dropped after [`ADDRESS_TTL_MS`] or a failed delivery.
     addresses: Mutex<HashMap<Username, (crate::ports::PeerInfo, u64)>>,
@@ -222,6 +226,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             clock,
             identity: RwLock::new(None),
             peer_locks: Mutex::new(HashMap::new()),
+            inbound_order: Mutex::new(HashMap::new()),
             addresses: Mutex::new(HashMap::new()),
             outbox_signal: tokio::sync::Notify::new(),
             read_receipts: true,
@@ -271,11 +276,24 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     }
 
     fn peer_lock(&self, peer: &Username) -> Arc<tokio::sync::Mutex<()>> {
-        self.peer_locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(peer.clone())
-            .or_default()
-            .clone()
+        lock_of(&self.peer_locks, peer)
     }
+
+    /// `peer`'s lock over the order of their inbound envelopes (see `inbound_order`).
+    fn inbound_order(&self, peer: &Username) -> Arc<tokio::sync::Mutex<()>> {
+        lock_of(&self.inbound_order, peer)
+    }
+}
+
+/// `peer`'s lock in `locks`, made on first use.
+fn lock_of(
+    locks: &Mutex<HashMap<Username, Arc<tokio::sync::Mutex<()>>>>,
+    peer: &Username,
+) -> Arc<tokio::sync::Mutex<()>> {
+    locks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(peer.clone())
+        .or_default()
+        .clone()
 }

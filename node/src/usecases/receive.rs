@@ -25,7 +25,21 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         identity_key: &IdentityKey,
         envelope: Envelope,
     ) -> Ack {
-        match self.try_receive(from, identity_key, envelope).await {
+        let order = self.inbound_order(from).lock_owned().await;
+        self.receive_in_order(from, identity_key, envelope, Some(order))
+            .await
+    }
+
+    /// [`Self::receive`], its place in `from`'s order taken: with `order`, that lock's guard (let
+    /// go once the envelope's place is decided); without, the caller holds it.
+    async fn receive_in_order(
+        &self,
+        from: &Username,
+        identity_key: &IdentityKey,
+        envelope: Envelope,
+        order: Option<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Ack {
+        match self.try_receive(from, identity_key, envelope, order).await {
             Ok(ack) => ack,
             Err(e) => {
                 tracing::warn!(error = %e, "could not store a received message");
@@ -39,6 +53,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         from: &Username,
         identity_key: &IdentityKey,
         envelope: Envelope,
+        order: Option<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Result<Ack, NodeError> {
         let me = self.me()?;
         if self.already_stored(from, &envelope.id)? {
@@ -55,11 +70,14 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             return self.undecryptable(from, &envelope).await;
         }
         let contact = self.store.contact(&Address::from(from))?;
-        if let Some(known) = contact.as_ref().filter(|c| c.identity_key != *identity_key) {
+        if contact
+            .as_ref()
+            .is_some_and(|c| c.identity_key != *identity_key)
+        {
             // A new key for a known contact: not decrypted until the user accepts it, but kept
             // here (acknowledged, so the sender and the mailbox are done with it) and taken
             // after `accept-key`. Past the bound it stays with the sender.
-            self.note_key_change(known.clone(), *identity_key).await?;
+            self.note_key_change(from, *identity_key).await?;
             let held = HeldInbound {
                 from: from.clone(),
                 identity_key: *identity_key,
@@ -73,6 +91,8 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         }
 
         let guard = self.peer_lock(from).lock_owned().await;
+        // Its place is taken: what arrives after it from `from` is committed after it.
+        drop(order);
         if self.already_stored(from, &envelope.id)? {
             return Ok(Ack::Duplicate);
         }
@@ -167,7 +187,8 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     }
 
     /// Takes the envelopes held from `peer`'s new key now that it is the pinned key, in the
-    /// order they arrived; envelopes from any other key stay held.
+    /// order they arrived; envelopes from any other key stay held. The caller holds `peer`'s
+    /// inbound order lock, so nothing arriving meanwhile overtakes them.
     pub(super) async fn take_held_inbound(&self, peer: &Username) -> Result<(), NodeError> {
         let Some(contact) = self.store.contact(&Address::from(peer))? else {
             return Ok(());
@@ -178,7 +199,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             }
             let id = held.envelope.id;
             match self
-                .receive(&held.from, &held.identity_key, held.envelope)
+                .receive_in_order(&held.from, &held.identity_key, held.envelope, None)
                 .await
             {
                 // Could not be stored now: it stays held and is tried at the next accept.

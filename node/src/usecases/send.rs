@@ -274,7 +274,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             None => self.fresh_lookup(peer, now).await?,
         };
         if info.identity_key != contact.identity_key {
-            self.note_key_change(contact, info.identity_key).await?;
+            self.note_key_change(peer, info.identity_key).await?;
             return self
                 .store
                 .contact(&Address::from(peer))?

@@ -36,13 +36,18 @@ pub struct SafetyNumbers {
 }
 
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
-    /// Records that `contact` now presents `new_key` (once), and tells the UI.
+    /// Records that contact `peer` now presents `new_key` (once), and tells the UI. The contact
+    /// is read afresh here, not taken from the caller: a copy read before an await may predate
+    /// an accepted key, and writing it back would undo the acceptance.
     pub(super) async fn note_key_change(
         &self,
-        mut contact: Contact,
+        peer: &Username,
         new_key: IdentityKey,
     ) -> Result<(), NodeError> {
-        if contact.pending_key == Some(new_key) {
+        let Some(mut contact) = self.store.contact(&Address::from(peer))? else {
+            return Ok(());
+        };
+        if contact.identity_key == new_key || contact.pending_key == Some(new_key) {
             return Ok(());
         }
         tracing::warn!(peer = %contact.username, "a contact's identity key changed");
@@ -60,6 +65,8 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     #[tracing::instrument(name = "usecase.accept_key", skip_all, fields(peer = %peer))]
     pub async fn accept_key(&self, peer: &Username) -> Result<(), NodeError> {
         self.me()?;
+        // Until the held envelopes are taken, nothing else from `peer` is (see `inbound_order`).
+        let order = self.inbound_order(peer).lock_owned().await;
         let mut contact = self
             .store
             .contact(&Address::from(peer))?
@@ -74,6 +81,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         self.forget_addresses(peer);
         // Their mail first: its initial message makes the session ours then continue.
         self.take_held_inbound(peer).await?;
+        drop(order);
         self.release_held(peer).await
     }
 
@@ -161,7 +169,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         }
         let bundle = self.directory.bundle(peer).await?;
         if bundle.identity != contact.identity_key {
-            self.note_key_change(contact, bundle.identity).await?;
+            self.note_key_change(peer, bundle.identity).await?;
             return Err(NodeError::KeyChanged(peer.clone()));
         }
         Ok(Session::initiate(&me.1, &bundle, &mut OsRng)?)
@@ -222,6 +230,8 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         if numbers.of == KeyKind::Pending {
             self.accept_key(peer).await?;
         }
+        // A key change noted meanwhile is not written over.
+        let _order = self.inbound_order(peer).lock_owned().await;
         let mut contact = self
             .store
             .contact(&Address::from(peer))?

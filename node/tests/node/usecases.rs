@@ -821,6 +821,79 @@ async fn given_bob_logs_in_with_a_new_key_then_alice_gets_a_key_change_event_and
 }
 
 #[tokio::test]
+async fn given_mail_from_a_new_key_arriving_while_the_key_is_accepted_then_it_is_stored_after_the_held_mail()
+ {
+    let world = given_a_rendezvous().await;
+    let alice = world.given_a_registered_user("alice").await;
+    let bob = world.given_a_registered_user("bob").await;
+    send(&bob, &alice, "from the old install").await;
+
+    // Bob on a new install writes "one" while alice is offline; she fetches it: held.
+    world.hub.set_online(&bob.name, false);
+    world.hub.set_online(&alice.name, false);
+    let (network, inbound) = world.hub.attach(bob.name.clone());
+    let new_bob = Arc::new(Node::new(
+        MemoryStore::default(),
+        InProcessDirectory::new(world.rendezvous.clone()),
+        network,
+        RecordingNotifier::default(),
+        SystemClock,
+    ));
+    new_bob
+        .login(&bob.name, "correct horse battery", None)
+        .await
+        .unwrap();
+    let key = peerchat::domain::IdentityKeyPair::from_seed(&new_bob.resume().unwrap().seed);
+    world.hub.set_key(&bob.name, *key.public());
+    tokio::spawn(inbound.serve(new_bob.clone()));
+    for text in ["one", "two"] {
+        new_bob
+            .send(&alice.name, MessageId::random(&mut OsRng), text.into())
+            .await
+            .unwrap();
+        if text == "one" {
+            assert_eq!(alice.node.fetch_mail(0, None).await.unwrap().count, 1);
+        }
+    }
+    assert_eq!(
+        texts(&alice.node, &bob.name),
+        [(Direction::Incoming, "from the old install".to_string())],
+        "\"one\" is held"
+    );
+
+    // Alice accepts the new key; the accept is stopped at its first flush (the new key is
+    // saved, the held mail not taken yet) while her next fetch brings "two".
+    let gate = alice.store.hold_flushes();
+    let accept = tokio::spawn({
+        let (node, bob) = (alice.node.clone(), bob.name.clone());
+        async move { node.accept_key(&bob).await }
+    });
+    while gate.waiting() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let fetch = tokio::spawn({
+        let node = alice.node.clone();
+        async move { node.fetch_mail(0, None).await }
+    });
+    // Unordered, "two" would be decrypted and committed now, and wait at the gate too.
+    for _ in 0..100 {
+        if gate.waiting() > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.open();
+    accept.await.unwrap().unwrap();
+    assert_eq!(fetch.await.unwrap().unwrap().count, 1);
+
+    assert_eq!(
+        texts(&alice.node, &bob.name),
+        ["from the old install", "one", "two"].map(|t| (Direction::Incoming, t.to_string())),
+        "what was held comes before what arrived while the key was accepted"
+    );
+}
+
+#[tokio::test]
 async fn given_a_second_factor_when_logging_in_on_a_new_install_then_the_code_is_required() {
     let world = given_a_rendezvous().await;
     let alice = world.given_a_registered_user("alice").await;
