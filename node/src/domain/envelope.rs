@@ -58,7 +58,8 @@ pub enum RejectReason {
     #[error("the receiver could not store the message")]
     Internal,
     /// It decrypted, but its sender may not say it: a group message from someone who is not a
-    /// member, a group change its author may not make. Final: it is not sent again.
+    /// member, a group change its author may not make, a message past what a request (someone
+    /// who wrote first, not answered) may leave. Final: it is not sent again.
     #[error("the receiver refused the message: its sender may not send it")]
     Refused,
 }

@@ -149,6 +149,14 @@ impl MessageStore for MemoryStore {
         Ok(list.into_iter().map(|(_, c)| c).collect())
     }
 
+    fn message_count(&self, conversation: &ConversationId) -> Result<u64, StoreError> {
+        Ok(self
+            .inner()
+            .messages
+            .get(conversation)
+            .map_or(0, |m| m.len() as u64))
+    }
+
     fn hold_inbound(&self, held: &HeldInbound) -> Result<bool, StoreError> {
         let mut inner = self.inner();
         let list = inner.held_inbound.entry(held.from.clone()).or_default();

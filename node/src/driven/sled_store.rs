@@ -980,6 +980,18 @@ impl MessageStore for SledStore {
         Ok(list.into_iter().map(|(_, c)| c).collect())
     }
 
+    #[tracing::instrument(name = "store.message_count", skip_all)]
+    fn message_count(&self, conversation: &ConversationId) -> Result<u64, StoreError> {
+        let Some(v) = self
+            .activity
+            .get(conversation.to_string().as_bytes())
+            .map_err(|e| self.sled_error(e))?
+        else {
+            return Ok(0);
+        };
+        Ok(dec::<Activity>(&v)?.messages)
+    }
+
     #[tracing::instrument(name = "store.hold_inbound", skip_all)]
     fn hold_inbound(&self, held: &HeldInbound) -> Result<bool, StoreError> {
         // Keys: `peer ‖ 0 ‖ 0 ‖ sequence` for the envelopes in arrival order, and

@@ -394,6 +394,8 @@ pub trait MessageStore {
     ) -> Result<Vec<StoredMessage>, StoreError>;
     /// One summary per conversation, most recent first.
     fn conversations(&self) -> Result<Vec<Conversation>, StoreError>;
+    /// How many messages `conversation` holds (0 for one never written in).
+    fn message_count(&self, conversation: &ConversationId) -> Result<u64, StoreError>;
     /// Messages of every conversation that `query` matches ([`Query::matches`]), newest first
     /// (by sending time), at most `limit`.
     fn search(&self, query: &Query, limit: usize) -> Result<Vec<StoredMessage>, StoreError>;

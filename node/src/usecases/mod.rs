@@ -38,7 +38,7 @@ pub use files::{
 };
 pub use maintain::Schedule;
 pub use offline::MailFetched;
-pub use people::Request;
+pub use people::{MAX_REQUEST_MESSAGES, Request};
 pub use queries::{MAX_SEARCH_HITS, NodeStatus};
 pub use trust::{KeyKind, SafetyNumbers};
 
@@ -196,6 +196,8 @@ pub struct Node<S, D, N, E, C> {
     outbox_signal: tokio::sync::Notify,
     /// Whether read receipts are sent.
     read_receipts: bool,
+    /// How many messages a request (someone who wrote first, not taken up) may leave.
+    request_limit: u64,
     /// How large files may be.
     file_limits: files::FileLimits,
     /// Woken when a file is marked for download.
@@ -230,6 +232,7 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             addresses: Mutex::new(HashMap::new()),
             outbox_signal: tokio::sync::Notify::new(),
             read_receipts: true,
+            request_limit: MAX_REQUEST_MESSAGES,
             file_limits: files::FileLimits::default(),
             downloads_signal: tokio::sync::Notify::new(),
             serving: Mutex::new(HashMap::new()),
@@ -246,6 +249,13 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
     /// How large the files this node sends and takes may be.
     pub fn file_limits(&self) -> files::FileLimits {
         self.file_limits
+    }
+
+    /// Sets how many messages a request may leave before the rest is refused
+    /// ([`MAX_REQUEST_MESSAGES`] unless set).
+    pub fn with_request_limit(mut self, messages: u64) -> Self {
+        self.request_limit = messages;
+        self
     }
 
     /// Turns read receipts off (or on).

@@ -28,6 +28,10 @@ pub struct Request {
     pub conversation: Option<Conversation>,
 }
 
+/// How many messages someone who wrote first may leave before the user accepts or answers;
+/// what they send past it is refused (their messages fail), so a stranger cannot fill the disk.
+pub const MAX_REQUEST_MESSAGES: u64 = 200;
+
 impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E, C> {
     /// Where `peer` stands with the user.
     pub fn standing(&self, peer: &Username) -> Result<Standing, NodeError> {

@@ -2,11 +2,13 @@
 //! in-memory adapters.
 
 use peerchat::domain::{MessageId, Standing};
-use peerchat::ports::{Event, MessageStatus, MessageStore, Page, PeopleStore, Settings};
+use peerchat::ports::{
+    Event, MessageStatus, MessageStore, OutboxStore, Page, PeopleStore, Settings,
+};
 use peerchat::usecases::NodeError;
 use rand::rngs::OsRng;
 
-use crate::usecases::{User, alice_and_bob, direct, flush_outbox, send};
+use crate::usecases::{User, alice_and_bob, direct, flush_outbox, given_a_rendezvous, send};
 
 fn status(u: &User, with: &User, id: MessageId) -> MessageStatus {
     u.store.message(&direct(with), &id).unwrap().unwrap().status
@@ -260,4 +262,63 @@ async fn a_profile_is_checked_shared_with_contacts_and_the_newest_kept() {
     let seen = profile_seen(&bob, &alice);
     assert_eq!(seen.display_name, "Alice Liddell");
     assert!(seen.avatar.is_none());
+}
+
+#[tokio::test]
+async fn a_request_takes_only_so_many_messages_until_accepted_and_a_contact_is_not_limited() {
+    let world = given_a_rendezvous().await;
+    let alice = world
+        .given_a_user_built("alice", |node| node.with_request_limit(3))
+        .await;
+    let mallory = world.given_a_registered_user("mallory").await;
+    let bob = world.given_a_registered_user("bob").await;
+
+    // A stranger's first three messages are kept, as a request; the rest are refused, for good.
+    for n in 0..3 {
+        let id = send(&mallory, &alice, &format!("buy now {n}")).await;
+        assert_eq!(status(&mallory, &alice, id), MessageStatus::Sent);
+    }
+    let refused = send(&mallory, &alice, "buy now 3").await;
+    assert_eq!(status(&mallory, &alice, refused), MessageStatus::Failed);
+    assert!(
+        mallory
+            .store
+            .outbox()
+            .unwrap()
+            .iter()
+            .all(|e| e.envelope.id != refused),
+        "not sent again"
+    );
+    assert_eq!(alice.store.message_count(&direct(&mallory)).unwrap(), 3);
+    assert!(
+        alice
+            .store
+            .message(&direct(&mallory), &refused)
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        alice.node.standing(&mallory.name).unwrap(),
+        Standing::Request
+    );
+
+    // Someone alice wrote to first is not a request: no limit.
+    send(&alice, &bob, "hi bob").await;
+    for n in 0..5 {
+        send(&bob, &alice, &format!("bob {n}")).await;
+    }
+    assert_eq!(alice.store.message_count(&direct(&bob)).unwrap(), 6);
+
+    // Accepted, the conversation goes on in step (the refused message advanced the session).
+    alice.node.accept_request(&mallory.name).await.unwrap();
+    let later = send(&mallory, &alice, "sorry, a real question").await;
+    let kept = alice
+        .store
+        .message(&direct(&mallory), &later)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (kept.body.as_str(), kept.status),
+        ("sorry, a real question", MessageStatus::Received)
+    );
 }

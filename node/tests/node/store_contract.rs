@@ -254,6 +254,10 @@ fn messages(store: &impl Store) {
         [("carol".into(), 1, 1), ("bob".into(), 2, 1)],
         "most recent first, with the unread count kept"
     );
+    assert_eq!(
+        [&bob, &carol, &user("dave")].map(|u| store.message_count(&u.into()).unwrap()),
+        [2, 1, 0]
+    );
 
     // Statuses only move forward; a receipt's direction filter keeps incoming ones out.
     let bob_id = ConversationId::from(&bob);

@@ -102,21 +102,28 @@ impl World {
         name: &str,
         limits: peerchat::usecases::FileLimits,
     ) -> User {
+        self.given_a_user_built(name, |node| node.with_file_limits(limits))
+            .await
+    }
+
+    /// A registered user whose node is set up by `build`.
+    pub(crate) async fn given_a_user_built(
+        &self,
+        name: &str,
+        build: impl FnOnce(TestNode) -> TestNode,
+    ) -> User {
         let name = user(name);
         let (network, inbound) = self.hub.attach(name.clone());
         let events = RecordingNotifier::default();
         let store = MemoryStore::default();
         let directory = InProcessDirectory::new(self.rendezvous.clone());
-        let node = Arc::new(
-            Node::new(
-                store.clone(),
-                directory.clone(),
-                network,
-                events.clone(),
-                SystemClock,
-            )
-            .with_file_limits(limits),
-        );
+        let node = Arc::new(build(Node::new(
+            store.clone(),
+            directory.clone(),
+            network,
+            events.clone(),
+            SystemClock,
+        )));
         node.register(&name, "correct horse battery").await.unwrap();
         let identity = store.identity().unwrap().unwrap();
         let key = peerchat::domain::IdentityKeyPair::from_seed(&identity.seed);

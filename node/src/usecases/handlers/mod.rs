@@ -13,7 +13,9 @@ use peerchat_pki::Username;
 
 use super::{Node, NodeError};
 use crate::domain::Standing;
-use crate::domain::{Ack, Content, IdentityKey, MessageId, PreKeyId, Session};
+use crate::domain::{
+    Ack, Content, ConversationId, IdentityKey, MessageId, PreKeyId, RejectReason, Session,
+};
 use crate::ports::{
     Batch, Clock, Committed, Contact, Directory, MessageStatus, Network, Notifier, Store, Write,
 };
@@ -84,15 +86,28 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
         decrypted: Decrypted<'_>,
         content: Content,
     ) -> Result<Ack, NodeError> {
-        if self.standing(decrypted.from)? == Standing::Blocked
-            && !matches!(content, Content::GroupChange { .. })
-        {
+        let standing = self.standing(decrypted.from)?;
+        if standing == Standing::Blocked && !matches!(content, Content::GroupChange { .. }) {
             // Dropped unanswered: no receipt, nothing stored but the advanced session (so a
             // later unblock finds the conversation in step). The sender sees it sent, as if it
             // waited in the mailbox.
             tracing::info!("dropped a message from a blocked user");
             self.record(decrypted, Vec::new(), false).await?;
             return Ok(Ack::Stored);
+        }
+        if standing == Standing::Request
+            && adds_a_direct_message(&content)
+            && self
+                .store
+                .message_count(&ConversationId::Direct(decrypted.from.clone()))?
+                >= self.request_limit
+        {
+            // Someone the user never answered cannot fill their disk: past the limit, a request
+            // takes nothing more until the user accepts it. The session still advances, so the
+            // conversation is in step if they do. Final for the sender (their message fails).
+            tracing::info!("refused a message: the request holds as many as it may");
+            self.record(decrypted, Vec::new(), false).await?;
+            return Ok(Ack::Rejected(RejectReason::Refused));
         }
         match content {
             Content::Profile { profile } => self.handle_profile(decrypted, *profile).await,
@@ -164,4 +179,14 @@ impl<S: Store, D: Directory, N: Network, E: Notifier, C: Clock> Node<S, D, N, E,
             }
         }
     }
+}
+
+/// Whether `content` adds a message to the direct conversation with its sender.
+fn adds_a_direct_message(content: &Content) -> bool {
+    matches!(
+        content,
+        Content::Text { .. }
+            | Content::Reply { group: None, .. }
+            | Content::FileOffer { group: None, .. }
+    )
 }
