@@ -213,6 +213,22 @@ impl Daemon {
         )
     }
 
+    /// Adds `name` as a contact (the conversation is taken up: what they send is no request,
+    /// which would take only [`peerchat::usecases::MAX_REQUEST_MESSAGES`]).
+    pub(crate) async fn add_contact(&self, name: &str) {
+        let (http, base, token) = self.api();
+        let response = http
+            .post(format!("{base}/api/v1/contacts"))
+            .bearer_auth(&token)
+            .json(&peerchat::driving::api::AddContactBody {
+                username: Username::new(name).unwrap(),
+            })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 204, "{}", response.text().await.unwrap());
+    }
+
     /// Waits (up to 30 s) until the conversation with `peer` holds exactly `texts`, in order.
     pub(crate) fn wait_for_history(&self, peer: &str, texts: &[impl AsRef<str>]) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -479,6 +495,7 @@ async fn a_receiver_killed_mid_stream_loses_no_acknowledged_message() {
     let mut bob = Daemon::start(&tmp.path().join("bob"), &url);
     alice.register("alice");
     bob.register("bob");
+    bob.add_contact("alice").await;
     let (http, base, token) = alice.api();
     let bob_name = Username::new("bob").unwrap();
 

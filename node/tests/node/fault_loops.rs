@@ -88,6 +88,8 @@ async fn ten_receiver_kills_mid_burst_lose_and_duplicate_nothing() {
     let mut bob = Daemon::start(&bob_dir, &url);
     alice.register("alice");
     bob.register("bob");
+    // Bob knows alice: 2,000 messages are no request.
+    bob.add_contact("alice").await;
     let mut accepted = BTreeSet::new();
     for round in 0..ROUNDS {
         // Killed at a different point of each burst.
@@ -121,6 +123,8 @@ async fn ten_sender_kills_mid_burst_deliver_every_accepted_message_once() {
     let bob = Daemon::start(&tmp.path().join("bob"), &url);
     alice.register("alice");
     bob.register("bob");
+    // Bob knows alice: 2,000 messages are no request.
+    bob.add_contact("alice").await;
     let mut accepted = BTreeSet::new();
     for round in 0..ROUNDS {
         let kill_at = 20 + (round * 37) % (BURST - 40);

@@ -106,6 +106,30 @@ impl World {
             .await
     }
 
+    /// `u` logged in on a new install (a new node, a new key), which the hub now reaches in
+    /// place of the old one (offline from now): that node and its key.
+    pub(crate) async fn given_a_new_install_of(
+        &self,
+        u: &User,
+    ) -> (Arc<TestNode>, peerchat::domain::IdentityKeyPair) {
+        self.hub.set_online(&u.name, false);
+        let (network, inbound) = self.hub.attach(u.name.clone());
+        let node = Arc::new(Node::new(
+            MemoryStore::default(),
+            InProcessDirectory::new(self.rendezvous.clone()),
+            network,
+            RecordingNotifier::default(),
+            SystemClock,
+        ));
+        node.login(&u.name, "correct horse battery", None)
+            .await
+            .unwrap();
+        let key = peerchat::domain::IdentityKeyPair::from_seed(&node.resume().unwrap().seed);
+        self.hub.set_key(&u.name, *key.public());
+        tokio::spawn(inbound.serve(node.clone()));
+        (node, key)
+    }
+
     /// A registered user whose node is set up by `build`.
     pub(crate) async fn given_a_user_built(
         &self,
@@ -753,22 +777,7 @@ async fn given_bob_logs_in_with_a_new_key_then_alice_gets_a_key_change_event_and
         .unwrap();
 
     // Bob on a new install: a new node, logged in with a new key.
-    world.hub.set_online(&bob.name, false);
-    let (network, inbound) = world.hub.attach(bob.name.clone());
-    let new_bob = Arc::new(Node::new(
-        MemoryStore::default(),
-        InProcessDirectory::new(world.rendezvous.clone()),
-        network,
-        RecordingNotifier::default(),
-        SystemClock,
-    ));
-    new_bob
-        .login(&bob.name, "correct horse battery", None)
-        .await
-        .unwrap();
-    let key = peerchat::domain::IdentityKeyPair::from_seed(&new_bob.resume().unwrap().seed);
-    world.hub.set_key(&bob.name, *key.public());
-    tokio::spawn(inbound.serve(new_bob.clone()));
+    let (new_bob, key) = world.given_a_new_install_of(&bob).await;
 
     let id = MessageId::random(&mut OsRng);
     alice
@@ -836,23 +845,8 @@ async fn given_mail_from_a_new_key_arriving_while_the_key_is_accepted_then_it_is
     send(&bob, &alice, "from the old install").await;
 
     // Bob on a new install writes "one" while alice is offline; she fetches it: held.
-    world.hub.set_online(&bob.name, false);
     world.hub.set_online(&alice.name, false);
-    let (network, inbound) = world.hub.attach(bob.name.clone());
-    let new_bob = Arc::new(Node::new(
-        MemoryStore::default(),
-        InProcessDirectory::new(world.rendezvous.clone()),
-        network,
-        RecordingNotifier::default(),
-        SystemClock,
-    ));
-    new_bob
-        .login(&bob.name, "correct horse battery", None)
-        .await
-        .unwrap();
-    let key = peerchat::domain::IdentityKeyPair::from_seed(&new_bob.resume().unwrap().seed);
-    world.hub.set_key(&bob.name, *key.public());
-    tokio::spawn(inbound.serve(new_bob.clone()));
+    let (new_bob, _) = world.given_a_new_install_of(&bob).await;
     for text in ["one", "two"] {
         new_bob
             .send(&alice.name, MessageId::random(&mut OsRng), text.into())
